@@ -1,0 +1,17 @@
+"""ISMoE soil moisture: a QGIS Processing plugin (interpretable Mixture-of-Experts).
+
+This module must stay importable without QGIS: the core packages (ismoe_qgis.data,
+ismoe_qgis.model) live under it and are used from plain Python as well. Everything that
+needs QGIS is imported inside classFactory().
+"""
+from .version import __version__  # noqa: F401
+
+
+def classFactory(iface):  # noqa: N802 (QGIS API name)
+    """QGIS entry point: return the plugin object. `iface` is None under qgis_process."""
+    from ._venv import add_plugin_venv_to_path
+
+    add_plugin_venv_to_path()
+    from .plugin import IsmoePlugin
+
+    return IsmoePlugin(iface)

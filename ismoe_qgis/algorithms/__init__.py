@@ -1,0 +1,1 @@
+"""QGIS Processing glue for ISMoE: thin algorithms over the core (data/, model/)."""

@@ -1,0 +1,259 @@
+"""The ISMoE networks: a bank of per-factor CNN-LSTM experts, the routing network, baselines.
+
+Shapes used throughout
+----------------------
+B  samples, L  sequence length (days), V  input variables, E  experts (= factors),
+k  patch size (odd), C  conv channels, Hd LSTM hidden size.
+
+Patch input ``x`` is (B, L, V, k, k), normalised, NaN already replaced by 0.
+
+Every expert is an independent CNN-LSTM that sees only its own factor's variables:
+a 1x1 convolution, then (k-1)/2 'valid' 3x3 convolutions that shrink the k x k patch
+to one pixel, an LSTM over the L daily feature vectors and a linear head to one SM value.
+All experts run in ONE pass: their convolutions are one grouped convolution
+(groups = E, each factor's variables zero-padded to the same channel count) and their
+LSTMs are stacked weight tensors driven by batched matrix products. Because the CNN only
+uses 'valid' convolutions, applying it to a whole tile (with a k//2 halo) gives, at each
+pixel, exactly what it gives for the k x k patch around that pixel: prediction runs the
+convolution once per tile and time step (see ``inference.py``).
+
+The router turns expert evidence into softmax weights over experts; the estimate is
+sum_e w_e * y_e. Router inputs (``router_input``):
+- ``expert_states`` (default): each expert's final LSTM state is scored by that expert's own
+  small scoring network; a factor is weighted for what its own input shows, not for the date.
+- ``all_states``: one network scores all experts from the concatenated states.
+- ``inputs``: the factors' centre-pixel sequences (flattened).
+- ``inputs_doy``: as ``inputs`` plus day-of-year sin/cos (the calendar; prone to learning
+  the season rather than the driver, kept for comparison).
+With ``mask_silent`` (default on) a factor whose input carries no signal (every variable
+constant over the L days at the pixel, e.g. snow where there is none) gets weight 0.
+"""
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODEL_TYPES = ("ismoe", "cnn_lstm", "mean_expert")
+ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy")
+SILENT_TOL = 1e-4  # range of a normalised variable in a window below which it is silent
+
+
+@dataclass
+class ModelConfig:
+    factors: Dict[str, List[str]]          # factor -> its variable names (ordered)
+    variables: List[str]                   # all variables in cube order
+    model_type: str = "ismoe"
+    patch_size: int = 7
+    seq_len: int = 14
+    conv_channels: int = 16
+    hidden: int = 64
+    router_hidden: int = 32
+    router_input: str = "expert_states"
+    dropout: float = 0.1
+    mask_silent: bool = True
+    x_mean: List[float] = field(default_factory=list)
+    x_std: List[float] = field(default_factory=list)
+    y_mean: float = 0.0
+    y_std: float = 1.0
+    version: str = ""
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"MODEL must be one of {', '.join(MODEL_TYPES)}, got '{self.model_type}'")
+        if self.router_input not in ROUTER_INPUTS:
+            raise ValueError(f"router input must be one of {', '.join(ROUTER_INPUTS)}, got '{self.router_input}'")
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ValueError(f"PATCH_SIZE must be odd and >= 1, got {self.patch_size}")
+        if self.seq_len < 1:
+            raise ValueError(f"SEQ_LEN must be >= 1, got {self.seq_len}")
+        if not self.factors:
+            raise ValueError("at least one factor is needed")
+        for f, vs in self.factors.items():
+            for v in vs:
+                if v not in self.variables:
+                    raise ValueError(f"factor '{f}' names variable '{v}' that is not in the dataset")
+
+    @property
+    def factor_names(self) -> List[str]:
+        return list(self.factors)
+
+    def factor_index(self) -> List[List[int]]:
+        return [[self.variables.index(v) for v in vs] for vs in self.factors.values()]
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+def silent_factor_mask(x: torch.Tensor, factor_index: List[List[int]]) -> torch.Tensor:
+    """(B, L, V, k, k) -> bool (B, E): True where every variable of the factor is constant over
+    the L days at the centre pixel (the factor carries no signal there, e.g. snow where there is
+    none). The centre pixel is always inside the raster, so edge padding cannot fake a signal."""
+    k = x.shape[-1]
+    c = x[:, :, :, k // 2, k // 2]                         # B, L, V
+    rng = c.amax(dim=1) - c.amin(dim=1)                    # B, V
+    return torch.stack([(rng[:, idx] < SILENT_TOL).all(dim=1) for idx in factor_index], dim=1)
+
+
+class ExpertBank(nn.Module):
+    """E independent CNN-LSTM experts computed together (grouped conv + stacked LSTM)."""
+
+    def __init__(self, factor_index: List[List[int]], n_variables: int, patch_size: int,
+                 conv_channels: int, hidden: int, dropout: float):
+        super().__init__()
+        self.E = len(factor_index)
+        self.vmax = max(len(i) for i in factor_index)
+        self.k = patch_size
+        self.C = conv_channels
+        self.H = hidden
+        # gather index: each expert's variables, padded with the index of an all-zero channel
+        gidx = []
+        for idx in factor_index:
+            gidx += list(idx) + [n_variables] * (self.vmax - len(idx))
+        self.register_buffer("gather_index", torch.tensor(gidx, dtype=torch.long), persistent=False)
+        E, C = self.E, self.C
+        layers = [nn.Conv2d(E * self.vmax, E * C, 1, groups=E), nn.ReLU()]
+        for _ in range((patch_size - 1) // 2):
+            layers += [nn.Conv2d(E * C, E * C, 3, groups=E), nn.ReLU()]
+        self.cnn = nn.Sequential(*layers)
+        s_ih, s_hh = 1.0 / math.sqrt(C), 1.0 / math.sqrt(hidden)
+        self.w_ih = nn.Parameter(torch.empty(E, C, 4 * hidden).uniform_(-s_ih, s_ih))
+        self.w_hh = nn.Parameter(torch.empty(E, hidden, 4 * hidden).uniform_(-s_hh, s_hh))
+        b = torch.zeros(E, 4 * hidden)
+        b[:, hidden:2 * hidden] = 1.0  # forget-gate bias
+        self.b = nn.Parameter(b)
+        self.drop = nn.Dropout(dropout)
+        self.w_out = nn.Parameter(torch.empty(E, hidden).uniform_(-s_hh, s_hh))
+        self.b_out = nn.Parameter(torch.zeros(E))
+
+    def group_inputs(self, x: torch.Tensor, var_dim: int) -> torch.Tensor:
+        """Pick each expert's variables (zero-padded) along `var_dim`."""
+        shape = list(x.shape)
+        shape[var_dim] = 1
+        x = torch.cat([x, x.new_zeros(shape)], dim=var_dim)
+        return x.index_select(var_dim, self.gather_index)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolutional features. x: (N, V, h, w) -> (N, E, C, h-k+1, w-k+1)."""
+        z = self.cnn(self.group_inputs(x, 1))
+        return z.view(z.shape[0], self.E, self.C, z.shape[-2], z.shape[-1])
+
+    def input_gates(self, feats: torch.Tensor) -> torch.Tensor:
+        """(E, M, C) -> (E, M, 4H): the LSTM input projection, one batched product."""
+        return torch.baddbmm(self.b.unsqueeze(1), feats, self.w_ih)
+
+    def recur(self, gates_at, steps: int) -> torch.Tensor:
+        """Run the LSTM. gates_at(s) gives the input gates (E, M, 4H) of step s. -> h (E, M, H)."""
+        h = c = None
+        for s in range(steps):
+            g = gates_at(s)
+            if h is not None:
+                g = g + torch.bmm(h, self.w_hh)
+            i, f, gg, o = g.chunk(4, dim=-1)
+            i, f, o, gg = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(gg)
+            c = i * gg if c is None else f * c + i * gg
+            h = o * torch.tanh(c)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """(E, M, H) -> (M, E) expert outputs."""
+        return (torch.einsum("emh,eh->em", self.drop(h), self.w_out) + self.b_out[:, None]).t()
+
+    def forward(self, x: torch.Tensor):
+        """x: (B, L, V, k, k) -> expert outputs (B, E), final states (E, B, H)."""
+        B, L, V, k, _ = x.shape
+        f = self.features(x.reshape(B * L, V, k, k))             # B*L, E, C, 1, 1
+        f = f.view(B, L, self.E, self.C).permute(2, 0, 1, 3)      # E, B, L, C
+        gates = self.input_gates(f.reshape(self.E, B * L, self.C)).view(self.E, B, L, -1)
+        h = self.recur(lambda s: gates[:, :, s], L)
+        return self.head(h), h
+
+
+class Router(nn.Module):
+    """Softmax weights over experts."""
+
+    def __init__(self, cfg: ModelConfig, E: int):
+        super().__init__()
+        self.kind = cfg.router_input
+        R = cfg.router_hidden
+        if self.kind == "expert_states":
+            s = 1.0 / math.sqrt(cfg.hidden)
+            self.w1 = nn.Parameter(torch.empty(E, cfg.hidden, R).uniform_(-s, s))
+            self.b1 = nn.Parameter(torch.zeros(E, 1, R))
+            self.w2 = nn.Parameter(torch.empty(E, R).uniform_(-1.0 / math.sqrt(R), 1.0 / math.sqrt(R)))
+            self.b2 = nn.Parameter(torch.zeros(E))
+        else:
+            if self.kind == "all_states":
+                n_in = E * cfg.hidden
+            else:
+                n_in = cfg.seq_len * len(cfg.variables) + (2 if self.kind == "inputs_doy" else 0)
+            self.mlp = nn.Sequential(nn.Linear(n_in, R), nn.ReLU(), nn.Linear(R, E))
+
+    def forward(self, states, centre_seq=None, doy=None):
+        """states (E, B, H); centre_seq (B, L, V); doy (B,) -> logits (B, E)."""
+        if self.kind == "expert_states":
+            z = torch.relu(torch.baddbmm(self.b1, states, self.w1))        # E, B, R
+            return (torch.einsum("ebr,er->eb", z, self.w2) + self.b2[:, None]).t()
+        if self.kind == "all_states":
+            return self.mlp(states.permute(1, 0, 2).flatten(1))
+        z = centre_seq.flatten(1)
+        if self.kind == "inputs_doy":
+            ang = 2 * math.pi * doy.float() / 365.25
+            z = torch.cat([z, torch.sin(ang)[:, None], torch.cos(ang)[:, None]], dim=1)
+        return self.mlp(z)
+
+
+class SoilMoistureNet(nn.Module):
+    """ISMoE and its baselines behind one interface.
+
+    forward(x, doy) -> (y (B,), weights (B, E), expert_outputs (B, E)), y in normalised units.
+    - ismoe:       per-factor experts + router (softmax weights).
+    - mean_expert: the same per-factor experts, equal weights 1/E.
+    - cnn_lstm:    one CNN-LSTM over all variables (E = 1, weight 1, factor 'all').
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.model_type == "cnn_lstm":
+            index = [list(range(len(cfg.variables)))]
+            self.output_names = ["all"]
+        else:
+            index = cfg.factor_index()
+            self.output_names = cfg.factor_names
+        self.factor_index = index
+        self.experts = ExpertBank(index, len(cfg.variables), cfg.patch_size, cfg.conv_channels,
+                                  cfg.hidden, cfg.dropout)
+        self.router = Router(cfg, len(index)) if cfg.model_type == "ismoe" else None
+
+    @property
+    def n_experts(self):
+        return len(self.factor_index)
+
+    def mix(self, expert_out, states, silent=None, centre_seq=None, doy=None):
+        """Combine expert outputs (B, E) into (y, weights)."""
+        B, E = expert_out.shape
+        if self.router is None:
+            w = expert_out.new_full((B, E), 1.0 / E)
+        else:
+            logits = self.router(states, centre_seq, doy).float()
+            if silent is not None and self.cfg.mask_silent:
+                all_silent = silent.all(dim=1, keepdim=True)
+                logits = logits.masked_fill(silent & ~all_silent, float("-inf"))
+            w = torch.softmax(logits, dim=1)
+        return (w * expert_out.float()).sum(dim=1), w
+
+    def forward(self, x, doy=None):
+        out, states = self.experts(x)
+        silent = silent_factor_mask(x, self.factor_index) if self.router is not None else None
+        k = self.cfg.patch_size
+        centre = x[:, :, :, k // 2, k // 2] if self.cfg.router_input.startswith("inputs") else None
+        y, w = self.mix(out, states, silent, centre, doy)
+        return y, w, out

@@ -1,0 +1,757 @@
+"""Evaluation report: metrics CSV/JSON and a self-contained HTML page with plots.
+
+Pure numpy + matplotlib (object-oriented API: ``matplotlib.figure.Figure`` drawn on an Agg
+canvas, never ``pyplot``), so it runs in a Processing worker thread, a script or a notebook.
+No qgis/PyQt import.
+
+The ``results`` structure (a plain dict)
+----------------------------------------
+=====================  ========================================================================
+key                    value
+=====================  ========================================================================
+``dates``              (T,) dates: datetime64 (any unit), ``datetime.date`` or ISO strings
+``obs``                (T, N) float, observed SM, NaN = missing ((T,) is read as N = 1)
+``estimates``          ``{name: (T, N) float}``, one entry per model *and* per reference
+                       product (e.g. ``"ismoe"``, ``"cnn_lstm"``, ``"ERA5-Land swvl1"``); NaN =
+                       missing; insertion order is the order of tables and legends
+``location_ids``       optional (N,) str: station ids or ``"pixel r,c"``; default
+                       ``"location 1"``..; equal ids are pooled into one location group
+``regions``            optional (N,) labels (e.g. region polygon names); ``None``/``''`` = in
+                       no region. Adds the ``region`` group kind
+``references``         optional list of names in ``estimates`` that are reference products
+                       (they are labelled so in the report; scoring is identical)
+``same_samples``       optional bool, default True: score every estimate on exactly the same
+                       samples (obs finite and *every* estimate finite), so models and
+                       reference products are comparable. False: each estimate on its own
+                       paired valid samples
+``seasonal_importance`` optional: path to the seasonal-importance CSV (columns ``region,
+                       period_kind, period, factor, mean_weight, n``) or a list of such row
+                       dicts; rendered as monthly lines per factor (and a season table).
+                       Optional and tolerant: an unreadable source only adds a note
+``title``              optional str, page title
+``units``              optional str, SM units for axis labels (default ``m³/m³``)
+``notes``              optional list of str shown under the title (model files, split, ...)
+=====================  ========================================================================
+
+Outputs
+-------
+``metrics.csv`` / ``metrics.json`` rows: ``model, group_kind, group, cc, rmse, ubrmse, bias,
+kge, n`` with ``group_kind`` in ``overall`` (group ``all``), ``location``, ``region``,
+``season`` (DJF/MAM/JJA/SON), model-major in that kind order. NaN is written as an empty
+CSV field and as JSON ``null``. ``metrics.json`` is an object with ``rows`` plus metadata
+(models, references, period, location ids, same_samples, metric definitions).
+``report.html``: tables, plots (embedded base64 PNG) and a short explanation of the metrics.
+"""
+import base64
+import csv
+import html
+import io
+import json
+import os
+
+import numpy as np
+
+from .metrics import METRIC_NAMES, SEASONS, grouped_metrics, season_of
+
+__all__ = [
+    "CSV_COLUMNS",
+    "GROUP_KINDS",
+    "evaluation_rows",
+    "write_evaluation",
+    "write_metrics_csv",
+    "write_metrics_json",
+    "read_importance",
+]
+
+CSV_COLUMNS = ("model", "group_kind", "group") + METRIC_NAMES + ("n",)
+GROUP_KINDS = ("overall", "location", "region", "season")
+
+METRIC_LABELS = {"cc": "CC", "rmse": "RMSE", "ubrmse": "ubRMSE", "bias": "bias", "kge": "KGE", "n": "n"}
+METRIC_TEXT = {
+    "cc": "Pearson correlation coefficient r between estimate and observation (1 is best): "
+          "does the estimate follow the observed ups and downs?",
+    "rmse": "root-mean-square error sqrt(mean((est − obs)²)), in SM units (0 is best).",
+    "ubrmse": "unbiased RMSE sqrt(RMSE² − bias²): the error left once the mean offset is removed "
+              "(Entekhabi et al. 2010); the usual accuracy target of satellite SM products.",
+    "bias": "mean(est) − mean(obs), in SM units (0 is best; positive = too wet).",
+    "kge": "Kling–Gupta efficiency, 2009 version (Gupta et al. 2009): 1 − sqrt((r−1)² + (α−1)² + "
+           "(β−1)²) with α = sd(est)/sd(obs) and β = mean(est)/mean(obs) (1 is best; "
+           "about −0.41 is what the observed mean as estimate scores).",
+    "n": "number of paired samples (dates × locations where obs and estimate are both valid).",
+}
+_MAX_HTML_LOCATIONS = 100   # location rows shown in the HTML table (the CSV has all)
+_MAX_SCATTER_POINTS = 20000  # per model, deterministic subsample
+_N_SERIES = 4               # locations drawn as time series
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+# ---------------------------------------------------------------------------------------------
+# input normalisation and metric rows
+# ---------------------------------------------------------------------------------------------
+class _Eval:
+    """Validated, normalised view of a ``results`` dict (arrays are not copied if avoidable)."""
+
+    def __init__(self, results):
+        if not isinstance(results, dict):
+            raise ValueError("results must be a dict (see ismoe_qgis.model.report)")
+        for key in ("dates", "obs", "estimates"):
+            if key not in results:
+                raise ValueError(f"results is missing {key!r}")
+        try:
+            self.dates = np.asarray(results["dates"]).astype("datetime64[D]").ravel()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"results['dates'] are not dates: {exc}") from None
+        obs = np.asarray(results["obs"], dtype=np.float64)
+        if obs.ndim == 1:
+            obs = obs[:, None]
+        if obs.ndim != 2:
+            raise ValueError(f"results['obs'] must be (T, N), got shape {obs.shape}")
+        T, N = obs.shape
+        if len(self.dates) != T:
+            raise ValueError(f"{len(self.dates)} dates but obs has {T} time steps")
+        self.obs = obs
+        est = results["estimates"]
+        if not isinstance(est, dict) or not est:
+            raise ValueError("results['estimates'] must be a non-empty dict {name: (T, N) array}")
+        self.estimates = {}
+        for name, a in est.items():
+            a = np.asarray(a, dtype=np.float64)
+            if a.ndim == 1:
+                a = a[:, None]
+            if a.shape != obs.shape:
+                raise ValueError(f"estimate {name!r} has shape {a.shape}, obs has {obs.shape}")
+            self.estimates[str(name)] = a
+        ids = results.get("location_ids")
+        if ids is None:
+            ids = [f"location {i + 1}" for i in range(N)]
+        ids = [str(i) for i in np.asarray(ids, dtype=object).ravel()]
+        if len(ids) != N:
+            raise ValueError(f"{len(ids)} location_ids for {N} locations")
+        self.location_ids = ids
+        regions = results.get("regions")
+        if regions is not None:
+            regions = np.asarray(regions, dtype=object).ravel()
+            if len(regions) != N:
+                raise ValueError(f"{len(regions)} region labels for {N} locations")
+            if all(r is None or (isinstance(r, str) and r == "") for r in regions):
+                regions = None
+        self.regions = regions
+        refs = results.get("references") or []
+        refs = [str(r) for r in refs]
+        unknown = [r for r in refs if r not in self.estimates]
+        if unknown:
+            raise ValueError(f"references {unknown} are not in results['estimates']")
+        self.references = refs
+        self.same_samples = bool(results.get("same_samples", True))
+        self.title = str(results.get("title") or "Soil moisture evaluation")
+        self.units = str(results.get("units") or "m³/m³")
+        self.notes = [str(n) for n in (results.get("notes") or [])]
+        self.importance = results.get("seasonal_importance")
+
+        obs_ok = np.isfinite(obs)
+        if not obs_ok.any():
+            raise ValueError("the observations have no valid value")
+        self.mask = obs_ok.copy()
+        for name, a in self.estimates.items():
+            ok = np.isfinite(a)
+            if not (ok & obs_ok).any():
+                raise ValueError(
+                    f"estimate {name!r} has no valid value on any date/location with a valid "
+                    "observation (no overlapping dates or locations?)")
+            self.mask &= ok
+        if self.same_samples and not self.mask.any():
+            raise ValueError(
+                "no date/location has a valid observation and a valid value of every estimate; "
+                "the estimates do not overlap each other (set same_samples=False to score each "
+                "on its own samples)")
+
+    def scored(self, name):
+        """(obs, est) as scored: NaN outside the common sample mask when same_samples."""
+        est = self.estimates[name]
+        if self.same_samples:
+            return np.where(self.mask, self.obs, np.nan), est
+        return self.obs, est
+
+    def groups(self):
+        g = {"location": np.asarray(self.location_ids, dtype=object)}
+        if self.regions is not None:
+            g["region"] = self.regions
+        g["season"] = season_of(self.dates)[:, None]
+        return g
+
+
+def _rows(ev):
+    rows = []
+    groups = ev.groups()
+    for name in ev.estimates:
+        obs, est = ev.scored(name)
+        for r in grouped_metrics(obs, est, groups, overall=True):
+            rows.append({"model": name, **r})
+    return rows
+
+
+def evaluation_rows(results):
+    """Metric rows (dicts with ``CSV_COLUMNS`` keys) for a ``results`` dict, without writing."""
+    return _rows(_Eval(results))
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV / JSON
+# ---------------------------------------------------------------------------------------------
+def _num(v):
+    """float/int -> JSON-safe value (NaN/inf -> None)."""
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def write_metrics_csv(path, rows):
+    """Write metric rows as CSV (``CSV_COLUMNS``; NaN as an empty field)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for r in rows:
+            out = []
+            for c in CSV_COLUMNS:
+                v = r.get(c)
+                if c in METRIC_NAMES:
+                    v = _num(v)
+                    out.append("" if v is None else repr(v))
+                else:
+                    out.append("" if v is None else str(v))
+            w.writerow(out)
+    return str(path)
+
+
+def write_metrics_json(path, rows, meta=None):
+    """Write ``{"rows": [...], **meta}`` as JSON (NaN as null)."""
+    doc = dict(meta or {})
+    doc["columns"] = list(CSV_COLUMNS)
+    doc["rows"] = [
+        {c: (_num(r.get(c)) if c in METRIC_NAMES or c == "n" else r.get(c)) for c in CSV_COLUMNS}
+        for r in rows
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, allow_nan=False, ensure_ascii=False)
+    return str(path)
+
+
+def _meta(ev):
+    return {
+        "version": 1,
+        "title": ev.title,
+        "models": [n for n in ev.estimates if n not in ev.references],
+        "references": list(ev.references),
+        "same_samples": ev.same_samples,
+        "period": [str(ev.dates.min()), str(ev.dates.max())] if len(ev.dates) else [None, None],
+        "n_dates": int(len(ev.dates)),
+        "n_locations": int(len(ev.location_ids)),
+        "location_ids": list(ev.location_ids),
+        "units": ev.units,
+        "metric_definitions": {METRIC_LABELS[k]: METRIC_TEXT[k] for k in METRIC_NAMES + ("n",)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# seasonal importance (optional, tolerant)
+# ---------------------------------------------------------------------------------------------
+def _month_number(period):
+    s = str(period).strip()
+    try:
+        m = int(float(s))
+        return m if 1 <= m <= 12 else None
+    except ValueError:
+        pass
+    key = s[:3].lower()
+    for i, name in enumerate(_MONTHS):
+        if name.lower() == key:
+            return i + 1
+    return None
+
+
+def read_importance(source):
+    """Read seasonal-importance rows from a CSV path or a list of dicts, tolerantly.
+
+    Returns a list of ``{"region": str, "period_kind": str, "period": str, "factor": str,
+    "mean_weight": float, "n": int|None}``; rows without a factor or a numeric mean_weight
+    are dropped. A missing region becomes ``"all"``. Raises ``ValueError``/``OSError`` only
+    when the source itself cannot be read.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, newline="", encoding="utf-8") as f:
+            raw = list(csv.DictReader(f))
+    else:
+        raw = list(source)
+    out = []
+    for r in raw:
+        if not isinstance(r, dict):
+            continue
+        r = {str(k).strip().lower(): v for k, v in r.items() if k is not None}
+        factor = r.get("factor")
+        try:
+            w = float(r.get("mean_weight"))
+        except (TypeError, ValueError):
+            continue
+        if factor in (None, "") or not np.isfinite(w):
+            continue
+        try:
+            n = int(float(r.get("n")))
+        except (TypeError, ValueError):
+            n = None
+        region = r.get("region")
+        out.append({
+            "region": "all" if region in (None, "") else str(region),
+            "period_kind": str(r.get("period_kind") or "").strip().lower(),
+            "period": str(r.get("period") if r.get("period") is not None else "").strip(),
+            "factor": str(factor),
+            "mean_weight": w,
+            "n": n,
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# figures (matplotlib OO API on an Agg canvas; no pyplot)
+# ---------------------------------------------------------------------------------------------
+def _figure(w, h):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png_uri(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _colors(names):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
+def _pick_locations(ev, k=_N_SERIES):
+    counts = ev.mask.sum(axis=0) if ev.mask.any() else np.isfinite(ev.obs).sum(axis=0)
+    order = np.argsort(-counts, kind="stable")
+    return [int(i) for i in order[:k] if counts[i] > 0]
+
+
+def _fig_timeseries(ev, colors):
+    import matplotlib.dates as mdates
+
+    locs = _pick_locations(ev)
+    fig = _figure(10, 2.3 * len(locs) + 0.6)
+    axes = fig.subplots(len(locs), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, j in zip(axes, locs):
+        for name, a in ev.estimates.items():
+            y = a[:, j]
+            gappy = np.isfinite(y).mean() < 0.7
+            ls = "--" if name in ev.references else "-"
+            ax.plot(ev.dates, y, ls, color=colors[name], lw=1.1, label=name,
+                    marker="." if gappy else None, ms=3)
+        ax.plot(ev.dates, ev.obs[:, j], ".", color="black", ms=3.5, label="observed", zorder=5)
+        ax.set_title(ev.location_ids[j], fontsize=10, loc="left")
+        ax.set_ylabel(f"SM ({ev.units})")
+        ax.grid(alpha=0.3)
+    loc = mdates.AutoDateLocator()
+    axes[-1].xaxis.set_major_locator(loc)
+    axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def _fig_scatter(ev, colors, overall):
+    names = list(ev.estimates)
+    ncol = min(3, len(names))
+    nrow = int(np.ceil(len(names) / ncol))
+    fig = _figure(3.6 * ncol + 0.4, 3.5 * nrow + 0.3)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    rng = np.random.default_rng(0)
+    pairs = {}
+    lo, hi = np.inf, -np.inf
+    for name in names:
+        o, e = ev.scored(name)
+        ok = np.isfinite(o) & np.isfinite(e)
+        o, e = o[ok], e[ok]
+        if o.size > _MAX_SCATTER_POINTS:
+            idx = np.sort(rng.choice(o.size, _MAX_SCATTER_POINTS, replace=False))
+            o, e = o[idx], e[idx]
+        pairs[name] = (o, e)
+        if o.size:
+            lo = min(lo, o.min(), e.min())
+            hi = max(hi, o.max(), e.max())
+    if not np.isfinite(lo):
+        lo, hi = 0.0, 1.0
+    pad = 0.03 * (hi - lo if hi > lo else 1.0)
+    lim = (lo - pad, hi + pad)
+    for ax, name in zip(axes, names):
+        o, e = pairs[name]
+        alpha = 0.5 if o.size < 2000 else 0.15
+        ax.scatter(o, e, s=5, alpha=alpha, color=colors[name], edgecolors="none", rasterized=True)
+        ax.plot(lim, lim, color="black", lw=1, label="1:1")
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        kind = " (reference)" if name in ev.references else ""
+        ax.set_title(f"{name}{kind}", fontsize=10)
+        ax.set_xlabel(f"observed ({ev.units})")
+        ax.set_ylabel(f"estimated ({ev.units})")
+        m = overall.get(name, {})
+        ax.text(0.03, 0.97,
+                f"CC {_fmt('cc', m.get('cc'))}\nRMSE {_fmt('rmse', m.get('rmse'))}\n"
+                f"KGE {_fmt('kge', m.get('kge'))}\nn {m.get('n', 0)}",
+                transform=ax.transAxes, va="top", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    return fig
+
+
+def _fig_group_metrics(ev, colors, rows, kind, groups):
+    """Grouped bars: CC, ubRMSE and KGE per group (season/region) and model."""
+    names = list(ev.estimates)
+    fig = _figure(11, 3.4)
+    axes = fig.subplots(1, 3)
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(names), 1)
+    table = {(r["model"], r["group"]): r for r in rows if r["group_kind"] == kind}
+    for ax, metric in zip(axes, ("cc", "ubrmse", "kge")):
+        for i, name in enumerate(names):
+            vals = [table.get((name, g), {}).get(metric, np.nan) for g in groups]
+            ax.bar(x - 0.4 + width * (i + 0.5), vals, width, color=colors[name], label=name,
+                   hatch="//" if name in ev.references else None, edgecolor="white", lw=0.3)
+        ax.set_xticks(x)
+        ax.set_xticklabels(groups, fontsize=8, rotation=0 if len(groups) <= 6 else 45)
+        ax.set_title(METRIC_LABELS[metric] + (f" ({ev.units})" if metric == "ubrmse" else ""),
+                     fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.axhline(0, color="black", lw=0.6)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def _fig_importance(imp):
+    """Monthly mean routing weight per factor, one panel per region."""
+    monthly = [r for r in imp if r["period_kind"].startswith("month")]
+    regions = []
+    for r in monthly:
+        if _month_number(r["period"]) is not None and r["region"] not in regions:
+            regions.append(r["region"])
+    if not regions:
+        return None
+    factors = []
+    for r in monthly:
+        if r["factor"] not in factors:
+            factors.append(r["factor"])
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    ncol = min(3, len(regions))
+    nrow = int(np.ceil(len(regions) / ncol))
+    fig = _figure(4.2 * ncol + 1.5, 3.0 * nrow + 0.3)
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True).ravel()
+    for ax, region in zip(axes, regions):
+        for fi, factor in enumerate(factors):
+            y = np.full(12, np.nan)
+            for r in monthly:
+                if r["region"] == region and r["factor"] == factor:
+                    m = _month_number(r["period"])
+                    if m is not None:
+                        y[m - 1] = r["mean_weight"]
+            if np.isfinite(y).any():
+                ax.plot(np.arange(1, 13), y, "-o", ms=3, color=cmap(fi % 10), label=factor)
+        ax.set_xticks(np.arange(1, 13))
+        ax.set_xticklabels([m[0] for m in _MONTHS], fontsize=8)
+        ax.set_title(region, fontsize=10)
+        ax.set_ylabel("mean routing weight")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(regions):]:
+        ax.set_visible(False)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0) if ncol == 1 else None,
+                   fontsize=8, frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em auto;
+max-width:1150px;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f0f0f0}td.l,th.l{text-align:left}
+tr.ref td{color:#555;font-style:italic}td.best{font-weight:bold;background:#e8f4e8}
+img{max-width:100%;height:auto}.note{color:#666;font-size:.9em}
+dl dt{font-weight:bold;margin-top:.4em}
+"""
+
+
+def _fmt(metric, v):
+    if v is None:
+        return "–"
+    if metric == "n":
+        return str(int(v))
+    v = float(v)
+    if not np.isfinite(v):
+        return "–"
+    return f"{v:.3f}" if metric in ("cc", "kge") else f"{v:.4f}"
+
+
+def _best(rows):
+    """{metric: best value} over a set of rows of one group."""
+    best = {}
+    for m in METRIC_NAMES:
+        vals = np.array([r[m] for r in rows], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if len(rows) < 2 or not vals.size:
+            continue
+        if m in ("cc", "kge"):
+            best[m] = vals.max()
+        elif m == "bias":
+            best[m] = np.abs(vals).min()
+        else:
+            best[m] = vals.min()
+    return best
+
+
+def _table(ev, rows, kind, group_label, limit=None):
+    groups = []
+    for r in rows:
+        if r["group_kind"] == kind and r["group"] not in groups:
+            groups.append(r["group"])
+    shown = groups if limit is None else groups[:limit]
+    e = html.escape
+    head = "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in METRIC_NAMES + ("n",))
+    gl = f'<th class="l">{e(group_label)}</th>' if group_label else ""
+    out = [f'<table><tr>{gl}<th class="l">model / product</th>{head}</tr>']
+    for g in shown:
+        grows = [r for r in rows if r["group_kind"] == kind and r["group"] == g]
+        best = _best(grows)
+        for i, r in enumerate(grows):
+            ref = r["model"] in ev.references
+            cls = ' class="ref"' if ref else ""
+            cells = []
+            if group_label:
+                cells.append(f'<td class="l">{e(g)}</td>' if i == 0 else '<td class="l"></td>')
+            label = e(r["model"]) + (" (reference)" if ref else "")
+            cells.append(f'<td class="l">{label}</td>')
+            for m in METRIC_NAMES:
+                v = r[m]
+                b = m in best and np.isfinite(v) and np.isclose(
+                    abs(v) if m == "bias" else v, best[m], rtol=0, atol=1e-12)
+                cells.append(f'<td{" class=best" if b else ""}>{_fmt(m, v)}</td>')
+            cells.append(f"<td>{_fmt('n', r['n'])}</td>")
+            out.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    out.append("</table>")
+    if limit is not None and len(groups) > limit:
+        out.append(f'<p class="note">First {limit} of {len(groups)} shown; metrics.csv has all.</p>')
+    return "\n".join(out)
+
+
+def _importance_html(imp, images, notes):
+    e = html.escape
+    parts = ["<h2>Seasonal importance of the factors</h2>",
+             "<p>Mean routing weight of each factor's expert (the share of the estimate the "
+             "router gives to that factor), averaged per month and per season.</p>"]
+    fig_uri = images.get("importance")
+    if fig_uri:
+        parts.append(f'<img alt="monthly routing weights" src="{fig_uri}">')
+    seasonal = [r for r in imp if r["period_kind"].startswith("season")]
+    if seasonal:
+        factors = []
+        for r in seasonal:
+            if r["factor"] not in factors:
+                factors.append(r["factor"])
+        keys = []
+        for r in seasonal:
+            k = (r["region"], r["period"])
+            if k not in keys:
+                keys.append(k)
+        keys.sort(key=lambda k: (k[0], SEASONS.index(k[1]) if k[1] in SEASONS else 9, k[1]))
+        val = {(r["region"], r["period"], r["factor"]): r["mean_weight"] for r in seasonal}
+        head = "".join(f"<th>{e(f)}</th>" for f in factors)
+        rows = [f'<table><tr><th class="l">region</th><th class="l">season</th>{head}</tr>']
+        for region, period in keys:
+            ws = [val.get((region, period, f), np.nan) for f in factors]
+            finite = [w for w in ws if np.isfinite(w)]
+            top = max(finite) if finite else None
+            cells = "".join(
+                f'<td{" class=best" if top is not None and w == top else ""}>'
+                f'{"–" if not np.isfinite(w) else f"{w:.3f}"}</td>' for w in ws)
+            rows.append(f'<tr><td class="l">{e(region)}</td><td class="l">{e(period)}</td>{cells}</tr>')
+        rows.append("</table>")
+        parts.append("\n".join(rows))
+    if not fig_uri and not seasonal:
+        notes.append("seasonal importance given but it has no monthly or seasonal rows")
+    return "\n".join(parts)
+
+
+def _html(ev, rows, images, imp, notes):
+    e = html.escape
+    n_common = int(ev.mask.sum())
+    models = [n for n in ev.estimates if n not in ev.references]
+    period = f"{ev.dates.min()} – {ev.dates.max()}" if len(ev.dates) else "–"
+    p = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(ev.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(ev.title)}</h1>",
+        "<p>",
+        f"Period {e(period)} ({len(ev.dates)} dates), {len(ev.location_ids)} locations, "
+        f"{int(np.isfinite(ev.obs).sum())} observed values.<br>",
+        f"Models: {e(', '.join(models)) or '–'}. "
+        f"Reference products: {e(', '.join(ev.references)) or '–'}.<br>",
+    ]
+    if ev.same_samples:
+        p.append(f"Every model and product is scored on the same {n_common} samples (dates × "
+                 "locations where the observation and every estimate are valid).")
+    else:
+        p.append("Each model and product is scored on its own paired valid samples "
+                 "(see n; values are not strictly comparable between rows).")
+    p.append("</p>")
+    for n in ev.notes:
+        p.append(f'<p class="note">{e(n)}</p>')
+
+    p.append("<h2>Overall</h2>")
+    p.append(_table(ev, rows, "overall", None))
+    p.append('<p class="note">Bold: best value in the group (highest CC/KGE, lowest RMSE/ubRMSE, '
+             "smallest |bias|).</p>")
+    p.append("<h2>By season</h2>")
+    if images.get("season"):
+        p.append(f'<img alt="metrics by season" src="{images["season"]}">')
+    p.append(_table(ev, rows, "season", "season"))
+    if any(r["group_kind"] == "region" for r in rows):
+        p.append("<h2>By region</h2>")
+        if images.get("region"):
+            p.append(f'<img alt="metrics by region" src="{images["region"]}">')
+        p.append(_table(ev, rows, "region", "region"))
+    p.append("<h2>Observed and estimated time series</h2>")
+    if images.get("timeseries"):
+        p.append("<p>The locations with the most valid samples; observations as dots, models as "
+                 "lines, reference products dashed.</p>")
+        p.append(f'<img alt="time series" src="{images["timeseries"]}">')
+    p.append("<h2>Estimated vs observed</h2>")
+    if images.get("scatter"):
+        p.append("<p>Scored samples (at most "
+                 f"{_MAX_SCATTER_POINTS} per panel, drawn at random) with the 1:1 line.</p>")
+        p.append(f'<img alt="scatter" src="{images["scatter"]}">')
+    p.append("<h2>By location</h2>")
+    p.append(_table(ev, rows, "location", "location", limit=_MAX_HTML_LOCATIONS))
+    if imp is not None:
+        p.append(_importance_html(imp, images, notes))
+    p.append("<h2>About the metrics</h2><dl>")
+    for m in METRIC_NAMES + ("n",):
+        p.append(f"<dt>{METRIC_LABELS[m]}</dt><dd>{e(METRIC_TEXT[m])}</dd>")
+    p.append("</dl><p>Seasons are meteorological: DJF (December–February), MAM, JJA, SON; "
+             "December counts with the following January and February. Fewer than 3 samples, "
+             "or a constant series, leave a metric undefined (–).</p>")
+    if notes:
+        p.append("<h2>Notes</h2><ul>")
+        p.extend(f"<li>{e(n)}</li>" for n in notes)
+        p.append("</ul>")
+    p.append("</body></html>")
+    return "\n".join(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+def _out_paths(out):
+    if isinstance(out, dict):
+        unknown = set(out) - {"csv", "json", "html"}
+        if unknown:
+            raise ValueError(f"unknown output keys {sorted(unknown)} (use csv, json, html)")
+        return {k: (os.fspath(out[k]) if out.get(k) else None) for k in ("csv", "json", "html")}
+    d = os.fspath(out)
+    return {"csv": os.path.join(d, "metrics.csv"), "json": os.path.join(d, "metrics.json"),
+            "html": os.path.join(d, "report.html")}
+
+
+def write_evaluation(out, results, callbacks=None):
+    """Score every estimate in ``results`` and write the metrics and the HTML report.
+
+    ``out``: a folder (created if needed) that receives ``metrics.csv``, ``metrics.json`` and
+    ``report.html``; or a dict ``{"csv": path, "json": path, "html": path}`` where a missing or
+    None entry is not written. ``results``: see the module docstring. ``callbacks``: optional
+    ``ismoe_qgis.core_callbacks.Callbacks`` (progress, log, cancel).
+
+    Returns ``{"csv": path|None, "json": path|None, "html": path|None, "rows": [row dicts]}``.
+    Raises ``ValueError`` on inconsistent input (shapes, no overlap between obs and an
+    estimate); a figure that fails to draw is logged and noted in the page instead.
+    """
+    from ..core_callbacks import ensure
+
+    cb = ensure(callbacks)
+    paths = _out_paths(out)
+    ev = _Eval(results)
+    cb.log(f"evaluating {len(ev.estimates)} estimates at {len(ev.location_ids)} locations, "
+           f"{len(ev.dates)} dates")
+    rows = _rows(ev)
+    cb.progress(0.2)
+    cb.check_cancel()
+    for p in paths.values():
+        if p:
+            os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+    if paths["csv"]:
+        write_metrics_csv(paths["csv"], rows)
+    if paths["json"]:
+        write_metrics_json(paths["json"], rows, _meta(ev))
+    cb.progress(0.3)
+    if paths["html"]:
+        notes = []
+        imp = None
+        if ev.importance is not None:
+            try:
+                imp = read_importance(ev.importance)
+            except Exception as exc:  # optional section: never fail the report for it
+                notes.append(f"seasonal importance could not be read: {exc}")
+                cb.log(notes[-1])
+        images = {}
+        try:
+            colors = _colors(list(ev.estimates))
+            have_mpl = True
+        except Exception as exc:
+            notes.append(f"matplotlib is not available, the report has no plots: {exc}")
+            cb.log(notes[-1])
+            colors, have_mpl = {}, False
+        overall = {r["model"]: r for r in rows if r["group_kind"] == "overall"}
+        seasons = [s for s in SEASONS if any(r["group_kind"] == "season" and r["group"] == s
+                                             for r in rows)]
+        regions = []
+        for r in rows:
+            if r["group_kind"] == "region" and r["group"] not in regions:
+                regions.append(r["group"])
+        jobs = [
+            ("season", lambda: _fig_group_metrics(ev, colors, rows, "season", seasons)),
+            ("timeseries", lambda: _fig_timeseries(ev, colors)),
+            ("scatter", lambda: _fig_scatter(ev, colors, overall)),
+        ]
+        if regions:
+            jobs.append(("region", lambda: _fig_group_metrics(ev, colors, rows, "region", regions)))
+        if imp:
+            jobs.append(("importance", lambda: _fig_importance(imp)))
+        if not have_mpl:
+            jobs = []
+        for i, (key, make) in enumerate(jobs):
+            cb.check_cancel()
+            try:
+                fig = make()
+                if fig is not None:
+                    images[key] = _png_uri(fig)
+            except Exception as exc:  # a plot must not cost the user the metrics
+                notes.append(f"the {key} plot could not be drawn: {exc!r}")
+                cb.log(notes[-1])
+            cb.progress(0.3 + 0.65 * (i + 1) / len(jobs))
+        with open(paths["html"], "w", encoding="utf-8") as f:
+            f.write(_html(ev, rows, images, imp, notes))
+    cb.progress(1.0)
+    return {**paths, "rows": rows}

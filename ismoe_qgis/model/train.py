@@ -1,0 +1,282 @@
+"""Training: windows cut on the fly from the dataset cube, early stopping, best checkpoint kept.
+
+Loss = MSE(mixture, target)
+     + expert_loss  * mean_e MSE(expert_e, target)   (each expert must explain SM from its factor
+                                                      alone, so the router compares honest experts)
+     + router_entropy * mean entropy of the routing weights (optional, 0 = off; > 0 favours
+                                                      decisive weights, < 0 favours spread)
+all on valid (finite) targets only, in normalised target units.
+"""
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..core_callbacks import Callbacks, Cancelled, ensure
+from ..data.cube import Cube, split_masks
+from ..version import __version__
+from .io import save_model
+from .networks import ModelConfig, SoilMoistureNet
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 42
+    device: str = "auto"
+    samples_per_epoch: int = 20000
+    val_samples: int = 8000
+    patience: int = 6
+    expert_loss: float = 0.5
+    router_entropy: float = 0.0
+    gap_policy: str = "skip"
+    val_start: Optional[str] = None
+    test_start: Optional[str] = None
+    amp: bool = True
+    compile: bool = False
+
+
+def resolve_device(name: str, log=print) -> torch.device:
+    name = (name or "auto").lower()
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"DEVICE must be auto, cpu or cuda, got '{name}'")
+    if name == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if name == "auto" else name)
+    if name != "auto":
+        log(f"DEVICE '{name}' asked for, but no CUDA device is available to torch: using the CPU")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA devices that support it, otherwise none."""
+    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+class WindowSampler:
+    """Cuts (B, L, V, k, k) windows out of the normalised cube with one gather.
+
+    The padded cube lives on the training device when it fits (GPU gather, no host copies);
+    otherwise on the host and batches go over in pinned memory with non_blocking copies."""
+
+    def __init__(self, cube: Cube, device: torch.device):
+        k, L = cube.patch_size, cube.seq_len
+        r = k // 2
+        xn = cube.normalised_x()
+        np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if r:
+            xn = np.pad(xn, ((0, 0), (0, 0), (r, r), (r, r)))
+        x = torch.from_numpy(np.ascontiguousarray(xn))
+        self.device = device
+        on_device = device.type == "cpu"
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            on_device = x.numel() * 4 < 0.4 * free
+        self.host_gather = not on_device
+        self.x = x.to(device) if on_device else x
+        gdev = self.x.device
+        yn = (cube.y - cube.y_mean) / cube.y_std
+        self.y = torch.from_numpy(yn.astype(np.float32)).to(gdev)
+        self.rows = torch.from_numpy(cube.target_rows.astype(np.int64)).to(gdev)
+        self.cols = torch.from_numpy(cube.target_cols.astype(np.int64)).to(gdev)
+        self.dt = torch.arange(-L + 1, 1, device=gdev)
+        self.dk = torch.arange(k, device=gdev)
+        doy = (cube.dates - cube.dates.astype("datetime64[Y]")).astype(np.int64) + 1
+        self.doy = torch.from_numpy(doy).to(gdev)
+
+    def batch(self, t_idx, n_idx):
+        gdev = self.x.device
+        t = torch.as_tensor(t_idx, device=gdev)
+        n = torch.as_tensor(n_idx, device=gdev)
+        tt = (t[:, None] + self.dt[None, :])[:, :, None, None]            # B, L, 1, 1
+        rr = (self.rows[n][:, None] + self.dk[None, :])[:, None, :, None]  # B, 1, k, 1
+        cc = (self.cols[n][:, None] + self.dk[None, :])[:, None, None, :]  # B, 1, 1, k
+        xb = self.x[:, tt, rr, cc].permute(1, 2, 0, 3, 4)                  # B, L, V, k, k
+        yb, db = self.y[t, n], self.doy[t]
+        if self.host_gather:
+            xb, yb, db = (a.contiguous().pin_memory().to(self.device, non_blocking=True) for a in (xb, yb, db))
+        return xb, yb, db
+
+
+def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig:
+    return ModelConfig(factors=cube.factors, variables=cube.variables, model_type=model_type,
+                       patch_size=cube.patch_size, seq_len=cube.seq_len, x_mean=cube.x_mean,
+                       x_std=cube.x_std, y_mean=cube.y_mean, y_std=cube.y_std, version=__version__,
+                       **overrides)
+
+
+def loss_terms(model, x, y, doy, cfg: TrainConfig):
+    pred, w, experts = model(x, doy)
+    pred, experts = pred.float(), experts.float()
+    loss = torch.mean((pred - y) ** 2)
+    if cfg.expert_loss and model.cfg.model_type != "cnn_lstm":
+        loss = loss + cfg.expert_loss * torch.mean((experts - y[:, None]) ** 2)
+    if cfg.router_entropy and model.router is not None:
+        ent = -(w * torch.log(w.clamp_min(1e-8))).sum(dim=1).mean()
+        loss = loss + cfg.router_entropy * ent
+    return loss, pred
+
+
+@torch.no_grad()
+def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048, amp_dtype=None):
+    """Run the model on samples (t, n). Returns SM in target units (N,), weights (N, E), experts (N, E)."""
+    model.eval()
+    outs, ws, es = [], [], []
+    for s in range(0, len(t_idx), batch_size):
+        xb, _, db = sampler.batch(t_idx[s:s + batch_size], n_idx[s:s + batch_size])
+        with torch.autocast(sampler.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            y, w, e = model(xb, db)
+        outs.append(y.float().cpu())
+        ws.append(w.float().cpu())
+        es.append(e.float().cpu())
+    if not outs:
+        E = model.n_experts
+        return np.zeros(0, np.float32), np.zeros((0, E), np.float32), np.zeros((0, E), np.float32)
+    cfg = model.cfg
+    y = torch.cat(outs).numpy() * cfg.y_std + cfg.y_mean
+    e = torch.cat(es).numpy() * cfg.y_std + cfg.y_mean
+    return y.astype(np.float32), torch.cat(ws).numpy(), e.astype(np.float32)
+
+
+def _cc_rmse(obs, est):
+    if len(obs) < 3 or np.std(obs) == 0 or np.std(est) == 0:
+        cc = float("nan")
+    else:
+        cc = float(np.corrcoef(obs, est)[0, 1])
+    return cc, float(np.sqrt(np.mean((obs - est) ** 2))) if len(obs) else float("nan")
+
+
+def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig = None,
+          model_options: dict = None, callbacks: Callbacks = None, log_path: str = None):
+    """Train a model on `cube` and save the best checkpoint (lowest validation loss) to `out_path`.
+
+    Returns a dict: history (per epoch), best_epoch, cancelled, device, val/test metrics, split.
+    Cancel (callbacks.is_cancelled) is honoured within one batch; the best model so far is kept.
+    """
+    cb = ensure(callbacks)
+    cfg = cfg or TrainConfig()
+    if cfg.epochs < 1:
+        raise ValueError(f"EPOCHS must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"BATCH_SIZE must be >= 1, got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
+    device = resolve_device(cfg.device, cb.log)
+    amp_dtype = autocast_dtype(device, cfg.amp)
+    cb.log(f"device: {device}" + (f" (autocast {amp_dtype})" if amp_dtype else ""))
+
+    train_m, val_m, test_m = split_masks(cube.dates, cfg.val_start, cfg.test_start)
+    tr_t, tr_n = cube.sample_index(train_m, cfg.gap_policy)
+    va_t, va_n = cube.sample_index(val_m, cfg.gap_policy)
+    te_t, te_n = cube.sample_index(test_m, cfg.gap_policy)
+    split = {"train": [str(cube.dates[train_m][0]), str(cube.dates[train_m][-1])] if train_m.any() else None,
+             "val": [str(cube.dates[val_m][0]), str(cube.dates[val_m][-1])] if val_m.any() else None,
+             "test": [str(cube.dates[test_m][0]), str(cube.dates[test_m][-1])] if test_m.any() else None,
+             "n_train": int(len(tr_t)), "n_val": int(len(va_t)), "n_test": int(len(te_t))}
+    if len(tr_t) == 0:
+        raise ValueError("the training period has no valid sample (target present and a full "
+                         f"{cube.seq_len}-day input window): check the dates, VAL_START/TEST_START and SEQ_LEN")
+    if len(va_t) == 0:
+        raise ValueError("the validation period has no valid sample: move VAL_START earlier or TEST_START later")
+    cb.log(f"samples: train {len(tr_t)}, validation {len(va_t)}, test {len(te_t)}; split {json.dumps(split)}")
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    mcfg = model_config_for(cube, model_type, **(model_options or {}))
+    model = SoilMoistureNet(mcfg).to(device)
+    run_model = torch.compile(model) if cfg.compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = WindowSampler(cube, device)
+
+    n_val = min(len(va_t), cfg.val_samples)
+    vsel = np.sort(rng.choice(len(va_t), n_val, replace=False))
+    vt, vn = va_t[vsel], va_n[vsel]
+    v_obs = cube.y[vt, vn]
+
+    per_epoch = min(cfg.samples_per_epoch, len(tr_t)) if cfg.samples_per_epoch > 0 else len(tr_t)
+    n_batches = max(1, math.ceil(per_epoch / cfg.batch_size))
+    total_steps = cfg.epochs * n_batches
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
+
+    history, best, best_state, bad_epochs, cancelled = [], float("inf"), None, 0, False
+    best_epoch = 0
+    t0 = time.time()
+    step = 0
+    info_base = {"model_type": model_type, "train": asdict(cfg), "split": split}
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        sel = rng.choice(len(tr_t), per_epoch, replace=False)
+        tot, cnt = 0.0, 0
+        for b in range(n_batches):
+            if cb.is_cancelled():
+                cancelled = True
+                break
+            idx = sel[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if len(idx) == 0:
+                break
+            xb, yb, db = sampler.batch(tr_t[idx], tr_n[idx])
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, _ = loss_terms(run_model, xb, yb, db, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            if step < total_steps - 1:
+                sched.step()
+            step += 1
+            tot += float(loss.detach()) * len(idx)
+            cnt += len(idx)
+            cb.progress(((epoch - 1) * n_batches + b + 1) / total_steps)
+        if cancelled and cnt == 0:
+            break
+        est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
+        val_loss = float(np.mean(((est - v_obs) / cube.y_std) ** 2))
+        cc, rmse = _cc_rmse(v_obs, est)
+        row = {"epoch": epoch, "train_loss": tot / max(cnt, 1), "val_loss": val_loss, "val_cc": cc,
+               "val_rmse": rmse, "seconds": round(time.time() - t0, 2)}
+        history.append(row)
+        cb.log(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+               f"val CC {cc:.3f}, val RMSE {rmse:.4f}")
+        if log_path:
+            with open(log_path, "a" if epoch > 1 else "w") as f:
+                f.write(json.dumps(row) + "\n")
+        if val_loss < best:
+            best, best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            save_model(out_path, model, {**info_base, "best_epoch": epoch, "history": history})
+        else:
+            bad_epochs += 1
+        if cancelled:
+            cb.log("cancelled: keeping the best model so far")
+            break
+        if bad_epochs >= cfg.patience:
+            cb.log(f"early stop: no validation improvement for {cfg.patience} epochs")
+            break
+
+    if best_state is None:
+        raise Cancelled("cancelled before the first epoch ended: no model was written")
+    model.load_state_dict(best_state)
+    result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
+              "split": split, "model_type": model_type}
+    est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
+    result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
+    if len(te_t):
+        n_te = min(len(te_t), 50000)
+        tsel = np.sort(rng.choice(len(te_t), n_te, replace=False))
+        est, _, _ = predict_samples(model, sampler, te_t[tsel], te_n[tsel], amp_dtype=amp_dtype)
+        result["test_cc"], result["test_rmse"] = _cc_rmse(cube.y[te_t[tsel], te_n[tsel]], est)
+    save_model(out_path, model, {**info_base, "best_epoch": best_epoch, "history": history,
+                                 "val_cc": result["val_cc"], "test_cc": result.get("test_cc")})
+    cb.progress(1.0)
+    return result

@@ -1,0 +1,209 @@
+"""Model mechanics: batched experts equal independent experts, tile inference equals patch
+inference (several tile sizes, edges, every model type and router input), silent factors."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ismoe_qgis.data.cube import Cube  # noqa: E402
+from ismoe_qgis.model import inference  # noqa: E402
+from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
+from ismoe_qgis.model.networks import ExpertBank, SoilMoistureNet, silent_factor_mask  # noqa: E402
+from ismoe_qgis.model.train import WindowSampler, model_config_for  # noqa: E402
+
+FACTORS = {"snow": ["sd", "sc"], "radiation": ["ssr", "str"], "wind": ["u10"]}
+VARIABLES = ["sd", "sc", "ssr", "str", "u10"]
+
+
+def small_cube(T=24, H=9, W=11, k=5, L=6, seed=0, silent_snow_rows=3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(5, T, H, W)).astype(np.float32)
+    x[0:2, :, :silent_snow_rows, :] = 0.0     # snow absent in the top rows: a silent factor there
+    x[4, 5, 2, 3] = np.nan                    # a gap
+    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    y = rng.normal(0.3, 0.05, size=(T, H * W)).astype(np.float32)
+    grid = {"crs_wkt": 'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+                       'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]',
+            "transform": [10.0, 0.1, 0.0, 50.0, 0.0, -0.1], "width": W, "height": H}
+    dates = np.arange(np.datetime64("2020-12-20"), np.datetime64("2020-12-20") + T)
+    return Cube(x=x, y=y, target_rows=rows.ravel(), target_cols=cols.ravel(), dates=dates,
+                factors=FACTORS, variables=VARIABLES, grid=grid, patch_size=k, seq_len=L)
+
+
+def make_model(cube, model_type="ismoe", seed=1, **opts):
+    torch.manual_seed(seed)
+    m = SoilMoistureNet(model_config_for(cube, model_type, conv_channels=4, hidden=8, router_hidden=6, **opts))
+    # non-trivial biases so that mistakes in padding/offsets show up
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def patch_predictions(model, cube):
+    """Reference: every (date, pixel) window cut out as a k x k x L patch."""
+    L = cube.seq_len
+    sampler = WindowSampler(cube, torch.device("cpu"))
+    T, N = cube.n_dates, len(cube.target_rows)
+    t_idx = np.repeat(np.arange(L - 1, T), N)
+    n_idx = np.tile(np.arange(N), T - L + 1)
+    with torch.no_grad():
+        xb, _, db = sampler.batch(t_idx, n_idx)
+        y, w, _ = model(xb, db)
+    H, W = cube.x.shape[2:]
+    return (y.numpy().reshape(T - L + 1, H, W), w.numpy().reshape(T - L + 1, H, W, -1).transpose(3, 0, 1, 2))
+
+
+@pytest.mark.parametrize("model_type,router", [("ismoe", "expert_states"), ("ismoe", "all_states"),
+                                               ("ismoe", "inputs"), ("ismoe", "inputs_doy"),
+                                               ("mean_expert", "expert_states"), ("cnn_lstm", "expert_states")])
+def test_tile_equals_patch_whole_image(model_type, router):
+    cube = small_cube()
+    model = make_model(cube, model_type, router_input=router)
+    y_ref, w_ref = patch_predictions(model, cube)
+    r, L = cube.patch_size // 2, cube.seq_len
+    read = inference.cube_block_reader(cube)
+    raw = read(-r, -r, cube.x.shape[2] + 2 * r, cube.x.shape[3] + 2 * r, 0, cube.n_dates)
+    xt = inference.normalise_block(model, raw)
+    doy = torch.from_numpy(inference.day_of_year(cube.dates[L - 1:]))
+    y, w = inference.predict_tile(model, xt, doy, chunk_windows=97)   # odd chunking on purpose
+    np.testing.assert_allclose(y.numpy(), y_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(w.numpy(), w_ref, rtol=1e-4, atol=1e-5)
+    assert w.shape[0] == (1 if model_type == "cnn_lstm" else 3)
+
+
+@pytest.mark.parametrize("tile,time_chunk", [(4, 5), (5, 19), (13, 64), (3, 1)])
+def test_streamed_folder_equals_patch(tmp_path, tile, time_chunk):
+    import rasterio
+    cube = small_cube()
+    model = make_model(cube)
+    y_ref, w_ref = patch_predictions(model, cube)
+    y_ref = y_ref * cube.y_std + cube.y_mean
+    out = tmp_path / "pred"
+    man = inference.predict_to_folder(model, inference.cube_block_reader(cube), cube.grid, cube.dates, str(out),
+                                      tile_size=tile, time_chunk=time_chunk)
+    L = cube.seq_len
+    assert man["dates"][0] == str(cube.dates[L - 1]) and len(man["dates"]) == cube.n_dates - L + 1
+    with rasterio.open(out / "sm.tif") as ds:
+        sm = ds.read()
+        assert ds.nodata == inference.NODATA
+        assert ds.descriptions[0] == str(cube.dates[L - 1])
+        assert ds.crs.to_epsg() == 4326
+        assert ds.transform.c == 10.0 and ds.transform.a == 0.1
+    # the gap at (t=5, r=2, c=3) makes exactly that output nodata; everything else matches patches
+    gap_t = 5 - (L - 1)
+    assert sm[gap_t, 2, 3] == inference.NODATA
+    mask = sm != inference.NODATA
+    assert mask.sum() == sm.size - 1
+    np.testing.assert_allclose(sm[mask], y_ref[mask], rtol=1e-4, atol=1e-5)
+    for e, f in enumerate(FACTORS):
+        with rasterio.open(out / f"weight_{f}.tif") as ds:
+            wf = ds.read()
+        np.testing.assert_allclose(wf[mask], w_ref[e][mask], rtol=1e-4, atol=1e-5)
+    meta = json.loads((out / "prediction.json").read_text())
+    assert meta["factors"] == list(FACTORS)
+    assert not [p for p in out.iterdir() if p.name.startswith(".ismoe")]   # no temp leftovers
+
+
+def test_silent_factor_gets_zero_weight():
+    cube = small_cube()
+    model = make_model(cube)
+    _, w = patch_predictions(model, cube)
+    # rows 0..2 have no snow at all: the snow expert gets exactly 0 there, and weight elsewhere
+    assert np.all(w[0, :, :3, :] == 0.0)
+    assert np.all(w[0, :, 3:, :] > 0.0)
+    np.testing.assert_allclose(w.sum(axis=0), 1.0, rtol=1e-5)
+
+
+def test_silent_mask_function():
+    x = torch.randn(4, 6, 5, 3, 3)
+    x[:2, :, 0:2, 1, 1] = 0.7          # only the centre pixel matters
+    m = silent_factor_mask(x, [[0, 1], [2, 3, 4], [0]])
+    assert m.tolist() == [[True, False, True], [True, False, True], [False, False, False], [False, False, False]]
+
+
+def test_batched_experts_equal_independent_loop():
+    torch.manual_seed(0)
+    index = [[0, 1, 2], [3], [4, 5]]
+    bank = ExpertBank(index, 6, patch_size=5, conv_channels=4, hidden=8, dropout=0.0).eval()
+    x = torch.randn(7, 6, 6, 5, 5)
+    out, states = bank(x)
+    for e, idx in enumerate(index):
+        single = ExpertBank([list(range(len(idx)))], len(idx), 5, 4, 8, 0.0).eval()
+        with torch.no_grad():
+            # copy expert e's slice of every grouped/stacked weight into the single expert
+            vmax = bank.vmax
+            for ls, lb in zip(single.cnn, bank.cnn):
+                if isinstance(lb, torch.nn.Conv2d):
+                    C = lb.out_channels // bank.E
+                    wsl = lb.weight[e * C:(e + 1) * C]
+                    if ls.in_channels != lb.in_channels // bank.E:   # first layer: drop zero-padded inputs
+                        wsl = wsl[:, :len(idx)]
+                    ls.weight.copy_(wsl)
+                    ls.bias.copy_(lb.bias[e * C:(e + 1) * C])
+            single.w_ih.copy_(bank.w_ih[e:e + 1])
+            single.w_hh.copy_(bank.w_hh[e:e + 1])
+            single.b.copy_(bank.b[e:e + 1])
+            single.w_out.copy_(bank.w_out[e:e + 1])
+            single.b_out.copy_(bank.b_out[e:e + 1])
+            assert vmax >= len(idx)
+            o, h = single(x[:, :, idx])
+        torch.testing.assert_close(o[:, 0], out[:, e], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(h[0], states[e], rtol=1e-5, atol=1e-6)
+
+
+def test_single_expert_matches_torch_lstm():
+    """Our stacked LSTM is the standard LSTM (checked against torch.nn.LSTM)."""
+    torch.manual_seed(0)
+    bank = ExpertBank([[0, 1]], 2, patch_size=1, conv_channels=3, hidden=5, dropout=0.0).eval()
+    lstm = torch.nn.LSTM(3, 5, batch_first=True)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(bank.w_ih[0].t())
+        lstm.weight_hh_l0.copy_(bank.w_hh[0].t())
+        lstm.bias_ih_l0.copy_(bank.b[0])
+        lstm.bias_hh_l0.zero_()
+        x = torch.randn(4, 9, 2, 1, 1)
+        feats = bank.features(x.reshape(36, 2, 1, 1)).view(4, 9, 3)
+        _, (h_ref, _) = lstm(feats)
+        _, h = bank(x)
+    torch.testing.assert_close(h[0], h_ref[0], rtol=1e-5, atol=1e-6)
+
+
+def test_model_file_roundtrip_weights_only(tmp_path):
+    cube = small_cube()
+    model = make_model(cube)
+    p = tmp_path / "m.pt"
+    save_model(p, model, {"note": "x"})
+    m2, cfg, info = load_model(p)
+    assert cfg.factors == FACTORS and cfg.patch_size == 5 and info["note"] == "x"
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), m2.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    # a file that is not a model gives a clear error
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not an ismoe model file"):
+        load_model(bad)
+
+
+def test_cube_roundtrip(tmp_path):
+    cube = small_cube()
+    p = tmp_path / "c.npz"
+    cube.save(p)
+    c2 = Cube.load(p)
+    np.testing.assert_array_equal(c2.x, cube.x)
+    np.testing.assert_array_equal(c2.dates, cube.dates)
+    assert c2.factors == FACTORS and c2.x_mean == cube.x_mean and c2.patch_size == 5
+
+
+def test_sample_index_skips_gaps():
+    cube = small_cube()
+    t, n = cube.sample_index(np.ones(cube.n_dates, bool), "skip")
+    L = cube.seq_len
+    assert t.min() == L - 1
+    gap_n = 2 * cube.x.shape[3] + 3
+    bad = (n == gap_n) & (t >= 5) & (t <= 5 + L - 1)
+    assert not bad.any()
+    t2, n2 = cube.sample_index(np.ones(cube.n_dates, bool), "fill")
+    assert len(t2) == (cube.n_dates - L + 1) * len(cube.target_rows) > len(t)
