@@ -27,9 +27,17 @@ class IsmoePlugin:
 
     def _init_dock(self):
         """Hook: create the weights dock widget and its menu/toolbar action (ui/)."""
+        from .ui.integration import init_dock
+
+        init_dock(self.iface, self)
 
     def _unload_dock(self):
         """Hook: remove what ``_init_dock`` added."""
+        if getattr(self, "dock", None) is None:
+            return
+        from .ui.integration import unload_dock
+
+        unload_dock(self)
 
     def unload(self):
         self._unload_dock()

@@ -124,34 +124,58 @@ def test_silent_mask_function():
     assert m.tolist() == [[True, False, True], [True, False, True], [False, False, False], [False, False, False]]
 
 
-def test_batched_experts_equal_independent_loop():
+def reference_expert(bank, e, x_e):
+    """Expert e computed alone with stock torch layers (nn.Conv2d, nn.LSTM) in a plain loop."""
+    k, C, H = bank.k, bank.C, bank.H
+    nv = x_e.shape[2]
+    conv1 = torch.nn.Conv2d(nv, C, 1)
+    lstm = torch.nn.LSTM(C, H, batch_first=True)
+    with torch.no_grad():
+        conv1.weight.copy_(bank.cnn.w1[e, :, :nv].reshape(C, nv, 1, 1))   # drop zero-padded inputs
+        conv1.bias.copy_(bank.cnn.b1[e])
+        layers = [conv1, torch.nn.ReLU()]
+        if k > 1:
+            convk = torch.nn.Conv2d(C, C, k)
+            convk.weight.copy_(bank.cnn.wk[e].reshape(C, C, k, k))
+            convk.bias.copy_(bank.cnn.bk[e])
+            layers += [convk, torch.nn.ReLU()]
+        cnn = torch.nn.Sequential(*layers)
+        lstm.weight_ih_l0.copy_(bank.w_ih[e].t())
+        lstm.weight_hh_l0.copy_(bank.w_hh[e].t())
+        lstm.bias_ih_l0.copy_(bank.b[e])
+        lstm.bias_hh_l0.zero_()
+        B, L = x_e.shape[:2]
+        feats = torch.stack([cnn(x_e[:, t]).flatten(1) for t in range(L)], dim=1)   # B, L, C
+        _, (h, _) = lstm(feats)
+        out = h[0] @ bank.w_out[e] + bank.b_out[e]
+    return out, h[0]
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_batched_experts_equal_independent_loop(k):
     torch.manual_seed(0)
     index = [[0, 1, 2], [3], [4, 5]]
-    bank = ExpertBank(index, 6, patch_size=5, conv_channels=4, hidden=8, dropout=0.0).eval()
-    x = torch.randn(7, 6, 6, 5, 5)
-    out, states = bank(x)
+    bank = ExpertBank(index, 6, patch_size=k, conv_channels=4, hidden=8, dropout=0.0).eval()
+    x = torch.randn(7, 6, 6, k, k)
+    with torch.no_grad():
+        out, states = bank(x)
     for e, idx in enumerate(index):
-        single = ExpertBank([list(range(len(idx)))], len(idx), 5, 4, 8, 0.0).eval()
-        with torch.no_grad():
-            # copy expert e's slice of every grouped/stacked weight into the single expert
-            vmax = bank.vmax
-            for ls, lb in zip(single.cnn, bank.cnn):
-                if isinstance(lb, torch.nn.Conv2d):
-                    C = lb.out_channels // bank.E
-                    wsl = lb.weight[e * C:(e + 1) * C]
-                    if ls.in_channels != lb.in_channels // bank.E:   # first layer: drop zero-padded inputs
-                        wsl = wsl[:, :len(idx)]
-                    ls.weight.copy_(wsl)
-                    ls.bias.copy_(lb.bias[e * C:(e + 1) * C])
-            single.w_ih.copy_(bank.w_ih[e:e + 1])
-            single.w_hh.copy_(bank.w_hh[e:e + 1])
-            single.b.copy_(bank.b[e:e + 1])
-            single.w_out.copy_(bank.w_out[e:e + 1])
-            single.b_out.copy_(bank.b_out[e:e + 1])
-            assert vmax >= len(idx)
-            o, h = single(x[:, :, idx])
-        torch.testing.assert_close(o[:, 0], out[:, e], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(h[0], states[e], rtol=1e-5, atol=1e-6)
+        o, h = reference_expert(bank, e, x[:, :, idx])
+        torch.testing.assert_close(o, out[:, e], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h, states[e], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_paths_agree():
+    """The patch path (one bmm) and the tile path (grouped F.conv2d) of the k x k conv agree."""
+    torch.manual_seed(0)
+    bank = ExpertBank([[0, 1], [2]], 3, patch_size=5, conv_channels=4, hidden=8, dropout=0.0).eval()
+    tile = torch.randn(2, 3, 9, 8)
+    with torch.no_grad():
+        full = bank.features(tile)                              # 2, E, C, 5, 4
+        for r in range(5):
+            for c in range(4):
+                one = bank.features(tile[:, :, r:r + 5, c:c + 5])
+                torch.testing.assert_close(one[..., 0, 0], full[..., r, c], rtol=1e-5, atol=1e-6)
 
 
 def test_single_expert_matches_torch_lstm():

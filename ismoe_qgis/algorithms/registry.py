@@ -10,4 +10,5 @@ ALGORITHMS = [
     ("ismoe_qgis.algorithms.prepare", "PrepareDatasetAlgorithm"),
     ("ismoe_qgis.algorithms.train", "TrainAlgorithm"),
     ("ismoe_qgis.algorithms.predict", "PredictAlgorithm"),
+    ("ismoe_qgis.algorithms.seasonal_importance", "SeasonalImportanceAlgorithm"),
 ]

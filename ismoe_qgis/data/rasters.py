@@ -28,7 +28,11 @@ when it downsamples), ``average`` of the valid source pixels (weighted by covera
 grid is more than 1.5x coarser, and ``nearest`` for masks / categorical
 layers (``kind='mask'``). A source on exactly the same lattice as the grid (same CRS and
 pixel size, integer offset) is copied without resampling. Nodata, masked pixels and NaN become
-NaN; so do cells of the grid the source does not cover.
+NaN; so do cells of the grid the source does not cover. Interpolating kernels (bilinear, cubic)
+give a value only where the source pixel under the cell centre is valid, weighting the valid
+neighbours only; ``average`` averages the valid source pixels of the footprint. Each band is
+treated on its own (the result does not depend on ``block_bands``). Scale/offset (packed
+NetCDF/GeoTIFF) are applied.
 
 All input problems raise subclasses of :class:`InputError` (a ``ValueError``) whose message
 names the layer and says what to do.
@@ -36,12 +40,13 @@ names the layer and says what to do.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import rasterio
@@ -128,12 +133,19 @@ def _crs_label(crs: CRS) -> str:
         return "custom CRS"
 
 
+@functools.lru_cache(maxsize=64)
+def _crs_from_text(text: str) -> CRS:
+    return CRS.from_user_input(text)
+
+
 def _as_crs(crs_like) -> CRS:
     if isinstance(crs_like, CRS):
         return crs_like
     if crs_like is None or (isinstance(crs_like, str) and not crs_like.strip()):
         raise GeoreferenceError("no CRS given: set the coordinate reference system of the layer")
     try:
+        if isinstance(crs_like, str):
+            return _crs_from_text(crs_like)
         return CRS.from_user_input(crs_like)
     except Exception as err:
         raise GeoreferenceError(f"cannot understand the CRS {str(crs_like)[:120]!r}: {err}") from err
@@ -337,8 +349,12 @@ class _open:
             try:
                 ds = rasterio.open(self.path)
             except (RasterioIOError, RasterioError) as err:
-                hint = ("the file does not exist" if not (":" in self.path or os.path.exists(self.path))
-                        else "check the path and that GDAL can read this format")
+                m = _NETCDF_RE.match(self.path)
+                file_part = m.group("path") if m else self.path
+                if (m or ":" not in file_part) and not os.path.exists(file_part):
+                    hint = f"the file {file_part} does not exist"
+                else:
+                    hint = "check the path (and variable name) and that GDAL can read this format"
                 raise SourceError(f"cannot open layer '{self.label}' ({self.path}): {hint}. GDAL said: {err}") from err
             if ds.count == 0:
                 subs = list(ds.subdatasets or [])
@@ -350,9 +366,13 @@ class _open:
                         raise SourceError(f"cannot open the only variable of layer '{self.label}': {err}") from err
                 elif subs:
                     names = [s.rsplit(":", 1)[-1] for s in subs]
+                    example = subs[0]
+                    m = re.match(r"^netcdf:(.*):([^:]+)$", example, re.IGNORECASE)
+                    if m:
+                        example = netcdf_source(m.group(1).strip('"'), m.group(2))
                     raise SourceError(
                         f"layer '{self.label}' holds several variables ({', '.join(names)}): choose one, "
-                        f"e.g. {subs[0]} (in QGIS, add the variable as its own layer)")
+                        f"e.g. {example} (in QGIS, add that variable as its own layer)")
                 else:
                     raise SourceError(f"layer '{self.label}' ({self.path}) has no raster bands")
         self.ds = ds
@@ -375,6 +395,10 @@ def parse_date(value) -> np.datetime64:
 
     Raises :class:`BadDatesError` otherwise.
     """
+    if hasattr(value, "toPyDateTime") and not hasattr(value, "toPyDate"):  # QDateTime, no Qt import
+        value = value.toPyDateTime()
+    elif hasattr(value, "toPyDate"):  # QDate
+        value = value.toPyDate()
     if isinstance(value, np.datetime64):
         if np.isnat(value):
             raise BadDatesError("not a date: NaT")
@@ -904,6 +928,30 @@ def _source_window(ds, src_grid: Grid, dst_grid: Grid, plan: AlignPlan):
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
+_INTERPOLATING = {Resampling.bilinear, Resampling.cubic, Resampling.cubic_spline, Resampling.lanczos}
+
+
+def _warp_block(src, src_transform, src_crs, dst_grid: Grid, dst_crs, resampling) -> np.ndarray:
+    """Warp a (bands, h, w) float32 block with NaN as nodata, each band on its own terms.
+
+    GDAL treats nodata differently for one band (an interpolated pixel is valid only if the
+    source pixel under it is valid) and for several bands (UNIFIED_SRC_NODATA=NO: valid if
+    any pixel of the kernel is valid). We warp all bands at once (one GDAL call per block, much
+    faster than one per band) and, for interpolating kernels, mask with a nearest-neighbour warp
+    of the same block, which gives exactly the single-band result whatever ``block_bands``.
+    """
+    out = np.full((src.shape[0], dst_grid.height, dst_grid.width), np.nan, dtype=np.float32)
+    common = dict(src_transform=src_transform, src_crs=src_crs, src_nodata=np.nan,
+                  dst_transform=dst_grid.affine, dst_crs=dst_crs, dst_nodata=np.nan,
+                  UNIFIED_SRC_NODATA="NO")
+    rasterio.warp.reproject(source=src, destination=out, resampling=resampling, **common)
+    if resampling in _INTERPOLATING:
+        near = np.full_like(out, np.nan)
+        rasterio.warp.reproject(source=src, destination=near, resampling=Resampling.nearest, **common)
+        out[np.isnan(near)] = np.nan
+    return out
+
+
 def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "auto", start=None,
                         step_days: int = 1, block_bands: int = 64, *, allow_missing: bool = False,
                         kind: str = "continuous", variable: Optional[str] = None, name: Optional[str] = None,
@@ -958,13 +1006,8 @@ def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "au
                     if offset is not None:
                         dst[sel, sr0 - sr:sr1 - sr, sc0 - sc:sc1 - sc] = src
                     else:
-                        tmp = np.full((sel.size, sub.height, sub.width), np.nan, dtype=np.float32)
-                        rasterio.warp.reproject(
-                            source=src, destination=tmp,
-                            src_transform=src_transform, src_crs=info.grid.crs, src_nodata=np.nan,
-                            dst_transform=sub.affine, dst_crs=grid.crs, dst_nodata=np.nan,
-                            resampling=resampling_enum)
-                        dst[sel] = tmp
+                        dst[sel] = _warp_block(src, src_transform, info.grid.crs, sub, grid.crs,
+                                               resampling_enum)
                     if callbacks is not None:
                         callbacks.progress((bi + 1) / nblocks)
     log(plan.describe(label))

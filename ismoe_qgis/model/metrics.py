@@ -24,9 +24,11 @@ Undefined cases give NaN, never a warning or an exception:
   are NaN (rmse, ubrmse and bias stay defined);
 - mean(obs) == 0: kge is NaN (beta is undefined).
 
-Grouped metrics are computed in one vectorised pass (``np.bincount``) so that thousands of
-pixel groups over long series stay fast; ``metrics()`` uses the same code path, so a group's
-row is identical to ``metrics()`` on that group's samples.
+Grouped metrics are vectorised (``np.bincount``): one pass over the samples collects
+two-pass centred moments per cell (a combination of one group of every kind), which are
+then pooled exactly into each kind's groups (Chan et al.'s parallel update), so thousands of
+pixel groups over long series stay fast. A group's row equals ``metrics()`` on that group's
+samples to floating-point rounding.
 """
 import numpy as np
 
@@ -45,9 +47,12 @@ METRIC_NAMES = ("cc", "rmse", "ubrmse", "bias", "kge")
 MIN_PAIRS = 3
 #: meteorological seasons, in calendar order
 SEASONS = ("DJF", "MAM", "JJA", "SON")
-# a standard deviation at or below this fraction of mean(|x|) counts as zero variance
-# (a constant series in floating point has sd ~ 1e-17 * |x|, not exactly 0)
+# a standard deviation at or below this fraction of |mean| + sd counts as zero variance
 _ZERO_VAR_REL = 1e-9
+# grouped_metrics pools per-cell moments (one cell per combination of groups) when the
+# number of cells is at most max(_MAX_CELLS_MIN, min(_MAX_CELLS, valid samples / 4))
+_MAX_CELLS_MIN = 4096
+_MAX_CELLS = 2_000_000
 # label arrays larger than this are factorised with np.unique instead of a Python loop
 _FACTORIZE_LOOP_MAX = 50_000
 
@@ -73,41 +78,83 @@ def _paired(obs, est):
     return o, e, np.isfinite(o) & np.isfinite(e)
 
 
-def _group_stats(o, e, codes, ngroups):
-    """Metrics of 1-D paired-valid samples ``o``, ``e`` grouped by ``codes`` (0..ngroups-1).
+def _moments(o, e, codes, ncells):
+    """Sufficient statistics of 1-D paired-valid samples grouped by ``codes`` (0..ncells-1).
 
-    Returns a dict of float64 arrays of length ``ngroups`` (``n`` as int64).
-    Two-pass (means first, then centred sums) for numerical robustness.
+    Two-pass (means first, then centred sums) for numerical robustness. Returns a dict of
+    arrays of length ``ncells``: ``n`` (int64), means ``mo``/``me`` and the centred sums
+    ``m2o`` = sum(do^2), ``m2e`` = sum(de^2), ``coe`` = sum(do*de), ``m2d`` = sum((de-do)^2)
+    (``do = o - mo``, ``de = e - me``).
     """
-    n = np.bincount(codes, minlength=ngroups).astype(np.int64)
+    n = np.bincount(codes, minlength=ncells).astype(np.int64)
     with np.errstate(all="ignore"):
         nf = n.astype(np.float64)
-        mo = np.bincount(codes, weights=o, minlength=ngroups) / nf
-        me = np.bincount(codes, weights=e, minlength=ngroups) / nf
+        mo = np.bincount(codes, weights=o, minlength=ncells) / nf
+        me = np.bincount(codes, weights=e, minlength=ncells) / nf
         do = o - mo[codes]
         de = e - me[codes]
-        var_o = np.bincount(codes, weights=do * do, minlength=ngroups) / nf
-        var_e = np.bincount(codes, weights=de * de, minlength=ngroups) / nf
-        cov = np.bincount(codes, weights=do * de, minlength=ngroups) / nf
-        diff = e - o
-        mse = np.bincount(codes, weights=diff * diff, minlength=ngroups) / nf
-        ddiff = de - do
-        ub = np.bincount(codes, weights=ddiff * ddiff, minlength=ngroups) / nf
-        scale_o = np.bincount(codes, weights=np.abs(o), minlength=ngroups) / nf
-        scale_e = np.bincount(codes, weights=np.abs(e), minlength=ngroups) / nf
+        m2o = np.bincount(codes, weights=do * do, minlength=ncells)
+        m2e = np.bincount(codes, weights=de * de, minlength=ncells)
+        coe = np.bincount(codes, weights=do * de, minlength=ncells)
+        de -= do
+        m2d = np.bincount(codes, weights=de * de, minlength=ncells)
+    return {"n": n, "mo": mo, "me": me, "m2o": m2o, "m2e": m2e, "coe": coe, "m2d": m2d}
 
-        sd_o = np.sqrt(np.maximum(var_o, 0.0))
-        sd_e = np.sqrt(np.maximum(var_e, 0.0))
+
+def _combine(m, group_of_cell, ngroups):
+    """Pool cell moments into groups (Chan et al.'s exact pairwise update, vectorised).
+
+    ``group_of_cell``: group code of each cell, -1 = in no group.
+    """
+    keep = (group_of_cell >= 0) & (m["n"] > 0)
+    g = group_of_cell[keep]
+    c = {k: v[keep] for k, v in m.items()}
+    nf = c["n"].astype(np.float64)
+    n = np.bincount(g, weights=nf, minlength=ngroups)
+    with np.errstate(all="ignore"):
+        mo = np.bincount(g, weights=nf * c["mo"], minlength=ngroups) / n
+        me = np.bincount(g, weights=nf * c["me"], minlength=ngroups) / n
+        dmo = c["mo"] - mo[g]
+        dme = c["me"] - me[g]
+        ddd = dme - dmo
+        out = {
+            "n": np.rint(n).astype(np.int64),
+            "mo": mo,
+            "me": me,
+            "m2o": np.bincount(g, weights=c["m2o"] + nf * dmo * dmo, minlength=ngroups),
+            "m2e": np.bincount(g, weights=c["m2e"] + nf * dme * dme, minlength=ngroups),
+            "coe": np.bincount(g, weights=c["coe"] + nf * dmo * dme, minlength=ngroups),
+            "m2d": np.bincount(g, weights=c["m2d"] + nf * ddd * ddd, minlength=ngroups),
+        }
+    return out
+
+
+def _finalize(m):
+    """Metric arrays (cc, rmse, ubrmse, bias, kge, n) from moments; NaN where undefined."""
+    n = m["n"]
+    mo, me = m["mo"], m["me"]
+    with np.errstate(all="ignore"):
+        nf = n.astype(np.float64)
+        var_o = np.maximum(m["m2o"] / nf, 0.0)
+        var_e = np.maximum(m["m2e"] / nf, 0.0)
+        ub = np.maximum(m["m2d"] / nf, 0.0)
+        sd_o = np.sqrt(var_o)
+        sd_e = np.sqrt(var_e)
         enough = n >= MIN_PAIRS
-        flat_o = sd_o <= _ZERO_VAR_REL * scale_o
-        flat_e = sd_e <= _ZERO_VAR_REL * scale_e
+        # zero variance relative to the data's magnitude (a constant series in floating
+        # point has sd ~ 1e-17 * |mean|, not exactly 0)
+        flat_o = sd_o <= _ZERO_VAR_REL * (np.abs(mo) + sd_o)
+        flat_e = sd_e <= _ZERO_VAR_REL * (np.abs(me) + sd_e)
         has_var = enough & ~flat_o & ~flat_e
 
-        bias = np.where(enough, me - mo, np.nan)
-        rmse = np.where(enough, np.sqrt(np.maximum(mse, 0.0)), np.nan)
-        ubrmse = np.where(enough, np.sqrt(np.maximum(ub, 0.0)), np.nan)
+        b = me - mo
+        bias = np.where(enough, b, np.nan)
+        # mean((e - o)^2) = ubRMSE^2 + bias^2 exactly
+        rmse = np.where(enough, np.sqrt(ub + b * b), np.nan)
+        ubrmse = np.where(enough, np.sqrt(ub), np.nan)
         # cov / sqrt(var_o * var_e) is exactly 1 for a perfect estimate (sqrt(x*x) == x in
         # IEEE arithmetic); fall back to sd_o * sd_e if the product underflows
+        cov = m["coe"] / nf
         prod = var_o * var_e
         denom = np.where(prod > 0, np.sqrt(prod), sd_o * sd_e)
         r = np.where(has_var, cov / denom, np.nan)
@@ -140,8 +187,7 @@ def metrics(obs, est):
     o, e, valid = _paired(obs, est)
     o = o[valid]
     e = e[valid]
-    stats = _group_stats(o, e, np.zeros(o.size, dtype=np.intp), 1)
-    return _row(stats, 0)
+    return _row(_finalize(_moments(o, e, np.zeros(o.size, dtype=np.intp), 1)), 0)
 
 
 def _is_missing_label(v):
@@ -217,10 +263,7 @@ def grouped_metrics(obs, est, groups=None, overall=True):
     "kge": float, "n": int}``; overall first, then each kind in the dict's order.
     """
     o, e, valid = _paired(obs, est)
-    rows = []
-    if overall:
-        stats = _group_stats(o[valid], e[valid], np.zeros(int(valid.sum()), dtype=np.intp), 1)
-        rows.append({"group_kind": "overall", "group": "all", **_row(stats, 0)})
+    kinds = []
     for kind, labels in (groups or {}).items():
         codes, names = _factorize(labels)
         try:
@@ -230,10 +273,44 @@ def grouped_metrics(obs, est, groups=None, overall=True):
                 f"labels of group kind {kind!r} with shape {codes.shape} do not broadcast "
                 f"to the data shape {o.shape} (per-time labels of (T, N) data: shape (T, 1))"
             ) from None
+        kinds.append((str(kind), codes, names))
+
+    n_valid = int(valid.sum())
+    sizes = [len(names) + 1 for _k, _c, names in kinds]  # +1: "in no group" (code -1)
+    ncells = int(np.prod(sizes, dtype=np.float64)) if sizes else 1
+    rows = []
+    if ncells <= max(_MAX_CELLS_MIN, min(_MAX_CELLS, n_valid // 4)):
+        # one pass over the samples: moments per cell (one combination of every kind's
+        # group), then pooled exactly into the groups of each kind
+        cell = np.zeros(o.shape, dtype=np.int64)
+        stride = 1
+        for (_k, codes, _n), size in zip(kinds, sizes):
+            cell += (codes + 1).astype(np.int64) * stride
+            stride *= size
+        cell = cell[valid]
+        cm = _moments(o[valid], e[valid], cell, ncells)
+        if overall:
+            stats = _finalize(_combine(cm, np.zeros(ncells, dtype=np.intp), 1))
+            rows.append({"group_kind": "overall", "group": "all", **_row(stats, 0)})
+        cells = np.arange(ncells, dtype=np.int64)
+        stride = 1
+        for (kind, _c, names), size in zip(kinds, sizes):
+            group_of_cell = (cells // stride) % size - 1
+            stride *= size
+            stats = _finalize(_combine(cm, group_of_cell, len(names)))
+            rows.extend({"group_kind": kind, "group": name, **_row(stats, i)}
+                        for i, name in enumerate(names))
+        return rows
+
+    # too many combinations: one pass per kind
+    if overall:
+        stats = _finalize(_moments(o[valid], e[valid], np.zeros(n_valid, dtype=np.intp), 1))
+        rows.append({"group_kind": "overall", "group": "all", **_row(stats, 0)})
+    for kind, codes, names in kinds:
         sel = valid & (codes >= 0)
-        stats = _group_stats(o[sel], e[sel], codes[sel], len(names))
-        for i, name in enumerate(names):
-            rows.append({"group_kind": str(kind), "group": name, **_row(stats, i)})
+        stats = _finalize(_moments(o[sel], e[sel], codes[sel], len(names)))
+        rows.extend({"group_kind": kind, "group": name, **_row(stats, i)}
+                    for i, name in enumerate(names))
     return rows
 
 
@@ -242,7 +319,7 @@ def season_of(dates):
 
     ``dates``: array-like of numpy datetime64 (any unit), ``datetime.date``/``datetime``
     or ISO strings. NaT gives ''. Returns a numpy str array of the same shape.
-    December belongs to the DJF of the following winter (labels carry no year).
+    Labels carry no year: December, January and February all give 'DJF'.
     """
     d = np.asarray(dates)
     if d.dtype.kind != "M":

@@ -8,9 +8,9 @@ k  patch size (odd), C  conv channels, Hd LSTM hidden size.
 Patch input ``x`` is (B, L, V, k, k), normalised, NaN already replaced by 0.
 
 Every expert is an independent CNN-LSTM that sees only its own factor's variables:
-a 1x1 convolution, then (k-1)/2 'valid' 3x3 convolutions that shrink the k x k patch
-to one pixel, an LSTM over the L daily feature vectors and a linear head to one SM value.
-All experts run in ONE pass: their convolutions are one grouped convolution
+a 1x1 convolution (per-pixel features), then one 'valid' k x k convolution that reduces the
+k x k patch to one pixel, an LSTM over the L daily feature vectors and a linear head to one
+SM value. All experts run in ONE pass: their convolutions are grouped convolutions
 (groups = E, each factor's variables zero-padded to the same channel count) and their
 LSTMs are stacked weight tensors driven by batched matrix products. Because the CNN only
 uses 'valid' convolutions, applying it to a whole tile (with a k//2 halo) gives, at each
@@ -102,6 +102,42 @@ def silent_factor_mask(x: torch.Tensor, factor_index: List[List[int]]) -> torch.
     return torch.stack([(rng[:, idx] < SILENT_TOL).all(dim=1) for idx in factor_index], dim=1)
 
 
+class GroupedConvStack(nn.Module):
+    """E independent CNNs in one pass: a 1x1 conv (Cin->C) + ReLU, then one 'valid' k x k conv
+    (C->C) + ReLU that reduces a k x k patch to one pixel (receptive field exactly k x k).
+
+    Both are grouped convolutions (one group per expert). On a k x k training patch the k x k
+    conv is a single batched matrix product over experts (the patch IS the im2col column);
+    on a larger tile it runs as F.conv2d(groups=E). Tests check both paths agree.
+    """
+
+    def __init__(self, E: int, cin: int, C: int, k: int):
+        super().__init__()
+        self.E, self.C, self.k = E, C, k
+        self.w1 = nn.Parameter(torch.empty(E, C, cin).uniform_(-1 / math.sqrt(cin), 1 / math.sqrt(cin)))
+        self.b1 = nn.Parameter(torch.empty(E, C).uniform_(-1 / math.sqrt(cin), 1 / math.sqrt(cin)))
+        if k > 1:
+            s = 1 / math.sqrt(k * k * C)
+            self.wk = nn.Parameter(torch.empty(E, C, C * k * k).uniform_(-s, s))
+            self.bk = nn.Parameter(torch.empty(E, C).uniform_(-s, s))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, E, cin, h, w) -> (N, E, C, h - k + 1, w - k + 1)."""
+        N, E, cin, h, w = x.shape
+        C, k = self.C, self.k
+        z = torch.einsum("neihw,eoi->neohw", x, self.w1) + self.b1[None, :, :, None, None]
+        z = torch.relu(z)
+        if k == 1:
+            return z
+        if h == k and w == k:                       # a training patch: one bmm over experts
+            z = torch.baddbmm(self.bk[:, None, :], z.reshape(N, E, C * k * k).transpose(0, 1),
+                              self.wk.transpose(1, 2))                                   # E, N, C
+            return torch.relu(z).transpose(0, 1).reshape(N, E, C, 1, 1)
+        weight = self.wk.reshape(E * C, C, k, k)
+        z = F.conv2d(z.reshape(N, E * C, h, w), weight, self.bk.reshape(-1), groups=E)
+        return torch.relu(z).view(N, E, C, h - k + 1, w - k + 1)
+
+
 class ExpertBank(nn.Module):
     """E independent CNN-LSTM experts computed together (grouped conv + stacked LSTM)."""
 
@@ -119,10 +155,7 @@ class ExpertBank(nn.Module):
             gidx += list(idx) + [n_variables] * (self.vmax - len(idx))
         self.register_buffer("gather_index", torch.tensor(gidx, dtype=torch.long), persistent=False)
         E, C = self.E, self.C
-        layers = [nn.Conv2d(E * self.vmax, E * C, 1, groups=E), nn.ReLU()]
-        for _ in range((patch_size - 1) // 2):
-            layers += [nn.Conv2d(E * C, E * C, 3, groups=E), nn.ReLU()]
-        self.cnn = nn.Sequential(*layers)
+        self.cnn = GroupedConvStack(E, self.vmax, C, patch_size)
         s_ih, s_hh = 1.0 / math.sqrt(C), 1.0 / math.sqrt(hidden)
         self.w_ih = nn.Parameter(torch.empty(E, C, 4 * hidden).uniform_(-s_ih, s_ih))
         self.w_hh = nn.Parameter(torch.empty(E, hidden, 4 * hidden).uniform_(-s_hh, s_hh))
@@ -142,8 +175,7 @@ class ExpertBank(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Convolutional features. x: (N, V, h, w) -> (N, E, C, h-k+1, w-k+1)."""
-        z = self.cnn(self.group_inputs(x, 1))
-        return z.view(z.shape[0], self.E, self.C, z.shape[-2], z.shape[-1])
+        return self.cnn(self.group_inputs(x, 1).view(x.shape[0], self.E, self.vmax, x.shape[-2], x.shape[-1]))
 
     def input_gates(self, feats: torch.Tensor) -> torch.Tensor:
         """(E, M, C) -> (E, M, 4H): the LSTM input projection, one batched product."""

@@ -25,8 +25,8 @@ key                    value
                        reference products are comparable. False: each estimate on its own
                        paired valid samples
 ``seasonal_importance`` optional: path to the seasonal-importance CSV (columns ``region,
-                       period_kind, period, factor, mean_weight, n``) or a list of such row
-                       dicts; rendered as monthly lines per factor (and a season table).
+                       period_kind, period, factor, mean_weight, n``), a list of such row
+                       dicts, or an ``importance.ImportanceTable``; rendered as monthly lines per factor (and a season table).
                        Optional and tolerant: an unreadable source only adds a note
 ``title``              optional str, page title
 ``units``              optional str, SM units for axis labels (default ``m³/m³``)
@@ -75,8 +75,8 @@ METRIC_TEXT = {
               "(Entekhabi et al. 2010); the usual accuracy target of satellite SM products.",
     "bias": "mean(est) − mean(obs), in SM units (0 is best; positive = too wet).",
     "kge": "Kling–Gupta efficiency, 2009 version (Gupta et al. 2009): 1 − sqrt((r−1)² + (α−1)² + "
-           "(β−1)²) with α = sd(est)/sd(obs) and β = mean(est)/mean(obs) (1 is best; "
-           "about −0.41 is what the observed mean as estimate scores).",
+           "(β−1)²) with α = sd(est)/sd(obs) and β = mean(est)/mean(obs) (1 is best; below "
+           "1 − √2 ≈ −0.41 an estimate does worse than the observed mean, Knoben et al. 2019).",
     "n": "number of paired samples (dates × locations where obs and estimate are both valid).",
 }
 _MAX_HTML_LOCATIONS = 100   # location rows shown in the HTML table (the CSV has all)
@@ -159,6 +159,7 @@ class _Eval:
                     f"estimate {name!r} has no valid value on any date/location with a valid "
                     "observation (no overlapping dates or locations?)")
             self.mask &= ok
+        self._obs_common = None
         if self.same_samples and not self.mask.any():
             raise ValueError(
                 "no date/location has a valid observation and a valid value of every estimate; "
@@ -169,7 +170,9 @@ class _Eval:
         """(obs, est) as scored: NaN outside the common sample mask when same_samples."""
         est = self.estimates[name]
         if self.same_samples:
-            return np.where(self.mask, self.obs, np.nan), est
+            if self._obs_common is None:
+                self._obs_common = np.where(self.mask, self.obs, np.nan)
+            return self._obs_common, est
         return self.obs, est
 
     def groups(self):
@@ -271,7 +274,11 @@ def _month_number(period):
 
 
 def read_importance(source):
-    """Read seasonal-importance rows from a CSV path or a list of dicts, tolerantly.
+    """Read seasonal-importance rows tolerantly.
+
+    ``source``: a CSV path (columns ``region, period_kind, period, factor, mean_weight, n``),
+    a list of row dicts with those keys or of 6-tuples in that order, or any object with a
+    ``rows()`` method returning such tuples (``importance.ImportanceTable``).
 
     Returns a list of ``{"region": str, "period_kind": str, "period": str, "factor": str,
     "mean_weight": float, "n": int|None}``; rows without a factor or a numeric mean_weight
@@ -279,12 +286,17 @@ def read_importance(source):
     when the source itself cannot be read.
     """
     if isinstance(source, (str, os.PathLike)):
-        with open(source, newline="", encoding="utf-8") as f:
+        with open(source, newline="", encoding="utf-8-sig") as f:
             raw = list(csv.DictReader(f))
+    elif callable(getattr(source, "rows", None)):
+        raw = list(source.rows())
     else:
         raw = list(source)
+    cols = ("region", "period_kind", "period", "factor", "mean_weight", "n")
     out = []
     for r in raw:
+        if isinstance(r, (tuple, list)) and len(r) == len(cols):
+            r = dict(zip(cols, r))
         if not isinstance(r, dict):
             continue
         r = {str(k).strip().lower(): v for k, v in r.items() if k is not None}
@@ -450,15 +462,19 @@ def _fig_importance(imp):
     for r in monthly:
         if r["factor"] not in factors:
             factors.append(r["factor"])
-    from matplotlib import colormaps
+    try:  # the dock's colours, so a factor looks the same everywhere
+        from .importance import factor_colour
+    except Exception:  # optional module: fall back to matplotlib's cycle
+        from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
+        def factor_colour(name, _c=colormaps["tab10"]):
+            return _c(factors.index(name) % 10)
     ncol = min(3, len(regions))
     nrow = int(np.ceil(len(regions) / ncol))
     fig = _figure(4.2 * ncol + 1.5, 3.0 * nrow + 0.3)
     axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True).ravel()
     for ax, region in zip(axes, regions):
-        for fi, factor in enumerate(factors):
+        for factor in factors:
             y = np.full(12, np.nan)
             for r in monthly:
                 if r["region"] == region and r["factor"] == factor:
@@ -466,7 +482,7 @@ def _fig_importance(imp):
                     if m is not None:
                         y[m - 1] = r["mean_weight"]
             if np.isfinite(y).any():
-                ax.plot(np.arange(1, 13), y, "-o", ms=3, color=cmap(fi % 10), label=factor)
+                ax.plot(np.arange(1, 13), y, "-o", ms=3, color=factor_colour(factor), label=factor)
         ax.set_xticks(np.arange(1, 13))
         ax.set_xticklabels([m[0] for m in _MONTHS], fontsize=8)
         ax.set_title(region, fontsize=10)
@@ -474,8 +490,9 @@ def _fig_importance(imp):
         ax.grid(alpha=0.3)
     for ax in axes[len(regions):]:
         ax.set_visible(False)
-    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0) if ncol == 1 else None,
-                   fontsize=8, frameon=False)
+    axes[0].set_ylim(bottom=0)
+    axes[min(ncol, len(regions)) - 1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                                             fontsize=8, frameon=False)
     return fig
 
 
@@ -576,7 +593,9 @@ def _importance_html(imp, images, notes):
             k = (r["region"], r["period"])
             if k not in keys:
                 keys.append(k)
-        keys.sort(key=lambda k: (k[0], SEASONS.index(k[1]) if k[1] in SEASONS else 9, k[1]))
+        region_order = {k[0]: i for i, k in reversed(list(enumerate(keys)))}
+        keys.sort(key=lambda k: (region_order[k[0]], SEASONS.index(k[1]) if k[1] in SEASONS else 9,
+                                 k[1]))
         val = {(r["region"], r["period"], r["factor"]): r["mean_weight"] for r in seasonal}
         head = "".join(f"<th>{e(f)}</th>" for f in factors)
         rows = [f'<table><tr><th class="l">region</th><th class="l">season</th>{head}</tr>']

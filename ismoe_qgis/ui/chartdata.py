@@ -8,6 +8,9 @@ Reads a prediction folder (the output of ``ismoe:predict``, see docs/architectur
     sm.tif                       one band per date
     weight_<factor>.tif          one band per date, same grid
     observations.csv (optional)  station observations, see :func:`read_observations`
+    importance.csv (optional)    whole-area seasonal importance precomputed by predict
+                                 (region "all", :mod:`ismoe_qgis.model.importance` CSV);
+                                 used by :func:`whole_area_importance` instead of a full read
 
 and turns it into the numbers the charts show:
 
@@ -27,8 +30,8 @@ import json
 import math
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -43,6 +46,7 @@ from ..model import importance as imp
 
 PREDICTION_JSON = "prediction.json"
 OBSERVATIONS_CSV = "observations.csv"
+IMPORTANCE_CSV = "importance.csv"
 DEFAULT_NODATA = -9999.0
 _WEIGHT_RE = re.compile(r"^weight_(.+)\.tiff?$", re.IGNORECASE)
 
@@ -71,6 +75,7 @@ class PredictionFolder:
     block_shape: Tuple[int, int]           # internal (rows, cols) block of the weight rasters
     model_type: str = "ismoe"
     observations_path: Optional[str] = None
+    importance_path: Optional[str] = None   # precomputed whole-area importance CSV, if any
     warnings: List[str] = field(default_factory=list)
 
     @property
@@ -137,7 +142,10 @@ def open_prediction(path: str) -> PredictionFolder:
         factors = [str(f) for f in (meta.get("factors") or list((meta.get("weights") or {}).keys()))]
         weights_map = dict(meta.get("weights") or {})
         if not factors and not on_disk:
-            raise ChartDataError(_no_weights_message(path))
+            mt = meta.get("model_type")
+            extra = (" (prediction.json says model_type '{}', a model without a router has no per-factor "
+                     "weights)".format(mt)) if mt and mt != "ismoe" else ""
+            raise ChartDataError(_no_weights_message(path) + extra)
         weight_paths: Dict[str, str] = {}
         missing = []
         for f in factors:
@@ -219,11 +227,14 @@ def open_prediction(path: str) -> PredictionFolder:
     nodata = meta.get("nodata", nodata_file if nodata_file is not None else DEFAULT_NODATA)
     obs_rel = meta.get("observations") or OBSERVATIONS_CSV
     obs_path = obs_rel if os.path.isabs(obs_rel) else os.path.join(path, obs_rel)
+    imp_rel = meta.get("importance") or IMPORTANCE_CSV
+    imp_path = imp_rel if os.path.isabs(imp_rel) else os.path.join(path, imp_rel)
     return PredictionFolder(path=path, factors=factors, dates=dates, weight_paths=weight_paths, sm_path=sm_path,
                             nodata=float(nodata), crs=crs, transform=transform, width=width, height=height,
                             block_shape=(int(block_shape[0]), int(block_shape[1])),
                             model_type=str(meta.get("model_type", "ismoe")),
                             observations_path=obs_path if os.path.isfile(obs_path) else None,
+                            importance_path=imp_path if os.path.isfile(imp_path) else None,
                             warnings=warnings)
 
 
@@ -452,17 +463,21 @@ def _chunks(folder: PredictionFolder, r0, c0, r1, c1, n_bands, max_bytes):
 
 def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Region]] = None,
                 callbacks: Optional[Callbacks] = None, bands: Optional[Sequence[int]] = None,
-                max_bytes: int = 64 * 2 ** 20) -> Dict[str, RegionSums]:
+                max_bytes: int = 64 * 2 ** 20, max_workers: Optional[int] = None) -> Dict[str, RegionSums]:
     """Stream the weight rasters once and sum each factor's weight per date over each region.
 
-    regions: one region (None = whole raster, BBox, PolygonRegion) or ``{name: region}``.
+    regions: one region (None = whole raster, BBox, PolygonRegion) or ``{name: region}``;
+    all regions are served by the same single pass over the blocks of their union.
     bands: optional 0-based date indices to read (e.g. one month), default all dates.
-    Reads block-aligned windows of at most ``max_bytes`` per read; reports progress and
+    Reads block-aligned windows of at most ``max_bytes`` per read, one thread per factor
+    file (at most ``max_workers``, default min(factors, CPUs, 4)); reports progress and
     raises :class:`~ismoe_qgis.core_callbacks.Cancelled` when ``callbacks.is_cancelled()``.
     """
     cb = ensure(callbacks)
     if regions is None or isinstance(regions, (BBox, PolygonRegion)):
         regions = {imp.DEFAULT_REGION: regions}
+    if not regions:
+        raise ChartDataError("No region given")
     masks = {name: region_mask(folder, reg, name) for name, reg in regions.items()}
     band_idx = np.arange(folder.n_dates) if bands is None else np.asarray(bands, dtype=np.int64)
     if band_idx.size == 0:
@@ -477,32 +492,42 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
     r1 = max(m.row_off + m.height for m in masks.values())
     c1 = max(m.col_off + m.width for m in masks.values())
     wins, bpr = _chunks(folder, r0, c0, r1, c1, T, max_bytes)
-    nodata = folder.nodata
-    total = max(1, len(wins) * E)
-    step = 0
-    cb.progress(0.0)
-    with ExitStack() as stack:
-        srcs = [stack.enter_context(rasterio.open(folder.weight_paths[f])) for f in folder.factors]
-        for (a, c, b, d) in wins:
-            hits = []
-            for name, m in masks.items():
-                ia, ib = max(a, m.row_off), min(b, m.row_off + m.height)
-                ic, id_ = max(c, m.col_off), min(d, m.col_off + m.width)
-                if ib <= ia or id_ <= ic:
-                    continue
-                sub = None
-                if m.mask is not None:
-                    sub = m.mask[ia - m.row_off:ib - m.row_off, ic - m.col_off:id_ - m.col_off]
-                    if not sub.any():
-                        continue
-                hits.append((name, ia - a, ib - a, ic - c, id_ - c, sub))
-            if not hits:
-                step += E
-                cb.progress(step / total)
+    # which regions each window serves (window-relative slices + mask)
+    plan = []
+    for (a, c, b, d) in wins:
+        hits = []
+        for name, m in masks.items():
+            ia, ib = max(a, m.row_off), min(b, m.row_off + m.height)
+            ic, id_ = max(c, m.col_off), min(d, m.col_off + m.width)
+            if ib <= ia or id_ <= ic:
                 continue
-            win = Window(c, a, d - c, b - a)
-            for e, src in enumerate(srcs):
-                cb.check_cancel()
+            sub = None
+            if m.mask is not None:
+                sub = m.mask[ia - m.row_off:ib - m.row_off, ic - m.col_off:id_ - m.col_off]
+                if not sub.any():
+                    continue
+            hits.append((name, ia - a, ib - a, ic - c, id_ - c, sub))
+        if hits:
+            plan.append((Window(c, a, d - c, b - a), hits))
+    nodata = folder.nodata
+    total = max(1, len(plan) * E)
+    done = [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+    cb.progress(0.0)
+
+    def tick():
+        with lock:
+            done[0] += 1
+            cb.progress(done[0] / total)
+            if cb.is_cancelled():
+                stop.set()
+
+    def work(e):
+        with rasterio.open(folder.weight_paths[folder.factors[e]]) as src:
+            for win, hits in plan:
+                if stop.is_set():
+                    return
                 for k in range(0, T, bpr):
                     idx = band_idx[k:k + bpr]
                     data = src.read(indexes=[int(i) + 1 for i in idx], window=win, out_dtype="float32")
@@ -512,8 +537,29 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
                         valid = np.isfinite(vals) & (vals != nodata)
                         sums[name][k:k + len(idx), e] += np.where(valid, vals, 0.0).sum(axis=1, dtype=np.float64)
                         counts[name][k:k + len(idx), e] += valid.sum(axis=1)
-                step += 1
-                cb.progress(step / total)
+                tick()
+
+    workers = max_workers or min(E, os.cpu_count() or 1, 4)
+    if cb.is_cancelled():
+        raise Cancelled("cancelled by the user")
+    if workers <= 1:
+        for e in range(E):
+            work(e)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(work, e) for e in range(E)]
+            errors = []
+            for fut in futures:
+                try:
+                    fut.result()
+                except Exception as exc:  # stop the others, re-raise the first
+                    stop.set()
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+    if stop.is_set():
+        raise Cancelled("cancelled by the user")
+    cb.progress(1.0)
     dates = folder.dates[band_idx]
     return {n: RegionSums(n, dates, list(folder.factors), sums[n], counts[n], masks[n].n_pixels) for n in masks}
 
@@ -529,6 +575,75 @@ def region_importance(folder: PredictionFolder, regions: Union[Region, Mapping[s
             ensure(callbacks).log("{}: no valid weight values (all nodata)".format(name))
         table = table.merge(imp.importance_from_sums(r.dates, r.sums, r.counts, folder.factors, name, kinds))
     return table
+
+
+def whole_area_importance(folder: PredictionFolder, callbacks: Optional[Callbacks] = None,
+                          use_cache: bool = True) -> imp.ImportanceTable:
+    """Importance over the whole raster: the folder's importance.csv when it holds region
+    'all' with the same factors, else streamed from the rasters."""
+    if use_cache and folder.importance_path:
+        try:
+            table = imp.read_importance_csv(folder.importance_path)
+            if table.factors == folder.factors and imp.DEFAULT_REGION in table.regions:
+                sub = imp.ImportanceTable(table.factors,
+                                          [table.get(imp.DEFAULT_REGION, k) for k in table.kinds(imp.DEFAULT_REGION)])
+                ensure(callbacks).log("whole-area importance read from {}".format(
+                    os.path.basename(folder.importance_path)))
+                return sub
+        except imp.ImportanceError as exc:
+            ensure(callbacks).log("ignoring {}: {}".format(os.path.basename(folder.importance_path), exc))
+    return region_importance(folder, None, callbacks)
+
+
+# --------------------------------------------------------------------------- chart series
+@dataclass
+class ChartSeries:
+    factor: str
+    colour: str
+    x: np.ndarray
+    lower: Optional[np.ndarray]   # None for lines; the stack below for stacked areas
+    upper: np.ndarray             # the line / top of the area
+
+
+def chart_series(series: imp.PeriodSeries, stacked: bool = False) -> List[ChartSeries]:
+    """What to draw for one region/period kind: one entry per factor (same colour everywhere).
+
+    Lines: ``upper`` is the mean weight (NaN gaps kept). Stacked areas: factors stacked
+    in their order, missing values counted as 0, so the top edge is the weight sum (~1).
+    """
+    x = series.x()
+    out = []
+    base = np.zeros(len(x))
+    for j, f in enumerate(series.factors):
+        y = series.mean[:, j].astype(float)
+        if stacked:
+            top = base + np.nan_to_num(y, nan=0.0)
+            out.append(ChartSeries(f, imp.factor_colour(f), x, base.copy(), top))
+            base = top
+        else:
+            out.append(ChartSeries(f, imp.factor_colour(f), x, None, y))
+    return out
+
+
+_MONTH_MID_DOY = (16, 45, 75, 105, 136, 166, 197, 228, 258, 289, 319, 350)
+
+
+def period_ticks(kind: str) -> List[Tuple[float, str]]:
+    """Axis ticks (x, label) for a period kind: months, mid-month days on a day-of-year axis, seasons."""
+    if kind == "month":
+        return [(float(i + 1), imp.MONTH_ABBR[i]) for i in range(12)]
+    if kind == "doy":
+        return [(float(d), imp.MONTH_ABBR[i]) for i, d in enumerate(_MONTH_MID_DOY)]
+    if kind == "season":
+        return [(float(i + 1), s) for i, s in enumerate(imp.SEASONS)]
+    raise ChartDataError("unknown period kind {!r}".format(kind))
+
+
+def period_range(kind: str) -> Tuple[float, float]:
+    return {"month": (0.5, 12.5), "doy": (0.0, 367.0), "season": (0.5, 4.5)}[kind]
+
+
+PERIOD_TITLES = {"month": "month", "doy": "day of year", "season": "season"}
 
 
 # --------------------------------------------------------------------------- pixels

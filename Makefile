@@ -1,0 +1,121 @@
+# ISMoE soil moisture: QGIS Processing plugin.
+#
+#   make install   QGIS + Python stack (apt), .venv with torch, plugin visible + enabled
+#   make demo      synthetic demo region -> prepare -> train -> predict, via qgis_process
+#   make test      the test suite (what .ci/run runs)
+#   make bench     benchmarks/run_all.py
+#   make env       print the environment for QGIS / qgis_process (eval "$(make -s env)")
+#
+# Every target is idempotent; a second `make install` checks and changes nothing.
+
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+SYS_PYTHON := /usr/bin/python3
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+CONSTRAINTS := $(ROOT)/constraints.txt
+OUT ?= out/demo
+PYTEST_ARGS ?=
+
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal gdal-bin \
+	python3-xarray python3-netcdf4 python3-pyqtgraph python3-venv python3-pip \
+	python3-pytest xvfb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Prefix for recipes that run QGIS: QT_QPA_PLATFORM=offscreen, PYTHONPATH=<venv site-packages>,
+# QGIS_PLUGINPATH=<repo root>, QGIS_PROCESS=/usr/bin/qgis_process.bin (see scripts/env.sh).
+QGIS_ENV := source $(ROOT)/scripts/env.sh &&
+
+# The profile folder QGIS desktop and a plain qgis_process use by default.
+QGIS_PROFILE_PLUGINS = $${QGIS_CUSTOM_CONFIG_PATH:-$${XDG_DATA_HOME:-$$HOME/.local/share}/QGIS/QGIS3}/profiles/default/python/plugins
+
+.PHONY: install apt venv constraints torch plugin link demo test bench env clean distclean help
+
+help:
+	@sed -n '3,8p' $(ROOT)/Makefile | sed 's/^# *//'
+
+install: apt venv constraints torch plugin link
+	@echo "install: done. QGIS environment: eval \"\$$(make -s env)\"; qgis_process: scripts/qgis_process"
+
+# --- system packages: only what dpkg says is missing; apt-get update only when needed ----
+apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "apt: all packages installed"; exit 0; fi; \
+	echo "apt: installing$$missing"; \
+	apt_get="$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then $$apt_get update || exit 1; fi; \
+	$$apt_get install -y --no-install-recommends $$missing \
+	  || { $$apt_get update && $$apt_get install -y --no-install-recommends $$missing; }
+
+# --- venv that also sees the system packages (QGIS, GDAL, rasterio, numpy) ---------------
+venv: apt
+	@if [ -x "$(PY)" ] && grep -q '^include-system-site-packages = true' "$(VENV)/pyvenv.cfg" 2>/dev/null; then \
+	  echo "venv: $(VENV) ok"; \
+	else \
+	  echo "venv: creating $(VENV)"; \
+	  $(SYS_PYTHON) -m venv --system-site-packages "$(VENV)"; \
+	fi
+
+# --- numpy pinned to the system's version (a pip numpy 2.x breaks Debian's GDAL/rasterio) -
+constraints: apt
+	@line="numpy==$$($(SYS_PYTHON) -c 'import numpy; print(numpy.__version__)')" || exit 1; \
+	if [ "$$(cat "$(CONSTRAINTS)" 2>/dev/null)" != "$$line" ]; then \
+	  echo "$$line" > "$(CONSTRAINTS)"; echo "constraints: wrote $$line"; \
+	else echo "constraints: $$line"; fi
+
+torch: venv constraints
+	@if $(PY) -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "$(TORCH_VERSION)")' 2>/dev/null; then \
+	  echo "torch: $(TORCH_VERSION) ok"; \
+	else \
+	  echo "torch: installing torch==$(TORCH_VERSION)"; \
+	  $(PY) -m pip install --no-input --disable-pip-version-check $(TORCH_PIP_ARGS) \
+	    "torch==$(TORCH_VERSION)" -c "$(CONSTRAINTS)" || exit 1; \
+	fi
+	@$(PY) -c 'import numpy, sys; sys.exit(0 if numpy.__file__.startswith("/usr/") else \
+	  "numpy in the venv shadows the system one (" + numpy.__file__ + "); run: make distclean install")'
+
+# --- plugin visible (QGIS_PLUGINPATH) and enabled for qgis_process ---------------------------
+plugin: apt torch
+	@$(QGIS_ENV) if "$$QGIS_PROCESS" plugins 2>/dev/null | grep -qE '^\* ismoe_qgis\s*$$'; then \
+	  echo "plugin: ismoe_qgis enabled ($$QGIS_PROCESS)"; \
+	else \
+	  "$$QGIS_PROCESS" plugins enable ismoe_qgis 2>&1 | grep -v -e DeprecationWarning -e XDG_RUNTIME_DIR; \
+	  "$$QGIS_PROCESS" plugins 2>/dev/null | grep -qE '^\* ismoe_qgis\s*$$' \
+	    || { echo "plugin: could not enable ismoe_qgis" >&2; exit 1; }; \
+	fi
+
+# --- a link in the default QGIS profile, so QGIS desktop started from the menu finds it ----
+link: plugin
+	@dest="$(QGIS_PROFILE_PLUGINS)/ismoe_qgis"; \
+	if [ -L "$$dest" ] && [ "$$(readlink -f "$$dest")" = "$(ROOT)/ismoe_qgis" ]; then \
+	  echo "link: $$dest ok"; \
+	elif [ -e "$$dest" ] || [ -L "$$dest" ]; then \
+	  echo "link: $$dest exists and is not a link to this clone; left alone"; \
+	else \
+	  mkdir -p "$$(dirname "$$dest")" && ln -s "$(ROOT)/ismoe_qgis" "$$dest" && echo "link: $$dest -> $(ROOT)/ismoe_qgis"; \
+	fi
+
+demo:
+	@$(QGIS_ENV) OUT="$(OUT)" PY="$(PY)" bash $(ROOT)/scripts/demo.sh
+
+test:
+	@$(QGIS_ENV) cd $(ROOT) && $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench:
+	@$(QGIS_ENV) cd $(ROOT) && $(PY) benchmarks/run_all.py
+
+env:
+	@$(ROOT)/scripts/env.sh --print
+
+clean:
+	rm -rf $(ROOT)/out $(ROOT)/.pytest_cache
+	find $(ROOT)/ismoe_qgis $(ROOT)/tests -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(CONSTRAINTS)

@@ -1,0 +1,789 @@
+#!/usr/bin/env python
+"""ismoe_qgis benchmarks (issue 6): our implementation vs naive references, side by side, one run.
+
+    .venv/bin/python benchmarks/run_all.py [--full] [--device auto|cpu|cuda]
+        [--out out/bench/performance.json] [--only train,predict,e2e,scaling]
+
+Parts (see benchmarks/README.md):
+  train    training throughput (samples/s; forward + backward + optimizer step) of WindowSampler +
+           SoilMoistureNet vs benchmarks/naive.py (Python loop over per-expert nn.Conv2d + nn.LSTM
+           modules, patches cut on the CPU with numpy per batch). On CUDA also bf16 autocast and our
+           own CPU training (few steps) for the GPU-vs-CPU ratio.
+  predict  prediction throughput (pixel-days/s): predict_tile vs patch-by-patch prediction
+           (every pixel's k x k x L patch cut out, naive model and our model in batches).
+  e2e      predict_to_folder on real GeoTIFFs (rasterio windowed, boundless reads) vs the I/O floor
+           (the same reads and same-size writes, no model).
+  scaling  training step and tile prediction time vs experts (1, 3, 6, 9), patch size (3, 7, 11)
+           and sequence length (7, 14, 30).
+
+Timings of the implementations being compared are interleaved (round-robin) and the median is
+reported, so that a change of machine load during the run hits both sides alike.
+"""
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for p in (ROOT, HERE):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import naive  # noqa: E402
+from ismoe_qgis.data.cube import Cube  # noqa: E402
+from ismoe_qgis.model import inference  # noqa: E402
+from ismoe_qgis.model.networks import SoilMoistureNet  # noqa: E402
+from ismoe_qgis.model.train import (TrainConfig, WindowSampler, autocast_dtype, loss_terms,  # noqa: E402
+                                    model_config_for, resolve_device)
+
+# The demo's factors (ismoe_qgis/data/demo.py): 6 factors, 11 variables.
+DEMO_FACTORS = {
+    "snow": ["snow_depth", "snow_cover", "snowmelt"],
+    "radiation": ["net_solar", "net_thermal"],
+    "precipitation": ["precipitation"],
+    "wind": ["u10", "v10"],
+    "temperature": ["t2m"],
+    "lake": ["lake_mix_temp", "lake_mix_depth"],
+}
+HIDDEN, CONV_CHANNELS, ROUTER_HIDDEN = 64, 16, 32
+WGS84 = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],'
+         'UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]')
+
+# Sizes. 'small' (default) finishes in a few minutes on a 2-core CPU; 'full' is the issue's sizes.
+SIZES = {
+    "small": {
+        "train": {"T": 64, "H": 40, "W": 40, "targets": 600, "batch": 256,
+                  "cpu": {"warmup": 2, "rounds": 3, "steps": 2},
+                  "cuda": {"warmup": 10, "rounds": 5, "steps": 20},
+                  "cpu_ref_on_gpu": {"warmup": 1, "rounds": 1, "steps": 3}},
+        "predict": {"tile": 48, "days": 30, "patch_batch": 2048,
+                    "cpu": {"rounds": 2, "naive_pixel_days": 4096},
+                    "cuda": {"rounds": 5, "naive_pixel_days": 32768}},
+        "e2e": {"size": 256, "days": 30, "tile_size": 128, "time_chunk": 64},
+        "scaling": {"T": 64, "H": 24, "W": 24, "targets": 300, "batch": 256, "tile": 24, "days": 8,
+                    "cpu": {"warmup": 1, "rounds": 2, "steps": 1},
+                    "cuda": {"warmup": 5, "rounds": 3, "steps": 10}},
+    },
+    "full": {
+        "train": {"T": 365, "H": 128, "W": 128, "targets": 4000, "batch": 256,
+                  "cpu": {"warmup": 3, "rounds": 5, "steps": 4},
+                  "cuda": {"warmup": 20, "rounds": 5, "steps": 50},
+                  "cpu_ref_on_gpu": {"warmup": 1, "rounds": 1, "steps": 5}},
+        "predict": {"tile": 128, "days": 30, "patch_batch": 4096,
+                    "cpu": {"rounds": 3, "naive_pixel_days": 16384},
+                    "cuda": {"rounds": 5, "naive_pixel_days": 131072}},
+        "e2e": {"size": 1024, "days": 30, "tile_size": 128, "time_chunk": 64},
+        "scaling": {"T": 120, "H": 48, "W": 48, "targets": 1000, "batch": 256, "tile": 64, "days": 30,
+                    "cpu": {"warmup": 2, "rounds": 3, "steps": 2},
+                    "cuda": {"warmup": 10, "rounds": 5, "steps": 20}},
+    },
+}
+TARGETS = {   # (part, comparison, device type) -> minimum ratio (issue 6)
+    ("train", "ours/naive", "cpu"): 2.0,
+    ("predict", "tile/naive_patch", "cpu"): 10.0,
+    ("train", "ours/naive", "cuda"): 3.0,
+    ("train", "gpu/cpu", "cuda"): 20.0,
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def describe_machine(device, threads):
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        avail = len(os.sched_getaffinity(0))
+    except AttributeError:
+        avail = os.cpu_count()
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError, AttributeError):
+        mem_gib = None
+    d = {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "cpus_available": avail, "torch_threads": threads,
+         "memory_gib": round(mem_gib, 1) if mem_gib else None,
+         "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+         "numpy": np.__version__, "device": str(device), "gpu": None}
+    try:
+        import rasterio
+        d["rasterio"], d["gdal"] = rasterio.__version__, rasterio.__gdal_version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        i = device.index if (device.type == "cuda" and device.index is not None) else 0
+        props = torch.cuda.get_device_properties(i)
+        d["gpu"] = {"name": torch.cuda.get_device_name(i), "capability": list(torch.cuda.get_device_capability(i)),
+                    "memory_gib": round(props.total_memory / 2 ** 30, 1), "cuda": torch.version.cuda,
+                    "cudnn": torch.backends.cudnn.version(), "bf16": torch.cuda.is_bf16_supported(),
+                    "count": torch.cuda.device_count()}
+    return d
+
+
+def loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def make_cube(factors, T, H, W, n_targets, k, L, seed=0):
+    """A synthetic cube (random inputs/targets: only shapes matter for speed). The snow factor (or
+    the first one) is zero over the top third of the grid, so the silent-factor path is exercised."""
+    rng = np.random.default_rng(seed)
+    variables = [v for vs in factors.values() for v in vs]
+    x = rng.standard_normal((len(variables), T, H, W), dtype=np.float32)
+    first = list(factors.values())[0]
+    for v in first:
+        x[variables.index(v), :, :H // 3, :] = 0.0
+    n = min(n_targets, H * W)
+    pix = rng.choice(H * W, n, replace=False)
+    y = rng.normal(0.3, 0.05, size=(T, n)).astype(np.float32)
+    grid = {"crs_wkt": WGS84, "transform": [80.0, 0.01, 0.0, 35.0, 0.0, -0.01], "width": W, "height": H}
+    dates = np.datetime64("2019-01-01") + np.arange(T)
+    return Cube(x=x, y=y, target_rows=pix // W, target_cols=pix % W, dates=dates, factors=factors,
+                variables=variables, grid=grid, patch_size=k, seq_len=L)
+
+
+def synthetic_factors(E, per_factor=2):
+    return {f"f{e}": [f"f{e}_v{j}" for j in range(per_factor)] for e in range(E)}
+
+
+def make_model(cube, device):
+    torch.manual_seed(0)
+    cfg = model_config_for(cube, "ismoe", conv_channels=CONV_CHANNELS, hidden=HIDDEN, router_hidden=ROUTER_HIDDEN)
+    return SoilMoistureNet(cfg).to(device)
+
+
+def make_naive(model, device):
+    nm = naive.NaiveMoE(model.factor_index, model.cfg.patch_size, CONV_CHANNELS, HIDDEN, ROUTER_HIDDEN,
+                        model.cfg.dropout, model.cfg.mask_silent)
+    dev = next(iter(model.parameters())).device
+    naive.copy_weights_from(nm, model.cpu())
+    model.to(dev)
+    return nm.to(device)
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def ratio(a, b):
+    return a / b if (b and b == b and a == a) else float("nan")
+
+
+def verdict(part, comp, dev_type, value):
+    t = TARGETS.get((part, comp, dev_type))
+    if t is None:
+        return None, ""
+    return t, ("PASS" if value >= t else "FAIL")
+
+
+# ----------------------------------------------------------------------------- training
+
+class OursTrainer:
+    """The training step of ismoe_qgis.model.train.train(): WindowSampler gather, autocast,
+    loss_terms, backward, grad clipping, AdamW step, loss read back (as train() does per batch)."""
+
+    def __init__(self, cube, device, amp_dtype=None, compile_model=False):
+        self.device, self.amp = device, amp_dtype
+        self.model = make_model(cube, device).train()
+        self.run = torch.compile(self.model) if compile_model else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-3, weight_decay=1e-4)
+        self.sampler = WindowSampler(cube, device)
+        self.cfg = TrainConfig()
+
+    def step(self, t_idx, n_idx):
+        xb, yb, db = self.sampler.batch(t_idx, n_idx)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            loss, _ = loss_terms(self.run, xb, yb, db, self.cfg)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        return float(loss.detach())
+
+
+class NaiveTrainer:
+    """The same step with the naive reference: numpy patch cut per batch, Python loop over experts."""
+
+    def __init__(self, cube, device, amp_dtype=None):
+        self.device, self.amp = device, amp_dtype
+        ours = make_model(cube, torch.device("cpu"))
+        self.model = make_naive(ours, device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-3, weight_decay=1e-4)
+        self.cutter = naive.NaivePatchCutter(cube, device)
+
+    def step(self, t_idx, n_idx):
+        xb, yb = self.cutter.batch(t_idx, n_idx)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            loss = naive.naive_loss(self.model, xb, yb, 0.5)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        return float(loss.detach())
+
+
+class IndexStream:
+    """Reproducible random (t, n) batches; every trainer sees the same sequence."""
+
+    def __init__(self, cube, batch, seed=123):
+        self.T, self.N, self.L, self.B = cube.n_dates, len(cube.target_rows), cube.seq_len, batch
+        self.seed = seed
+
+    def fresh(self):
+        rng = np.random.default_rng(self.seed)
+        while True:
+            yield rng.integers(self.L - 1, self.T, self.B), rng.integers(0, self.N, self.B)
+
+
+def time_trainers(trainers, cube, batch, device_of, warmup, rounds, steps):
+    """trainers: {name: trainer}; interleaved rounds. Returns {name: [seconds per step per round]}."""
+    streams = {n: IndexStream(cube, batch).fresh() for n in trainers}
+    out = {n: [] for n in trainers}
+    errors = {}
+    for n, tr in trainers.items():
+        try:
+            for _ in range(warmup):
+                tr.step(*next(streams[n]))
+            sync(device_of[n])
+        except Exception as e:  # e.g. an op without bf16 support on this GPU: report, do not crash
+            errors[n] = f"{type(e).__name__}: {e}"
+    for _ in range(rounds):
+        for n, tr in trainers.items():
+            if n in errors:
+                continue
+            dev = device_of[n]
+            sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                tr.step(*next(streams[n]))
+            sync(dev)
+            out[n].append((time.perf_counter() - t0) / steps)
+    return out, errors
+
+
+def check_reference(cube, device):
+    """Sanity check of the naive reference: same windows and same function as ours (eval mode)."""
+    cpu = torch.device("cpu")
+    model = make_model(cube, cpu).eval()
+    nm = make_naive(model, cpu).eval()
+    sampler, cutter = WindowSampler(cube, cpu), naive.NaivePatchCutter(cube, cpu)
+    t, n = next(IndexStream(cube, 64).fresh())
+    xb, yb, db = sampler.batch(t, n)
+    xn, yn = cutter.batch(t, n)
+    with torch.no_grad():
+        a, b = model(xb, db), nm(xn)
+    return {"same_windows": bool(torch.equal(xb, xn) and torch.equal(yb, yn)),
+            "max_abs_diff_y": float((a[0] - b[0]).abs().max()),
+            "max_abs_diff_weights": float((a[1] - b[1]).abs().max())}
+
+
+def bench_train(S, device, args):
+    cfg = S["train"]
+    k, L, B = 7, 14, cfg["batch"]
+    cube = make_cube(DEMO_FACTORS, cfg["T"], cfg["H"], cfg["W"], cfg["targets"], k, L)
+    res = {"sizes": {"experts": len(DEMO_FACTORS), "variables": 11, "patch": k, "seq_len": L, "hidden": HIDDEN,
+                     "conv_channels": CONV_CHANNELS, "batch": B,
+                     "cube": [11, cfg["T"], cfg["H"], cfg["W"]], "targets": cfg["targets"]},
+           "reference_check": check_reference(cube, device), "rows": [], "ratios": []}
+    log(f"  reference check: {res['reference_check']}")
+    dev_cfg = cfg["cuda" if device.type == "cuda" else "cpu"]
+    trainers, dev_of, meta = {}, {}, {}
+    trainers["ours"] = OursTrainer(cube, device)
+    trainers["naive"] = NaiveTrainer(cube, device)
+    meta["ours"] = meta["naive"] = (device, "fp32")
+    amp = autocast_dtype(device, True)
+    if amp is not None:
+        trainers["ours_amp"] = OursTrainer(cube, device, amp)
+        trainers["naive_amp"] = NaiveTrainer(cube, device, amp)
+        meta["ours_amp"] = meta["naive_amp"] = (device, str(amp).replace("torch.", ""))
+    if args.compile:
+        try:
+            trainers["ours_compiled"] = OursTrainer(cube, device, amp, compile_model=True)
+            meta["ours_compiled"] = (device, str(amp).replace("torch.", "") if amp else "fp32")
+        except Exception as e:
+            log(f"  torch.compile unavailable: {e}")
+    for n in trainers:
+        dev_of[n] = device
+    times, errors = time_trainers(trainers, cube, B, dev_of, dev_cfg["warmup"], dev_cfg["rounds"], dev_cfg["steps"])
+    if device.type == "cuda":   # our own CPU training, few steps, for the GPU-vs-CPU ratio
+        c = cfg["cpu_ref_on_gpu"]
+        cpu = torch.device("cpu")
+        t_cpu, e_cpu = time_trainers({"ours_cpu": OursTrainer(cube, cpu)}, cube, B, {"ours_cpu": cpu},
+                                     c["warmup"], c["rounds"], c["steps"])
+        times.update(t_cpu)
+        errors.update(e_cpu)
+        meta["ours_cpu"] = (cpu, "fp32")
+    sps = {}
+    for n, ts in times.items():
+        if n in errors:
+            res["rows"].append({"name": n, "device": str(meta[n][0]), "dtype": meta[n][1], "error": errors[n]})
+            continue
+        sps[n] = B / median(ts)
+        res["rows"].append({"name": n, "device": str(meta[n][0]), "dtype": meta[n][1],
+                            "step_ms": 1e3 * median(ts), "samples_per_s": sps[n],
+                            "step_ms_rounds": [round(1e3 * t, 2) for t in ts]})
+
+    def add(comp, num, den, label):
+        if num in sps and den in sps:
+            r = sps[num] / sps[den]
+            tgt, v = verdict("train", comp, device.type, r)
+            res["ratios"].append({"comparison": comp, "what": label, "ratio": r, "target": tgt, "verdict": v})
+    add("ours/naive", "ours", "naive", f"ours vs naive, {device.type} fp32")
+    if amp is not None:
+        add("ours/naive (amp)", "ours_amp", "naive_amp", f"ours vs naive, {device.type} {meta['ours_amp'][1]}")
+        add("amp/fp32", "ours_amp", "ours", f"ours {meta['ours_amp'][1]} vs ours fp32")
+    if device.type == "cuda":
+        best = "ours_amp" if "ours_amp" in sps else "ours"
+        add("gpu/cpu", best, "ours_cpu", f"ours GPU ({meta[best][1]}, train() default) vs ours CPU fp32")
+        if best != "ours":
+            add("gpu/cpu (fp32)", "ours", "ours_cpu", "ours GPU fp32 vs ours CPU fp32")
+    if "ours_compiled" in sps:
+        add("compiled/eager", "ours_compiled", "ours_amp" if amp is not None else "ours", "torch.compile vs eager")
+    return res
+
+
+# ----------------------------------------------------------------------------- prediction
+
+def bench_predict(S, device, args):
+    cfg = S["predict"]
+    dcfg = cfg["cuda" if device.type == "cuda" else "cpu"]
+    k, L, tile, T = 7, 14, cfg["tile"], cfg["days"]
+    r, Ttot = k // 2, T + L - 1
+    cube = make_cube(DEMO_FACTORS, Ttot, tile + 2 * r, tile + 2 * r, 4, k, L, seed=1)
+    model = make_model(cube, device).eval()
+    nm = make_naive(model, device).eval()
+    xt_cpu = inference.normalise_block(model, cube.x)                 # Ttot, V, tile+2r, tile+2r
+    xt_np = xt_cpu.numpy()
+    xt = xt_cpu.to(device)
+    doy = torch.from_numpy(inference.day_of_year(cube.dates[L - 1:])).to(device)
+    P = tile * tile
+    n_naive = min(dcfg["naive_pixel_days"], P * T)
+    # pixel-days in raster order (pixel-major, all dates of a pixel together)
+    ids = np.arange(n_naive)
+    p_idx, t_idx = ids // T, ids % T
+    pb = cfg["patch_batch"]
+    amp = autocast_dtype(device, True)
+
+    def run_tile(amp_dtype=None):
+        sm, w = inference.predict_tile(model, xt, doy, amp_dtype=amp_dtype)
+        return sm, w
+
+    def run_patches(net, is_naive):
+        outs = []
+        for s in range(0, n_naive, pb):
+            xb = torch.from_numpy(naive.naive_patch_windows(xt_np, L, k, t_idx[s:s + pb], p_idx[s:s + pb], tile))
+            xb = xb.to(device)
+            with torch.no_grad():
+                y = net(xb)[0] if is_naive else net(xb, doy[t_idx[s:s + pb]])[0]
+            outs.append(y)
+        return torch.cat(outs)
+
+    jobs = {"ours_tile": (lambda: run_tile(None), P * T),
+            "naive_patch": (lambda: run_patches(nm, True), n_naive),
+            "ours_patch": (lambda: run_patches(model, False), n_naive)}
+    if amp is not None:
+        jobs["ours_tile_amp"] = (lambda: run_tile(amp), P * T)
+    # warm-up + check: tile prediction == patch prediction of the naive reference on the subset
+    sm, _ = jobs["ours_tile"][0]()
+    y_naive = jobs["naive_patch"][0]()
+    jobs["ours_patch"][0]()
+    sm_sub = sm.permute(1, 2, 0).reshape(P, T)[p_idx, t_idx]
+    check = float((sm_sub - y_naive).abs().max())
+    if "ours_tile_amp" in jobs:
+        jobs["ours_tile_amp"][0]()
+    sync(device)
+    times = {n: [] for n in jobs}
+    for _ in range(dcfg["rounds"]):
+        for n, (fn, _) in jobs.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    res = {"sizes": {"tile": [tile, tile], "days": T, "seq_len": L, "patch": k, "experts": len(DEMO_FACTORS),
+                     "naive_pixel_days": n_naive, "patch_batch": pb},
+           "reference_check": {"max_abs_diff_tile_vs_naive_patch": check}, "rows": [], "ratios": []}
+    pds = {}
+    for n, ts in times.items():
+        pds[n] = jobs[n][1] / median(ts)
+        res["rows"].append({"name": n, "device": str(device),
+                            "dtype": str(amp).replace("torch.", "") if n.endswith("_amp") else "fp32",
+                            "pixel_days": jobs[n][1], "seconds": median(ts), "pixel_days_per_s": pds[n],
+                            "seconds_rounds": [round(t, 4) for t in ts]})
+    for comp, a, b, label in (("tile/naive_patch", "ours_tile", "naive_patch", "tile vs naive model patch-wise"),
+                              ("tile/ours_patch", "ours_tile", "ours_patch", "tile vs our model patch-wise"),
+                              ("tile_amp/tile", "ours_tile_amp", "ours_tile", "tile bf16 vs tile fp32")):
+        if a in pds and b in pds:
+            rv = pds[a] / pds[b]
+            tgt, v = verdict("predict", comp, device.type, rv)
+            res["ratios"].append({"comparison": comp, "what": label, "ratio": rv, "target": tgt, "verdict": v})
+    log(f"  reference check: {res['reference_check']}")
+    return res
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def write_inputs(folder, factors, size, n_dates, seed=2):
+    """One float32 GeoTIFF per variable, one band per date (tiled 256, uncompressed), like
+    aligned factor rasters on the reference grid."""
+    import rasterio
+    from rasterio.transform import Affine
+    rng = np.random.default_rng(seed)
+    variables = [v for vs in factors.values() for v in vs]
+    transform = Affine(0.01, 0.0, 80.0, 0.0, -0.01, 35.0)
+    blk = 256 if size >= 256 else 16 * max(1, size // 16)
+    prof = dict(driver="GTiff", width=size, height=size, count=n_dates, dtype="float32", crs="EPSG:4326",
+                transform=transform, nodata=None, tiled=True, blockxsize=blk, blockysize=blk, interleave="band")
+    paths = []
+    for i, v in enumerate(variables):
+        p = os.path.join(folder, f"{v}.tif")
+        with rasterio.open(p, "w", **prof) as ds:
+            for t0 in range(0, n_dates, 8):
+                t1 = min(n_dates, t0 + 8)
+                a = rng.standard_normal((t1 - t0, size, size), dtype=np.float32) * 2.0 + i
+                ds.write(a, indexes=list(range(t0 + 1, t1 + 1)))
+        paths.append(p)
+    grid = {"crs_wkt": WGS84, "transform": list(transform.to_gdal()), "width": size, "height": size}
+    return paths, variables, grid
+
+
+class RasterioBlockReader:
+    """read_block for predict_to_folder: rasterio windowed reads, boundless=True, NaN fill."""
+
+    def __init__(self, paths):
+        import rasterio
+        self.ds = [rasterio.open(p) for p in paths]
+
+    def __call__(self, row_off, col_off, height, width, t0, t1):
+        from rasterio.windows import Window
+        win = Window(col_off, row_off, width, height)
+        out = np.empty((len(self.ds), t1 - t0, height, width), np.float32)
+        idx = list(range(t0 + 1, t1 + 1))
+        for i, ds in enumerate(self.ds):
+            out[i] = ds.read(indexes=idx, window=win, boundless=True, fill_value=np.nan, out_dtype="float32")
+        return out
+
+    def close(self):
+        for d in self.ds:
+            d.close()
+
+
+def io_floor(read_block, grid, dates, L, r, names, out_dir, tile_size, time_chunk):
+    """The I/O of predict_to_folder without the model: the same tile/time-chunk reads (with halo),
+    the same output files (profile, band descriptions, windows), data taken from the inputs."""
+    import rasterio
+    from rasterio.windows import Window
+    T = len(dates) - L + 1
+    out_dates = dates[L - 1:]
+    prof = inference._profile(grid, T)
+    os.makedirs(out_dir, exist_ok=True)
+    files = ["sm"] + list(names)
+    dsts = {f: rasterio.open(os.path.join(out_dir, f"{f}.tif"), "w", **prof) for f in files}
+    try:
+        for ds in dsts.values():
+            for i, d in enumerate(out_dates, start=1):
+                ds.set_band_description(i, str(d))
+        H, W = grid["height"], grid["width"]
+        for r0 in range(0, H, tile_size):
+            for c0 in range(0, W, tile_size):
+                h, w = min(tile_size, H - r0), min(tile_size, W - c0)
+                for t0 in range(0, T, time_chunk):
+                    t1 = min(T, t0 + time_chunk)
+                    raw = read_block(r0 - r, c0 - r, h + 2 * r, w + 2 * r, t0, t1 + L - 1)
+                    centre = raw[:, L - 1:, r:r + h, r:r + w]
+                    win = Window(c0, r0, w, h)
+                    idx = list(range(t0 + 1, t1 + 1))
+                    for j, f in enumerate(files):      # same-size outputs with input-like content
+                        dsts[f].write(np.ascontiguousarray(centre[j % centre.shape[0]]), indexes=idx, window=win)
+    finally:
+        for ds in dsts.values():
+            ds.close()
+
+
+def bench_e2e(S, device, args):
+    cfg = S["e2e"]
+    size, T, k, L = cfg["size"], cfg["days"], 7, 14
+    n_dates = T + L - 1
+    tmp = tempfile.mkdtemp(prefix="ismoe_bench_e2e_", dir=args.tmpdir)
+    try:
+        t0 = time.perf_counter()
+        paths, variables, grid = write_inputs(os.path.join(tmp), DEMO_FACTORS, size, n_dates)
+        t_write = time.perf_counter() - t0
+        log(f"  wrote {len(paths)} input GeoTIFFs {size}x{size}x{n_dates} bands in {t_write:.1f}s")
+        dates = np.datetime64("2019-01-01") + np.arange(n_dates)
+        stub = make_cube(DEMO_FACTORS, L + 1, 8, 8, 4, k, L)
+        model = make_model(stub, device).eval()
+        amp = autocast_dtype(device, True)
+        reader = RasterioBlockReader(paths)
+        runs = {"floor": [], "ours": []}
+        try:
+            def run_floor(i):
+                d = os.path.join(tmp, f"floor{i}")
+                t = time.perf_counter()
+                io_floor(reader, grid, dates, L, k // 2, model.output_names, d, cfg["tile_size"], cfg["time_chunk"])
+                runs["floor"].append(time.perf_counter() - t)
+                shutil.rmtree(d, ignore_errors=True)
+
+            def run_ours(i):
+                d = os.path.join(tmp, f"pred{i}")
+                sync(device)
+                t = time.perf_counter()
+                inference.predict_to_folder(model, reader, grid, dates, d, tile_size=cfg["tile_size"],
+                                            time_chunk=cfg["time_chunk"], device=device, amp_dtype=amp)
+                sync(device)
+                runs["ours"].append(time.perf_counter() - t)
+                if i == 0:
+                    with __import__("rasterio").open(os.path.join(d, "sm.tif")) as ds:
+                        runs["check"] = {"sm_shape": [ds.count, ds.height, ds.width]}
+                shutil.rmtree(d, ignore_errors=True)
+            run_floor(0)
+            run_ours(0)
+            run_floor(1)   # floor measured before and after: page cache and load drift hit both sides
+        finally:
+            reader.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    floor, ours = min(runs["floor"]), median(runs["ours"])
+    px = size * size * T
+    res = {"sizes": {"grid": [size, size], "input_dates": n_dates, "output_dates": T, "variables": len(variables),
+                     "output_files": 1 + len(model.output_names), "tile_size": cfg["tile_size"],
+                     "time_chunk": cfg["time_chunk"], "amp": str(amp).replace("torch.", "") if amp else "fp32"},
+           "output_check": runs.get("check"), "input_write_s": t_write,
+           "rows": [{"name": "predict_to_folder", "device": str(device), "seconds": ours, "pixel_days_per_s": px / ours,
+                     "seconds_rounds": [round(t, 3) for t in runs["ours"]]},
+                    {"name": "io_floor", "device": "cpu", "seconds": floor, "pixel_days_per_s": px / floor,
+                     "seconds_rounds": [round(t, 3) for t in runs["floor"]]}],
+           "ratios": [{"comparison": "e2e/floor", "what": "predict_to_folder time / I/O floor time (1.0 = at the floor)",
+                       "ratio": ours / floor, "target": None, "verdict": ""}]}
+    return res
+
+
+# ----------------------------------------------------------------------------- scaling
+
+def bench_scaling(S, device, args):
+    cfg = S["scaling"]
+    dcfg = cfg["cuda" if device.type == "cuda" else "cpu"]
+    B = cfg["batch"]
+    configs = []
+    for E in (1, 3, 6, 9):
+        configs.append(("experts", E, synthetic_factors(E), 7, 14))
+    for k in (3, 7, 11):
+        configs.append(("patch", k, DEMO_FACTORS, k, 14))
+    for L in (7, 14, 30):
+        configs.append(("seq_len", L, DEMO_FACTORS, 7, L))
+    rows = []
+    for axis, value, factors, k, L in configs:
+        T = max(cfg["T"], L + 16)
+        cube = make_cube(factors, T, cfg["H"], cfg["W"], cfg["targets"], k, L, seed=3)
+        trainers = {"ours": OursTrainer(cube, device), "naive": NaiveTrainer(cube, device)}
+        times, errors = time_trainers(trainers, cube, B, {n: device for n in trainers},
+                                      dcfg["warmup"], dcfg["rounds"], dcfg["steps"])
+        # tile prediction
+        tile, Tp, r = cfg["tile"], cfg["days"], k // 2
+        pc = make_cube(factors, Tp + L - 1, tile + 2 * r, tile + 2 * r, 4, k, L, seed=4)
+        model = make_model(pc, device).eval()
+        xt = inference.normalise_block(model, pc.x).to(device)
+        doy = torch.from_numpy(inference.day_of_year(pc.dates[L - 1:])).to(device)
+        inference.predict_tile(model, xt, doy)
+        pt = []
+        for _ in range(max(2, dcfg["rounds"])):
+            sync(device)
+            t0 = time.perf_counter()
+            inference.predict_tile(model, xt, doy)
+            sync(device)
+            pt.append(time.perf_counter() - t0)
+        row = {"axis": axis, "value": value, "experts": len(factors), "variables": len(cube.variables),
+               "patch": k, "seq_len": L,
+               "train_step_ms": 1e3 * median(times["ours"]) if "ours" not in errors else None,
+               "naive_train_step_ms": 1e3 * median(times["naive"]) if "naive" not in errors else None,
+               "predict_ms": 1e3 * median(pt), "predict_pixel_days_per_s": tile * tile * Tp / median(pt)}
+        row["train_ours_over_naive"] = ratio(row["naive_train_step_ms"] or float("nan"),
+                                             row["train_step_ms"] or float("nan"))
+        rows.append(row)
+        log(f"  {axis}={value}: train {row['train_step_ms']:.0f} ms (naive {row['naive_train_step_ms']:.0f} ms), "
+            f"predict {row['predict_ms']:.0f} ms")
+    return {"sizes": {"batch": B, "train_cube": [cfg["T"], cfg["H"], cfg["W"]], "predict_tile": [cfg["tile"], cfg["tile"]],
+                      "predict_days": cfg["days"],
+                      "experts_axis": "E synthetic factors x 2 variables each; patch/seq_len axes use the demo's 6 factors"},
+            "rows": rows}
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt(v, nd=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(headers, rows):
+    w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    line = "  ".join(str(h).ljust(w[i]) for i, h in enumerate(headers))
+    out = [line, "  ".join("-" * x for x in w)]
+    for r in rows:
+        out.append("  ".join(str(c).ljust(w[i]) for i, c in enumerate(r)))
+    return "\n".join(out)
+
+
+def ratio_rows(ratios):
+    return [[r["what"], f"{fmt(r['ratio'], 2)}x", f">= {r['target']:g}x" if r["target"] else "-", r["verdict"] or "-"]
+            for r in ratios]
+
+
+def report(results):
+    m = results["machine"]
+    lines = [f"machine: {m['cpu_model']}, {m['cpus_available']} CPUs available ({m['logical_cpus']} logical), "
+             f"torch {m['torch']} ({m['torch_threads']} threads), device {m['device']}"
+             + (f", GPU {m['gpu']['name']}" if m.get("gpu") else ", no GPU")
+             + f"; load average at start {results['loadavg_start']}, end {results.get('loadavg_end')}"]
+    P = results["parts"]
+    if "train" in P:
+        t = P["train"]
+        if "error" in t:
+            lines += ["", f"[1] training: ERROR {t['error']}"]
+        else:
+            s = t["sizes"]
+            lines += ["", f"[1] training throughput (E={s['experts']}, k={s['patch']}, L={s['seq_len']}, "
+                          f"hidden={s['hidden']}, batch={s['batch']}; fwd+bwd+AdamW step)"]
+            lines.append(table(["impl", "device", "dtype", "step ms", "samples/s", "rounds (ms/step)"],
+                               [[r["name"], r["device"], r["dtype"], fmt(r.get("step_ms")), fmt(r.get("samples_per_s")),
+                                 r.get("error") or " ".join(fmt(x, 0) for x in r["step_ms_rounds"])] for r in t["rows"]]))
+            lines.append(table(["ratio", "value", "target", "verdict"], ratio_rows(t["ratios"])))
+    if "predict" in P:
+        t = P["predict"]
+        if "error" in t:
+            lines += ["", f"[2] prediction: ERROR {t['error']}"]
+        else:
+            s = t["sizes"]
+            lines += ["", f"[2] prediction throughput (tile {s['tile'][0]}x{s['tile'][1]} x {s['days']} days, "
+                          f"patches: {s['naive_pixel_days']} pixel-days in batches of {s['patch_batch']}; "
+                          f"tile vs naive max |diff| {t['reference_check']['max_abs_diff_tile_vs_naive_patch']:.1e})"]
+            lines.append(table(["impl", "dtype", "pixel-days", "seconds", "pixel-days/s"],
+                               [[r["name"], r["dtype"], r["pixel_days"], fmt(r["seconds"], 3), fmt(r["pixel_days_per_s"])]
+                                for r in t["rows"]]))
+            lines.append(table(["ratio", "value", "target", "verdict"], ratio_rows(t["ratios"])))
+    if "e2e" in P:
+        t = P["e2e"]
+        if "error" in t:
+            lines += ["", f"[3] end-to-end: ERROR {t['error']}"]
+        else:
+            s = t["sizes"]
+            lines += ["", f"[3] end-to-end predict_to_folder, {s['grid'][0]}x{s['grid'][1]} grid, {s['variables']} input "
+                          f"GeoTIFFs x {s['input_dates']} dates -> {s['output_files']} outputs x {s['output_dates']} dates "
+                          f"(tile {s['tile_size']}, time chunk {s['time_chunk']}, {s['amp']})"]
+            lines.append(table(["run", "device", "seconds", "pixel-days/s", "rounds (s)"],
+                               [[r["name"], r["device"], fmt(r["seconds"], 2), fmt(r["pixel_days_per_s"]),
+                                 " ".join(fmt(x, 2) for x in r["seconds_rounds"])] for r in t["rows"]]))
+            lines.append(table(["ratio", "value", "target", "verdict"], ratio_rows(t["ratios"])))
+    if "scaling" in P:
+        t = P["scaling"]
+        if "error" in t:
+            lines += ["", f"[4] scaling: ERROR {t['error']}"]
+        else:
+            s = t["sizes"]
+            lines += ["", f"[4] scaling (batch {s['batch']}; predict tile {s['predict_tile'][0]}x{s['predict_tile'][1]} x "
+                          f"{s['predict_days']} days; {s['experts_axis']})"]
+            lines.append(table(["axis", "value", "E", "V", "k", "L", "train ms/step", "naive ms/step", "ours/naive",
+                                "predict ms", "pixel-days/s"],
+                               [[r["axis"], r["value"], r["experts"], r["variables"], r["patch"], r["seq_len"],
+                                 fmt(r["train_step_ms"]), fmt(r["naive_train_step_ms"]),
+                                 f"{fmt(r['train_ours_over_naive'], 2)}x", fmt(r["predict_ms"]),
+                                 fmt(r["predict_pixel_days_per_s"])] for r in t["rows"]]))
+    lines += ["", f"total run time {results['run_seconds']:.0f}s"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="issue sizes (1024x1024 end-to-end, bigger cube, more steps)")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "performance.json"))
+    ap.add_argument("--only", default="train,predict,e2e,scaling", help="comma list of parts")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the CPUs available)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd training (ours)")
+    ap.add_argument("--tmpdir", default=None, help="where the end-to-end GeoTIFFs go (default: system temp)")
+    args = ap.parse_args(argv)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    bad = [p for p in parts if p not in ("train", "predict", "e2e", "scaling")]
+    if bad:
+        ap.error(f"unknown part(s) {bad}: choose from train, predict, e2e, scaling")
+    try:
+        avail = len(os.sched_getaffinity(0))
+    except AttributeError:
+        avail = os.cpu_count() or 1
+    threads = args.threads or avail
+    torch.set_num_threads(threads)
+    device = resolve_device(args.device, log)
+    S = SIZES["full" if args.full else "small"]
+    results = {"issue": 6, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+               "size_preset": "full" if args.full else "small", "argv": sys.argv[1:],
+               "machine": describe_machine(device, threads), "loadavg_start": loadavg(), "parts": {},
+               "targets": {f"{p}:{c}:{d}": v for (p, c, d), v in TARGETS.items()}}
+    la = results["loadavg_start"]
+    if la and la[0] > avail + 0.5:
+        log(f"WARNING: load average {la[0]} exceeds the {avail} CPUs available: other processes compete for the "
+            "CPU and timings are noisy (both sides of each ratio are interleaved, so ratios suffer less)")
+    log(f"ismoe_qgis benchmarks ({results['size_preset']} sizes) on {device}, torch {torch.__version__}, "
+        f"{threads} threads")
+    t_all = time.perf_counter()
+    fns = {"train": bench_train, "predict": bench_predict, "e2e": bench_e2e, "scaling": bench_scaling}
+    for p in parts:
+        log(f"[{p}] ...")
+        t0 = time.perf_counter()
+        try:
+            results["parts"][p] = fns[p](S, device, args)
+        except Exception as e:
+            import traceback
+            traceback.print_exc()
+            results["parts"][p] = {"error": f"{type(e).__name__}: {e}"}
+        results["parts"][p]["part_seconds"] = round(time.perf_counter() - t0, 1)
+        log(f"[{p}] done in {results['parts'][p]['part_seconds']}s")
+    results["run_seconds"] = time.perf_counter() - t_all
+    results["loadavg_end"] = loadavg()
+    text = report(results)
+    print()
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print(f"\nwrote {args.out}")
+    # FAIL verdicts are results, not errors: the exit status only says whether every part ran
+    return 1 if any(p.get("error") for p in results["parts"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

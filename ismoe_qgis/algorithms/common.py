@@ -1,0 +1,101 @@
+"""Parameter helpers shared by the ISMoE algorithms (QGIS glue only)."""
+import os
+import re
+
+from qgis.core import QgsProcessingException
+
+_SAFE = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def variable_name(layer) -> str:
+    """The variable name of a raster layer: its layer name, made safe ('snow depth' -> 'snow_depth')."""
+    name = layer.name() or os.path.splitext(os.path.basename(layer.source()))[0]
+    return _SAFE.sub("_", name).strip("_") or "layer"
+
+
+def layer_source(layer) -> str:
+    """What GDAL opens for a raster layer (file path or NETCDF:"f.nc":var)."""
+    return layer.source().split("|")[0]
+
+
+def parse_groups(text: str, param: str = "FACTOR_GROUPS"):
+    """'snow=snow_depth,snow_cover;radiation=net_solar' -> {'snow': ['snow_depth', 'snow_cover'], ...}."""
+    groups = {}
+    for part in (text or "").replace("\n", ";").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise QgsProcessingException(
+                f"{param}: '{part}' is not of the form factor=layer1,layer2 (groups separated by ';')")
+        fname, names = part.split("=", 1)
+        fname = fname.strip()
+        members = [n.strip() for n in names.split(",") if n.strip()]
+        if not fname or not members:
+            raise QgsProcessingException(f"{param}: '{part}' needs a factor name and at least one layer name")
+        if fname in groups:
+            raise QgsProcessingException(f"{param}: factor '{fname}' is listed twice")
+        groups[fname] = members
+    return groups
+
+
+def group_layers(layers, groups_text: str, param_layers: str = "FACTORS", param_groups: str = "FACTOR_GROUPS"):
+    """Group raster layers into factors: {factor: [(variable, source), ...]}.
+
+    Without groups every layer is its own factor. With groups every layer must be in exactly one.
+    """
+    if not layers:
+        raise QgsProcessingException(f"{param_layers}: no factor layers given: add at least one raster layer "
+                                     f"(each band one day)")
+    by_name = {}
+    for lyr in layers:
+        n = variable_name(lyr)
+        if n in by_name:
+            raise QgsProcessingException(f"{param_layers}: two layers are named '{n}': rename one (layer names "
+                                         f"are the variable names the model remembers)")
+        by_name[n] = layer_source(lyr)
+    groups = parse_groups(groups_text, param_groups)
+    if not groups:
+        return {n: [(n, s)] for n, s in by_name.items()}
+    out, used = {}, set()
+    for fname, members in groups.items():
+        out[fname] = []
+        for m in members:
+            key = _SAFE.sub("_", m).strip("_")
+            if key not in by_name:
+                raise QgsProcessingException(
+                    f"{param_groups}: factor '{fname}' names layer '{m}', which is not among {param_layers} "
+                    f"({', '.join(by_name)})")
+            if key in used:
+                raise QgsProcessingException(f"{param_groups}: layer '{m}' is in two factors")
+            used.add(key)
+            out[fname].append((key, by_name[key]))
+    left = [n for n in by_name if n not in used]
+    if left:
+        raise QgsProcessingException(f"{param_groups}: layer(s) {', '.join(left)} belong to no factor: add them "
+                                     f"to a group or remove them from {param_layers}")
+    return out
+
+
+def optional_date(text: str, param: str):
+    text = (text or "").strip()
+    if not text:
+        return None
+    import numpy as np
+    try:
+        return str(np.datetime64(text[:10], "D"))
+    except ValueError:
+        raise QgsProcessingException(f"{param}: '{text}' is not a date; use YYYY-MM-DD") from None
+
+
+def check_writable(path: str, param: str):
+    """Fail early, before any work, when an output location cannot be written."""
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    probe = d
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.access(probe, os.W_OK):
+        raise QgsProcessingException(f"{param}: cannot write to '{d}': choose a folder you can write to")

@@ -1,0 +1,102 @@
+"""ismoe:predict: model + factor layers -> daily SM GeoTIFF + one routing-weight GeoTIFF per factor."""
+import os
+
+from qgis.core import (QgsCoordinateTransform, QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingOutputRasterLayer, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFile,
+                       QgsProcessingParameterFolderDestination, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterNumber, QgsProcessingParameterString, QgsCoordinateReferenceSystem)
+
+from .base import IsmoeAlgorithm
+from .common import check_writable, layer_source, optional_date, variable_name
+from .qgis_compat import NUMBER_INTEGER, PARAM_FLAG_ADVANCED, SOURCE_RASTER, add_param_flags, optional
+
+DEVICES = ["auto", "cuda", "cpu"]
+
+
+class PredictAlgorithm(IsmoeAlgorithm):
+    MODEL_FILE, FACTORS, EXTENT = "MODEL_FILE", "FACTORS", "EXTENT"
+    START_DATE, STEP_DAYS, DATE_FROM, DATE_TO = "START_DATE", "STEP_DAYS", "DATE_FROM", "DATE_TO"
+    TILE_SIZE, DEVICE, COG, OUTPUT = "TILE_SIZE", "DEVICE", "COG", "OUTPUT"
+
+    def name(self):
+        return "predict"
+
+    def displayName(self):  # noqa: N802
+        return self.tr("Predict soil moisture and factor weights")
+
+    def shortHelpString(self):  # noqa: N802
+        return self.tr(
+            "Runs a trained model over factor raster layers, tile by tile (bounded memory), and writes into the "
+            "OUTPUT folder: sm.tif (daily soil moisture, one band per date, band descriptions = ISO dates), "
+            "weight_<factor>.tif (the routing weight of each factor's expert, same bands) and prediction.json. "
+            "The dock widget and ismoe:seasonalimportance read this folder.\n\n"
+            "MODEL_FILE: a model from ismoe:train.\n"
+            "FACTORS: one raster layer per variable the model was trained on, with the same layer names "
+            "(e.g. the same files, or other dates/areas of the same products).\n"
+            "EXTENT: optional area to predict (default: the first layer's whole grid).\n"
+            "START_DATE / STEP_DAYS: dates for layers whose files carry none.\n"
+            "DATE_FROM / DATE_TO: optional output period (YYYY-MM-DD); each output date needs the SEQ_LEN-1 "
+            "days before it as input.\n"
+            "TILE_SIZE: pixels per tile side (memory grows with it). DEVICE: auto/cuda/cpu. "
+            "COG: write Cloud Optimized GeoTIFFs.\n"
+            "OUTPUT: the prediction folder. Outputs are written to a temporary folder and moved in at the end: "
+            "a cancelled or failed run leaves nothing behind.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, self.tr("Model file"), extension="pt"))
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.FACTORS, self.tr("Factor layers"), SOURCE_RASTER))
+        self.addParameter(optional(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"))))
+        self.addParameter(optional(QgsProcessingParameterString(self.START_DATE,
+                                                                self.tr("Start date for undated layers (YYYY-MM-DD)"))))
+        self.addParameter(QgsProcessingParameterNumber(self.STEP_DAYS, self.tr("Days between bands (undated layers)"),
+                                                       NUMBER_INTEGER, 1, False, 1))
+        self.addParameter(optional(QgsProcessingParameterString(self.DATE_FROM, self.tr("First output date"))))
+        self.addParameter(optional(QgsProcessingParameterString(self.DATE_TO, self.tr("Last output date"))))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.TILE_SIZE, self.tr("Tile size (pixels)"), NUMBER_INTEGER, 128, False, 8, 4096), PARAM_FLAG_ADVANCED))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0))
+        self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
+            self.COG, self.tr("Cloud Optimized GeoTIFF"), False), PARAM_FLAG_ADVANCED))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Prediction folder")))
+        self.addOutput(QgsProcessingOutputRasterLayer("SM", self.tr("Soil moisture")))
+        self.addOutput(QgsProcessingOutputNumber("N_DATES", self.tr("Output dates")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.require_torch()
+        from ..model.predict import predict_layers
+        p = parameters
+        model_path = self.parameterAsFile(p, self.MODEL_FILE, context)
+        if not model_path or not os.path.exists(model_path):
+            raise QgsProcessingException(f"{self.MODEL_FILE}: file not found: '{model_path}' (train one with "
+                                         f"ismoe:train)")
+        layers = self.parameterAsLayerList(p, self.FACTORS, context)
+        if not layers:
+            raise QgsProcessingException(f"{self.FACTORS}: no factor layers given: add one raster layer per model "
+                                         f"variable")
+        sources = {}
+        for lyr in layers:
+            n = variable_name(lyr)
+            if n in sources:
+                raise QgsProcessingException(f"{self.FACTORS}: two layers are named '{n}'")
+            sources[n] = layer_source(lyr)
+        out = self.parameterAsString(p, self.OUTPUT, context)
+        check_writable(os.path.join(out, "x"), self.OUTPUT)
+        extent = None
+        if p.get(self.EXTENT):
+            crs = layers[0].crs()
+            rect = self.parameterAsExtent(p, self.EXTENT, context, crs)
+            if not rect.isNull() and not rect.isEmpty():
+                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        man = self.run_core(
+            predict_layers, model_path, sources, out, extent=extent,
+            start=optional_date(self.parameterAsString(p, self.START_DATE, context), self.START_DATE),
+            step_days=self.parameterAsInt(p, self.STEP_DAYS, context),
+            date_from=optional_date(self.parameterAsString(p, self.DATE_FROM, context), self.DATE_FROM),
+            date_to=optional_date(self.parameterAsString(p, self.DATE_TO, context), self.DATE_TO),
+            tile_size=self.parameterAsInt(p, self.TILE_SIZE, context),
+            device=DEVICES[self.parameterAsEnum(p, self.DEVICE, context)],
+            cog=self.parameterAsBoolean(p, self.COG, context), callbacks=self.callbacks(feedback))
+        sm = os.path.join(out, man["sm"])
+        feedback.pushInfo(f"wrote {sm} and {len(man['weights'])} weight rasters ({len(man['dates'])} dates)")
+        return {self.OUTPUT: out, "SM": sm, "N_DATES": len(man["dates"])}

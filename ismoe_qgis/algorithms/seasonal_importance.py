@@ -1,0 +1,207 @@
+"""ismoe:seasonalimportance: the dock's seasonal-importance chart, headless (PNG + HTML/SVG + CSV).
+
+Thin glue: the numbers come from ismoe_qgis.ui.chartdata / ismoe_qgis.model.importance,
+the chart from ismoe_qgis.ui.mplchart (matplotlib Figure + Agg, no pyplot, no QWidget:
+safe in the Processing worker thread).
+"""
+import json
+import os
+
+from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
+                       QgsProcessingParameterFile, QgsProcessingParameterFileDestination)
+
+from .base import IsmoeAlgorithm
+from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER, optional
+
+try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
+    from qgis.core import QgsProcessing
+    _SOURCE_POLYGON = QgsProcessing.TypeVectorPolygon
+except AttributeError:  # pragma: no cover
+    from qgis.core import Qgis
+    _SOURCE_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
+
+PERIOD_OPTIONS = [("Month", "month"), ("Day of year", "doy"), ("Season", "season")]
+STYLE_OPTIONS = ["Lines", "Stacked areas"]
+
+
+class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
+    INPUT, INPUT_CSV, REGIONS, REGION_FIELD = "INPUT", "INPUT_CSV", "REGIONS", "REGION_FIELD"
+    PERIOD, STYLE = "PERIOD", "STYLE"
+    OUTPUT_PNG, OUTPUT_HTML, OUTPUT_CSV = "OUTPUT_PNG", "OUTPUT_HTML", "OUTPUT_CSV"
+
+    def name(self):
+        return "seasonalimportance"
+
+    def displayName(self):  # noqa: N802
+        return self.tr("Seasonal expert importance chart")
+
+    def shortHelpString(self):  # noqa: N802
+        return self.tr(
+            "Charts which environmental factor drives soil moisture when: the mean routing weight of each "
+            "factor's expert by month (or day of year, or season), the same chart as the ISMoE dock, written "
+            "as files so Model Builder chains and qgis_process users get it too.\n\n"
+            "INPUT: a prediction folder written by ismoe:predict (sm.tif, weight_<factor>.tif, "
+            "prediction.json). The weight rasters are streamed block by block (bounded memory). A "
+            "seasonal-importance CSV may be given here as well.\n"
+            "INPUT_CSV: instead of INPUT, a seasonal-importance CSV (columns region, period_kind, period, "
+            "factor, mean_weight, n), e.g. from the evaluation or an earlier run: it is charted as is.\n"
+            "REGIONS: optional polygon layer (any CRS, reprojected to the rasters'): one chart panel and one "
+            "set of CSV rows per feature. Without it the whole raster is one region named 'all'. Features "
+            "outside the rasters are skipped with a warning. Ignored for a CSV input.\n"
+            "REGION_FIELD: optional field of REGIONS that names the regions (default: 'feature <id>').\n"
+            "PERIOD: x axis of the chart: Month (1-12), Day of year (1-366) or Season (DJF, MAM, JJA, SON). "
+            "The CSV always holds all three.\n"
+            "STYLE: Lines (one line per factor) or Stacked areas (weights stacked, they sum to 1).\n"
+            "OUTPUT_PNG: the chart as PNG (one panel per region, at most 12; every region is in the CSV).\n"
+            "OUTPUT_HTML: optional; .html writes a page with the chart (SVG) and tables of the mean weights "
+            "(dominant factor in bold); .svg writes the chart as SVG.\n"
+            "OUTPUT_CSV: mean weight per region, period kind, period and factor, with n = number of valid "
+            "pixel-days averaged.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(optional(QgsProcessingParameterFile(
+            self.INPUT, self.tr("Prediction folder (output of ismoe:predict)"), behavior=FILE_BEHAVIOR_FOLDER)))
+        self.addParameter(optional(QgsProcessingParameterFile(
+            self.INPUT_CSV, self.tr("…or a seasonal-importance CSV"), behavior=FILE_BEHAVIOR_FILE,
+            extension="csv")))
+        self.addParameter(optional(QgsProcessingParameterFeatureSource(
+            self.REGIONS, self.tr("Regions (polygons)"), [_SOURCE_POLYGON])))
+        self.addParameter(optional(QgsProcessingParameterField(
+            self.REGION_FIELD, self.tr("Region name field"), parentLayerParameterName=self.REGIONS)))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.PERIOD, self.tr("Chart period"), [label for label, _ in PERIOD_OPTIONS], defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.STYLE, self.tr("Chart style"), STYLE_OPTIONS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_PNG, self.tr("Chart (PNG)"), self.tr("PNG files (*.png)")))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_HTML, self.tr("Chart page (HTML or SVG)"), self.tr("HTML files (*.html);;SVG files (*.svg)"),
+            optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_CSV, self.tr("Seasonal importance table (CSV)"), self.tr("CSV files (*.csv)")))
+        self.addOutput(QgsProcessingOutputNumber("N_REGIONS", self.tr("Regions charted")))
+        self.addOutput(QgsProcessingOutputString("DOMINANT", self.tr("Dominant factor per season (JSON)")))
+
+    # ------------------------------------------------------------------ helpers
+    def _source(self, parameters, context):
+        folder = (self.parameterAsFile(parameters, self.INPUT, context) or "").strip()
+        csv_path = (self.parameterAsFile(parameters, self.INPUT_CSV, context) or "").strip()
+        if folder and csv_path:
+            raise QgsProcessingException("%s and %s: give one source, not both" % (self.INPUT, self.INPUT_CSV))
+        if not folder and not csv_path:
+            raise QgsProcessingException("%s: give a prediction folder (output of ismoe:predict) or %s a "
+                                         "seasonal-importance CSV" % (self.INPUT, self.INPUT_CSV))
+        return folder or csv_path, (self.INPUT if folder else self.INPUT_CSV)
+
+    def _regions(self, parameters, context, feedback, folder):
+        from ..ui import chartdata as cd
+
+        source = self.parameterAsSource(parameters, self.REGIONS, context)
+        if source is None:
+            return None
+        field = self.parameterAsString(parameters, self.REGION_FIELD, context)
+        if field and source.fields().indexOf(field) < 0:
+            raise QgsProcessingException("%s: no field '%s' in %s" % (self.REGION_FIELD, field, self.REGIONS))
+        crs = source.sourceCrs()
+        crs_text = None
+        if crs.isValid():
+            auth = crs.authid()
+            crs_text = auth if auth.upper().startswith("EPSG:") else crs.toWkt(crs.WKT_PREFERRED_GDAL)
+        regions, used = {}, set()
+        for feat in source.getFeatures():
+            if feedback.isCanceled():
+                break
+            geom = feat.geometry()
+            label = None
+            if field:
+                value = feat[field]
+                label = str(value) if value not in (None, "") and str(value) != "NULL" else None
+            name = label or "feature %s" % feat.id()
+            base, k = name, 2
+            while name in used:
+                name = "%s (%d)" % (base, k)
+                k += 1
+            if geom is None or geom.isEmpty():
+                feedback.pushWarning("%s: %s has no geometry; skipped" % (self.REGIONS, name))
+                continue
+            region = cd.PolygonRegion(json.loads(geom.asJson(17)), crs_text)
+            try:
+                cd.region_mask(folder, region, name)
+            except cd.ChartDataError as exc:
+                feedback.pushWarning("%s: %s; skipped" % (self.REGIONS, exc))
+                continue
+            used.add(name)
+            regions[name] = region
+        if not regions:
+            raise QgsProcessingException("%s: no feature overlaps the prediction rasters (extent %s in the raster "
+                                         "CRS)" % (self.REGIONS, cd._fmt_bounds(folder.bounds)))
+        return regions
+
+    # ------------------------------------------------------------------ run
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        from ..model import importance as imp
+        from ..ui import chartdata as cd
+        from ..ui import mplchart
+
+        path, param = self._source(parameters, context)
+        kind = PERIOD_OPTIONS[self.parameterAsEnum(parameters, self.PERIOD, context)][1]
+        stacked = self.parameterAsEnum(parameters, self.STYLE, context) == 1
+        png = self.parameterAsFileOutput(parameters, self.OUTPUT_PNG, context)
+        page = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
+        out_csv = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context)
+        cb = self.callbacks(feedback)
+        try:
+            source = cd.open_source(path)
+        except (cd.ChartDataError, imp.ImportanceError) as exc:
+            raise QgsProcessingException("%s: %s" % (param, exc)) from None
+
+        if isinstance(source, imp.ImportanceTable):
+            table = source
+            if parameters.get(self.REGIONS):
+                feedback.pushWarning("%s is ignored for a CSV input (its regions are charted as they are)"
+                                     % self.REGIONS)
+            feedback.pushInfo("read %d region(s) from %s" % (len(table.regions), path))
+        else:
+            folder = source
+            for w in folder.warnings:
+                feedback.pushWarning(w)
+            feedback.pushInfo(folder.describe())
+            regions = self._regions(parameters, context, feedback, folder)
+            if regions is None:
+                table = self.run_core(cd.whole_area_importance, folder, cb)
+            else:
+                feedback.pushInfo("%d region(s): %s" % (len(regions), ", ".join(list(regions)[:10])
+                                                        + (", …" if len(regions) > 10 else "")))
+                table = self.run_core(cd.region_importance, folder, regions, cb)
+        if feedback.isCanceled():
+            raise QgsProcessingException("cancelled by the user")
+
+        regions_shown = [r for r in table.regions if kind in table.kinds(r)]
+        if not regions_shown:
+            raise QgsProcessingException("%s: the source has no %s values to chart" % (self.PERIOD, kind))
+        if len(regions_shown) > mplchart.MAX_PANELS:
+            feedback.pushWarning("%d regions: the chart shows the first %d, the CSV holds all"
+                                 % (len(regions_shown), mplchart.MAX_PANELS))
+        imp.write_importance_csv(table, out_csv)
+        fig = self.run_core(mplchart.importance_figure, table, kind, stacked, regions_shown)
+        mplchart.save_figure(fig, png)
+        results = {self.OUTPUT_PNG: png, self.OUTPUT_CSV: out_csv}
+        if page:
+            if page.lower().endswith(".svg"):
+                mplchart.save_figure(fig, page)
+            else:
+                if not page.lower().endswith((".html", ".htm")):
+                    page += ".html"
+                mplchart.write_html(table, fig, page, kind, source=os.path.abspath(path))
+            results[self.OUTPUT_HTML] = page
+        dominant = {}
+        for r in table.regions:
+            if "season" in table.kinds(r):
+                s = table.get(r, "season")
+                dominant[r] = {p: f for p, f in zip(s.periods, s.dominant()) if f}
+        for r, d in list(dominant.items())[:10]:
+            feedback.pushInfo("%s, dominant factor: %s" % (r, ", ".join("%s %s" % kv for kv in d.items())))
+        results["N_REGIONS"] = len(table.regions)
+        results["DOMINANT"] = json.dumps(dominant)
+        return results

@@ -1,0 +1,148 @@
+"""ismoe:train: dataset cube -> model file (ISMoE or a baseline)."""
+import os
+
+from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
+                       QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingOutputFile)
+
+from .base import IsmoeAlgorithm
+from .common import check_writable, optional_date
+from .qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, PARAM_FLAG_ADVANCED, add_param_flags, optional
+
+MODEL_TYPES = ["ismoe", "cnn_lstm", "mean_expert"]
+DEVICES = ["auto", "cuda", "cpu"]
+GAP_POLICIES = ["skip", "fill"]
+ROUTER_INPUTS = ["expert_states", "all_states", "inputs", "inputs_doy"]
+
+
+class TrainAlgorithm(IsmoeAlgorithm):
+    DATASET, MODEL, DEVICE = "DATASET", "MODEL", "DEVICE"
+    EPOCHS, BATCH_SIZE, LEARNING_RATE, SEED = "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED"
+    SAMPLES_PER_EPOCH, PATIENCE, VAL_START, TEST_START = "SAMPLES_PER_EPOCH", "PATIENCE", "VAL_START", "TEST_START"
+    GAP_POLICY, ROUTER_INPUT, HIDDEN, CONV_CHANNELS, DROPOUT = (
+        "GAP_POLICY", "ROUTER_INPUT", "HIDDEN", "CONV_CHANNELS", "DROPOUT")
+    EXPERT_LOSS, ROUTER_ENTROPY, MASK_SILENT, AMP = "EXPERT_LOSS", "ROUTER_ENTROPY", "MASK_SILENT", "AMP"
+    OUTPUT, LOG = "OUTPUT", "LOG"
+
+    def name(self):
+        return "train"
+
+    def displayName(self):  # noqa: N802
+        return self.tr("Train model")
+
+    def shortHelpString(self):  # noqa: N802
+        return self.tr(
+            "Trains a soil-moisture model on a dataset from ismoe:preparedataset and writes the best model "
+            "(lowest validation loss). Training windows are cut from the cube on the fly.\n\n"
+            "DATASET: the dataset file (.npz).\n"
+            "MODEL: ismoe (one CNN-LSTM expert per factor + routing network; the routing weights are the "
+            "interpretation), cnn_lstm (one CNN-LSTM on all factors, the standard baseline) or mean_expert (the "
+            "same per-factor experts with equal weights).\n"
+            "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU; cuda without a GPU falls back to "
+            "the CPU with a warning.\n"
+            "EPOCHS, BATCH_SIZE, LEARNING_RATE (peak of a one-cycle schedule), SEED (same seed, same machine: "
+            "same model), SAMPLES_PER_EPOCH (random windows per epoch; 0 = all), PATIENCE (early stopping).\n"
+            "VAL_START / TEST_START: the time split (YYYY-MM-DD): train before VAL_START, validate until "
+            "TEST_START, test after. Default: the last 25% of the days are the test period, the 15% before "
+            "it validation.\n"
+            "GAP_POLICY: skip windows with missing inputs at the pixel (default) or fill them with the mean.\n"
+            "ROUTER_INPUT: what the routing network sees: expert_states (each expert's own LSTM state; "
+            "default), all_states, inputs (the factors' centre-pixel sequences) or inputs_doy (plus the day of "
+            "year; it tends to learn the season rather than the driver).\n"
+            "HIDDEN, CONV_CHANNELS, DROPOUT: expert sizes.\n"
+            "EXPERT_LOSS: weight of the per-expert loss (each expert must explain soil moisture from its own "
+            "factor). ROUTER_ENTROPY: optional entropy term on the routing weights (0 = off).\n"
+            "MASK_SILENT: a factor whose input is constant over the window at a pixel (e.g. snow where there is "
+            "none) gets routing weight 0.\n"
+            "AMP: bf16 autocast on CUDA GPUs.\n"
+            "OUTPUT: the model file (.pt, loaded without running code). LOG: the training log (JSON lines: "
+            "loss per epoch, validation CC and RMSE).\n"
+            "Cancel stops within one batch and keeps the best model so far.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        adv = PARAM_FLAG_ADVANCED
+        self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"), extension="npz"))
+        self.addParameter(QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), MODEL_TYPES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, 30, False, 1))
+        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 256,
+                                                       False, 1))
+        self.addParameter(QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), NUMBER_DOUBLE,
+                                                       0.002, False, 1e-7))
+        self.addParameter(QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), NUMBER_INTEGER, 42))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.SAMPLES_PER_EPOCH, self.tr("Samples per epoch (0 = all)"), NUMBER_INTEGER, 20000, False, 0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.PATIENCE, self.tr("Early-stopping patience (epochs)"), NUMBER_INTEGER, 6, False, 1), adv))
+        self.addParameter(optional(QgsProcessingParameterString(self.VAL_START, self.tr("Validation start (YYYY-MM-DD)"))))
+        self.addParameter(optional(QgsProcessingParameterString(self.TEST_START, self.tr("Test start (YYYY-MM-DD)"))))
+        self.addParameter(add_param_flags(QgsProcessingParameterEnum(
+            self.GAP_POLICY, self.tr("Windows with missing inputs"), GAP_POLICIES, defaultValue=0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterEnum(
+            self.ROUTER_INPUT, self.tr("Router input"), ROUTER_INPUTS, defaultValue=0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.HIDDEN, self.tr("LSTM hidden size"), NUMBER_INTEGER, 64, False, 1), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.CONV_CHANNELS, self.tr("Convolution channels per expert"), NUMBER_INTEGER, 16, False, 1), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.DROPOUT, self.tr("Dropout"), NUMBER_DOUBLE, 0.1, False, 0.0, 0.9), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.EXPERT_LOSS, self.tr("Per-expert loss weight"), NUMBER_DOUBLE, 0.5, False, 0.0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.ROUTER_ENTROPY, self.tr("Router entropy weight"), NUMBER_DOUBLE, 0.0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
+            self.MASK_SILENT, self.tr("Zero weight for factors without signal"), True), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
+            self.AMP, self.tr("bf16 autocast on CUDA"), True), adv))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Model file"),
+                                                                self.tr("ISMoE model (*.pt)")))
+        self.addParameter(optional(QgsProcessingParameterFileDestination(
+            self.LOG, self.tr("Training log"), self.tr("JSON lines (*.jsonl)"), createByDefault=False)))
+        for name, desc in (("BEST_EPOCH", "Best epoch"), ("VAL_CC", "Validation CC"), ("VAL_RMSE", "Validation RMSE"),
+                           ("TEST_CC", "Test CC"), ("TEST_RMSE", "Test RMSE")):
+            self.addOutput(QgsProcessingOutputNumber(name, self.tr(desc)))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.require_torch()
+        from ..data.cube import Cube
+        from ..model.train import TrainConfig, train
+        p = parameters
+        path = self.parameterAsFile(p, self.DATASET, context)
+        if not path or not os.path.exists(path):
+            raise QgsProcessingException(f"{self.DATASET}: file not found: '{path}' (create it with "
+                                         f"ismoe:preparedataset)")
+        out = self.parameterAsFileOutput(p, self.OUTPUT, context)
+        check_writable(out, self.OUTPUT)
+        log_path = self.parameterAsFileOutput(p, self.LOG, context) or None
+        if log_path:
+            check_writable(log_path, self.LOG)
+        cube = self.run_core(Cube.load, path)
+        cfg = TrainConfig(
+            epochs=self.parameterAsInt(p, self.EPOCHS, context),
+            batch_size=self.parameterAsInt(p, self.BATCH_SIZE, context),
+            lr=self.parameterAsDouble(p, self.LEARNING_RATE, context),
+            seed=self.parameterAsInt(p, self.SEED, context),
+            device=DEVICES[self.parameterAsEnum(p, self.DEVICE, context)],
+            samples_per_epoch=self.parameterAsInt(p, self.SAMPLES_PER_EPOCH, context),
+            patience=self.parameterAsInt(p, self.PATIENCE, context),
+            expert_loss=self.parameterAsDouble(p, self.EXPERT_LOSS, context),
+            router_entropy=self.parameterAsDouble(p, self.ROUTER_ENTROPY, context),
+            gap_policy=GAP_POLICIES[self.parameterAsEnum(p, self.GAP_POLICY, context)],
+            val_start=optional_date(self.parameterAsString(p, self.VAL_START, context), self.VAL_START),
+            test_start=optional_date(self.parameterAsString(p, self.TEST_START, context), self.TEST_START),
+            amp=self.parameterAsBoolean(p, self.AMP, context))
+        model_type = MODEL_TYPES[self.parameterAsEnum(p, self.MODEL, context)]
+        options = dict(hidden=self.parameterAsInt(p, self.HIDDEN, context),
+                       conv_channels=self.parameterAsInt(p, self.CONV_CHANNELS, context),
+                       dropout=self.parameterAsDouble(p, self.DROPOUT, context),
+                       router_input=ROUTER_INPUTS[self.parameterAsEnum(p, self.ROUTER_INPUT, context)],
+                       mask_silent=self.parameterAsBoolean(p, self.MASK_SILENT, context))
+        feedback.pushInfo(f"training {model_type} on {path}")
+        res = self.run_core(train, cube, out, model_type, cfg, options, self.callbacks(feedback), log_path)
+        if res["cancelled"]:
+            feedback.reportError(f"training cancelled: the best model so far (epoch {res['best_epoch']}) is in {out}",
+                                 False)
+        nan = float("nan")
+        return {self.OUTPUT: out, self.LOG: log_path, "BEST_EPOCH": res["best_epoch"],
+                "VAL_CC": res.get("val_cc", nan), "VAL_RMSE": res.get("val_rmse", nan),
+                "TEST_CC": res.get("test_cc", nan), "TEST_RMSE": res.get("test_rmse", nan)}

@@ -1,0 +1,85 @@
+"""Predict daily SM and per-factor routing weights from factor raster layers, streamed by tiles."""
+import os
+from typing import Dict, Optional
+
+import numpy as np
+
+from ..core_callbacks import Callbacks, ensure
+from ..data import rasters
+from ..data.prepare import daily_calendar
+from .inference import predict_to_folder
+from .io import load_model
+from .train import autocast_dtype, resolve_device
+
+
+def check_layers_match(cfg, layers: Dict[str, object]):
+    """The layers must be exactly the model's variables (by name)."""
+    missing = [v for v in cfg.variables if v not in layers]
+    extra = [v for v in layers if v not in cfg.variables]
+    if missing or extra:
+        want = "; ".join(f"{f}: {', '.join(vs)}" for f, vs in cfg.factors.items())
+        parts = []
+        if missing:
+            parts.append(f"no layer for variable(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"layer(s) {', '.join(extra)} are not variables of this model")
+        raise ValueError(f"FACTORS: {'; '.join(parts)}. The model was trained on the factor set [{want}]: "
+                         f"give one layer per variable with the same names (or train a model on these layers)")
+
+
+def subgrid(grid: rasters.Grid, extent) -> rasters.Grid:
+    """The part of `grid` covered by extent (xmin, ymin, xmax, ymax in the grid CRS), snapped to pixels."""
+    if extent is None:
+        return grid
+    xmin, ymin, xmax, ymax = extent
+    gx0, gy0, gx1, gy1 = grid.bounds()
+    if xmax <= gx0 or xmin >= gx1 or ymax <= gy0 or ymin >= gy1:
+        raise rasters.NoOverlapError(f"EXTENT ({xmin}, {ymin}, {xmax}, {ymax}) does not overlap the layers "
+                                     f"({gx0}, {gy0}, {gx1}, {gy1}): choose an extent inside them")
+    rows, cols = grid.rowcol([xmin, xmax], [ymax, ymin])
+    r0, r1 = max(0, min(rows)), min(grid.height, max(rows) + 1)
+    c0, c1 = max(0, min(cols)), min(grid.width, max(cols) + 1)
+    return grid.window_grid(r0, c0, r1 - r0, c1 - c0)
+
+
+def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, extent=None, grid=None,
+                   start=None, step_days: int = 1, date_from=None, date_to=None, tile_size: int = 128,
+                   time_chunk: int = 64, device: str = "auto", amp: bool = True, cog: bool = False,
+                   resampling: str = "auto", callbacks: Callbacks = None) -> dict:
+    """Run a trained model over the layers (one per model variable) and write a prediction folder.
+
+    The grid is `grid`, else the first variable's layer grid, clipped to `extent`. Output dates are
+    the common days of the layers from `date_from` to `date_to` (each needs SEQ_LEN-1 days before it).
+    """
+    cb = ensure(callbacks)
+    dev = resolve_device(device, cb.log)
+    model, cfg, info = load_model(model_path, dev)
+    check_layers_match(cfg, layers)
+    infos = [rasters.open_series(layers[v], start, step_days, name=v, log=cb.log) for v in cfg.variables]
+    g = grid if grid is not None else infos[0].grid
+    g = subgrid(g, extent)
+    for i in infos:
+        rasters.check_overlap(g, i.grid, i.name)
+    dates = daily_calendar(infos)
+    L = cfg.seq_len
+    if date_from is not None:
+        d0 = np.datetime64(str(date_from), "D")
+        dates = dates[dates >= d0 - np.timedelta64(L - 1, "D")]
+    if date_to is not None:
+        dates = dates[dates <= np.datetime64(str(date_to), "D")]
+    if len(dates) < L:
+        raise ValueError(f"the layers have {len(dates)} common day(s) in the chosen period; the model needs at "
+                         f"least SEQ_LEN={L} (the {L - 1} days before the first output date are its input)")
+    cb.log(f"predicting {len(dates) - L + 1} days ({dates[L - 1]}..{dates[-1]}) on {g.width} x {g.height} "
+           f"pixels, tiles of {tile_size}, device {dev}")
+
+    def read_block(row_off, col_off, height, width, t0, t1):
+        out = np.empty((len(infos), t1 - t0, height, width), np.float32)
+        for v, i in enumerate(infos):
+            out[v] = rasters.read_window_aligned(i, g, dates[t0:t1], (row_off, col_off, height, width),
+                                                 resampling, allow_missing=True, name=i.name)
+        return out
+
+    return predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
+                             time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
+                             callbacks=cb, extra_meta={"model": os.path.abspath(model_path)})

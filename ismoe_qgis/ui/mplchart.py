@@ -1,0 +1,143 @@
+"""The seasonal-importance chart rendered with matplotlib (headless, thread-safe).
+
+Uses the object-oriented ``matplotlib.figure.Figure`` API with the Agg canvas only:
+no pyplot, no global figure state, no Qt. That is what a Processing algorithm needs,
+since it runs in a worker thread where no QWidget may be created. The series, colours
+and ticks come from :mod:`ismoe_qgis.ui.chartdata`, so this chart and the dock's
+pyqtgraph chart draw the same thing. No qgis/PyQt import.
+"""
+from __future__ import annotations
+
+import html
+import io
+import math
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..model import importance as imp
+from . import chartdata as cd
+
+MAX_PANELS = 12
+
+
+def _y_top(values: List[np.ndarray], stacked: bool) -> float:
+    if stacked:
+        return 1.02
+    finite = [v[np.isfinite(v)] for v in values]
+    top = max([float(v.max()) for v in finite if v.size] or [1.0])
+    return min(1.02, max(0.1, math.ceil(top * 11) / 10))
+
+
+def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: bool = False,
+                      regions: Optional[Sequence[str]] = None, title: Optional[str] = None,
+                      max_panels: int = MAX_PANELS, dpi: int = 110) -> Figure:
+    """One panel per region (at most ``max_panels``), one line/area per factor, shared legend."""
+    regions = list(regions) if regions is not None else table.regions
+    regions = [r for r in regions if kind in table.kinds(r)]
+    if not regions:
+        raise cd.ChartDataError("No {} values to chart".format(kind))
+    shown = regions[:max_panels]
+    n = len(shown)
+    ncols = 1 if n == 1 else (2 if n <= 4 else 3)
+    nrows = int(math.ceil(n / ncols))
+    fig = Figure(figsize=(7.5 if ncols == 1 else 4.2 * ncols, 3.6 + (nrows - 1) * 2.9 + 0.6), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    handles = {}
+    for i, region in enumerate(shown):
+        ax = axes[i // ncols][i % ncols]
+        series = table.get(region, kind)
+        items = cd.chart_series(series, stacked)
+        for it in items:
+            if stacked:
+                h = ax.fill_between(it.x, it.lower, it.upper, color=it.colour, alpha=0.85, linewidth=0.6,
+                                    edgecolor="white", label=it.factor, step=None)
+            else:
+                (h,) = ax.plot(it.x, it.upper, color=it.colour, linewidth=2.0,
+                               marker="o" if kind != "doy" else None, markersize=3.5, label=it.factor)
+            handles.setdefault(it.factor, h)
+        ax.set_xticks([t for t, _ in cd.period_ticks(kind)])
+        ax.set_xticklabels([lab for _, lab in cd.period_ticks(kind)], fontsize=8)
+        ax.set_xlim(*cd.period_range(kind))
+        ax.set_ylim(0.0, _y_top([it.upper for it in items], stacked))
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+        if n > 1 or region != imp.DEFAULT_REGION:
+            ax.set_title(str(region), fontsize=10)
+        if i % ncols == 0:
+            ax.set_ylabel("mean routing weight")
+        if i // ncols == nrows - 1:
+            ax.set_xlabel(cd.PERIOD_TITLES.get(kind, kind))
+    for j in range(n, nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    if title is None:
+        title = "Seasonal expert importance ({}{})".format(cd.PERIOD_TITLES.get(kind, kind),
+                                                          ", stacked" if stacked else "")
+        if len(regions) > n:
+            title += " - first {} of {} regions".format(n, len(regions))
+    fig.suptitle(title, fontsize=11)
+    fig.legend([handles[f] for f in table.factors if f in handles], [f for f in table.factors if f in handles],
+               loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 0.95))
+    return fig
+
+
+def save_figure(fig: Figure, path: str) -> str:
+    """Save as PNG or SVG (by extension; anything else is PNG)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fmt = "svg" if path.lower().endswith(".svg") else "png"
+    fig.savefig(path, format=fmt)
+    return path
+
+
+def figure_svg(fig: Figure) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    start = text.find("<svg")
+    return text[start:] if start >= 0 else text
+
+
+def write_html(table: imp.ImportanceTable, fig: Figure, path: str, kind: str = "month",
+               title: str = "Seasonal expert importance", source: str = "") -> str:
+    """A self-contained HTML page: the chart (inline SVG) and the table of mean weights
+    (season and month per region), the dominant factor in bold."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>{}</title>".format(html.escape(title)),
+             "<style>body{font-family:sans-serif;margin:1.5em;max-width:1100px}"
+             "table{border-collapse:collapse;margin:0.6em 0 1.6em}td,th{border:1px solid #ccc;padding:2px 8px;"
+             "text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.sw{display:inline-block;"
+             "width:0.9em;height:0.9em;margin-right:4px;vertical-align:middle}</style></head><body>",
+             "<h1>{}</h1>".format(html.escape(title))]
+    if source:
+        parts.append("<p>Source: <code>{}</code></p>".format(html.escape(source)))
+    parts.append("<p>Mean routing weight of each factor's expert (the share of the soil-moisture estimate "
+                 "the router gives it), averaged over every valid pixel-day of the period; n = number of "
+                 "values averaged.</p>")
+    parts.append(figure_svg(fig))
+    for region in table.regions:
+        for k in [k for k in ("season", kind if kind != "doy" else "month") if k in table.kinds(region)]:
+            s = table.get(region, k)
+            parts.append("<h3>{} - by {}</h3><table><tr><th class='l'>{}</th>".format(
+                html.escape(str(region)), cd.PERIOD_TITLES.get(k, k), k))
+            for f in s.factors:
+                parts.append("<th><span class='sw' style='background:{}'></span>{}</th>".format(
+                    imp.factor_colour(f), html.escape(f)))
+            parts.append("<th>n</th></tr>")
+            for i, p in enumerate(s.periods):
+                row = s.mean[i]
+                best = int(np.nanargmax(row)) if np.isfinite(row).any() else -1
+                cells = []
+                for j, v in enumerate(row):
+                    txt = "" if not np.isfinite(v) else "{:.3f}".format(v)
+                    cells.append("<td>{}</td>".format("<b>{}</b>".format(txt) if j == best else txt))
+                parts.append("<tr><td class='l'>{}</td>{}<td>{}</td></tr>".format(
+                    html.escape(imp.period_label(k, p)), "".join(cells), int(s.n[i].max()) if s.n.size else 0))
+            parts.append("</table>")
+    parts.append("</body></html>")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts))
+    return path

@@ -1,0 +1,86 @@
+"""Small synthetic prediction folders (the ismoe:predict output contract) for the
+chart/dock/algorithm tests. No qgis import."""
+import json
+import os
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+NODATA = -9999.0
+# 4 x 5 pixels of 1000 m in UTM 33N, upper-left corner (500000, 4000000)
+CRS = "EPSG:32633"
+X0, Y0, RES = 500000.0, 4000000.0, 1000.0
+
+
+def write_stack(path, data, transform, crs=CRS, nodata=NODATA, dates=None, tiled=False):
+    data = np.asarray(data, dtype="float32")
+    t, h, w = data.shape
+    profile = dict(driver="GTiff", width=w, height=h, count=t, dtype="float32", crs=crs,
+                   transform=transform, nodata=nodata, compress="deflate")
+    if tiled:
+        profile.update(tiled=True, blockxsize=16, blockysize=16)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if dates is not None:
+            for i, d in enumerate(dates):
+                dst.set_band_description(i + 1, str(d))
+
+
+def winter_summer_weights(dates, h=4, w=5):
+    """Factor 'snow' dominates in DJF (0.8), 'wind' in JJA (0.7); a third factor
+    'radiation' takes the rest. Returns (T, 3, h, w) with a tiny per-pixel ramp so
+    pixels differ."""
+    dates = np.asarray(dates).astype("datetime64[D]")
+    months = dates.astype("datetime64[M]").astype(int) % 12 + 1
+    t = len(dates)
+    snow = np.where(np.isin(months, [12, 1, 2]), 0.8, np.where(np.isin(months, [6, 7, 8]), 0.1, 0.3))
+    wind = np.where(np.isin(months, [12, 1, 2]), 0.1, np.where(np.isin(months, [6, 7, 8]), 0.7, 0.3))
+    rad = 1.0 - snow - wind
+    base = np.stack([snow, rad, wind], axis=1)[:, :, None, None]  # (T,3,1,1)
+    ramp = (np.arange(h * w).reshape(h, w) / (h * w) - 0.5) * 0.02  # +-0.01
+    out = np.repeat(np.repeat(base, h, axis=2), w, axis=3).copy()
+    out[:, 0] += ramp
+    out[:, 1] -= ramp
+    return out.astype("float32")
+
+
+def make_prediction_folder(folder, factors=("snow", "radiation", "wind"), dates=None, weights=None, sm=None,
+                           crs=CRS, transform=None, write_json=True, observations=None, tiled=False,
+                           nodata_pixels=()):
+    """Write sm.tif + weight_<factor>.tif + prediction.json; returns dict with the arrays."""
+    os.makedirs(folder, exist_ok=True)
+    if dates is None:
+        dates = np.arange(np.datetime64("2019-01-01"), np.datetime64("2020-01-01"))
+    dates = np.asarray(dates).astype("datetime64[D]")
+    if weights is None:
+        weights = winter_summer_weights(dates)
+    weights = np.array(weights, dtype="float32")
+    t, e, h, w = weights.shape
+    if sm is None:
+        sm = (0.2 + 0.1 * np.sin(np.arange(t) / 58.0)[:, None, None]
+              + 0.001 * np.arange(h * w).reshape(1, h, w)).astype("float32")
+    sm = np.array(sm, dtype="float32")
+    for (r, c) in nodata_pixels:
+        weights[:, :, r, c] = NODATA
+        sm[:, r, c] = NODATA
+    if transform is None:
+        transform = from_origin(X0, Y0, RES, RES)
+    iso = [str(d) for d in dates]
+    write_stack(os.path.join(folder, "sm.tif"), sm, transform, crs, dates=iso, tiled=tiled)
+    for i, f in enumerate(factors):
+        write_stack(os.path.join(folder, "weight_%s.tif" % f), weights[:, i], transform, crs, dates=iso, tiled=tiled)
+    meta = {"factors": list(factors), "dates": iso, "sm": "sm.tif",
+            "weights": {f: "weight_%s.tif" % f for f in factors}, "model_type": "ismoe", "nodata": NODATA}
+    if observations is not None:
+        # observations: {station_id: (row, col, values (T,))}
+        with open(os.path.join(folder, "observations.csv"), "w") as fh:
+            fh.write("station_id,row,col,date,sm\n")
+            for sid, (r, c, vals) in observations.items():
+                for d, v in zip(iso, vals):
+                    fh.write("%s,%d,%d,%s,%s\n" % (sid, r, c, d, "" if np.isnan(v) else "%.6f" % v))
+        meta["observations"] = "observations.csv"
+    if write_json:
+        with open(os.path.join(folder, "prediction.json"), "w") as fh:
+            json.dump(meta, fh)
+    return {"dates": dates, "weights": weights, "sm": sm, "transform": transform, "factors": list(factors)}

@@ -1,0 +1,322 @@
+"""Chart data from prediction folders (ismoe_qgis.ui.chartdata, mplchart): no QGIS, no Qt."""
+import json
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_geom
+
+from ismoe_qgis.core_callbacks import Callbacks, Cancelled
+from ismoe_qgis.model import importance as imp
+from ismoe_qgis.ui import chartdata as cd
+from prediction_fixtures import CRS, NODATA, RES, X0, Y0, make_prediction_folder, write_stack
+
+
+@pytest.fixture
+def pred(tmp_path):
+    obs = np.full(365, np.nan)
+    obs[::7] = 0.31
+    folder = tmp_path / "pred"
+    arrays = make_prediction_folder(str(folder), observations={"ST1": (2, 3, obs)}, nodata_pixels=[(3, 4)])
+    arrays["path"] = str(folder)
+    arrays["obs"] = obs
+    return arrays
+
+
+def box(x0, y0, x1, y1):
+    return {"type": "Polygon", "coordinates": [[(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]}
+
+
+def expected_means(arrays, rows, cols):
+    """Mean weight per date/factor over pixels (rows, cols), nodata excluded -> (T, E)."""
+    w = arrays["weights"][:, :, rows, cols].astype(float)
+    w[w == NODATA] = np.nan
+    return np.nanmean(w, axis=2)
+
+
+# --------------------------------------------------------------------------- folder
+def test_open_prediction_describes_the_folder(pred):
+    f = cd.open_prediction(pred["path"])
+    assert f.factors == ["snow", "radiation", "wind"]
+    assert f.n_dates == 365 and str(f.dates[0]) == "2019-01-01"
+    assert (f.width, f.height) == (5, 4)
+    assert f.bounds == (X0, Y0 - 4 * RES, X0 + 5 * RES, Y0)
+    assert f.sm_path.endswith("sm.tif") and f.observations_path.endswith("observations.csv")
+    assert f.nodata == NODATA and f.warnings == []
+    assert "3 factors" in f.describe()
+    # the prediction.json path works too
+    assert cd.open_prediction(os.path.join(pred["path"], "prediction.json")).factors == f.factors
+
+
+def test_folder_with_no_weight_rasters(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(cd.ChartDataError, match="No weight rasters .*weight_<factor>.tif"):
+        cd.open_prediction(str(tmp_path / "empty"))
+    # a baseline's folder: SM only, json without factors
+    folder = tmp_path / "baseline"
+    make_prediction_folder(str(folder))
+    for f in folder.glob("weight_*.tif"):
+        f.unlink()
+    meta = json.loads((folder / "prediction.json").read_text())
+    meta.update(factors=[], weights={}, model_type="cnn_lstm")
+    (folder / "prediction.json").write_text(json.dumps(meta))
+    with pytest.raises(cd.ChartDataError, match="No weight rasters.*cnn_lstm"):
+        cd.open_prediction(str(folder))
+    with pytest.raises(cd.ChartDataError, match="not found"):
+        cd.open_prediction(str(tmp_path / "missing"))
+    with pytest.raises(cd.ChartDataError, match="No source chosen"):
+        cd.open_prediction("  ")
+
+
+def test_factor_mismatch_between_json_and_files(pred):
+    folder = pred["path"]
+    os.rename(os.path.join(folder, "weight_wind.tif"), os.path.join(folder, "weight_lake.tif"))
+    with pytest.raises(cd.ChartDataError) as info:
+        cd.open_prediction(folder)
+    msg = str(info.value)
+    assert "do not match" in msg
+    assert "missing: wind (weight_wind.tif)" in msg
+    assert "not listed in prediction.json: lake (weight_lake.tif)" in msg
+
+
+def test_without_json_factors_and_dates_come_from_files(pred):
+    os.remove(os.path.join(pred["path"], "prediction.json"))
+    f = cd.open_prediction(pred["path"])
+    assert sorted(f.factors) == ["radiation", "snow", "wind"]
+    assert str(f.dates[-1]) == "2019-12-31"
+    assert f.warnings and "prediction.json" in f.warnings[0]
+
+
+def test_inconsistent_rasters_are_reported(pred, tmp_path):
+    folder = pred["path"]
+    # band count differs from the json dates
+    meta = json.loads(open(os.path.join(folder, "prediction.json")).read())
+    meta["dates"] = meta["dates"][:-1]
+    open(os.path.join(folder, "prediction.json"), "w").write(json.dumps(meta))
+    with pytest.raises(cd.ChartDataError, match="364 dates but the rasters have 365 bands"):
+        cd.open_prediction(folder)
+    # a weight raster on another grid
+    other = tmp_path / "other"
+    make_prediction_folder(str(other))
+    write_stack(str(other / "weight_wind.tif"), np.zeros((365, 4, 5)), from_origin(X0 + 10, Y0, RES, RES))
+    with pytest.raises(cd.ChartDataError, match="weight_wind.tif is not on the same grid"):
+        cd.open_prediction(str(other))
+    write_stack(str(other / "weight_wind.tif"), np.zeros((365, 3, 5)), from_origin(X0, Y0, RES, RES))
+    with pytest.raises(cd.ChartDataError, match="weight_wind.tif is 5x3 pixels"):
+        cd.open_prediction(str(other))
+
+
+# --------------------------------------------------------------------------- regions
+def test_whole_area_monthly_means_show_winter_and_summer_drivers(pred):
+    f = cd.open_prediction(pred["path"])
+    t = cd.region_importance(f)
+    month = t.get("all", "month")
+    dom = month.dominant()
+    assert dom[0] == dom[1] == dom[11] == "snow"
+    assert dom[5] == dom[6] == dom[7] == "wind"
+    rows, cols = np.nonzero(np.ones((4, 5), bool))
+    means = expected_means(pred, rows, cols)                  # (T, E), nodata pixel excluded
+    ref = imp.seasonal_importance(pred["dates"], means, f.factors)
+    np.testing.assert_allclose(month.mean, ref.get("all", "month").mean, atol=1e-6)
+    assert month.n[0, 0] == 31 * 19                           # 20 pixels, one nodata
+    season = t.get("all", "season")
+    np.testing.assert_allclose(season.mean[0], [0.8, 0.1, 0.1], atol=0.01)
+
+
+def test_bbox_region_uses_pixel_centres(pred):
+    f = cd.open_prediction(pred["path"])
+    m = cd.region_mask(f, cd.BBox(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000))
+    assert (m.row_off, m.col_off, m.height, m.width, m.n_pixels) == (1, 1, 2, 2, 4)
+    rs = cd.region_sums(f, cd.BBox(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000))["all"]
+    rows, cols = np.meshgrid([1, 2], [1, 2], indexing="ij")
+    np.testing.assert_allclose(rs.means(), expected_means(pred, rows.ravel(), cols.ravel()), atol=1e-6)
+    with pytest.raises(cd.ChartDataError, match="does not cover any pixel"):
+        cd.region_mask(f, cd.BBox(0, 0, 10, 10))
+
+
+def test_polygon_in_another_crs_is_reprojected(pred):
+    f = cd.open_prediction(pred["path"])
+    poly = box(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000)      # pixels rows 1-2, cols 1-2
+    in_raster_crs = cd.region_mask(f, cd.PolygonRegion(poly))
+    geo = transform_geom(CRS, "EPSG:4326", poly)
+    assert abs(geo["coordinates"][0][0][0]) < 180                # really in degrees
+    reprojected = cd.region_mask(f, cd.PolygonRegion(geo, "EPSG:4326"))
+    full = np.zeros((4, 5), bool)
+    full[1:3, 1:3] = True
+    for m in (in_raster_crs, reprojected):
+        got = np.zeros((4, 5), bool)
+        got[m.row_off:m.row_off + m.height, m.col_off:m.col_off + m.width] = m.mask
+        np.testing.assert_array_equal(got, full)
+    t = cd.region_importance(f, {"geo": cd.PolygonRegion(geo, "EPSG:4326")})
+    means = expected_means(pred, [1, 1, 2, 2], [1, 2, 1, 2])
+    ref = imp.seasonal_importance(pred["dates"], means, f.factors, region="geo")
+    np.testing.assert_allclose(t.get("geo", "month").mean, ref.get("geo", "month").mean, atol=1e-6)
+    # a map extent (BBox) in degrees becomes a reprojected polygon too
+    xs, ys = warp_transform(CRS, "EPSG:4326", [X0 + 1000, X0 + 3000], [Y0 - 3000, Y0 - 1000])
+    m = cd.region_mask(f, cd.BBox(min(xs), min(ys), max(xs), max(ys), "EPSG:4326"))
+    assert m.n_pixels == 4
+
+
+def test_tiny_and_outside_polygons(pred):
+    f = cd.open_prediction(pred["path"])
+    tiny = box(X0 + 2100, Y0 - 1900, X0 + 2200, Y0 - 1800)     # inside pixel (1, 2), no centre inside
+    m = cd.region_mask(f, cd.PolygonRegion(tiny))
+    assert m.n_pixels == 1
+    assert (m.row_off + np.argwhere(m.mask)[0][0], m.col_off + np.argwhere(m.mask)[0][1]) == (1, 2)
+    with pytest.raises(cd.ChartDataError, match="lies outside the prediction raster"):
+        cd.region_mask(f, cd.PolygonRegion(box(0, 0, 10, 10)), "far")
+    with pytest.raises(cd.ChartDataError, match="not a polygon"):
+        cd.region_mask(f, cd.PolygonRegion({"type": "Point", "coordinates": [X0, Y0]}))
+    with pytest.raises(cd.ChartDataError, match="Unknown CRS"):
+        cd.region_mask(f, cd.PolygonRegion(tiny, "EPSG:999999"))
+
+
+def test_streaming_many_blocks_many_regions_equals_numpy(tmp_path):
+    """A tiled 37x41 stack read in 16x16 windows and 8-band chunks, 3 regions in one pass."""
+    rng = np.random.default_rng(3)
+    dates = np.arange(np.datetime64("2020-01-01"), np.datetime64("2020-03-10"))
+    w = rng.random((len(dates), 2, 37, 41)).astype("float32")
+    w[:, :, 5, 7] = NODATA
+    w[3, 1, 10:20, 10:20] = np.nan
+    arrays = make_prediction_folder(str(tmp_path / "big"), factors=("lake", "wind"), dates=dates, weights=w,
+                                    tiled=True)
+    f = cd.open_prediction(str(tmp_path / "big"))
+    assert f.block_shape == (16, 16)
+    poly = box(X0 + 3500, Y0 - 30500, X0 + 25500, Y0 - 2500)
+    regions = {"whole": None, "poly": cd.PolygonRegion(poly), "bbox": cd.BBox(X0 + 20000, Y0 - 37000, X0 + 41000,
+                                                                             Y0 - 20000)}
+    seen = []
+    rs = cd.region_sums(f, regions, Callbacks(progress=seen.append), max_bytes=16 * 16 * 4 * 8)
+    assert seen[0] == 0.0 and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
+    data = arrays["weights"].astype(float)
+    data[data == NODATA] = np.nan
+    for name, reg in regions.items():
+        m = cd.region_mask(f, reg, name)
+        mask = np.zeros((37, 41), bool)
+        mask[m.row_off:m.row_off + m.height, m.col_off:m.col_off + m.width] = True if m.mask is None else m.mask
+        vals = data[:, :, mask]
+        np.testing.assert_allclose(rs[name].means(), np.nanmean(vals, axis=2), rtol=1e-5)
+        np.testing.assert_array_equal(rs[name].counts, np.isfinite(vals).sum(axis=2))
+    # one month only
+    jan = cd.region_sums(f, None, bands=range(31))["all"]
+    np.testing.assert_allclose(jan.means(), np.nanmean(data[:31].reshape(31, 2, -1), axis=2), rtol=1e-5)
+
+
+def test_cancel_stops_the_stream(pred):
+    f = cd.open_prediction(pred["path"])
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(Cancelled):
+        cd.region_sums(f, None, Callbacks(is_cancelled=cancelled))
+
+
+def test_whole_area_uses_the_folders_importance_csv(pred):
+    f = cd.open_prediction(pred["path"])
+    fake = imp.seasonal_importance(pred["dates"], np.full((365, 3), 1 / 3), f.factors)
+    imp.write_importance_csv(fake, os.path.join(pred["path"], "importance.csv"))
+    f = cd.open_prediction(pred["path"])
+    assert f.importance_path
+    t = cd.whole_area_importance(f)
+    np.testing.assert_allclose(t.get("all", "month").mean, 1 / 3, atol=1e-6)
+    t = cd.whole_area_importance(f, use_cache=False)
+    assert t.get("all", "month").dominant()[0] == "snow"
+
+
+# --------------------------------------------------------------------------- pixels
+def test_pixel_series_equals_the_known_values(pred):
+    f = cd.open_prediction(pred["path"])
+    row, col = cd.pixel_at(f, X0 + 3500, Y0 - 2500)
+    assert (row, col) == (2, 3)
+    px = cd.pixel_series(f, row, col)
+    np.testing.assert_allclose(px.weights, pred["weights"][:, :, 2, 3], rtol=1e-6)
+    np.testing.assert_allclose(px.sm, pred["sm"][:, 2, 3], rtol=1e-6)
+    assert (px.x, px.y) == (X0 + 3500, Y0 - 2500)
+    assert px.station_id == "ST1"
+    np.testing.assert_allclose(px.observations, pred["obs"], rtol=1e-5, equal_nan=True)
+    assert cd.pixel_series(f, 0, 0).observations is None
+    nod = cd.pixel_series(f, 3, 4)
+    assert np.isnan(nod.weights).all() and np.isnan(nod.sm).all() and not nod.has_data
+
+
+def test_pixel_from_other_crs_and_outside(pred):
+    f = cd.open_prediction(pred["path"])
+    xs, ys = warp_transform(CRS, "EPSG:4326", [X0 + 1500], [Y0 - 3500])
+    assert cd.pixel_at(f, xs[0], ys[0], "EPSG:4326") == (3, 1)
+    with pytest.raises(cd.OutsideRasterError, match="outside the prediction raster.*Click inside it"):
+        cd.pixel_at(f, X0 - 1, Y0 - 10)
+    with pytest.raises(cd.OutsideRasterError):
+        cd.pixel_at(f, X0 + 10, Y0 + 1)
+    with pytest.raises(cd.OutsideRasterError):
+        cd.pixel_series(f, 4, 0)
+
+
+def test_pixel_read_is_a_window_not_a_full_read(pred, monkeypatch):
+    f = cd.open_prediction(pred["path"])
+    windows = []
+    real_open = rasterio.open
+
+    class Spy:
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.ds.close()
+
+        def read(self, *a, **kw):
+            windows.append(kw.get("window"))
+            return self.ds.read(*a, **kw)
+
+    monkeypatch.setattr(cd.rasterio, "open", lambda p, *a, **kw: Spy(real_open(p, *a, **kw)))
+    cd.pixel_series(f, 1, 1)
+    assert len(windows) == 4 and all(w is not None and (w.width, w.height) == (1, 1) for w in windows)
+
+
+# --------------------------------------------------------------------------- chart series / headless chart
+def test_chart_series_lines_and_stacks(pred):
+    f = cd.open_prediction(pred["path"])
+    s = cd.region_importance(f).get("all", "month")
+    lines = cd.chart_series(s)
+    assert [c.factor for c in lines] == f.factors and all(c.lower is None for c in lines)
+    assert lines[0].colour == imp.FACTOR_COLOURS["snow"]
+    stacks = cd.chart_series(s, stacked=True)
+    np.testing.assert_allclose(stacks[-1].upper, 1.0, atol=1e-5)
+    np.testing.assert_allclose(stacks[1].lower, stacks[0].upper)
+    assert [lab for _, lab in cd.period_ticks("month")][:2] == ["Jan", "Feb"]
+    assert len(cd.period_ticks("doy")) == 12 and len(cd.period_ticks("season")) == 4
+
+
+def test_open_source_reads_csv(pred, tmp_path):
+    t = cd.region_importance(cd.open_prediction(pred["path"]))
+    path = imp.write_importance_csv(t, str(tmp_path / "i.csv"))
+    got = cd.open_source(path)
+    assert isinstance(got, imp.ImportanceTable) and got.factors == t.factors
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(cd.ChartDataError, match="not a seasonal-importance CSV"):
+        cd.open_source(str(tmp_path / "bad.csv"))
+
+
+def test_matplotlib_chart_png_svg_html(pred, tmp_path):
+    from ismoe_qgis.ui import mplchart
+
+    f = cd.open_prediction(pred["path"])
+    t = cd.region_importance(f, {"a": None, "b": cd.BBox(X0, Y0 - 2000, X0 + 2000, Y0)})
+    fig = mplchart.importance_figure(t, "month")
+    png = mplchart.save_figure(fig, str(tmp_path / "c.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    svg = mplchart.save_figure(mplchart.importance_figure(t, "doy", stacked=True), str(tmp_path / "c.svg"))
+    assert "<svg" in open(svg).read()
+    page = mplchart.write_html(t, fig, str(tmp_path / "c.html"))
+    text = open(page).read()
+    assert "<svg" in text and "snow" in text and "<b>0.8" in text
+    with pytest.raises(cd.ChartDataError):
+        mplchart.importance_figure(t, "month", regions=["nope"])
