@@ -4,9 +4,10 @@ They compute the same function family as ``ismoe_qgis.model.networks.SoilMoistur
 router input 'expert_states', silent-factor masking) with the same sizes, the way one would
 write it without thinking about speed:
 
-- ``NaiveMoE``: a Python loop over E independent ``NaiveExpert`` modules, each an ``nn.Conv2d``
-  stack (1x1, then (k-1)/2 'valid' 3x3 convolutions that shrink the k x k patch to one pixel,
-  ReLU after each) + ``nn.LSTM`` (one layer, hidden H) + dropout + ``nn.Linear(H, 1)``;
+- ``NaiveMoE``: a Python loop over E independent ``NaiveExpert`` modules, each the model's expert
+  architecture written with stock modules: ``nn.Conv2d`` 1x1 (factor variables -> C) + ReLU, one
+  'valid' k x k ``nn.Conv2d`` (C -> C) + ReLU that reduces the k x k patch to one pixel (as
+  ``networks.GroupedConvStack``), ``nn.LSTM`` (one layer, hidden H), dropout, ``nn.Linear(H, 1)``;
   a naive router: one small MLP per expert (``Linear(H, R) - ReLU - Linear(R, 1)``) scoring that
   expert's final LSTM state, also looped in Python; softmax over experts; silent factors
   (every variable of the factor constant over the L days at the centre pixel) masked to weight 0.
@@ -36,8 +37,8 @@ class NaiveExpert(nn.Module):
     def __init__(self, n_in: int, patch_size: int, conv_channels: int, hidden: int, dropout: float):
         super().__init__()
         layers = [nn.Conv2d(n_in, conv_channels, 1), nn.ReLU()]
-        for _ in range((patch_size - 1) // 2):
-            layers += [nn.Conv2d(conv_channels, conv_channels, 3), nn.ReLU()]
+        if patch_size > 1:
+            layers += [nn.Conv2d(conv_channels, conv_channels, patch_size), nn.ReLU()]
         self.cnn = nn.Sequential(*layers)
         self.lstm = nn.LSTM(conv_channels, hidden, batch_first=True)
         self.drop = nn.Dropout(dropout)
@@ -140,19 +141,19 @@ def naive_patch_windows(xt_np: np.ndarray, L: int, k: int, t_idx: np.ndarray, p_
 
 def copy_weights_from(naive: NaiveMoE, model) -> None:
     """Load a SoilMoistureNet's (ismoe, expert_states router) weights into the naive model, so the
-    benchmark can check that both compute the same function (a sanity check of the reference)."""
+    benchmark can check that both compute the same function (a sanity check of the reference).
+    Follows networks.GroupedConvStack: w1 (E, C, vmax), b1 (E, C), wk (E, C, C*k*k), bk (E, C)."""
     bank, router = model.experts, model.router
-    E, C, H = bank.E, bank.C, bank.H
+    cnn = bank.cnn
+    C, k = cnn.C, cnn.k
     with torch.no_grad():
         for e, (idx, ex) in enumerate(zip(naive.factor_index, naive.experts)):
             convs = [m for m in ex.cnn if isinstance(m, nn.Conv2d)]
-            bconvs = [m for m in bank.cnn if isinstance(m, nn.Conv2d)]
-            for j, (cn, cb) in enumerate(zip(convs, bconvs)):
-                wsl = cb.weight[e * C:(e + 1) * C]
-                if j == 0:
-                    wsl = wsl[:, :len(idx)]
-                cn.weight.copy_(wsl)
-                cn.bias.copy_(cb.bias[e * C:(e + 1) * C])
+            convs[0].weight.copy_(cnn.w1[e, :, :len(idx)][:, :, None, None])   # drop zero-padded inputs
+            convs[0].bias.copy_(cnn.b1[e])
+            if k > 1:
+                convs[1].weight.copy_(cnn.wk[e].reshape(C, C, k, k))
+                convs[1].bias.copy_(cnn.bk[e])
             ex.lstm.weight_ih_l0.copy_(bank.w_ih[e].t())
             ex.lstm.weight_hh_l0.copy_(bank.w_hh[e].t())
             ex.lstm.bias_ih_l0.copy_(bank.b[e])

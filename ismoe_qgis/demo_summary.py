@@ -23,8 +23,39 @@ def _read(path):
         return a, list(ds.descriptions)
 
 
+def region_summary(obs, est, weights, regions, region_names, drivers, dates):
+    """Per sub-region skill and routing weights, from arrays.
+
+    obs, est: (T, H, W) SM (NaN = missing); weights: {factor: (T, H, W)}; regions: (H, W) int codes;
+    region_names: {code: name}; drivers: {name: [planted factors]}; dates: (T,) datetime64.
+    Per region: pooled CC/RMSE/KGE, mean weight per factor (overall and per season), the factor
+    ranking, and whether the planted drivers are the top-weighted factors.
+    """
+    from .model.metrics import metrics, season_of
+    seasons = season_of(dates)
+    out = {}
+    for code, rname in region_names.items():
+        m = regions == int(code)
+        met = metrics(obs[:, m], est[:, m])
+        mean_w = {f: float(np.nanmean(w[:, m])) for f, w in weights.items()}
+        ranked = sorted(mean_w, key=mean_w.get, reverse=True)
+        planted = list(drivers.get(rname, []))
+        by_season = {}
+        for s in ("DJF", "MAM", "JJA", "SON"):
+            sel = seasons == s
+            if sel.any():
+                sw = {f: float(np.nanmean(w[sel][:, m])) for f, w in weights.items()}
+                by_season[s] = {"mean_weights": sw, "ranking": sorted(sw, key=sw.get, reverse=True)}
+        out[rname] = {
+            "cc": met["cc"], "rmse": met["rmse"], "kge": met["kge"], "n": met["n"],
+            "top_factor": ranked[0], "mean_weights": mean_w, "ranking": ranked, "planted_drivers": planted,
+            "planted_rank": {f: ranked.index(f) + 1 for f in planted if f in ranked},
+            "planted_are_top": sorted(ranked[:len(planted)]) == sorted(planted),
+            "top_is_planted": ranked[0] in planted, "seasons": by_season}
+    return out
+
+
 def summarise(region_dir, prediction_dir, test_start=None):
-    from .model.metrics import metrics
     man = json.load(open(os.path.join(region_dir, "demo.json")))
     pred = json.load(open(os.path.join(prediction_dir, "prediction.json")))
     sm, _ = _read(os.path.join(prediction_dir, pred["sm"]))
@@ -32,28 +63,15 @@ def summarise(region_dir, prediction_dir, test_start=None):
     target, tdesc = _read(os.path.join(region_dir, man["target"]))
     tdates = np.array([d[:10] for d in tdesc], dtype="datetime64[D]")
     regions, _ = _read(os.path.join(region_dir, man["regions"]))
-    regions = regions[0]
     idx = np.searchsorted(tdates, dates)
-    if not (tdates[idx] == dates).all():
+    if (idx >= len(tdates)).any() or not (tdates[np.minimum(idx, len(tdates) - 1)] == dates).all():
         raise ValueError("prediction dates are not in the target's dates")
-    obs = target[idx]
     test_start = np.datetime64(test_start or str(dates[-1] - np.timedelta64(364, "D")), "D")
     sel = dates >= test_start
-    weights = {f: _read(os.path.join(prediction_dir, fn))[0] for f, fn in pred["weights"].items()}
-    out = {"held_out": [str(dates[sel][0]), str(dates[sel][-1])], "model_type": pred.get("model_type"),
-           "regions": {}}
-    for code, rname in man["region_names"].items():
-        m = regions == int(code)
-        o, e = obs[sel][:, m], sm[sel][:, m]
-        met = metrics(o, e)
-        mean_w = {f: float(np.nanmean(w[sel][:, m])) for f, w in weights.items()}
-        ranked = sorted(mean_w, key=mean_w.get, reverse=True)
-        planted = man["drivers"].get(rname, [])
-        out["regions"][rname] = {
-            "cc": met["cc"], "rmse": met["rmse"], "kge": met["kge"], "n": met["n"],
-            "top_factor": ranked[0], "mean_weights": mean_w, "ranking": ranked, "planted_drivers": planted,
-            "planted_in_top2": sorted(ranked[:len(planted)]) == sorted(planted)}
-    return out
+    weights = {f: _read(os.path.join(prediction_dir, fn))[0][sel] for f, fn in pred["weights"].items()}
+    return {"held_out": [str(dates[sel][0]), str(dates[sel][-1])], "model_type": pred.get("model_type"),
+            "regions": region_summary(target[idx][sel], sm[sel], weights, regions[0], man["region_names"],
+                                      man["drivers"], dates[sel])}
 
 
 def format_table(summary) -> str:

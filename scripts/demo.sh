@@ -28,21 +28,26 @@ MODEL="$OUT/model.pt"
 PREDICTION="$OUT/prediction"
 SUMMARY="$OUT/summary.json"
 
-# TODO(lead): finish the parameter lists below to match the algorithms' parameters.
+TEST_START=2019-01-01          # the held-out year (the demo has 2017-2019)
+VAL_START=2018-10-01
+TRAIN_LOG="$OUT/training_log.jsonl"
+
 # Each function prints one NAME=value per line (a NAME repeated = a list value);
 # $REGION/demo.json (see ismoe_qgis/data/demo.py) lists the factors, their layers and the target.
-prepare_params() {
-    # factor layers in factor order, and the grouping "factor=var1,var2;..." (TODO(lead))
+factor_layers() {
     "$PY" - "$REGION/demo.json" "$REGION" <<'EOF'
 import json, os, sys
 man = json.load(open(sys.argv[1]))
-region = sys.argv[2]
 for factor, variables in man["factors"].items():
     for v in variables:
-        print("FACTORS=%s" % os.path.join(region, man["layers"][v]))
+        print("FACTORS=%s" % os.path.join(sys.argv[2], man["layers"][v]))
 print("FACTOR_GROUPS=%s" % ";".join("%s=%s" % (f, ",".join(vs)) for f, vs in man["factors"].items()))
-print("TARGET=%s" % os.path.join(region, man["target"]))
 EOF
+}
+
+prepare_params() {
+    factor_layers
+    echo "TARGET=$REGION/soil_moisture.tif"
     echo "PATCH_SIZE=7"
     echo "SEQ_LEN=14"
     echo "OUTPUT=$DATASET"
@@ -50,30 +55,28 @@ EOF
 
 train_params() {
     echo "DATASET=$DATASET"
-    echo "DEVICE=auto"
-    echo "EPOCHS=5"
+    echo "MODEL=0"
+    echo "DEVICE=0"
+    echo "EPOCHS=${EPOCHS:-8}"
+    echo "SAMPLES_PER_EPOCH=${SAMPLES_PER_EPOCH:-8192}"
     echo "SEED=42"
+    echo "VAL_START=$VAL_START"
+    echo "TEST_START=$TEST_START"
     echo "OUTPUT=$MODEL"
+    echo "LOG=$TRAIN_LOG"
 }
 
 predict_params() {
-    "$PY" - "$REGION/demo.json" "$REGION" <<'EOF'
-import json, os, sys
-man = json.load(open(sys.argv[1]))
-for factor, variables in man["factors"].items():
-    for v in variables:
-        print("FACTORS=%s" % os.path.join(sys.argv[2], man["layers"][v]))
-EOF
-    echo "MODEL=$MODEL"
+    factor_layers | grep -v '^FACTOR_GROUPS='
+    echo "MODEL_FILE=$MODEL"
+    echo "DATE_FROM=$TEST_START"
     echo "OUTPUT=$PREDICTION"
 }
 
-# Arguments of the summary step (python -m ismoe_qgis.demo_summary). TODO(lead)
 summary_args() {
     echo "--region"; echo "$REGION"
-    echo "--dataset"; echo "$DATASET"
-    echo "--model"; echo "$MODEL"
     echo "--prediction"; echo "$PREDICTION"
+    echo "--test-start"; echo "$TEST_START"
     echo "--out"; echo "$SUMMARY"
 }
 # ======================================================================================
@@ -126,7 +129,7 @@ run_step summary "$PY" -m ismoe_qgis.demo_summary "${SUMMARY_ARGS[@]}"
 
 echo
 echo "== outputs in $OUT"
-for p in "$REGION" "$DATASET" "$MODEL" "$PREDICTION" "$SUMMARY" "$LOGS"; do
+for p in "$REGION" "$DATASET" "$MODEL" "$TRAIN_LOG" "$PREDICTION" "$SUMMARY" "$LOGS"; do
     if [ -e "$p" ]; then echo "   $p"; fi
 done
 echo "== time: region ${STEP_SECONDS[region]}s, prepare ${STEP_SECONDS[prepare]}s," \

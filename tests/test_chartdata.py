@@ -1,6 +1,9 @@
 """Chart data from prediction folders (ismoe_qgis.ui.chartdata, mplchart): no QGIS, no Qt."""
 import json
 import os
+import re
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,9 +96,9 @@ def test_without_json_factors_and_dates_come_from_files(pred):
 def test_inconsistent_rasters_are_reported(pred, tmp_path):
     folder = pred["path"]
     # band count differs from the json dates
-    meta = json.loads(open(os.path.join(folder, "prediction.json")).read())
+    meta = json.loads(Path(os.path.join(folder, "prediction.json")).read_text())
     meta["dates"] = meta["dates"][:-1]
-    open(os.path.join(folder, "prediction.json"), "w").write(json.dumps(meta))
+    Path(os.path.join(folder, "prediction.json")).write_text(json.dumps(meta))
     with pytest.raises(cd.ChartDataError, match="364 dates but the rasters have 365 bands"):
         cd.open_prediction(folder)
     # a weight raster on another grid
@@ -312,11 +315,47 @@ def test_matplotlib_chart_png_svg_html(pred, tmp_path):
     t = cd.region_importance(f, {"a": None, "b": cd.BBox(X0, Y0 - 2000, X0 + 2000, Y0)})
     fig = mplchart.importance_figure(t, "month")
     png = mplchart.save_figure(fig, str(tmp_path / "c.png"))
-    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = mplchart.save_figure(mplchart.importance_figure(t, "doy", stacked=True), str(tmp_path / "c.svg"))
-    assert "<svg" in open(svg).read()
+    assert "<svg" in Path(svg).read_text()
     page = mplchart.write_html(t, fig, str(tmp_path / "c.html"))
-    text = open(page).read()
-    assert "<svg" in text and "snow" in text and "<b>0.8" in text
+    text = Path(page).read_text()
+    assert "<svg" in text and "snow" in text
+    assert re.search(r"<td class='l'>Jan</td><td><b>0\.[78]\d\d</b></td>", text)  # snow dominant in January
     with pytest.raises(cd.ChartDataError):
         mplchart.importance_figure(t, "month", regions=["nope"])
+
+
+def test_zone_regions_from_a_label_raster(pred, tmp_path):
+    f = cd.open_prediction(pred["path"])
+    labels = np.array([[1, 1, 2, 2, 0]] * 4, dtype="int16")
+    same = str(tmp_path / "zones.tif")
+    with rasterio.open(same, "w", driver="GTiff", width=5, height=4, count=1, dtype="int16", crs=CRS,
+                       transform=pred["transform"]) as dst:
+        dst.write(labels, 1)
+        dst.update_tags(region_1="arid")
+    z = cd.zone_regions(f, same)
+    assert list(z) == ["arid", "zone 2"]                      # tag name, default name; 0 is no zone
+    assert int(z["arid"].mask.sum()) == 8
+    assert list(cd.zone_regions(f, same, {2: "tundra", 0: "rest"})) == ["rest", "arid", "tundra"]
+    t = cd.region_importance(f, z)
+    w = pred["weights"][:, :, :, :2].astype(float)
+    w[w == NODATA] = np.nan
+    ref = imp.seasonal_importance(pred["dates"], np.nanmean(w.reshape(365, 3, -1), axis=2), f.factors)
+    np.testing.assert_allclose(t.get("arid", "month").mean, ref.get("all", "month").mean, atol=1e-6)
+    # the same zones on a finer grid in another CRS are resampled onto the prediction grid
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+    dst_t, w2, h2 = calculate_default_transform(CRS, "EPSG:4326", 5, 4, *f.bounds, resolution=0.002)
+    fine = np.zeros((h2, w2), "int16")
+    reproject(labels, fine, src_transform=pred["transform"], src_crs=CRS, dst_transform=dst_t,
+              dst_crs="EPSG:4326", resampling=Resampling.nearest)
+    other = str(tmp_path / "zones_4326.tif")
+    with rasterio.open(other, "w", driver="GTiff", width=w2, height=h2, count=1, dtype="int16",
+                       crs="EPSG:4326", transform=dst_t, nodata=-1) as dst:
+        dst.write(fine, 1)
+    z2 = cd.zone_regions(f, other, cd.parse_zone_names("1=arid; 2=tundra"))
+    np.testing.assert_array_equal(z2["arid"].mask, z["arid"].mask)
+    with pytest.raises(cd.ChartDataError, match="value=name"):
+        cd.parse_zone_names("1 arid")
+    with pytest.raises(cd.ChartDataError, match="could not be read"):
+        cd.zone_regions(f, str(tmp_path / "none.tif"))

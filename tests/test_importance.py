@@ -148,7 +148,8 @@ def test_csv_round_trip(tmp_path):
     w[40:45, 0, 1] = np.nan
     t = imp.seasonal_importance(dates, w, ["snow", "wind"], groups=["NGARI", "MAQU"])
     path = imp.write_importance_csv(t, str(tmp_path / "sub" / "imp.csv"))
-    lines = open(path).read().splitlines()
+    with open(path) as fh:
+        lines = fh.read().splitlines()
     assert lines[0] == ",".join(imp.CSV_COLUMNS)
     assert lines[1].startswith("NGARI,month,1,snow,0.900000,31")
     back = imp.read_importance_csv(path)

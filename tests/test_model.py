@@ -107,6 +107,21 @@ def test_streamed_folder_equals_patch(tmp_path, tile, time_chunk):
     assert not [p for p in out.iterdir() if p.name.startswith(".ismoe")]   # no temp leftovers
 
 
+def test_predict_cube_equals_patch():
+    cube = small_cube()
+    model = make_model(cube)
+    y_ref, w_ref = patch_predictions(model, cube)
+    L = cube.seq_len
+    sm, w = inference.predict_cube(model, cube, tile_size=4, time_chunk=3)
+    ref = y_ref * cube.y_std + cube.y_mean
+    ok = np.isfinite(sm)
+    assert sm.shape == ref.shape and (~ok).sum() == 1          # the one input gap
+    np.testing.assert_allclose(sm[ok], ref[ok], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(w[:, ok], w_ref[:, ok], rtol=1e-4, atol=1e-5)
+    sm2, _ = inference.predict_cube(model, cube, t_from=L + 2, t_to=cube.n_dates - 1, tile_size=5)
+    np.testing.assert_allclose(sm2, ref[3:-1], rtol=1e-4, atol=1e-5)
+
+
 def test_silent_factor_gets_zero_weight():
     cube = small_cube()
     model = make_model(cube)
@@ -122,6 +137,12 @@ def test_silent_mask_function():
     x[:2, :, 0:2, 1, 1] = 0.7          # only the centre pixel matters
     m = silent_factor_mask(x, [[0, 1], [2, 3, 4], [0]])
     assert m.tolist() == [[True, False, True], [True, False, True], [False, False, False], [False, False, False]]
+
+
+def to_torch_gate_order(w, H):
+    """Our gate blocks (i, f, o, g) along dim 0 -> torch.nn.LSTM's (i, f, g, o)."""
+    i, f, o, g = w[:H], w[H:2 * H], w[2 * H:3 * H], w[3 * H:]
+    return torch.cat([i, f, g, o])
 
 
 def reference_expert(bank, e, x_e):
@@ -140,9 +161,9 @@ def reference_expert(bank, e, x_e):
             convk.bias.copy_(bank.cnn.bk[e])
             layers += [convk, torch.nn.ReLU()]
         cnn = torch.nn.Sequential(*layers)
-        lstm.weight_ih_l0.copy_(bank.w_ih[e].t())
-        lstm.weight_hh_l0.copy_(bank.w_hh[e].t())
-        lstm.bias_ih_l0.copy_(bank.b[e])
+        lstm.weight_ih_l0.copy_(to_torch_gate_order(bank.w_ih[e].t(), H))
+        lstm.weight_hh_l0.copy_(to_torch_gate_order(bank.w_hh[e].t(), H))
+        lstm.bias_ih_l0.copy_(to_torch_gate_order(bank.b[e], H))
         lstm.bias_hh_l0.zero_()
         B, L = x_e.shape[:2]
         feats = torch.stack([cnn(x_e[:, t]).flatten(1) for t in range(L)], dim=1)   # B, L, C
@@ -184,9 +205,9 @@ def test_single_expert_matches_torch_lstm():
     bank = ExpertBank([[0, 1]], 2, patch_size=1, conv_channels=3, hidden=5, dropout=0.0).eval()
     lstm = torch.nn.LSTM(3, 5, batch_first=True)
     with torch.no_grad():
-        lstm.weight_ih_l0.copy_(bank.w_ih[0].t())
-        lstm.weight_hh_l0.copy_(bank.w_hh[0].t())
-        lstm.bias_ih_l0.copy_(bank.b[0])
+        lstm.weight_ih_l0.copy_(to_torch_gate_order(bank.w_ih[0].t(), 5))
+        lstm.weight_hh_l0.copy_(to_torch_gate_order(bank.w_hh[0].t(), 5))
+        lstm.bias_ih_l0.copy_(to_torch_gate_order(bank.b[0], 5))
         lstm.bias_hh_l0.zero_()
         x = torch.randn(4, 9, 2, 1, 1)
         feats = bank.features(x.reshape(36, 2, 1, 1)).view(4, 9, 3)

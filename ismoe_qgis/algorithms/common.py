@@ -1,8 +1,9 @@
 """Parameter helpers shared by the ISMoE algorithms (QGIS glue only)."""
 import os
 import re
+import tempfile
 
-from qgis.core import QgsProcessingException
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
 _SAFE = re.compile(r"[^A-Za-z0-9_]+")
 
@@ -16,6 +17,62 @@ def variable_name(layer) -> str:
 def layer_source(layer) -> str:
     """What GDAL opens for a raster layer (file path or NETCDF:"f.nc":var)."""
     return layer.source().split("|")[0]
+
+
+# GDAL dataset strings that QGIS 3.22 Processing does not load from text (it wants an existing
+# file path), e.g. NETCDF:"/data/era5land.nc":swvl1 given to qgis_process or processing.run.
+_GDAL_STRING = re.compile(r'^(NETCDF|HDF5|HDF4_SDS|HDF4_EOS|GRIB|ZARR):|^/vsi', re.IGNORECASE)
+_SUBDATASET = re.compile(r'^\w+:"?(?P<path>[^"]*?)"?:(?P<var>[^:"]+)$')
+
+
+def gdal_string_layer(value):
+    """A raster layer for a GDAL dataset string such as NETCDF:"f.nc":var, or None.
+
+    Its name is '<file>_<variable>' (e.g. gldas_noah21_SWE_inst), unique across files."""
+    if not isinstance(value, str) or not _GDAL_STRING.match(value.strip()):
+        return None
+    from qgis.core import QgsRasterLayer
+    text = value.strip()
+    m = _SUBDATASET.match(text)
+    name = (f"{os.path.splitext(os.path.basename(m.group('path')))[0]}_{m.group('var')}" if m
+            else os.path.splitext(os.path.basename(text))[0])
+    layer = QgsRasterLayer(text, name, "gdal")
+    return layer if layer.isValid() else None
+
+
+def _with_gdal_layers(alg, parameters):
+    """parameters with GDAL dataset strings of raster parameters replaced by layers."""
+    out = dict(parameters)
+    for p in alg.parameterDefinitions():
+        value = out.get(p.name())
+        if p.type() not in ("raster", "multilayer") or value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            out[p.name()] = [gdal_string_layer(v) or v for v in value]
+        else:
+            out[p.name()] = gdal_string_layer(value) or value
+    return out
+
+
+def check_values_with_gdal_strings(alg, parameters, context):
+    """checkParameterValues that also accepts GDAL dataset strings (NETCDF:"f.nc":var) as raster layers."""
+    return QgsProcessingAlgorithm.checkParameterValues(alg, _with_gdal_layers(alg, parameters), context)
+
+
+def raster_layer_list(alg, parameters, name, context):
+    """parameterAsLayerList that also understands GDAL dataset strings (NETCDF:"f.nc":var)."""
+    value = parameters.get(name)
+    values = value if isinstance(value, (list, tuple)) else ([] if value is None else [value])
+    layers = []
+    for v in values:
+        lyr = gdal_string_layer(v)
+        layers.extend([lyr] if lyr is not None else alg.parameterAsLayerList({name: v}, name, context))
+    return layers
+
+
+def raster_layer(alg, parameters, name, context):
+    """parameterAsRasterLayer that also understands GDAL dataset strings (NETCDF:"f.nc":var)."""
+    return gdal_string_layer(parameters.get(name)) or alg.parameterAsRasterLayer(parameters, name, context)
 
 
 def parse_groups(text: str, param: str = "FACTOR_GROUPS"):
@@ -89,7 +146,10 @@ def optional_date(text: str, param: str):
 
 
 def check_writable(path: str, param: str):
-    """Fail early, before any work, when an output location cannot be written."""
+    """Fail early, before any work, when an output location cannot be written.
+
+    Probes by creating (and deleting) a temporary file in the nearest existing folder:
+    os.access says yes to root on read-only file systems and /proc."""
     d = os.path.dirname(os.path.abspath(path)) or "."
     probe = d
     while not os.path.exists(probe):
@@ -97,5 +157,12 @@ def check_writable(path: str, param: str):
         if parent == probe:
             break
         probe = parent
-    if not os.access(probe, os.W_OK):
-        raise QgsProcessingException(f"{param}: cannot write to '{d}': choose a folder you can write to")
+    if not os.path.isdir(probe):
+        raise QgsProcessingException(f"{param}: cannot write '{path}': '{probe}' is a file, not a folder: "
+                                     f"choose another output path")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise QgsProcessingException(f"{param}: cannot write to '{d}' ({err.strerror or err}): choose a folder "
+                                     f"you can write to") from None

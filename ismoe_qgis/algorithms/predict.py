@@ -5,17 +5,19 @@ from qgis.core import (QgsCoordinateTransform, QgsProcessingException, QgsProces
                        QgsProcessingOutputRasterLayer, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFile,
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterNumber, QgsProcessingParameterString, QgsCoordinateReferenceSystem)
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
+                       QgsCoordinateReferenceSystem)
 
 from .base import IsmoeAlgorithm
-from .common import check_writable, layer_source, optional_date, variable_name
+from .common import (check_values_with_gdal_strings, check_writable, layer_source, optional_date, raster_layer,
+                     raster_layer_list, variable_name)
 from .qgis_compat import NUMBER_INTEGER, PARAM_FLAG_ADVANCED, SOURCE_RASTER, add_param_flags, optional
 
 DEVICES = ["auto", "cuda", "cpu"]
 
 
 class PredictAlgorithm(IsmoeAlgorithm):
-    MODEL_FILE, FACTORS, EXTENT = "MODEL_FILE", "FACTORS", "EXTENT"
+    MODEL_FILE, FACTORS, EXTENT, REFERENCE = "MODEL_FILE", "FACTORS", "EXTENT", "REFERENCE"
     START_DATE, STEP_DAYS, DATE_FROM, DATE_TO = "START_DATE", "STEP_DAYS", "DATE_FROM", "DATE_TO"
     TILE_SIZE, DEVICE, COG, OUTPUT = "TILE_SIZE", "DEVICE", "COG", "OUTPUT"
 
@@ -34,7 +36,9 @@ class PredictAlgorithm(IsmoeAlgorithm):
             "MODEL_FILE: a model from ismoe:train.\n"
             "FACTORS: one raster layer per variable the model was trained on, with the same layer names "
             "(e.g. the same files, or other dates/areas of the same products).\n"
-            "EXTENT: optional area to predict (default: the first layer's whole grid).\n"
+            "REFERENCE: optional layer whose grid the outputs are on (e.g. the REFERENCE used in "
+            "ismoe:preparedataset); default: the first factor layer's grid.\n"
+            "EXTENT: optional area to predict (default: the whole grid).\n"
             "START_DATE / STEP_DAYS: dates for layers whose files carry none.\n"
             "DATE_FROM / DATE_TO: optional output period (YYYY-MM-DD); each output date needs the SEQ_LEN-1 "
             "days before it as input.\n"
@@ -46,6 +50,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, self.tr("Model file"), extension="pt"))
         self.addParameter(QgsProcessingParameterMultipleLayers(self.FACTORS, self.tr("Factor layers"), SOURCE_RASTER))
+        self.addParameter(optional(QgsProcessingParameterRasterLayer(self.REFERENCE, self.tr("Reference grid layer"))))
         self.addParameter(optional(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"))))
         self.addParameter(optional(QgsProcessingParameterString(self.START_DATE,
                                                                 self.tr("Start date for undated layers (YYYY-MM-DD)"))))
@@ -62,6 +67,9 @@ class PredictAlgorithm(IsmoeAlgorithm):
         self.addOutput(QgsProcessingOutputRasterLayer("SM", self.tr("Soil moisture")))
         self.addOutput(QgsProcessingOutputNumber("N_DATES", self.tr("Output dates")))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - accepts NETCDF:"f.nc":var strings
+        return check_values_with_gdal_strings(self, parameters, context)
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_torch()
         from ..model.predict import predict_layers
@@ -70,7 +78,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
         if not model_path or not os.path.exists(model_path):
             raise QgsProcessingException(f"{self.MODEL_FILE}: file not found: '{model_path}' (train one with "
                                          f"ismoe:train)")
-        layers = self.parameterAsLayerList(p, self.FACTORS, context)
+        layers = raster_layer_list(self, p, self.FACTORS, context)
         if not layers:
             raise QgsProcessingException(f"{self.FACTORS}: no factor layers given: add one raster layer per model "
                                          f"variable")
@@ -82,14 +90,19 @@ class PredictAlgorithm(IsmoeAlgorithm):
             sources[n] = layer_source(lyr)
         out = self.parameterAsString(p, self.OUTPUT, context)
         check_writable(os.path.join(out, "x"), self.OUTPUT)
+        ref = raster_layer(self, p, self.REFERENCE, context)
+        grid = None
+        if ref is not None:
+            from ..data.rasters import Grid
+            grid = self.run_core(Grid.from_raster, layer_source(ref), name=self.REFERENCE)
         extent = None
         if p.get(self.EXTENT):
-            crs = layers[0].crs()
+            crs = (ref or layers[0]).crs()
             rect = self.parameterAsExtent(p, self.EXTENT, context, crs)
             if not rect.isNull() and not rect.isEmpty():
                 extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         man = self.run_core(
-            predict_layers, model_path, sources, out, extent=extent,
+            predict_layers, model_path, sources, out, extent=extent, grid=grid,
             start=optional_date(self.parameterAsString(p, self.START_DATE, context), self.START_DATE),
             step_days=self.parameterAsInt(p, self.STEP_DAYS, context),
             date_from=optional_date(self.parameterAsString(p, self.DATE_FROM, context), self.DATE_FROM),

@@ -8,7 +8,8 @@ from qgis.core import (QgsProcessingException, QgsProcessingParameterEnum, QgsPr
                        QgsProcessingOutputNumber, QgsProcessingOutputFile)
 
 from .base import IsmoeAlgorithm
-from .common import check_writable, group_layers, layer_source, optional_date
+from .common import (check_values_with_gdal_strings, check_writable, group_layers, layer_source, optional_date,
+                     raster_layer, raster_layer_list)
 from .qgis_compat import NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POINT, optional, add_param_flags, \
     PARAM_FLAG_ADVANCED
 
@@ -104,6 +105,9 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
                                                                 self.tr("ISMoE dataset (*.npz)")))
         self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", self.tr("Target values")))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - accepts NETCDF:"f.nc":var strings
+        return check_values_with_gdal_strings(self, parameters, context)
+
     def _stations(self, parameters, context):
         points = self.parameterAsSource(parameters, self.STATIONS, context)
         if points is None:
@@ -112,6 +116,11 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         if table is None:
             raise QgsProcessingException(f"{self.STATION_TABLE}: stations were given but no observation table "
                                          f"(station id, date, soil moisture)")
+        from qgis.core import QgsWkbTypes
+        if QgsWkbTypes.geometryType(points.wkbType()) != QgsWkbTypes.PointGeometry:
+            raise QgsProcessingException(
+                f"{self.STATIONS}: the layer holds {QgsWkbTypes.displayString(points.wkbType()) or 'no'} geometries, "
+                f"not points: give a point layer with one point per station (e.g. the centroids of polygons)")
         id_field = self.parameterAsString(parameters, self.STATION_ID_FIELD, context) or "station_id"
         if points.fields().indexOf(id_field) < 0:
             raise QgsProcessingException(f"{self.STATION_ID_FIELD}: the stations layer has no field '{id_field}' "
@@ -124,7 +133,8 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
             p = g.asPoint() if not g.isMultipart() else g.asMultiPoint()[0]
             pts.append((str(_plain(f[id_field])), p.x(), p.y()))
         if not pts:
-            raise QgsProcessingException(f"{self.STATIONS}: the layer has no point feature")
+            raise QgsProcessingException(f"{self.STATIONS}: the layer has no point feature: give a point layer with "
+                                         f"one point per station")
         fields = {k: self.parameterAsString(parameters, k, context)
                   for k in (self.TABLE_ID_FIELD, self.TABLE_DATE_FIELD, self.TABLE_VALUE_FIELD)}
         names = table.fields().names()
@@ -138,10 +148,11 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         from ..data import stations as st
         tbl = self.run_core(st.read_station_table, rows, name=self.STATION_TABLE)
         return {"points": pts, "crs_wkt": points.sourceCrs().toWkt(), "table": tbl,
-                "drop_outside": self.parameterAsBoolean(parameters, self.DROP_OUTSIDE, context)}
+                "drop_outside": self.parameterAsBoolean(parameters, self.DROP_OUTSIDE, context),
+                "points_name": self.STATIONS, "table_name": self.STATION_TABLE}
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        layers = self.parameterAsLayerList(parameters, self.FACTORS, context)
+        layers = raster_layer_list(self, parameters, self.FACTORS, context)
         groups = self.parameterAsString(parameters, self.FACTOR_GROUPS, context)
         factors = group_layers(layers, groups)
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
@@ -152,14 +163,14 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         seq = self.parameterAsInt(parameters, self.SEQ_LEN, context)
         if seq < 1:
             raise QgsProcessingException(f"{self.SEQ_LEN}: must be >= 1, got {seq}")
-        target_layer = self.parameterAsRasterLayer(parameters, self.TARGET, context)
+        target_layer = raster_layer(self, parameters, self.TARGET, context)
         stations = self._stations(parameters, context)
         if target_layer is None and stations is None:
             raise QgsProcessingException(f"{self.TARGET}: give a soil-moisture raster series, or {self.STATIONS} "
                                          f"with a {self.STATION_TABLE}")
         if target_layer is not None and stations is not None:
             raise QgsProcessingException(f"{self.TARGET} and {self.STATIONS} are both given: choose one target")
-        ref = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
+        ref = raster_layer(self, parameters, self.REFERENCE, context)
         start = optional_date(self.parameterAsString(parameters, self.START_DATE, context), self.START_DATE)
         cb = self.callbacks(feedback)
         from ..data.prepare import prepare_dataset

@@ -11,4 +11,5 @@ ALGORITHMS = [
     ("ismoe_qgis.algorithms.train", "TrainAlgorithm"),
     ("ismoe_qgis.algorithms.predict", "PredictAlgorithm"),
     ("ismoe_qgis.algorithms.seasonal_importance", "SeasonalImportanceAlgorithm"),
+    ("ismoe_qgis.algorithms.evaluate", "EvaluateAlgorithm"),
 ]

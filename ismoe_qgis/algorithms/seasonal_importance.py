@@ -9,7 +9,8 @@ import os
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterFile, QgsProcessingParameterFileDestination)
+                       QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
 from .base import IsmoeAlgorithm
 from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER, optional
@@ -27,6 +28,7 @@ STYLE_OPTIONS = ["Lines", "Stacked areas"]
 
 class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
     INPUT, INPUT_CSV, REGIONS, REGION_FIELD = "INPUT", "INPUT_CSV", "REGIONS", "REGION_FIELD"
+    ZONES, ZONE_NAMES = "ZONES", "ZONE_NAMES"
     PERIOD, STYLE = "PERIOD", "STYLE"
     OUTPUT_PNG, OUTPUT_HTML, OUTPUT_CSV = "OUTPUT_PNG", "OUTPUT_HTML", "OUTPUT_CSV"
 
@@ -50,6 +52,11 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             "set of CSV rows per feature. Without it the whole raster is one region named 'all'. Features "
             "outside the rasters are skipped with a warning. Ignored for a CSV input.\n"
             "REGION_FIELD: optional field of REGIONS that names the regions (default: 'feature <id>').\n"
+            "ZONES: optional raster of zone numbers (e.g. the demo's regions.tif), read on the prediction grid "
+            "(nearest neighbour when on another grid): one region per zone value; nodata and 0 are no zone. "
+            "May be combined with REGIONS.\n"
+            "ZONE_NAMES: optional names of the zones, e.g. '1=arid;2=tundra;3=monsoon' (default: the raster's "
+            "region_<value> tags, else 'zone <value>').\n"
             "PERIOD: x axis of the chart: Month (1-12), Day of year (1-366) or Season (DJF, MAM, JJA, SON). "
             "The CSV always holds all three.\n"
             "STYLE: Lines (one line per factor) or Stacked areas (weights stacked, they sum to 1).\n"
@@ -69,6 +76,10 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             self.REGIONS, self.tr("Regions (polygons)"), [_SOURCE_POLYGON])))
         self.addParameter(optional(QgsProcessingParameterField(
             self.REGION_FIELD, self.tr("Region name field"), parentLayerParameterName=self.REGIONS)))
+        self.addParameter(optional(QgsProcessingParameterRasterLayer(
+            self.ZONES, self.tr("Zones (raster of zone numbers)"))))
+        self.addParameter(optional(QgsProcessingParameterString(
+            self.ZONE_NAMES, self.tr("Zone names (1=name;2=name)"))))
         self.addParameter(QgsProcessingParameterEnum(
             self.PERIOD, self.tr("Chart period"), [label for label, _ in PERIOD_OPTIONS], defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(
@@ -138,6 +149,18 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
                                          "CRS)" % (self.REGIONS, cd._fmt_bounds(folder.bounds)))
         return regions
 
+    def _zones(self, parameters, context, folder):
+        from ..ui import chartdata as cd
+
+        layer = self.parameterAsRasterLayer(parameters, self.ZONES, context)
+        if layer is None:
+            return None
+        try:
+            names = cd.parse_zone_names(self.parameterAsString(parameters, self.ZONE_NAMES, context))
+            return cd.zone_regions(folder, layer.source().split("|")[0], names)
+        except cd.ChartDataError as exc:
+            raise QgsProcessingException("%s: %s" % (self.ZONES, exc)) from None
+
     # ------------------------------------------------------------------ run
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ..model import importance as imp
@@ -158,9 +181,9 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
 
         if isinstance(source, imp.ImportanceTable):
             table = source
-            if parameters.get(self.REGIONS):
-                feedback.pushWarning("%s is ignored for a CSV input (its regions are charted as they are)"
-                                     % self.REGIONS)
+            if parameters.get(self.REGIONS) or parameters.get(self.ZONES):
+                feedback.pushWarning("%s and %s are ignored for a CSV input (its regions are charted as they are)"
+                                     % (self.REGIONS, self.ZONES))
             feedback.pushInfo("read %d region(s) from %s" % (len(table.regions), path))
         else:
             folder = source
@@ -168,6 +191,15 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
                 feedback.pushWarning(w)
             feedback.pushInfo(folder.describe())
             regions = self._regions(parameters, context, feedback, folder)
+            zones = self._zones(parameters, context, folder)
+            if zones:
+                regions = dict(regions or {})
+                for name, zone in zones.items():
+                    key, k = name, 2
+                    while key in regions:
+                        key = "%s (%d)" % (name, k)
+                        k += 1
+                    regions[key] = zone
             if regions is None:
                 table = self.run_core(cd.whole_area_importance, folder, cb)
             else:

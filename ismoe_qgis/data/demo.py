@@ -89,6 +89,7 @@ REGION_NODATA = 0
 SPINUP_DAYS = 150             # forcing is simulated this many days before `start`, then dropped
 MEMORY_DAYS = 6.0             # bucket relaxation time scale tau (days)
 DAYS_PER_YEAR = 365.2425
+SEASONS = {"DJF": (12, 1, 2), "MAM": (3, 4, 5), "JJA": (6, 7, 8), "SON": (9, 10, 11)}
 
 # Soil-moisture process parameters per region (all m3/m3):
 #   mean: target regional mean; sigma_in / sigma_loss: SM standard deviation contributed by
@@ -268,7 +269,7 @@ def simulate(size=48, years=3, seed=42, start="2017-01-01", memory_days=MEMORY_D
     sw_mean = by_region(175.0, 150.0, 135.0) * (1.0 + 0.06 * static_field())
     sw_amp = by_region(65.0, 55.0, 50.0)
     sw_noise = by_region(55.0, 50.0, 55.0)
-    v["net_solar"] = np.clip(sw_mean + sw_amp * _season(doy, 172.0) + sw_noise * weather(0.85), 15.0, 340.0)
+    v["net_solar"] = np.clip(sw_mean + sw_amp * _season(doy, 172.0) + sw_noise * weather(0.85), 15.0, 320.0)
     lw_mean = by_region(-100.0, -75.0, -60.0) * (1.0 + 0.06 * static_field())
     lw_amp = by_region(10.0, 12.0, 15.0)
     lw_noise = by_region(22.0, 15.0, 15.0)
@@ -276,7 +277,7 @@ def simulate(size=48, years=3, seed=42, start="2017-01-01", memory_days=MEMORY_D
 
     # --- precipitation (drives tundra only): mm/day, intermittent, summer monsoon peak
     p_base = by_region(0.15, 0.2, 0.3)
-    p_amp = by_region(1.0, 4.0, 5.0) * (1.0 + 0.2 * static_field())
+    p_amp = by_region(0.7, 4.0, 5.0) * (1.0 + 0.2 * static_field())
     p_peak = by_region(215.0, 205.0, 195.0)
     p_clim = p_base + p_amp * np.clip(_season(doy, p_peak), 0.0, None) ** 1.5
     thr, pw = 0.2, 1.5
@@ -336,7 +337,7 @@ def simulate(size=48, years=3, seed=42, start="2017-01-01", memory_days=MEMORY_D
     forcing = {  # region: (inflow series, inflow name, loss series, loss name)
         "arid": (v["snowmelt"], "snowmelt [mm/d]", rn, "net_solar + net_thermal [W/m2]"),
         "tundra": (v["precipitation"], "precipitation [mm/d]", v["lake_mix_temp"], "lake_mix_temp [degC]"),
-        "monsoon": (onshore, "onshore wind = cos(20deg) v10 - sin(20deg) u10 [m/s]", v["lake_mix_depth"], "lake_mix_depth [m]"),
+        "monsoon": (onshore, f"onshore wind = cos({ONSHORE_DEG:g}deg) v10 - sin({ONSHORE_DEG:g}deg) u10 [m/s]", v["lake_mix_depth"], "lake_mix_depth [m]"),
     }
     a = 1.0 - 1.0 / float(memory_days)
     sm = np.full((n, size, size), np.nan)
@@ -540,7 +541,7 @@ def _r2(features, y):
     return float(1.0 - np.sum(res ** 2) / sst) if sst > 0 else 0.0
 
 
-def explained_variance(data, window=7, lags=2, unique=True):
+def explained_variance(data, window=7, lags=2, unique=True, months=None):
     """Linear R^2 of soil moisture on each factor's trailing `window`-day means, per region.
 
     For each region and factor, SM(t) at every region pixel is regressed (OLS with
@@ -551,22 +552,30 @@ def explained_variance(data, window=7, lags=2, unique=True):
     ``"unique"`` {factor: R^2(all) - R^2(all but that factor)}: the share of SM variance
     that only that factor explains.
 
+    `months` (e.g. (6, 7, 8)) restricts the samples to days in those calendar months.
+
     `data` is the dict from `simulate()` / `load_demo()`. Returns {region: {key: R^2}}.
     """
-    sm = np.asarray(data["soil_moisture"], dtype=np.float64)
-    feats = {name: _trailing_means(np.asarray(x, dtype=np.float64), window, lags)
-             for name, x in data["variables"].items()}
-    y_all = sm[window * lags - 1:]
+    sm = np.asarray(data["soil_moisture"])
+    first = window * lags - 1
+    day_ok = np.ones(sm.shape[0] - first, dtype=bool)
+    if months is not None:
+        mon = (np.asarray(data["dates"]).astype("datetime64[M]").astype(np.int64) % 12 + 1)[first:]
+        day_ok = np.isin(mon, list(months))
     out = {}
     for rid, rname in REGION_NAMES.items():
         mk = np.asarray(data["regions"]) == rid
         if not mk.any():
             continue
-        y = y_all[:, mk].reshape(-1)
-        ok = np.isfinite(y)
+        y = sm[first:, mk].astype(np.float64)
+        ok = (np.isfinite(y) & day_ok[:, None]).reshape(-1)
+        y = y.reshape(-1)
+        feats = {v: _trailing_means(np.asarray(data["variables"][v])[:, mk].astype(np.float64), window, lags)
+                 for v in VARIABLES}
         per_factor = {}
         for f, vs in FACTORS.items():
-            per_factor[f] = np.column_stack([feats[v][k][:, mk].reshape(-1) for v in vs for k in range(lags)])
+            per_factor[f] = np.column_stack([feats[v][k].reshape(-1) for v in vs for k in range(lags)])
+        del feats
         res = {f: _r2(per_factor[f][ok], y[ok]) for f in FACTORS}
         drv = DRIVERS[rname]
         res["drivers"] = _r2(np.column_stack([per_factor[f] for f in drv])[ok], y[ok])
@@ -603,14 +612,16 @@ def format_explained_variance(ev):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m ismoe_qgis.data.demo",
-                                 description="Generate the synthetic ISMoE demo region (GeoTIFFs + demo.json).")
+                                 description="Generate the synthetic ISMoE demo region (GeoTIFFs + demo.json); "
+                                             "see docs/demo_region.md.")
     ap.add_argument("--out", required=True, help="output folder (created if needed)")
     ap.add_argument("--size", type=int, default=48, help="pixels per side (1 km pixels), default 48")
     ap.add_argument("--years", type=int, default=3, help="years of daily data, default 3")
     ap.add_argument("--seed", type=int, default=42, help="random seed, default 42")
     ap.add_argument("--start", default="2017-01-01", help="first date (ISO), default 2017-01-01")
     ap.add_argument("--report", action="store_true",
-                    help="also print the per-region explained variance of SM by each factor")
+                    help="also print the explained variance of SM by each factor, per region (overall and "
+                         "per season)")
     args = ap.parse_args(argv)
     t0 = time.time()
     man = generate_demo(args.out, size=args.size, years=args.years, seed=args.seed, start=args.start)
@@ -620,7 +631,10 @@ def main(argv=None):
           f"{man['n_days']} days ({man['start']} .. {man['end']}), {len(man['paths'])} files, "
           f"{total / 1e6:.1f} MB, {dt:.1f} s")
     if args.report:
-        print(format_explained_variance(explained_variance(load_demo(man["out_dir"]))))
+        data = load_demo(man["out_dir"])
+        print(format_explained_variance(explained_variance(data)))
+        for season, months in SEASONS.items():
+            print(f"\n{season}: " + format_explained_variance(explained_variance(data, months=months)))
     return 0
 
 

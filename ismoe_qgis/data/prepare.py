@@ -46,7 +46,8 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
               rasters.open_series accepts (path, NETCDF:"f.nc":var, SeriesInfo).
     target:   a gridded SM series source (band = date), or None when `stations` is given.
     stations: {"points": [(id, x, y), ...], "crs_wkt": str, "table": {id: (dates, values)},
-              "drop_outside": bool} (see stations.py); the target is the station series at their pixels.
+              "drop_outside": bool, "points_name"/"table_name": names used in messages} (see stations.py);
+              the target is the station series at their pixels.
     reference: a rasters.Grid, a source whose grid is used, or None (first factor layer).
     start/step_days: dates for layers whose files carry none.
     """
@@ -123,8 +124,10 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
     else:
         from . import stations as st
         ids, rows, cols = st.station_pixels(grid, stations["points"], stations["crs_wkt"],
-                                            drop_outside=stations.get("drop_outside", False), log=cb.log)
-        y = st.stations_to_target(stations["table"], ids, dates)
+                                            drop_outside=stations.get("drop_outside", False), log=cb.log,
+                                            name=stations.get("points_name", "stations"))
+        y = st.stations_to_target(stations["table"], ids, dates, log=cb.log,
+                                  name=stations.get("table_name", "station table"))
         if not np.isfinite(y).any():
             raise PrepareError("STATIONS: no station has a valid value in the common period "
                                f"{dates[0]}..{dates[-1]}")

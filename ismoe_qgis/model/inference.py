@@ -57,46 +57,75 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
     dev_type = xt.device.type
     with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         feats = bank.features(xt)                                     # Ttot, E, C, h, w
-    feats = feats.float().permute(1, 3, 4, 0, 2).reshape(E, P, Ttot, bank.C)   # E, P, Ttot, C
+    feats = feats.float().permute(1, 0, 3, 4, 2).reshape(E, Ttot, P, bank.C)   # E, Ttot, P, C
 
+    # Windows are ordered time-major within a pixel chunk: row = t * n + p.
     silent = None
     if model.router is not None and cfg.mask_silent:
         xc = xt[:, :, r:r + h, r:r + w].permute(1, 2, 3, 0).reshape(1, V * P, Ttot)
         hi = F.max_pool1d(xc, L, stride=1)
         lo = -F.max_pool1d(-xc, L, stride=1)
-        quiet = ((hi - lo) < SILENT_TOL).view(V, h, w, T).permute(0, 3, 1, 2)   # V, T, h, w
-        silent = torch.stack([quiet[idx].all(dim=0) for idx in model.factor_index])   # E, T, h, w
-        silent = silent.permute(2, 3, 1, 0).reshape(P * T, E)
+        quiet = ((hi - lo) < SILENT_TOL).view(V, P, T)
+        silent = torch.stack([quiet[idx].all(dim=0) for idx in model.factor_index], dim=-1)   # P, T, E
+        silent = silent.permute(1, 0, 2)                                                      # T, P, E
     centre = None
     if model.router is not None and cfg.router_input.startswith("inputs"):
-        xc = xt[:, :, r:r + h, r:r + w].unfold(0, L, 1)               # T, V, h, w, L
-        centre = xc.permute(2, 3, 0, 4, 1).reshape(P * T, L, V)
-    doy_all = doy.repeat(P) if doy is not None else None
+        centre = xt[:, :, r:r + h, r:r + w].unfold(0, L, 1).permute(0, 2, 3, 4, 1).reshape(T, P, L, V)
+    doy_tp = doy[:, None].expand(T, P) if doy is not None else None
 
-    sm = torch.empty(P * T, device=xt.device)
-    wts = torch.empty(P * T, E, device=xt.device)
+    sm = torch.empty(T, P, device=xt.device)
+    wts = torch.empty(E, T, P, device=xt.device)
     px_chunk = max(1, chunk_windows // T)
     for p0 in range(0, P, px_chunk):
         p1 = min(P, p0 + px_chunk)
         n = p1 - p0
         with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            g = bank.input_gates(feats[:, p0:p1].reshape(E, n * Ttot, bank.C)).view(E, n, Ttot, -1)
-            hs = bank.recur(lambda s: g[:, :, s:s + T].reshape(E, n * T, -1), L)   # E, n*T, H
-            out = bank.head(hs)                                                    # n*T, E
-        a, b = p0 * T, p1 * T
-        y, wt = model.mix(out, hs, None if silent is None else silent[a:b],
-                          None if centre is None else centre[a:b],
-                          None if doy_all is None else doy_all[a:b])
-        sm[a:b] = y.float()
-        wts[a:b] = wt.float()
-    sm = sm.view(h, w, T).permute(2, 0, 1)
-    wts = wts.view(h, w, T, E).permute(3, 2, 0, 1)
-    return sm, wts
+            fc = feats[:, :, p0:p1].reshape(E, Ttot * n, bank.C)
+            g = bank.input_gates(fc).view(E, Ttot, n, -1)
+            # windows ending at t use input steps t-L+1..t: step s of every window is a slice
+            hs = bank.recur(lambda s: g[:, s:s + T].reshape(E, T * n, -1), L)       # E, T*n, H
+            out = bank.head(hs)                                                    # T*n, E
+        y, wt = model.mix(out, hs,
+                          None if silent is None else silent[:, p0:p1].reshape(T * n, E),
+                          None if centre is None else centre[:, p0:p1].reshape(T * n, L, V),
+                          None if doy_tp is None else doy_tp[:, p0:p1].reshape(T * n))
+        sm[:, p0:p1] = y.float().view(T, n)
+        wts[:, :, p0:p1] = wt.float().view(T, n, E).permute(2, 0, 1)
+    return sm.view(T, h, w), wts.view(E, T, h, w)
 
 
 def day_of_year(dates) -> np.ndarray:
     d = np.asarray(dates).astype("datetime64[D]")
     return ((d - d.astype("datetime64[Y]")).astype(np.int64) + 1)
+
+
+def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: int, width: int, out_from: int,
+                          out_to: int, doy_out: np.ndarray, tile_size: int = 128, time_chunk: int = 64,
+                          device="cpu", amp_dtype=None, callbacks: Callbacks = None):
+    """The one tile loop behind every raster prediction.
+
+    Output index o uses input indices [o, o + L - 1] of `read_block` (see predict_to_folder).
+    Yields (row_off, col_off, o0, o1, sm (o1-o0, h, w) in target units, weights (E, o1-o0, h, w)),
+    NaN where an input variable is missing at the pixel on the output date.
+    """
+    cb = ensure(callbacks)
+    cfg = model.cfg
+    L, r = cfg.seq_len, cfg.patch_size // 2
+    steps = [(r0, c0, o0) for r0 in range(0, height, tile_size) for c0 in range(0, width, tile_size)
+             for o0 in range(out_from, out_to, time_chunk)]
+    for i, (r0, c0, o0) in enumerate(steps):
+        cb.check_cancel()
+        h, w, o1 = min(tile_size, height - r0), min(tile_size, width - c0), min(out_to, o0 + time_chunk)
+        raw = read_block(r0 - r, c0 - r, h + 2 * r, w + 2 * r, o0, o1 + L - 1)
+        xt = normalise_block(model, raw).to(device)
+        sm, wts = predict_tile(model, xt, torch.from_numpy(doy_out[o0:o1]).to(device), amp_dtype=amp_dtype)
+        sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
+        wts = wts.cpu().numpy()
+        invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
+        sm[invalid] = np.nan
+        wts[:, invalid] = np.nan
+        yield r0, c0, o0, o1, sm, wts
+        cb.progress((i + 1) / len(steps))
 
 
 def _profile(grid: dict, count: int, tile: int = 256):
@@ -128,7 +157,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
 
     cb = ensure(callbacks)
     cfg = model.cfg
-    L, r = cfg.seq_len, cfg.patch_size // 2
+    L = cfg.seq_len
     dates = np.asarray(dates).astype("datetime64[D]")
     if len(dates) < L:
         raise ValueError(f"prediction needs at least SEQ_LEN={L} consecutive dates of input, got {len(dates)}")
@@ -147,32 +176,14 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
             for ds in dsts.values():
                 for i, d in enumerate(iso, start=1):
                     ds.set_band_description(i, d)
-            H, W = grid["height"], grid["width"]
-            tiles = [(r0, c0) for r0 in range(0, H, tile_size) for c0 in range(0, W, tile_size)]
-            chunks = list(range(0, T, time_chunk))
-            n_steps, step = len(tiles) * len(chunks), 0
-            for r0, c0 in tiles:
-                h, w = min(tile_size, H - r0), min(tile_size, W - c0)
-                for t0 in chunks:
-                    cb.check_cancel()
-                    t1 = min(T, t0 + time_chunk)
-                    raw = read_block(r0 - r, c0 - r, h + 2 * r, w + 2 * r, t0, t1 + L - 1)
-                    xt = normalise_block(model, raw).to(device)
-                    doy = torch.from_numpy(doy_all[t0:t1]).to(device)
-                    sm, wts = predict_tile(model, xt, doy, amp_dtype=amp_dtype)
-                    sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
-                    wts = wts.cpu().numpy()
-                    centre = raw[:, L - 1:, r:r + h, r:r + w]
-                    invalid = ~np.isfinite(centre).all(axis=0)            # T', h, w
-                    sm[invalid] = NODATA
-                    wts[:, invalid] = NODATA
-                    win = Window(c0, r0, w, h)
-                    idx = list(range(t0 + 1, t1 + 1))
-                    dsts["sm"].write(sm.astype(np.float32), indexes=idx, window=win)
-                    for e, f in enumerate(names):
-                        dsts[f].write(wts[e].astype(np.float32), indexes=idx, window=win)
-                    step += 1
-                    cb.progress(step / n_steps)
+            for r0, c0, o0, o1, sm, wts in iter_tile_predictions(
+                    model, read_block, grid["height"], grid["width"], 0, T, doy_all, tile_size, time_chunk,
+                    device, amp_dtype, cb):
+                win = Window(c0, r0, sm.shape[2], sm.shape[1])
+                idx = list(range(o0 + 1, o1 + 1))
+                dsts["sm"].write(np.nan_to_num(sm, nan=NODATA), indexes=idx, window=win)
+                for e, f in enumerate(names):
+                    dsts[f].write(np.nan_to_num(wts[e], nan=NODATA), indexes=idx, window=win)
         finally:
             for ds in dsts.values():
                 ds.close()
@@ -212,3 +223,32 @@ def cube_block_reader(cube):
             out[:, :, rs - row_off:re - row_off, cs - col_off:ce - col_off] = cube.x[:, t0:t1, rs:re, cs:ce]
         return out
     return read
+
+
+@torch.no_grad()
+def predict_cube(model: SoilMoistureNet, cube, t_from: int = None, t_to: int = None, tile_size: int = 64,
+                 time_chunk: int = 32, device="cpu", amp_dtype=None, callbacks: Callbacks = None):
+    """Tile inference over a dataset cube held in memory.
+
+    Predicts the output dates cube.dates[t_from:t_to] (default: every date with a full window).
+    Returns sm (T, H, W) in target units and weights (E, T, H, W); NaN where inputs are missing
+    at the pixel on that date.
+    """
+    cfg = model.cfg
+    L = cfg.seq_len
+    t_from = max(L - 1, t_from if t_from is not None else 0)
+    t_to = cube.n_dates if t_to is None else min(cube.n_dates, t_to)
+    if t_to <= t_from:
+        raise ValueError(f"no output date between index {t_from} and {t_to} (each needs {L - 1} days before it)")
+    _, _, H, W = cube.x.shape
+    T = t_to - t_from
+    sm = np.full((T, H, W), np.nan, np.float32)
+    wts = np.full((model.n_experts, T, H, W), np.nan, np.float32)
+    doy_out = day_of_year(cube.dates[L - 1:])
+    for r0, c0, o0, o1, y, wt in iter_tile_predictions(model, cube_block_reader(cube), H, W, t_from - L + 1,
+                                                       t_to - L + 1, doy_out, tile_size, time_chunk, device,
+                                                       amp_dtype, callbacks):
+        a, b = o0 + L - 1 - t_from, o1 + L - 1 - t_from
+        sm[a:b, r0:r0 + y.shape[1], c0:c0 + y.shape[2]] = y
+        wts[:, a:b, r0:r0 + y.shape[1], c0:c0 + y.shape[2]] = wt
+    return sm, wts

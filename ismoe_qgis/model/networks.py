@@ -159,6 +159,7 @@ class ExpertBank(nn.Module):
         s_ih, s_hh = 1.0 / math.sqrt(C), 1.0 / math.sqrt(hidden)
         self.w_ih = nn.Parameter(torch.empty(E, C, 4 * hidden).uniform_(-s_ih, s_ih))
         self.w_hh = nn.Parameter(torch.empty(E, hidden, 4 * hidden).uniform_(-s_hh, s_hh))
+        # gate order along the last axis: input, forget, output (sigmoid), cell candidate (tanh)
         b = torch.zeros(E, 4 * hidden)
         b[:, hidden:2 * hidden] = 1.0  # forget-gate bias
         self.b = nn.Parameter(b)
@@ -182,15 +183,20 @@ class ExpertBank(nn.Module):
         return torch.baddbmm(self.b.unsqueeze(1), feats, self.w_ih)
 
     def recur(self, gates_at, steps: int) -> torch.Tensor:
-        """Run the LSTM. gates_at(s) gives the input gates (E, M, 4H) of step s. -> h (E, M, H)."""
+        """Run the LSTM. gates_at(s) gives the input gates (E, M, 4H) of step s. -> h (E, M, H).
+
+        Gates are laid out (i, f, o | g): one sigmoid over 3H, one tanh over H; the recurrent
+        product is fused into the addition (baddbmm)."""
+        H = self.H
         h = c = None
         for s in range(steps):
             g = gates_at(s)
             if h is not None:
-                g = g + torch.bmm(h, self.w_hh)
-            i, f, gg, o = g.chunk(4, dim=-1)
-            i, f, o, gg = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(gg)
-            c = i * gg if c is None else f * c + i * gg
+                g = torch.baddbmm(g, h, self.w_hh)
+            sig = torch.sigmoid(g[..., :3 * H])
+            cand = torch.tanh(g[..., 3 * H:])
+            i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 2 * H:]
+            c = i * cand if c is None else torch.addcmul(f * c, i, cand)
             h = o * torch.tanh(c)
         return h
 
@@ -202,9 +208,9 @@ class ExpertBank(nn.Module):
         """x: (B, L, V, k, k) -> expert outputs (B, E), final states (E, B, H)."""
         B, L, V, k, _ = x.shape
         f = self.features(x.reshape(B * L, V, k, k))             # B*L, E, C, 1, 1
-        f = f.view(B, L, self.E, self.C).permute(2, 0, 1, 3)      # E, B, L, C
-        gates = self.input_gates(f.reshape(self.E, B * L, self.C)).view(self.E, B, L, -1)
-        h = self.recur(lambda s: gates[:, :, s], L)
+        f = f.view(B, L, self.E, self.C).permute(2, 1, 0, 3)      # E, L, B, C (time-major)
+        gates = self.input_gates(f.reshape(self.E, L * B, self.C)).view(self.E, L, B, -1)
+        h = self.recur(lambda s: gates[:, s], L)                 # contiguous per step
         return self.head(h), h
 
 

@@ -72,14 +72,31 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
                          f"least SEQ_LEN={L} (the {L - 1} days before the first output date are its input)")
     cb.log(f"predicting {len(dates) - L + 1} days ({dates[L - 1]}..{dates[-1]}) on {g.width} x {g.height} "
            f"pixels, tiles of {tile_size}, device {dev}")
+    for i in infos:
+        cb.log(rasters.plan_alignment(i, g, resampling).describe(i.name))
+    r = cfg.patch_size // 2
+    seen_valid = [False]
 
     def read_block(row_off, col_off, height, width, t0, t1):
         out = np.empty((len(infos), t1 - t0, height, width), np.float32)
         for v, i in enumerate(infos):
             out[v] = rasters.read_window_aligned(i, g, dates[t0:t1], (row_off, col_off, height, width),
                                                  resampling, allow_missing=True, name=i.name)
+        if not seen_valid[0]:  # any output pixel with every input present (centre of the tile, output dates)?
+            seen_valid[0] = bool(np.isfinite(out[:, L - 1:, r:height - r, r:width - r]).all(axis=0).any())
         return out
 
-    return predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
-                             time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
-                             callbacks=cb, extra_meta={"model": os.path.abspath(model_path)})
+    existed = os.path.isdir(out_dir)
+    try:
+        man = predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
+                                time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
+                                callbacks=cb, extra_meta={"model": os.path.abspath(model_path)})
+    except BaseException:
+        if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)  # cancelled or failed: leave no (empty) output folder behind
+        raise
+    if not seen_valid[0]:
+        cb.log(f"warning: no pixel of the {g.width} x {g.height} grid has a value in every factor layer on the "
+               f"output dates (nodata, e.g. ocean, or outside the layers): every output pixel is nodata "
+               f"({man['nodata']}); choose an EXTENT where all factor layers have data")
+    return man

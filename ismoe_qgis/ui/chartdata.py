@@ -32,6 +32,7 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -271,7 +272,13 @@ class PolygonRegion:
     crs: Optional[object] = None
 
 
-Region = Union[None, BBox, PolygonRegion]
+@dataclass
+class MaskRegion:
+    """Pixels given as a boolean mask on the prediction grid (e.g. one zone of a label raster)."""
+    mask: np.ndarray
+
+
+Region = Union[None, BBox, PolygonRegion, MaskRegion]
 
 
 @dataclass
@@ -388,6 +395,16 @@ def region_mask(folder: PredictionFolder, region: Region = None, name: str = "re
                     name, _fmt_bounds(folder.bounds)))
             return RegionMask(r0i, c0i, r1i - r0i, c1i - c0i, None, (r1i - r0i) * (c1i - c0i))
         return region_mask(folder, PolygonRegion(_densified_box(region), None), name)
+    if isinstance(region, MaskRegion):
+        mask = np.asarray(region.mask, dtype=bool)
+        if mask.shape != (folder.height, folder.width):
+            raise ChartDataError("{}: the mask is {}x{} but the prediction raster is {}x{}".format(
+                name, mask.shape[1], mask.shape[0], folder.width, folder.height))
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            raise ChartDataError("{} does not cover any pixel of the prediction raster".format(name))
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        return RegionMask(int(r0), int(c0), int(r1 - r0), int(c1 - c0), mask[r0:r1, c0:c1].copy(), int(rows.size))
     if isinstance(region, PolygonRegion):
         geom = region.geometry
         if hasattr(geom, "__geo_interface__"):
@@ -420,6 +437,68 @@ def region_mask(folder: PredictionFolder, region: Region = None, name: str = "re
             raise ChartDataError("{} does not cover any pixel of the prediction raster".format(name))
         return RegionMask(r0, c0, shape[0], shape[1], mask, n)
     raise ChartDataError("Unknown region type {}".format(type(region).__name__))
+
+
+def parse_zone_names(text: str) -> Dict[int, str]:
+    """'1=arid;2=tundra' (or commas/newlines) -> {1: 'arid', 2: 'tundra'}."""
+    out: Dict[int, str] = {}
+    for part in re.split(r"[;,\n]", text or ""):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ChartDataError("zone names: {!r} is not of the form value=name".format(part))
+        value, name = part.split("=", 1)
+        try:
+            out[int(float(value))] = name.strip()
+        except ValueError:
+            raise ChartDataError("zone names: {!r} is not a number".format(value.strip()))
+    return out
+
+
+def zone_regions(folder: PredictionFolder, path: str, names: Optional[Mapping[int, str]] = None,
+                 band: int = 1) -> Dict[str, MaskRegion]:
+    """One region per zone value of a label raster (e.g. the demo's regions.tif).
+
+    The raster is read on the prediction grid (reprojected with nearest neighbour when it
+    is on another grid). Nodata is no zone, and so is 0 unless ``names`` names it. Zone
+    names: ``names`` {value: name}, else the raster's ``region_<value>`` tags (as the demo
+    writes them), else 'zone <value>'.
+    """
+    try:
+        src = rasterio.open(path)
+    except (rasterio.errors.RasterioError, OSError) as exc:
+        raise ChartDataError("Zone raster {} could not be read: {}".format(path, exc))
+    with src:
+        if band < 1 or band > src.count:
+            raise ChartDataError("Zone raster {} has no band {}".format(os.path.basename(path), band))
+        tags = src.tags()
+        nodata = src.nodata
+        same = (src.width, src.height) == (folder.width, folder.height) and \
+            src.transform.almost_equals(folder.transform) and (src.crs == folder.crs or not src.crs or not folder.crs)
+        if same:
+            labels = src.read(band).astype("float64")
+        else:
+            if src.crs is None or folder.crs is None:
+                raise ChartDataError("Zone raster {} is on another grid and one of the two has no CRS".format(
+                    os.path.basename(path)))
+            from rasterio.warp import Resampling, reproject
+            labels = np.full((folder.height, folder.width), np.nan)
+            reproject(rasterio.band(src, band), labels, src_nodata=nodata, dst_nodata=np.nan,
+                      dst_transform=folder.transform, dst_crs=folder.crs, resampling=Resampling.nearest)
+    valid = np.isfinite(labels)
+    if nodata is not None:
+        valid &= labels != nodata
+    names = dict(names or {})
+    values = [v for v in np.unique(labels[valid]).tolist() if v != 0 or 0 in names]
+    if not values:
+        raise ChartDataError("Zone raster {} has no zone on the prediction grid".format(os.path.basename(path)))
+    out: Dict[str, MaskRegion] = {}
+    for v in values:
+        key = int(v) if float(v).is_integer() else v
+        name = names.get(key) or tags.get("region_{}".format(key)) or "zone {}".format(key)
+        out[str(name)] = MaskRegion(valid & (labels == v))
+    return out
 
 
 def _fmt_bounds(b):
@@ -514,14 +593,6 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
     done = [0]
     lock = threading.Lock()
     stop = threading.Event()
-    cb.progress(0.0)
-
-    def tick():
-        with lock:
-            done[0] += 1
-            cb.progress(done[0] / total)
-            if cb.is_cancelled():
-                stop.set()
 
     def work(e):
         with rasterio.open(folder.weight_paths[folder.factors[e]]) as src:
@@ -537,26 +608,43 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
                         valid = np.isfinite(vals) & (vals != nodata)
                         sums[name][k:k + len(idx), e] += np.where(valid, vals, 0.0).sum(axis=1, dtype=np.float64)
                         counts[name][k:k + len(idx), e] += valid.sum(axis=1)
-                tick()
+                with lock:
+                    done[0] += 1
+                if single:  # same thread as the caller: report here
+                    report()
+
+    last = [-1.0]
+
+    def report():
+        frac = done[0] / total
+        if frac != last[0]:
+            last[0] = frac
+            cb.progress(frac)
+        if cb.is_cancelled():
+            stop.set()
 
     workers = max_workers or min(E, os.cpu_count() or 1, 4)
-    if cb.is_cancelled():
+    single = workers <= 1
+    report()
+    if stop.is_set():
         raise Cancelled("cancelled by the user")
-    if workers <= 1:
+    if single:
         for e in range(E):
             work(e)
     else:
+        # the callbacks are only called from this (the caller's) thread
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(work, e) for e in range(E)]
-            errors = []
+            pending = set(futures)
+            while pending:
+                _done, pending = futures_wait(pending, timeout=0.1)
+                report()
+                for fut in _done:
+                    if fut.exception() is not None:
+                        stop.set()
             for fut in futures:
-                try:
-                    fut.result()
-                except Exception as exc:  # stop the others, re-raise the first
-                    stop.set()
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+                if fut.exception() is not None:
+                    raise fut.exception()
     if stop.is_set():
         raise Cancelled("cancelled by the user")
     cb.progress(1.0)

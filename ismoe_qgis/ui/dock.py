@@ -32,9 +32,10 @@ from . import chartdata as cd
 LOG_TAG = "ISMoE"
 PROJECT_SCOPE = "ismoe_qgis"
 PROJECT_KEY_SOURCE = "dock/source"
-MODE_WHOLE, MODE_EXTENT, MODE_FEATURE = "whole", "extent", "feature"
+MODE_WHOLE, MODE_EXTENT, MODE_FEATURE, MODE_ZONE = "whole", "extent", "feature", "zone"
 MAX_FEATURES = 5000
 PERIODS = (("Month", "month"), ("Day of year", "doy"), ("Season", "season"))
+FILL_ALPHA = 190  # stacked areas
 
 
 def crs_for_core(qcrs):
@@ -45,6 +46,11 @@ def crs_for_core(qcrs):
     if auth.upper().startswith("EPSG:"):
         return auth
     return qcrs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+
+
+def _fmt_coord(v):
+    """Map coordinate for display: metres to 0.1, degrees to 1e-5."""
+    return "{:.1f}".format(v) if abs(v) >= 1000 else "{:.5f}".format(v)
 
 
 def _epoch_seconds(dates):
@@ -98,7 +104,7 @@ class _CurvePool:
         if lower is not None:
             low.setData(x, np.asarray(lower, dtype=float), pen=pg.mkPen(None))  # NoPen: None would skip the path
             brush = QColor(colour)
-            brush.setAlpha(190)
+            brush.setAlpha(FILL_ALPHA)
             fill.setBrush(pg.mkBrush(brush))
             low.setVisible(True)
             fill.setVisible(True)
@@ -243,6 +249,17 @@ class ImportanceDock(QgsDockWidget):
         self.feature_combo.currentIndexChanged.connect(lambda _i: self._safe(self._on_region_changed))
         row.addWidget(self.layer_combo, 1)
         row.addWidget(self.feature_combo, 1)
+        self.zone_layer_combo = QgsMapLayerComboBox(tab)
+        self.zone_layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.zone_layer_combo.setAllowEmptyLayer(True)
+        self.zone_layer_combo.setLayer(None)
+        self.zone_layer_combo.setToolTip("A raster of zone numbers (e.g. regions.tif); nodata and 0 are no zone")
+        self.zone_layer_combo.layerChanged.connect(lambda _l: self._safe(self._fill_zones))
+        self.zone_combo = QComboBox(tab)
+        self.zone_combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        row.addWidget(self.zone_layer_combo, 1)
+        row.addWidget(self.zone_combo, 1)
+        self._zones = {}
         tl.addLayout(row)
 
         row = QHBoxLayout()
@@ -301,12 +318,12 @@ class ImportanceDock(QgsDockWidget):
         self.pixel_label.setWordWrap(True)
         row.addWidget(self.pixel_label, 1)
         pl.addLayout(row)
-        self.sm_plot = pg.PlotWidget(tab, axisItems={"bottom": pg.DateAxisItem()})
+        self.sm_plot = pg.PlotWidget(tab, axisItems={"bottom": pg.DateAxisItem(utcOffset=0)})
         self.sm_plot.setBackground("w")
         self.sm_plot.showGrid(x=True, y=True, alpha=0.25)
         self.sm_plot.setLabel("left", "soil moisture")
         self.sm_curves = _CurvePool(self.sm_plot)
-        self.weight_plot = pg.PlotWidget(tab, axisItems={"bottom": pg.DateAxisItem()})
+        self.weight_plot = pg.PlotWidget(tab, axisItems={"bottom": pg.DateAxisItem(utcOffset=0)})
         self.weight_plot.setBackground("w")
         self.weight_plot.showGrid(x=True, y=True, alpha=0.25)
         self.weight_plot.setLabel("left", "routing weight")
@@ -378,6 +395,7 @@ class ImportanceDock(QgsDockWidget):
         self.source_edit.setText(path)
         self.cancel()
         self.folder = self.csv_table = self.table = self.pixel = None
+        self._zones = {}
         self._clear_importance_plot()
         self._clear_pixel_plots()
         self.info_label.setText("")
@@ -403,7 +421,8 @@ class ImportanceDock(QgsDockWidget):
             self.show_message("Loaded {}.{}".format(os.path.basename(self.source_path), note),
                               "warning" if source.warnings else "success")
         self._update_region_widgets()
-        self.project().writeEntry(PROJECT_SCOPE, PROJECT_KEY_SOURCE, self.source_path)
+        # writePath: relative to the project file when the project saves relative paths
+        self.project().writeEntry(PROJECT_SCOPE, PROJECT_KEY_SOURCE, self.project().writePath(self.source_path))
         self.sourceLoaded.emit(self.source_path)
         if self.csv_table is not None:
             self._show_table(self.csv_table)
@@ -414,6 +433,7 @@ class ImportanceDock(QgsDockWidget):
     def _on_project_read(self, *_args):
         path, ok = self.project().readEntry(PROJECT_SCOPE, PROJECT_KEY_SOURCE, "")
         if ok and path:
+            path = self.project().readPath(path)
             if os.path.exists(path):
                 self._safe(self.load_source, path)
             else:
@@ -434,6 +454,7 @@ class ImportanceDock(QgsDockWidget):
             self.region_combo.addItem("Whole area", MODE_WHOLE)
             self.region_combo.addItem("Current map extent", MODE_EXTENT)
             self.region_combo.addItem("Feature of a polygon layer", MODE_FEATURE)
+            self.region_combo.addItem("Zone of a raster layer", MODE_ZONE)
         self.region_combo.blockSignals(False)
         self._on_region_changed(recompute=False)
 
@@ -448,8 +469,13 @@ class ImportanceDock(QgsDockWidget):
 
     def _on_region_changed(self, recompute=False):
         is_feature = self.csv_table is None and self.region_combo.currentData() == MODE_FEATURE
+        is_zone = self.csv_table is None and self.region_combo.currentData() == MODE_ZONE
         self.layer_combo.setVisible(is_feature)
         self.feature_combo.setVisible(is_feature)
+        self.zone_layer_combo.setVisible(is_zone)
+        self.zone_combo.setVisible(is_zone)
+        if is_zone and not self._zones and self.zone_layer_combo.currentLayer() is not None:
+            self._fill_zones()
         self.compute_button.setEnabled(self.folder is not None)
         if self.csv_table is not None and self.region_combo.currentData():
             self._show_table(self.csv_table)
@@ -469,6 +495,28 @@ class ImportanceDock(QgsDockWidget):
                 name = str(label) if label not in (None, "") else "feature {}".format(feat.id())
                 self.feature_combo.addItem(name, feat.id())
         self.feature_combo.blockSignals(False)
+
+    def _fill_zones(self):
+        """Zones of the chosen raster on the prediction grid (read once per layer, GUI thread)."""
+        self.zone_combo.clear()
+        self._zones = {}
+        layer = self.zone_layer_combo.currentLayer()
+        if layer is None or self.folder is None:
+            return
+        self._zones = cd.zone_regions(self.folder, layer.source().split("|")[0])
+        for name, zone in self._zones.items():
+            self.zone_combo.addItem("{} ({} px)".format(name, int(zone.mask.sum())), name)
+
+    def set_zone(self, layer, name=None):
+        """Select 'zone of a raster layer' with this layer and zone (first one when None)."""
+        self.set_region_mode(MODE_ZONE)
+        self.zone_layer_combo.setLayer(layer)
+        self._fill_zones()
+        if name is not None:
+            i = self.zone_combo.findData(name)
+            if i < 0:
+                raise cd.ChartDataError("No zone {!r} in {}".format(name, layer.name()))
+            self.zone_combo.setCurrentIndex(i)
 
     def set_polygon_feature(self, layer, fid=None):
         """Select 'feature of a polygon layer' with this layer and feature (first one when None)."""
@@ -494,6 +542,14 @@ class ImportanceDock(QgsDockWidget):
             bbox = cd.BBox(ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum(), crs)
             key = ("extent", round(bbox.xmin, 6), round(bbox.ymin, 6), round(bbox.xmax, 6), round(bbox.ymax, 6), crs)
             return key, "map extent", bbox
+        if mode == MODE_ZONE:
+            layer = self.zone_layer_combo.currentLayer()
+            if layer is None:
+                raise cd.ChartDataError("Choose a raster layer of zone numbers (and a zone) for the region")
+            name = self.zone_combo.currentData()
+            if name is None or name not in self._zones:
+                raise cd.ChartDataError("{} has no zone on the prediction grid".format(layer.name()))
+            return ("zone", layer.id(), name), "{}: {}".format(layer.name(), name), self._zones[name]
         if mode == MODE_FEATURE:
             layer = self.layer_combo.currentLayer()
             if layer is None:
@@ -735,7 +791,7 @@ class ImportanceDock(QgsDockWidget):
         self.pixel = px
         self._clear_pixel_plots()
         t = _epoch_seconds(px.dates)
-        txt = "Pixel row {}, col {} (x {:.6g}, y {:.6g})".format(px.row, px.col, px.x, px.y)
+        txt = "Pixel row {}, col {} (x {}, y {})".format(px.row, px.col, _fmt_coord(px.x), _fmt_coord(px.y))
         if px.station_id:
             txt += ", station {}".format(px.station_id)
         if not px.has_data:

@@ -1,0 +1,199 @@
+"""ismoe:evaluate: models (+ reference products, baselines) on a dataset -> metrics, report, importance."""
+import json
+import os
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProcessingException,
+                       QgsProcessingOutputFile, QgsProcessingOutputHtml, QgsProcessingOutputNumber,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
+                       QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterMultipleLayers, QgsProcessingParameterString)
+
+from .base import IsmoeAlgorithm
+from .common import check_writable, layer_source, optional_date
+from .qgis_compat import PARAM_FLAG_ADVANCED, SOURCE_FILE, SOURCE_RASTER, add_param_flags, optional
+
+try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
+    from qgis.core import QgsProcessing
+    _SOURCE_POLYGON = QgsProcessing.TypeVectorPolygon
+except AttributeError:  # pragma: no cover
+    from qgis.core import Qgis
+    _SOURCE_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
+
+PERIODS = ["test", "validation", "all"]
+BASELINES = ["persistence", "climatology"]
+DEVICES = ["auto", "cuda", "cpu"]
+
+
+class EvaluateAlgorithm(IsmoeAlgorithm):
+    MODELS, DATASET, REFERENCES, BASELINES = "MODELS", "DATASET", "REFERENCES", "BASELINES"
+    PERIOD, DATE_FROM, DATE_TO = "PERIOD", "DATE_FROM", "DATE_TO"
+    REGIONS, REGION_FIELD, DEVICE, OUTPUT = "REGIONS", "REGION_FIELD", "DEVICE", "OUTPUT"
+
+    def name(self):
+        return "evaluate"
+
+    def displayName(self):  # noqa: N802
+        return self.tr("Evaluate models and reference products")
+
+    def shortHelpString(self):  # noqa: N802
+        return self.tr(
+            "Scores trained models, reference soil-moisture products and simple baselines against the target of "
+            "a dataset: CC (Pearson r), RMSE, ubRMSE, bias and KGE (2009), overall, per location, per region and "
+            "per season (DJF/MAM/JJA/SON). Every model and product is scored on exactly the same samples (dates "
+            "x locations where the observation and every estimate are valid), so the rows compare fairly.\n\n"
+            "MODELS: one or more model files (.pt) from ismoe:train (ismoe, cnn_lstm, mean_expert). Each is "
+            "named by its file name in the report. They must have been trained on the dataset's factor set.\n"
+            "DATASET: the dataset file (.npz) from ismoe:preparedataset; its target is the observation.\n"
+            "REFERENCES: optional soil-moisture raster series (e.g. ERA5-Land swvl1, SMAP L3), one band per day "
+            "with dates; each is read onto the dataset grid and sampled at the target locations. Its layer name "
+            "is its name in the report. Use the same units as the target (m3/m3).\n"
+            "BASELINES: built-in references: persistence (yesterday's observed value; the models never see it, "
+            "so it is a benchmark, not a competitor) and climatology (the day-of-year mean of the training "
+            "period, 15-day window).\n"
+            "PERIOD: the dates scored: test (default), validation or all, from the training split stored in the "
+            "first model file. DATE_FROM / DATE_TO (YYYY-MM-DD, inclusive) override PERIOD.\n"
+            "REGIONS / REGION_FIELD: optional polygon layer (any CRS, reprojected to the dataset CRS) and the "
+            "field naming each region; target pixels whose centre is inside a polygon get its name (overlaps: "
+            "the later feature wins). Adds per-region metrics and per-region seasonal importance.\n"
+            "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU.\n"
+            "OUTPUT: a folder that receives metrics.csv, metrics.json, report.html (tables and plots: time "
+            "series, scatter with the 1:1 line, metrics by season and region, routing weights by month) and "
+            "seasonal_importance.csv (mean routing weight of each factor by month, season and day of year, per "
+            "region, of the first ISMoE model; further ISMoE models get seasonal_importance_<name>.csv). Files "
+            "are written to a temporary folder first: a failed or cancelled run leaves nothing behind.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.MODELS, self.tr("Model files (.pt)"),
+                                                               SOURCE_FILE))
+        self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"), extension="npz"))
+        self.addParameter(optional(QgsProcessingParameterMultipleLayers(
+            self.REFERENCES, self.tr("Reference soil-moisture products (raster series)"), SOURCE_RASTER)))
+        self.addParameter(optional(QgsProcessingParameterEnum(
+            self.BASELINES, self.tr("Baselines"), BASELINES, allowMultiple=True, defaultValue=[0, 1])))
+        self.addParameter(QgsProcessingParameterEnum(self.PERIOD, self.tr("Evaluation period"), PERIODS,
+                                                     defaultValue=0))
+        self.addParameter(optional(QgsProcessingParameterString(self.DATE_FROM, self.tr("From date (YYYY-MM-DD)"))))
+        self.addParameter(optional(QgsProcessingParameterString(self.DATE_TO, self.tr("To date (YYYY-MM-DD)"))))
+        self.addParameter(optional(QgsProcessingParameterFeatureSource(
+            self.REGIONS, self.tr("Regions (polygons)"), [_SOURCE_POLYGON])))
+        self.addParameter(optional(QgsProcessingParameterField(
+            self.REGION_FIELD, self.tr("Region name field"), parentLayerParameterName=self.REGIONS)))
+        self.addParameter(add_param_flags(QgsProcessingParameterEnum(
+            self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0), PARAM_FLAG_ADVANCED))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Evaluation folder")))
+        self.addOutput(QgsProcessingOutputFile("METRICS_CSV", self.tr("Metrics (CSV)")))
+        self.addOutput(QgsProcessingOutputFile("METRICS_JSON", self.tr("Metrics (JSON)")))
+        self.addOutput(QgsProcessingOutputHtml("REPORT", self.tr("Evaluation report")))
+        self.addOutput(QgsProcessingOutputFile("IMPORTANCE_CSV", self.tr("Seasonal importance (CSV)")))
+        self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", self.tr("Samples scored (common to all)")))
+
+    # ------------------------------------------------------------------ helpers
+    def _model_files(self, parameters, context):
+        raw = self.parameterAsFileList(parameters, self.MODELS, context) \
+            if hasattr(self, "parameterAsFileList") else parameters.get(self.MODELS) or []
+        if isinstance(raw, str):
+            raw = [raw]
+        files = []
+        for item in raw:
+            for part in str(item).split(";") if ";" in str(item) and not os.path.exists(str(item)) else [item]:
+                part = str(part).strip()
+                if part:
+                    files.append(part)
+        if not files:
+            raise QgsProcessingException(f"{self.MODELS}: no model file given: add at least one model (.pt) from "
+                                         f"ismoe:train")
+        out = {}
+        for f in files:
+            if not os.path.isfile(f):
+                raise QgsProcessingException(f"{self.MODELS}: model file not found: '{f}'")
+            base = os.path.splitext(os.path.basename(f))[0] or "model"
+            name, k = base, 2
+            while name in out:
+                name = f"{base} ({k})"
+                k += 1
+            out[name] = f
+        return out
+
+    def _references(self, parameters, context):
+        layers = self.parameterAsLayerList(parameters, self.REFERENCES, context) or []
+        refs = {}
+        for lyr in layers:
+            name = lyr.name() or os.path.splitext(os.path.basename(layer_source(lyr)))[0]
+            if name in refs:
+                raise QgsProcessingException(f"{self.REFERENCES}: two layers are named '{name}': rename one "
+                                             f"(layer names are the product names in the report)")
+            refs[name] = layer_source(lyr)
+        return refs
+
+    def _region_labels(self, parameters, context, feedback, cube):
+        source = self.parameterAsSource(parameters, self.REGIONS, context)
+        if source is None:
+            return None
+        field = self.parameterAsString(parameters, self.REGION_FIELD, context)
+        if field and source.fields().indexOf(field) < 0:
+            raise QgsProcessingException(f"{self.REGION_FIELD}: no field '{field}' in {self.REGIONS} "
+                                         f"(fields: {', '.join(source.fields().names())})")
+        dst = QgsCoordinateReferenceSystem.fromWkt(cube.grid["crs_wkt"])
+        if not dst.isValid():
+            raise QgsProcessingException(f"{self.DATASET}: the dataset has no valid CRS; cannot place {self.REGIONS}")
+        src = source.sourceCrs()
+        xform = QgsCoordinateTransform(src, dst, context.transformContext()) if src.isValid() and src != dst else None
+        polygons, used = [], set()
+        for feat in source.getFeatures():
+            geom = feat.geometry()
+            label = None
+            if field:
+                value = feat[field]
+                label = str(value) if value not in (None, "") and str(value) != "NULL" else None
+            name = label or f"feature {feat.id()}"
+            if geom is None or geom.isEmpty():
+                feedback.pushWarning(f"{self.REGIONS}: {name} has no geometry; skipped")
+                continue
+            if xform is not None:
+                geom.transform(xform)
+            polygons.append((name, json.loads(geom.asJson(12))))
+            used.add(name)
+        from ..model.evaluate import region_labels_from_polygons
+        labels = self.run_core(region_labels_from_polygons, cube, polygons)
+        n_in = sum(1 for v in labels if v is not None)
+        if n_in == 0:
+            raise QgsProcessingException(f"{self.REGIONS}: no target location of the dataset lies inside a polygon "
+                                         f"(after reprojection to the dataset CRS): check the layer and its CRS")
+        feedback.pushInfo(f"regions: {n_in} of {len(labels)} target locations in {len(set(labels) - {None})} "
+                          f"region(s)")
+        return labels
+
+    # ------------------------------------------------------------------ run
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.require_torch()
+        p = parameters
+        models = self._model_files(p, context)
+        path = self.parameterAsFile(p, self.DATASET, context)
+        if not path or not os.path.exists(path):
+            raise QgsProcessingException(f"{self.DATASET}: file not found: '{path}' (create it with "
+                                         f"ismoe:preparedataset)")
+        out = self.parameterAsString(p, self.OUTPUT, context)
+        check_writable(os.path.join(out, "x"), self.OUTPUT)
+        refs = self._references(p, context)
+        baselines = [BASELINES[i] for i in (self.parameterAsEnums(p, self.BASELINES, context) or [])]
+        date_from = optional_date(self.parameterAsString(p, self.DATE_FROM, context), self.DATE_FROM)
+        date_to = optional_date(self.parameterAsString(p, self.DATE_TO, context), self.DATE_TO)
+        if date_from and date_to and date_from > date_to:
+            raise QgsProcessingException(f"{self.DATE_FROM}: {date_from} is after {self.DATE_TO} {date_to}")
+        period = (date_from, date_to) if (date_from or date_to) else PERIODS[self.parameterAsEnum(p, self.PERIOD,
+                                                                                                   context)]
+        from ..data.cube import Cube
+        from ..model.evaluate import evaluate
+        cube = self.run_core(Cube.load, path)
+        labels = self._region_labels(p, context, feedback, cube)
+        feedback.pushInfo(f"evaluating {', '.join(models)}" + (f"; references {', '.join(refs)}" if refs else "")
+                          + (f"; baselines {', '.join(baselines)}" if baselines else ""))
+        res = self.run_core(evaluate, cube, models, refs, period, labels, out, self.callbacks(feedback),
+                            baselines=baselines, device=DEVICES[self.parameterAsEnum(p, self.DEVICE, context)])
+        overall = [r for r in res["rows"] if r["group_kind"] == "overall"]
+        for r in overall:
+            feedback.pushInfo(f"{r['model']:>24}: CC {r['cc']:.3f}  RMSE {r['rmse']:.4f}  ubRMSE {r['ubrmse']:.4f}  "
+                              f"bias {r['bias']:+.4f}  KGE {r['kge']:.3f}  (n {r['n']})")
+        paths = res["paths"]
+        return {self.OUTPUT: out, "METRICS_CSV": paths["csv"], "METRICS_JSON": paths["json"],
+                "REPORT": paths["html"], "IMPORTANCE_CSV": paths["importance"], "N_SAMPLES": res["n_samples"]}

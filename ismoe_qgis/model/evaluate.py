@@ -1,0 +1,550 @@
+"""Evaluation of trained models (and reference products) on a dataset cube.
+
+``evaluate(cube, models, references, ...)`` predicts every valid sample of an evaluation period
+with each model, reads reference soil-moisture products onto the cube's grid and dates, adds the
+built-in references (persistence, climatology), scores everything on exactly the same samples
+(``report.write_evaluation``) and writes::
+
+    <out_dir>/metrics.csv              one row per model/product and group (overall, location,
+                                       region, season)
+    <out_dir>/metrics.json             the same rows plus metadata
+    <out_dir>/report.html              tables and plots (self-contained)
+    <out_dir>/seasonal_importance.csv  mean routing weight per factor by month / season / day of
+                                       year and region, of the (first) ISMoE model
+    <out_dir>/seasonal_importance_<name>.csv   the same for every further ISMoE model
+
+Files are written to a temporary folder next to ``out_dir`` and moved in at the end: a failed or
+cancelled evaluation leaves no partial output.
+
+Samples. A sample is a (date, target location) of the period where the target is observed and
+the model has its full input window (``SEQ_LEN`` days, and with the model's gap policy ``skip``
+all inputs valid at the pixel), exactly the samples ``ismoe:train`` uses. Every model predicts
+all of its samples; the report then scores every model and product on the samples where the
+observation *and every* estimate are valid (the same-samples rule), so the rows of a group are
+comparable.
+
+Built-in references (``baselines``); the models never see them:
+
+- ``persistence``: yesterday's observed value of the target, ``obs[t - 1]`` (NaN when
+  yesterday was not observed). A strong benchmark for slowly varying soil moisture that a model
+  fed only meteorological factors cannot use.
+- ``climatology``: the day-of-year mean of the observed target over the training period (the
+  dates before the first model's validation start), per location, smoothed with a centred
+  ``climatology_window``-day (default 15) circular moving window; 29 February has its own slot.
+
+Pure numpy / torch / rasterio; no qgis or PyQt import.
+"""
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ..core_callbacks import ensure
+from ..data import rasters
+from ..data.cube import Cube, split_masks
+
+__all__ = [
+    "BASELINES", "PERIODS", "evaluate", "persistence", "climatology", "resolve_period",
+    "check_factor_set", "region_labels_from_polygons", "sample_reference",
+]
+
+BASELINES = ("persistence", "climatology")
+PERIODS = ("test", "validation", "all")
+_PERIOD_ALIASES = {"test": "test", "validation": "validation", "val": "validation", "all": "all",
+                   "train": "train", "training": "train"}
+IMPORTANCE_CSV = "seasonal_importance.csv"
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# --------------------------------------------------------------------------- built-in references
+def persistence(y, dates):
+    """Yesterday's observed value: ``out[t] = y[t - 1]`` when ``dates[t] - dates[t-1]`` is one day.
+
+    ``y``: (T, N) observed target, ``dates``: (T,) daily dates. Returns float32 (T, N), NaN where
+    yesterday is not in the series or was not observed.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    d = np.asarray(dates).astype("datetime64[D]")
+    out = np.full_like(y, np.nan)
+    if len(d) > 1:
+        consecutive = (d[1:] - d[:-1]) == np.timedelta64(1, "D")
+        out[1:] = np.where(consecutive[:, None], y[:-1], np.nan)
+    return out
+
+
+def _calendar_slot(dates):
+    """0..365: the day's position in a leap year (29 Feb = 59, 1 Mar = 60 in every year)."""
+    d = np.asarray(dates).astype("datetime64[D]")
+    month = d.astype("datetime64[M]").astype(np.int64) % 12       # 0..11
+    day = (d - d.astype("datetime64[M]")).astype(np.int64)          # 0..30
+    start = np.array([0, 31, 60, 91, 121, 152, 182, 213, 244, 274, 305, 335])
+    return start[month] + day
+
+
+def climatology(y, dates, train_mask, window: int = 15):
+    """Day-of-year mean of ``y`` over the dates of ``train_mask``, per location.
+
+    Slots are calendar days of a leap year (366, so 29 February keeps its own slot); the mean
+    of a slot pools the training values of the ``window`` calendar days centred on it
+    (circular over the year end; ``window=1``: the plain day-of-year mean). Returns float32
+    (T, N) for every date of ``dates`` (NaN where a slot had no training value).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    slots = _calendar_slot(dates)
+    train = np.asarray(train_mask, bool)
+    window = max(1, int(window))
+    N = y.shape[1]
+    sums = np.zeros((366, N))
+    counts = np.zeros((366, N))
+    sel = train[:, None] & np.isfinite(y)
+    for n in range(N):
+        ok = sel[:, n]
+        if ok.any():
+            sums[:, n] = np.bincount(slots[ok], weights=y[ok, n], minlength=366)
+            counts[:, n] = np.bincount(slots[ok], minlength=366)
+    if window > 1:
+        h = window // 2
+        idx = (np.arange(366)[:, None] + np.arange(-h, window - h)[None, :]) % 366   # 366, window
+        sums = sums[idx].sum(axis=1)
+        counts = counts[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return mean[slots].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- inputs
+def check_factor_set(cfg, cube: Cube, name: str = "model"):
+    """Raise ValueError naming the differing variables when the model's factor set is not the
+    dataset's. Returns the permutation of dataset variables into the model's order (None when the
+    order is the same)."""
+    mvars, dvars = list(cfg.variables), list(cube.variables)
+    if mvars == dvars and dict(cfg.factors) == dict(cube.factors):
+        return None
+    missing = [v for v in mvars if v not in dvars]
+    extra = [v for v in dvars if v not in mvars]
+
+    def fmt(factors):
+        return "; ".join(f"{f}: {', '.join(vs)}" for f, vs in factors.items())
+
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"variable(s) the model needs but the dataset lacks: {', '.join(missing)}")
+        if extra:
+            parts.append(f"variable(s) of the dataset the model was not trained on: {', '.join(extra)}")
+        raise ValueError(f"model '{name}' was trained on another factor set than the dataset: "
+                         f"{'; '.join(parts)}. Model factors [{fmt(cfg.factors)}], dataset factors "
+                         f"[{fmt(cube.factors)}]: evaluate it on a dataset prepared from the same layers")
+    if dict(cfg.factors) != dict(cube.factors):
+        diff = sorted(set(cfg.factors) ^ set(cube.factors)) + sorted(
+            f for f in set(cfg.factors) & set(cube.factors) if list(cfg.factors[f]) != list(cube.factors[f]))
+        raise ValueError(f"model '{name}' groups the variables into other factors than the dataset "
+                         f"(differing factor(s): {', '.join(diff)}). Model factors [{fmt(cfg.factors)}], "
+                         f"dataset factors [{fmt(cube.factors)}]")
+    return [dvars.index(v) for v in mvars]
+
+
+def _split_of(info, cube: Cube):
+    """(val_start, test_start) of a model's training split, as datetime64[D] or None."""
+    split = (info or {}).get("split") or {}
+    train_cfg = (info or {}).get("train") or {}
+    val = split.get("val")
+    test = split.get("test")
+    if split:
+        val_start = np.datetime64(val[0], "D") if val else None
+        if test:
+            test_start = np.datetime64(test[0], "D")
+        else:  # the model had no test period: nothing after the validation end
+            end = np.datetime64(val[1], "D") if val else cube.dates[-1]
+            test_start = end + np.timedelta64(1, "D")
+        if val_start is None:
+            val_start = test_start
+        return val_start, test_start
+    tr, va, te = split_masks(cube.dates, train_cfg.get("val_start"), train_cfg.get("test_start"))
+    val_start = cube.dates[va][0] if va.any() else (cube.dates[te][0] if te.any() else cube.dates[-1] + 1)
+    test_start = cube.dates[te][0] if te.any() else cube.dates[-1] + np.timedelta64(1, "D")
+    return val_start, test_start
+
+
+def resolve_period(cube: Cube, period, info=None):
+    """Boolean (T,) mask of the evaluation period and a label.
+
+    ``period``: 'test', 'validation' (or 'val'), 'all', 'train', or an explicit
+    ``(date_from, date_to)`` pair (ISO strings/dates; either may be None, both inclusive).
+    The split comes from ``info`` (a model's training info: its ``split``, else its
+    ``train.val_start/test_start``), else the default split of ``split_masks``.
+    """
+    dates = cube.dates
+    if isinstance(period, (tuple, list)):
+        if len(period) != 2:
+            raise ValueError(f"an explicit period is (date_from, date_to), got {period!r}")
+        lo = np.datetime64(str(period[0])[:10], "D") if period[0] not in (None, "") else None
+        hi = np.datetime64(str(period[1])[:10], "D") if period[1] not in (None, "") else None
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"DATE_FROM ({lo}) is after DATE_TO ({hi})")
+        mask = np.ones(len(dates), bool)
+        if lo is not None:
+            mask &= dates >= lo
+        if hi is not None:
+            mask &= dates <= hi
+        return mask, f"{lo or dates[0]} .. {hi or dates[-1]}"
+    key = _PERIOD_ALIASES.get(str(period or "test").strip().lower())
+    if key is None:
+        raise ValueError(f"PERIOD must be one of {', '.join(PERIODS)} or a (date_from, date_to) pair, "
+                         f"got {period!r}")
+    if key == "all":
+        return np.ones(len(dates), bool), "all dates"
+    if info is None:
+        tr, va, te = split_masks(dates)
+        masks = {"train": tr, "validation": va, "test": te}
+    else:
+        val_start, test_start = _split_of(info, cube)
+        masks = {"train": dates < val_start, "validation": (dates >= val_start) & (dates < test_start),
+                 "test": dates >= test_start}
+    return masks[key], f"{key} period"
+
+
+def train_mask_of(cube: Cube, info=None):
+    """(T,) mask of the training period of a model (dates before its validation start)."""
+    return resolve_period(cube, "train", info)[0]
+
+
+def sample_reference(source, cube: Cube, dates, name: str, log=None):
+    """A reference SM raster series on the cube grid at the target pixels: float32 (len(dates), N).
+
+    Raises ValueError when the series has no date in ``dates`` or no valid value at the targets.
+    """
+    info = rasters.open_series(source, name=name, log=log)
+    want = np.asarray(dates).astype("datetime64[D]")
+    common = np.intersect1d(info.dates, want)
+    if common.size == 0:
+        span = f"{info.dates.min()}..{info.dates.max()}" if info.dates.size else "no dates"
+        raise rasters.NoOverlapError(
+            f"reference '{name}' has no date in the evaluation period {want.min()}..{want.max()} (its dates: "
+            f"{span}): give a reference series that covers the period, or choose another period")
+    grid = rasters.Grid(**{k: cube.grid[k] for k in ("crs_wkt", "transform", "width", "height")})
+    rasters.check_overlap(grid, info, name)
+    rows, cols = cube.target_rows, cube.target_cols
+    r0, c0 = int(rows.min()), int(cols.min())
+    h, w = int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1
+    arr = rasters.read_window_aligned(info, grid, want, (r0, c0, h, w), allow_missing=True, name=name, log=log)
+    out = arr[:, rows - r0, cols - c0]
+    if not np.isfinite(out).any():
+        raise ValueError(f"reference '{name}' has no valid value at the target locations on the "
+                         f"{common.size} date(s) it shares with the evaluation period: check its nodata and extent")
+    return out.astype(np.float32, copy=False)
+
+
+def region_labels_from_polygons(cube: Cube, polygons, all_touched: bool = False):
+    """Region name of each target location from polygons in the dataset CRS.
+
+    ``polygons``: sequence of ``(name, geometry)`` with GeoJSON-like geometry dicts in the
+    dataset's CRS. Rasterised onto the dataset grid (a pixel belongs to a polygon when its
+    centre is inside, or any touch with ``all_touched``); where polygons overlap the later one
+    wins. Returns an object array (N,), None where a target is in no polygon.
+    """
+    from rasterio import features
+    grid = rasters.Grid(**{k: cube.grid[k] for k in ("crs_wkt", "transform", "width", "height")})
+    names = []
+    shapes = []
+    for name, geom in polygons:
+        if geom is None:
+            continue
+        names.append(str(name))
+        shapes.append((geom, len(names)))
+    labels = np.full(len(cube.target_rows), None, dtype=object)
+    if not shapes:
+        return labels
+    burned = features.rasterize(shapes, out_shape=(grid.height, grid.width), transform=grid.affine, fill=0,
+                                all_touched=all_touched, dtype="int32")
+    codes = burned[cube.target_rows, cube.target_cols]
+    for i, c in enumerate(codes):
+        if c > 0:
+            labels[i] = names[c - 1]
+    return labels
+
+
+def _model_names(models):
+    if isinstance(models, dict):
+        return {str(k): v for k, v in models.items()}
+    out = {}
+    for path in models:
+        base = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "model"
+        name, k = base, 2
+        while name in out:
+            name = f"{base} ({k})"
+            k += 1
+        out[name] = path
+    return out
+
+
+# --------------------------------------------------------------------------- main entry
+def evaluate(cube, models, references: Optional[Dict[str, object]] = None, period="test",
+             region_labels=None, out_dir=None, callbacks=None, *, baselines: Sequence[str] = BASELINES,
+             device: str = "cpu", climatology_window: int = 15, title: Optional[str] = None,
+             batch_size: int = 2048, importance_kinds=("month", "season", "doy")):
+    """Evaluate models and reference products on the samples of an evaluation period.
+
+    ``cube``: a :class:`Cube` or the path of a dataset file. ``models``: ``{name: model_path}``
+    (or a list of paths, named by file name). ``references``: ``{product name: raster source}``
+    (anything :func:`rasters.open_series` opens; band dates needed). ``period``: 'test',
+    'validation', 'all' or ``(date_from, date_to)`` (see :func:`resolve_period`; the split is the
+    first model's). ``region_labels``: optional (N,) region name per target location (None = in
+    no region). ``out_dir``: folder for the outputs (None: compute only). ``baselines``: built-in
+    references to add, any of ``('persistence', 'climatology')``. ``device``: 'cpu', 'auto' or
+    'cuda'.
+
+    Returns a dict: ``rows`` (metric rows), ``paths`` ({csv, json, html, importance: path or
+    None}), ``dates`` (T_p,), ``obs`` (T_p, N), ``estimates`` {name: (T_p, N)}, ``references``
+    [names], ``n_samples`` (the common scored samples), ``importance`` {model: ImportanceTable},
+    ``period`` (first, last date), ``models`` {name: {path, model_type, n_predicted}}.
+
+    Raises ValueError for: a model trained on another factor set (naming the variables), a
+    reference with no date in the period, an empty period, a target without valid values.
+    """
+    import torch
+
+    from . import importance as imp
+    from .io import load_model
+    from .report import write_evaluation
+    from .train import WindowSampler, autocast_dtype, predict_samples, resolve_device
+
+    cb = ensure(callbacks)
+    if isinstance(cube, (str, os.PathLike)):
+        cube = Cube.load(os.fspath(cube))
+    models = _model_names(models)
+    if not models:
+        raise ValueError("MODELS: no model file given: add at least one model from ismoe:train")
+    references = dict(references or {})
+    baselines = [b.strip().lower() for b in (baselines or ())]
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}: use {', '.join(BASELINES)}")
+    names = list(models) + list(references) + baselines
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"the name(s) {', '.join(dup)} are used twice among the models, reference products "
+                         f"and baselines: rename the file or layer")
+    if region_labels is not None and len(region_labels) != len(cube.target_rows):
+        raise ValueError(f"{len(region_labels)} region labels for {len(cube.target_rows)} target locations")
+
+    # --- target and period -------------------------------------------------------------------
+    if not np.isfinite(cube.y).any():
+        raise ValueError("the dataset's target has no valid value (all NaN): check the TARGET layer and its "
+                         "nodata, then prepare the dataset again")
+    loaded = {}
+    for i, (name, path) in enumerate(models.items()):
+        cb.check_cancel()
+        if not os.path.exists(os.fspath(path)):
+            raise FileNotFoundError(f"MODELS: model file not found: '{path}'")
+        model, cfg, info = load_model(os.fspath(path), "cpu")
+        perm = check_factor_set(cfg, cube, name)
+        loaded[name] = (model, cfg, info, perm)
+    first_info = next(iter(loaded.values()))[2]
+    pmask, plabel = resolve_period(cube, period, first_info)
+    if not pmask.any():
+        raise ValueError(f"the evaluation period ({plabel}) is empty: no date of the dataset "
+                         f"({cube.dates[0]}..{cube.dates[-1]}) falls in it; choose another period or dates")
+    pdates = cube.dates[pmask]
+    span = f"{pdates[0]}..{pdates[-1]}"
+    if not np.isfinite(cube.y[pmask]).any():
+        raise ValueError(f"the target has no valid value in the evaluation period ({plabel}, {span}): "
+                         f"choose another period or dates")
+    cb.log(f"evaluation period: {plabel}, {span} ({int(pmask.sum())} dates)")
+
+    # --- models ------------------------------------------------------------------------------
+    dev = resolve_device(device, cb.log)
+    T, N = cube.y.shape
+    t_of = np.full(T, -1, np.int64)
+    t_of[pmask] = np.arange(int(pmask.sum()))
+    estimates, model_meta, tables, notes = {}, {}, {}, []
+    samplers = {}
+    regions = None
+    if region_labels is not None:
+        labels = [None if (r is None or (isinstance(r, float) and np.isnan(r)) or str(r) == "") else str(r)
+                  for r in region_labels]
+        regions = np.asarray(labels, dtype=object)
+    for i, (name, (model, cfg, info, perm)) in enumerate(loaded.items()):
+        cb.check_cancel()
+        gap = ((info or {}).get("train") or {}).get("gap_policy", "skip")
+        view = dataclasses.replace(cube, x=cube.x if perm is None else cube.x[perm], variables=list(cfg.variables),
+                                   factors=dict(cfg.factors), patch_size=cfg.patch_size, seq_len=cfg.seq_len,
+                                   x_mean=list(cfg.x_mean), x_std=list(cfg.x_std))
+        key = (tuple(perm or ()), cfg.patch_size, tuple(cfg.x_mean), tuple(cfg.x_std))
+        if key not in samplers:
+            samplers.clear()   # one normalised copy of the cube at a time
+            samplers[key] = WindowSampler(view, dev)
+        sampler = samplers[key]
+        sampler.dt = torch.arange(-cfg.seq_len + 1, 1, device=sampler.dt.device)
+        t_idx, n_idx = view.sample_index(pmask, gap)
+        if len(t_idx) == 0:
+            raise ValueError(f"the evaluation period ({plabel}, {span}) has no valid sample for model '{name}' "
+                             f"(target observed and a full {cfg.seq_len}-day input window): choose a longer period")
+        model.to(dev)
+        amp = autocast_dtype(dev, bool(((info or {}).get("train") or {}).get("amp", True)))
+        est = np.full((len(pdates), N), np.nan, np.float32)
+        E = len(model.output_names)
+        is_moe = cfg.model_type == "ismoe"
+        if is_moe:
+            sums = np.zeros((len(pdates), E))
+            counts = np.zeros((len(pdates), E), np.int64)
+            if regions is not None:
+                rnames = [r for r in dict.fromkeys(regions.tolist()) if r is not None]
+                rcode = np.array([rnames.index(r) if r is not None else -1 for r in regions], np.int64)
+                rsums = np.zeros((len(rnames), len(pdates), E))
+                rcounts = np.zeros((len(rnames), len(pdates), E), np.int64)
+        chunk = max(batch_size, 8192)
+        for s in range(0, len(t_idx), chunk):
+            cb.check_cancel()
+            tt, nn = t_idx[s:s + chunk], n_idx[s:s + chunk]
+            y, w, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp)
+            tp = t_of[tt]
+            est[tp, nn] = y
+            if is_moe:
+                ok = np.isfinite(w)
+                wz = np.where(ok, w, 0.0)
+                for e in range(E):
+                    sums[:, e] += np.bincount(tp, weights=wz[:, e], minlength=len(pdates))
+                    counts[:, e] += np.bincount(tp, weights=ok[:, e], minlength=len(pdates)).astype(np.int64)
+                if regions is not None:
+                    rc = rcode[nn]
+                    inr = rc >= 0
+                    flat = rc[inr] * len(pdates) + tp[inr]
+                    size = len(rnames) * len(pdates)
+                    for e in range(E):
+                        rsums[:, :, e] += np.bincount(flat, weights=wz[inr, e], minlength=size).reshape(
+                            len(rnames), len(pdates))
+                        rcounts[:, :, e] += np.bincount(flat, weights=ok[inr, e], minlength=size).reshape(
+                            len(rnames), len(pdates)).astype(np.int64)
+            cb.progress(0.7 * (i + min(1.0, (s + chunk) / len(t_idx))) / len(loaded))
+        model.to("cpu")
+        estimates[name] = est
+        model_meta[name] = {"path": os.fspath(models[name]), "model_type": cfg.model_type,
+                            "n_predicted": int(len(t_idx)), "seq_len": cfg.seq_len, "patch_size": cfg.patch_size,
+                            "best_epoch": (info or {}).get("best_epoch")}
+        cb.log(f"{name} ({cfg.model_type}): {len(t_idx)} samples predicted")
+        if is_moe:
+            table = imp.importance_from_sums(pdates, sums, counts, model.output_names, imp.DEFAULT_REGION,
+                                             importance_kinds)
+            if regions is not None:
+                for k, rn in enumerate(rnames):
+                    if rcounts[k].sum() == 0:
+                        continue
+                    table = table.merge(imp.importance_from_sums(pdates, rsums[k], rcounts[k], model.output_names,
+                                                                 rn, importance_kinds))
+            tables[name] = table
+    samplers.clear()
+    del loaded
+
+    # --- references ------------------------------------------------------------------------
+    obs = cube.y[pmask]
+    ref_names = []
+    for j, (name, source) in enumerate(references.items()):
+        cb.check_cancel()
+        estimates[name] = sample_reference(source, cube, pdates, name, log=cb.log)
+        ref_names.append(name)
+        cb.progress(0.7 + 0.05 * (j + 1) / max(1, len(references)))
+    if "persistence" in baselines:
+        estimates["persistence"] = persistence(cube.y, cube.dates)[pmask]
+        ref_names.append("persistence")
+        notes.append("persistence: yesterday's observed value (a reference only; the models never see it)")
+    if "climatology" in baselines:
+        tmask = train_mask_of(cube, first_info)
+        if not np.isfinite(cube.y[tmask]).any():
+            raise ValueError("climatology needs observed target values in the training period "
+                             f"(before {_split_of(first_info, cube)[0]}); there are none: leave it out")
+        estimates["climatology"] = climatology(cube.y, cube.dates, tmask, climatology_window)[pmask]
+        ref_names.append("climatology")
+        tdates = cube.dates[tmask]
+        notes.append(f"climatology: day-of-year mean of the training period {tdates[0]}..{tdates[-1]}, "
+                     f"{climatology_window}-day window")
+        if (pmask & tmask).any():
+            notes.append("the evaluation period overlaps the training period: scores there are not independent")
+
+    # --- same samples: say what each estimate costs --------------------------------------------
+    obs_ok = np.isfinite(obs)
+    common = obs_ok.copy()
+    for name, e in estimates.items():
+        common &= np.isfinite(e)
+    n_common = int(common.sum())
+    for name, e in estimates.items():
+        own = int((obs_ok & np.isfinite(e)).sum())
+        if own == 0:
+            raise ValueError(f"'{name}' has no valid value on any observed sample of the evaluation period")
+        cb.log(f"{name}: {own} samples with an observation, {n_common} scored in common")
+    if n_common == 0:
+        raise ValueError("no sample of the evaluation period has an observation and a value of every model and "
+                         "reference: the estimates do not overlap (check the references' dates and extent)")
+    for name, e in estimates.items():
+        own = int((obs_ok & np.isfinite(e)).sum())
+        if own - n_common > 0.1 * own:
+            notes.append(f"{name}: {own} samples of its own, {n_common} in common with every other estimate")
+    for name in ref_names:  # different units (e.g. % vs m3/m3) are a common mistake
+        e = estimates[name][common]
+        o = obs[common]
+        if e.size and np.nanmean(o) != 0:
+            ratio = float(np.nanmean(e) / np.nanmean(o))
+            if ratio > 5 or ratio < 0.2:
+                notes.append(f"{name}: its mean is {ratio:.1f} times the observed mean: other units?")
+                cb.log(notes[-1])
+    cb.progress(0.8)
+
+    result = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names,
+              "n_samples": n_common, "importance": tables, "period": (str(pdates[0]), str(pdates[-1])),
+              "models": model_meta, "rows": None,
+              "paths": {"csv": None, "json": None, "html": None, "importance": None}}
+    moe_names = list(tables)
+    head_notes = [f"{n}: {m['model_type']} model {os.path.basename(m['path'])}, {m['n_predicted']} samples predicted"
+                  for n, m in model_meta.items()]
+    results = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names,
+               "location_ids": cube.location_labels(), "regions": regions, "same_samples": True,
+               "title": title or f"Soil moisture evaluation, {plabel} {span}",
+               "notes": head_notes + notes}
+    if out_dir is None:
+        from .report import evaluation_rows
+        if moe_names:
+            results["seasonal_importance"] = tables[moe_names[0]]
+        result["rows"] = evaluation_rows(results)
+        cb.progress(1.0)
+        return result
+
+    # --- write into a temporary folder, then move ------------------------------------------------
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".ismoe-evaluate-", dir=parent)
+    try:
+        files = []
+        if moe_names:
+            for k, name in enumerate(moe_names):
+                fname = IMPORTANCE_CSV if k == 0 else f"seasonal_importance_{_SAFE.sub('_', name)}.csv"
+                imp.write_importance_csv(tables[name], os.path.join(tmp, fname))
+                files.append(fname)
+            results["seasonal_importance"] = os.path.join(tmp, IMPORTANCE_CSV)
+            if len(moe_names) > 1:
+                results["notes"].append(f"seasonal importance shown for {moe_names[0]}; the other ISMoE models' "
+                                        f"are in seasonal_importance_<name>.csv")
+
+        def sub_progress(f):
+            cb.progress(0.8 + 0.19 * float(f))
+
+        from ..core_callbacks import Callbacks
+        rep = write_evaluation(tmp, results, Callbacks(progress=sub_progress, log=cb.log,
+                                                       is_cancelled=cb.is_cancelled))
+        files += [os.path.basename(rep[k]) for k in ("csv", "json", "html") if rep.get(k)]
+        cb.check_cancel()
+        os.makedirs(out_dir, exist_ok=True)
+        for f in files:
+            os.replace(os.path.join(tmp, f), os.path.join(out_dir, f))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["rows"] = rep["rows"]
+    result["paths"] = {"csv": os.path.join(out_dir, "metrics.csv"), "json": os.path.join(out_dir, "metrics.json"),
+                       "html": os.path.join(out_dir, "report.html"),
+                       "importance": os.path.join(out_dir, IMPORTANCE_CSV) if moe_names else None}
+    cb.progress(1.0)
+    return result

@@ -1,0 +1,234 @@
+"""prepare -> train -> predict through Processing (processing.run) and the real qgis_process binary,
+plus the bad-input cases of the foundation issue (clear message naming the parameter, no output)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+rasterio = pytest.importorskip("rasterio")
+
+from qgis.core import QgsProcessingException  # noqa: E402
+
+FAST_TRAIN = {"EPOCHS": 2, "SAMPLES_PER_EPOCH": 512, "BATCH_SIZE": 128, "HIDDEN": 16, "CONV_CHANNELS": 4,
+              "VAL_START": "2018-07-01", "TEST_START": "2018-10-01"}
+
+
+def factor_params(region, factors=None):
+    man = region.manifest
+    factors = factors or list(man["factors"])
+    layers = [os.path.join(region.path, man["layers"][v]) for f in factors for v in man["factors"][f]]
+    groups = ";".join(f"{f}={','.join(man['factors'][f])}" for f in factors)
+    return layers, groups
+
+
+@pytest.fixture(scope="module")
+def pipeline(demo_region, run_alg, tmp_path_factory):
+    """One prepare -> train -> predict run on the small demo region (size 24, 2 years)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    layers, groups = factor_params(demo_region)
+    ds = str(out / "ds.npz")
+    res_p, fb_p = run_alg("ismoe:preparedataset", {
+        "FACTORS": layers, "FACTOR_GROUPS": groups,
+        "TARGET": os.path.join(demo_region.path, demo_region.manifest["target"]),
+        "PATCH_SIZE": 5, "SEQ_LEN": 7, "OUTPUT": ds})
+    model = str(out / "model.pt")
+    log = str(out / "log.jsonl")
+    res_t, fb_t = run_alg("ismoe:train", {"DATASET": ds, "MODEL": 0, "DEVICE": 0, "OUTPUT": model, "LOG": log,
+                                          **FAST_TRAIN})
+    pred = str(out / "pred")
+    res_r, fb_r = run_alg("ismoe:predict", {"MODEL_FILE": model, "FACTORS": layers, "DATE_FROM": "2018-12-01",
+                                            "TILE_SIZE": 16, "OUTPUT": pred})
+    return dict(out=out, ds=ds, model=model, log=log, pred=pred, layers=layers, groups=groups,
+                res_p=res_p, res_t=res_t, res_r=res_r, fb_t=fb_t, fb_r=fb_r)
+
+
+def test_prepare_writes_aligned_cube(pipeline, demo_region):
+    from ismoe_qgis.data.cube import Cube
+    cube = Cube.load(pipeline["ds"])
+    size = demo_region.manifest["size"]
+    assert cube.x.shape == (11, demo_region.manifest["n_days"], size, size)
+    assert list(cube.factors) == list(demo_region.manifest["factors"])
+    assert cube.patch_size == 5 and cube.seq_len == 7
+    assert str(cube.dates[0]) == "2017-01-01"
+    assert pipeline["res_p"]["N_SAMPLES"] == int(np.isfinite(cube.y).sum()) == size * size * cube.n_dates
+
+
+def test_train_logs_epochs_and_metrics(pipeline):
+    res = pipeline["res_t"]
+    assert os.path.exists(pipeline["model"])
+    rows = [json.loads(line) for line in open(pipeline["log"])]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in rows)
+    assert -1 <= res["VAL_CC"] <= 1 and res["TEST_RMSE"] > 0
+    assert "epoch 2/2" in pipeline["fb_t"].text
+    from ismoe_qgis.model.io import load_model
+    _, cfg, info = load_model(pipeline["model"])
+    assert cfg.factors == {f: v for f, v in cfg.factors.items()} and cfg.patch_size == 5
+    assert cfg.version and len(cfg.x_mean) == 11 and info["split"]["test"][0] == "2018-10-01"
+
+
+def test_predict_writes_sm_and_weights(pipeline, demo_region):
+    pred = pipeline["pred"]
+    man = json.load(open(os.path.join(pred, "prediction.json")))
+    factors = list(demo_region.manifest["factors"])
+    assert man["factors"] == factors
+    assert man["dates"][0] == "2018-12-01" and man["dates"][-1] == "2018-12-31"
+    with rasterio.open(os.path.join(demo_region.path, demo_region.manifest["target"])) as ref:
+        crs, transform = ref.crs, ref.transform
+    with rasterio.open(os.path.join(pred, "sm.tif")) as ds:
+        assert ds.count == 31 and ds.nodata == -9999
+        assert ds.descriptions[0] == "2018-12-01"
+        assert ds.crs == crs and ds.transform == transform
+        sm = ds.read()
+    assert np.isfinite(sm).all() and 0.0 < sm.mean() < 0.6
+    total = np.zeros_like(sm)
+    for f in factors:
+        with rasterio.open(os.path.join(pred, f"weight_{f}.tif")) as ds:
+            w = ds.read()
+        assert w.min() >= 0 and w.max() <= 1
+        total += w
+    np.testing.assert_allclose(total, 1.0, atol=1e-4)
+    assert pipeline["res_r"]["N_DATES"] == 31
+    assert pipeline["res_r"]["SM"] == os.path.join(pred, "sm.tif")
+
+
+def test_qgis_process_json_train_baseline(pipeline, qgis_process):
+    """The real qgis_process binary with --json: a cnn_lstm baseline on the same dataset."""
+    model = str(pipeline["out"] / "cnn.pt")
+    r = qgis_process.run("ismoe:train", {"DATASET": pipeline["ds"], "MODEL": 1, "OUTPUT": model, **FAST_TRAIN})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.json["results"]["OUTPUT"] == model
+    assert r.json["results"]["BEST_EPOCH"] in (1, 2)
+    from ismoe_qgis.model.io import load_model
+    m, cfg, _ = load_model(model)
+    assert cfg.model_type == "cnn_lstm" and m.output_names == ["all"]
+
+
+def test_model_builder_chain(demo_region, qgis_process, tmp_path, repo_root):
+    """The shipped .model3 chains prepare -> train -> predict headless."""
+    model3 = os.path.join(repo_root, "models", "ismoe_prepare_train_predict.model3")
+    assert os.path.exists(model3)
+    layers, groups = factor_params(demo_region)
+    params = {"factors": layers, "factor_groups": groups,
+              "target": os.path.join(demo_region.path, demo_region.manifest["target"]),
+              "epochs": 1, "prediction": str(tmp_path / "pred")}
+    r = qgis_process.run(model3, params, timeout=900)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    with rasterio.open(tmp_path / "pred" / "sm.tif") as ds:
+        assert ds.count > 0 and ds.descriptions[0]
+    assert len([p for p in os.listdir(tmp_path / "pred") if p.startswith("weight_")]) == 6
+
+
+# ---------------------------------------------------------------- bad input: one test each
+def _expect_error(run_alg, alg, params, *words):
+    with pytest.raises(QgsProcessingException) as e:
+        run_alg(alg, params)
+    msg = str(e.value)
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_no_factor_layers(run_alg, demo_region, tmp_path):
+    out = tmp_path / "ds.npz"
+    _expect_error(run_alg, "ismoe:preparedataset",
+                  {"FACTORS": [], "TARGET": os.path.join(demo_region.path, "soil_moisture.tif"), "OUTPUT": str(out)},
+                  "FACTORS")
+    assert not out.exists()
+
+
+def test_band_count_does_not_match_dates(run_alg, demo_region, tmp_path):
+    from ismoe_qgis.data.rasters import Grid
+    src = os.path.join(demo_region.path, "t2m.tif")
+    with rasterio.open(src) as ds:
+        prof = ds.profile
+        arr = ds.read(list(range(1, 11)))
+    bad = tmp_path / "t2m_bad.tif"
+    prof.update(count=10)
+    with rasterio.open(bad, "w", **prof) as ds:
+        ds.write(arr)
+        for i in range(1, 10):
+            ds.set_band_description(i, f"2017-01-{i:02d}")   # band 10 has no date
+    out = tmp_path / "ds.npz"
+    _expect_error(run_alg, "ismoe:preparedataset",
+                  {"FACTORS": [str(bad)], "TARGET": os.path.join(demo_region.path, "soil_moisture.tif"),
+                   "OUTPUT": str(out)}, "t2m_bad")
+    assert not out.exists()
+
+
+def test_no_overlap_in_space(run_alg, demo_region, tmp_path):
+    src = os.path.join(demo_region.path, "t2m.tif")
+    with rasterio.open(src) as ds:
+        prof, arr, desc = ds.profile, ds.read(), ds.descriptions
+    far = tmp_path / "far.tif"
+    t = prof["transform"]
+    prof["transform"] = rasterio.Affine(t.a, t.b, t.c + 1e6, t.d, t.e, t.f)
+    with rasterio.open(far, "w", **prof) as ds:
+        ds.write(arr)
+        for i, d in enumerate(desc, 1):
+            ds.set_band_description(i, d)
+    out = tmp_path / "ds.npz"
+    msg = _expect_error(run_alg, "ismoe:preparedataset",
+                        {"FACTORS": [src], "TARGET": str(far), "OUTPUT": str(out)}, "TARGET")
+    assert "overlap" in msg.lower()
+    assert not out.exists()
+
+
+def test_no_overlap_in_time(run_alg, demo_region, tmp_path):
+    src = os.path.join(demo_region.path, "t2m.tif")
+    with rasterio.open(src) as ds:
+        prof, arr = ds.profile, ds.read(list(range(1, 31)))
+    later = tmp_path / "sm_2030.tif"
+    prof.update(count=30)
+    with rasterio.open(later, "w", **prof) as ds:
+        ds.write(arr)
+        for i in range(1, 31):
+            ds.set_band_description(i, f"2030-01-{i:02d}")
+    out = tmp_path / "ds.npz"
+    msg = _expect_error(run_alg, "ismoe:preparedataset",
+                        {"FACTORS": [src], "TARGET": str(later), "OUTPUT": str(out)}, "TARGET")
+    assert "common" in msg
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("patch", [4, 0, -3])
+def test_patch_size_even_or_too_small(run_alg, demo_region, tmp_path, patch):
+    out = tmp_path / "ds.npz"
+    _expect_error(run_alg, "ismoe:preparedataset",
+                  {"FACTORS": [os.path.join(demo_region.path, "t2m.tif")],
+                   "TARGET": os.path.join(demo_region.path, "soil_moisture.tif"), "PATCH_SIZE": patch,
+                   "OUTPUT": str(out)}, "PATCH_SIZE", "odd")
+    assert not out.exists()
+
+
+def test_sequence_longer_than_series(run_alg, demo_region, tmp_path):
+    out = tmp_path / "ds.npz"
+    _expect_error(run_alg, "ismoe:preparedataset",
+                  {"FACTORS": [os.path.join(demo_region.path, "t2m.tif")],
+                   "TARGET": os.path.join(demo_region.path, "soil_moisture.tif"), "SEQ_LEN": 5000,
+                   "OUTPUT": str(out)}, "SEQ_LEN", "longer")
+    assert not out.exists()
+
+
+def test_predict_with_other_factor_set(pipeline, run_alg, demo_region, tmp_path):
+    layers = [os.path.join(demo_region.path, "t2m.tif"), os.path.join(demo_region.path, "precipitation.tif")]
+    out = tmp_path / "pred"
+    _expect_error(run_alg, "ismoe:predict", {"MODEL_FILE": pipeline["model"], "FACTORS": layers,
+                                             "OUTPUT": str(out)}, "FACTORS", "snow_depth")
+    assert not (out / "sm.tif").exists()
+
+
+def test_train_cancel_keeps_best_model(pipeline, run_alg, recording_feedback, tmp_path):
+    """Cancel during epoch 2: the model of epoch 1 is kept and the log says so."""
+    model = tmp_path / "m.pt"
+    fb = recording_feedback(cancel_at_progress=60)
+    res, fb = run_alg("ismoe:train", {"DATASET": pipeline["ds"], "OUTPUT": str(model), **FAST_TRAIN}, feedback=fb)
+    assert model.exists() and res["BEST_EPOCH"] == 1
+    assert "cancel" in fb.text.lower()
+
+
+def test_missing_dataset_file(run_alg, tmp_path):
+    _expect_error(run_alg, "ismoe:train", {"DATASET": str(tmp_path / "nope.npz"), "OUTPUT": str(tmp_path / "m.pt")},
+                  "DATASET")
