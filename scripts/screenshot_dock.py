@@ -99,7 +99,6 @@ def render(args, app, widgets):
     from qgis.PyQt.QtCore import Qt
     from qgis.PyQt.QtWidgets import QMainWindow
 
-    from ismoe_qgis.ui import chartdata as cd
     from ismoe_qgis.ui.dock import ImportanceDock
 
     width, height = (int(v) for v in args.size.lower().split("x"))

@@ -7,7 +7,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_geom
 
 from ismoe_qgis.model import importance as imp
-from prediction_fixtures import CRS, RES, X0, Y0, make_prediction_folder
+from prediction_fixtures import CRS, X0, Y0, make_prediction_folder
 
 FACTORS = ["snow", "radiation", "wind"]
 

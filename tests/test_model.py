@@ -104,6 +104,14 @@ def test_streamed_folder_equals_patch(tmp_path, tile, time_chunk):
         np.testing.assert_allclose(wf[mask], w_ref[e][mask], rtol=1e-4, atol=1e-5)
     meta = json.loads((out / "prediction.json").read_text())
     assert meta["factors"] == list(FACTORS)
+    # whole-area seasonal importance written in the same pass
+    from ismoe_qgis.model.importance import read_importance_csv
+    table = read_importance_csv(out / "importance.csv")
+    months = table.get("all", "month")
+    dec = np.array([d.startswith("2020-12") for d in man["dates"]])
+    col = months.periods.index(12) if 12 in list(months.periods) else list(months.periods).index("12")
+    expect = w_ref[0][dec][mask[dec]].mean()
+    assert months.mean[col, 0] == pytest.approx(expect, rel=1e-4)
     assert not [p for p in out.iterdir() if p.name.startswith(".ismoe")]   # no temp leftovers
 
 

@@ -176,9 +176,14 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
             for ds in dsts.values():
                 for i, d in enumerate(iso, start=1):
                     ds.set_band_description(i, d)
+            w_sums = np.zeros((T, len(names)), np.float64)    # whole-area seasonal importance, same pass
+            w_counts = np.zeros((T, len(names)), np.int64)
             for r0, c0, o0, o1, sm, wts in iter_tile_predictions(
                     model, read_block, grid["height"], grid["width"], 0, T, doy_all, tile_size, time_chunk,
                     device, amp_dtype, cb):
+                valid = np.isfinite(sm)
+                w_sums[o0:o1] += np.where(valid, wts, 0.0).sum(axis=(2, 3)).T
+                w_counts[o0:o1] += valid.sum(axis=(1, 2))[:, None]
                 win = Window(c0, r0, sm.shape[2], sm.shape[1])
                 idx = list(range(o0 + 1, o1 + 1))
                 dsts["sm"].write(np.nan_to_num(sm, nan=NODATA), indexes=idx, window=win)
@@ -189,12 +194,15 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                 ds.close()
         if cog:
             _to_cog(tmp, files)
+        from .importance import importance_from_sums, write_importance_csv
+        write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names),
+                             os.path.join(tmp, "importance.csv"))
         manifest = {"factors": names, "dates": [str(d) for d in out_dates], "sm": files["sm"],
-                    "weights": {f: files[f] for f in names}, "model_type": cfg.model_type,
-                    "nodata": NODATA, **(extra_meta or {})}
+                    "weights": {f: files[f] for f in names}, "importance": "importance.csv",
+                    "model_type": cfg.model_type, "nodata": NODATA, **(extra_meta or {})}
         with open(os.path.join(tmp, "prediction.json"), "w") as f:
             json.dump(manifest, f, indent=1)
-        for fn in list(files.values()) + ["prediction.json"]:
+        for fn in list(files.values()) + ["importance.csv", "prediction.json"]:
             os.replace(os.path.join(tmp, fn), os.path.join(out_dir, fn))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

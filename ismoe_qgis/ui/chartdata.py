@@ -112,7 +112,8 @@ def open_prediction(path: str) -> PredictionFolder:
         if os.path.basename(path).lower() == PREDICTION_JSON:
             path = os.path.dirname(path)
         elif path.lower().endswith(".csv"):
-            raise ChartDataError("{} is a CSV file, not a prediction folder; open it as an importance CSV.".format(path))
+            raise ChartDataError("{} is a CSV file, not a prediction folder; open it as an importance "
+                                 "CSV.".format(path))
         else:
             raise ChartDataError("{} is a file; choose the prediction folder that holds it.".format(path))
     if not os.path.isdir(path):
@@ -217,7 +218,8 @@ def open_prediction(path: str) -> PredictionFolder:
         except ValueError as exc:
             raise ChartDataError("prediction.json dates could not be read: {}".format(exc))
         if len(dates) != count:
-            raise ChartDataError("prediction.json lists {} dates but the rasters have {} bands".format(len(dates), count))
+            raise ChartDataError("prediction.json lists {} dates but the rasters have {} bands".format(
+                len(dates), count))
     else:
         try:
             dates = imp.as_dates([d for d in descriptions])
@@ -410,7 +412,8 @@ def region_mask(folder: PredictionFolder, region: Region = None, name: str = "re
         if hasattr(geom, "__geo_interface__"):
             geom = geom.__geo_interface__
         if not isinstance(geom, dict) or "type" not in geom:
-            raise ChartDataError("{}: the polygon must be a GeoJSON-like dict with 'type' and 'coordinates'".format(name))
+            raise ChartDataError("{}: the polygon must be a GeoJSON-like dict with 'type' and "
+                                 "'coordinates'".format(name))
         if geom["type"] not in ("Polygon", "MultiPolygon", "GeometryCollection"):
             raise ChartDataError("{} is a {}, not a polygon".format(name, geom["type"]))
         if _needs_reprojection(folder, region.crs):
