@@ -8,7 +8,10 @@ Writes two dated GeoTIFF factor layers per size (smooth fields + noise, one band
 descriptions, tiled + compressed) and a tiny random model (ModelConfig / SoilMoistureNet saved with
 model.io.save_model: 2 factors, patch 3, 7 days, hidden 8), then runs
 ``ismoe_qgis.model.predict.predict_layers`` once per size, each in a FRESH subprocess, and reads
-that process's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``).
+that process's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; on Linux also
+``VmHWM`` from /proc/self/status). The inputs and the model are written by another subprocess and
+the parent imports nothing heavy: Linux keeps ru_maxrss across fork + exec, so a parent holding
+torch/numpy would raise the children's floor.
 
 Prediction streams tile by tile, so the peak must not grow with the raster: the issue's target is
 peak(large) <= 1.5 x peak(small). Default sizes 512x512 and 2048x2048 (``--small``: 256 and 1024).
@@ -41,6 +44,18 @@ def rss_mib():
     """Peak RSS of this process so far, MiB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def hwm_mib():
+    """VmHWM (peak RSS of this process image, Linux only), MiB, or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -98,19 +113,29 @@ def child(args):
     man = predict_layers(args.model, layers, args.pred, tile_size=args.tile_size, time_chunk=args.time_chunk,
                          device=args.device, callbacks=Callbacks(log=lambda m: None))
     seconds = time.perf_counter() - t0
-    print(json.dumps({"floor_rss_mib": floor, "peak_rss_mib": rss_mib(), "seconds": seconds,
-                      "output_dates": len(man["dates"])}), flush=True)
+    print(json.dumps({"floor_rss_mib": floor, "peak_rss_mib": rss_mib(), "vmhwm_mib": hwm_mib(),
+                      "seconds": seconds, "output_dates": len(man["dates"]), "device": args.device}), flush=True)
     return 0
 
 
-def run_child(size, layers, model, pred, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model, "--pred", pred,
-           "--layers", json.dumps(layers), "--tile-size", str(args.tile_size), "--time-chunk", str(args.time_chunk),
-           "--device", args.device, "--threads", str(args.threads)]
+def setup(args):
+    """Runs in its own process: the model (once) and the layers of one size."""
+    if not os.path.exists(args.model):
+        write_model(args.model)
+    layers = json.loads(args.layers)
+    for seed, path in enumerate(layers.values()):
+        write_layer(path, args.size, args.days, seed)
+    return 0
+
+
+def run_sub(args, *extra):
+    cmd = [sys.executable, os.path.abspath(__file__), *map(str, extra), "--tile-size", str(args.tile_size),
+           "--time-chunk", str(args.time_chunk), "--device", args.device, "--threads", str(args.threads),
+           "--days", str(args.days)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"size {size}: the measuring process failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{' '.join(map(str, extra[:3]))}: the subprocess failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
 
 
 # ----------------------------------------------------------------------------- main
@@ -132,6 +157,8 @@ def main(argv=None):
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--pred", help=argparse.SUPPRESS)
     ap.add_argument("--layers", help=argparse.SUPPRESS)
+    ap.add_argument("--setup", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.threads:
         try:
@@ -140,6 +167,8 @@ def main(argv=None):
             args.threads = os.cpu_count() or 1
     if args.child:
         return child(args)
+    if args.setup:
+        return setup(args)
 
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([256, 1024] if args.small else [512, 2048])
     if len(sizes) != 2 or min(sizes) < 16:
@@ -155,23 +184,21 @@ def main(argv=None):
                "target_ratio": TARGET_RATIO, "runs": []}
     try:
         model = os.path.join(work, "tiny.pt")
-        write_model(model)
         for size in sizes:
             t0 = time.perf_counter()
-            layers = {}
-            for seed, (_, vs) in enumerate(VARIABLES.items()):
-                for v in vs:
-                    layers[v] = os.path.join(work, f"{v}_{size}.tif")
-                    write_layer(layers[v], size, args.days, seed)
+            layers = {v: os.path.join(work, f"{v}_{size}.tif") for vs in VARIABLES.values() for v in vs}
+            run_sub(args, "--setup", "--size", size, "--model", model, "--layers", json.dumps(layers))
             t_write = time.perf_counter() - t0
             pred = os.path.join(work, f"pred_{size}")
             print(f"size {size}x{size}: inputs written in {t_write:.1f}s, predicting in a fresh process ...",
                   flush=True)
-            r = run_child(size, layers, model, pred, args)
+            out = run_sub(args, "--child", "--model", model, "--pred", pred, "--layers", json.dumps(layers))
+            r = json.loads(out.strip().splitlines()[-1])
             r.update(size=size, pixels=size * size, input_mib=sum(os.path.getsize(p) for p in layers.values()) / 2 ** 20,
                      increment_mib=r["peak_rss_mib"] - r["floor_rss_mib"])
             results["runs"].append(r)
-            print(f"  peak RSS {r['peak_rss_mib']:.0f} MiB (after imports + model {r['floor_rss_mib']:.0f} MiB, "
+            print(f"  peak RSS {r['peak_rss_mib']:.0f} MiB (VmHWM {r['vmhwm_mib'] or float('nan'):.0f}; after imports + "
+                  f"model {r['floor_rss_mib']:.0f} MiB, "
                   f"+{r['increment_mib']:.0f} MiB while predicting), {r['seconds']:.1f}s, "
                   f"{r['output_dates']} output dates", flush=True)
             if not args.keep:

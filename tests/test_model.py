@@ -260,3 +260,26 @@ def test_sample_index_skips_gaps():
     assert not bad.any()
     t2, n2 = cube.sample_index(np.ones(cube.n_dates, bool), "fill")
     assert len(t2) == (cube.n_dates - L + 1) * len(cube.target_rows) > len(t)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    from ismoe_qgis.model.train import TrainConfig, train
+    cube = small_cube(T=60)
+    cfg = TrainConfig(epochs=2, batch_size=32, samples_per_epoch=128, val_samples=64, seed=3)
+    opts = dict(conv_channels=4, hidden=8, router_hidden=6)
+    r1 = train(cube, str(tmp_path / "a.pt"), "ismoe", cfg, opts)
+    r2 = train(cube, str(tmp_path / "b.pt"), "ismoe", cfg, opts)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in r1["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in r2["history"]]
+    assert r1["val_cc"] == r2["val_cc"]
+    cfg.seed = 4
+    r3 = train(cube, str(tmp_path / "c.pt"), "ismoe", cfg, opts)
+    assert r3["history"][0]["train_loss"] != r1["history"][0]["train_loss"]
+
+
+def test_train_rejects_empty_split(tmp_path):
+    from ismoe_qgis.model.train import TrainConfig, train
+    cube = small_cube(T=30)
+    with pytest.raises(ValueError, match="validation period has no valid sample"):
+        train(cube, str(tmp_path / "m.pt"), "ismoe", TrainConfig(val_start="2021-01-17", test_start="2021-01-17"))
+    assert not (tmp_path / "m.pt").exists()
