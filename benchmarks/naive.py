@@ -142,10 +142,13 @@ def naive_patch_windows(xt_np: np.ndarray, L: int, k: int, t_idx: np.ndarray, p_
 def copy_weights_from(naive: NaiveMoE, model) -> None:
     """Load a SoilMoistureNet's (ismoe, expert_states router) weights into the naive model, so the
     benchmark can check that both compute the same function (a sanity check of the reference).
-    Follows networks.GroupedConvStack: w1 (E, C, vmax), b1 (E, C), wk (E, C, C*k*k), bk (E, C)."""
+    Follows networks.GroupedConvStack: w1 (E, C, vmax), b1 (E, C), wk (E, C, C*k*k), bk (E, C), and
+    ExpertBank's LSTM gate order (i, f, o, g). The benchmark prints the largest difference, so a
+    change of architecture that this function does not follow shows up at once."""
     bank, router = model.experts, model.router
     cnn = bank.cnn
-    C, k = cnn.C, cnn.k
+    C, k, H = cnn.C, cnn.k, bank.H
+    perm = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
     with torch.no_grad():
         for e, (idx, ex) in enumerate(zip(naive.factor_index, naive.experts)):
             convs = [m for m in ex.cnn if isinstance(m, nn.Conv2d)]
@@ -154,9 +157,10 @@ def copy_weights_from(naive: NaiveMoE, model) -> None:
             if k > 1:
                 convs[1].weight.copy_(cnn.wk[e].reshape(C, C, k, k))
                 convs[1].bias.copy_(cnn.bk[e])
-            ex.lstm.weight_ih_l0.copy_(bank.w_ih[e].t())
-            ex.lstm.weight_hh_l0.copy_(bank.w_hh[e].t())
-            ex.lstm.bias_ih_l0.copy_(bank.b[e])
+            # the bank's gate order is (i, f, o | g); nn.LSTM's is (i, f, g, o)
+            ex.lstm.weight_ih_l0.copy_(bank.w_ih[e][:, perm].t())
+            ex.lstm.weight_hh_l0.copy_(bank.w_hh[e][:, perm].t())
+            ex.lstm.bias_ih_l0.copy_(bank.b[e][perm])
             ex.lstm.bias_hh_l0.zero_()
             ex.out.weight.copy_(bank.w_out[e][None, :])
             ex.out.bias.copy_(bank.b_out[e:e + 1])

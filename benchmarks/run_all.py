@@ -66,10 +66,10 @@ SIZES = {
                   "cpu": {"warmup": 2, "rounds": 3, "steps": 2},
                   "cuda": {"warmup": 10, "rounds": 5, "steps": 20},
                   "cpu_ref_on_gpu": {"warmup": 1, "rounds": 1, "steps": 3}},
-        "predict": {"tile": 48, "days": 30, "patch_batch": 2048,
-                    "cpu": {"rounds": 2, "naive_pixel_days": 4096},
+        "predict": {"tile": 32, "days": 30, "patch_batch": 1024,
+                    "cpu": {"rounds": 2, "naive_pixel_days": 2048},
                     "cuda": {"rounds": 5, "naive_pixel_days": 32768}},
-        "e2e": {"size": 256, "days": 30, "tile_size": 128, "time_chunk": 64},
+        "e2e": {"size": 128, "days": 30, "tile_size": 64, "time_chunk": 64},
         "scaling": {"T": 64, "H": 24, "W": 24, "targets": 300, "batch": 256, "tile": 24, "days": 8,
                     "cpu": {"warmup": 1, "rounds": 2, "steps": 1},
                     "cuda": {"warmup": 5, "rounds": 3, "steps": 10}},
@@ -88,6 +88,7 @@ SIZES = {
                     "cuda": {"warmup": 10, "rounds": 5, "steps": 20}},
     },
 }
+REF_TOL = 1e-4   # naive reference vs ours, same weights: larger means naive.py no longer follows networks.py
 TARGETS = {   # (part, comparison, device type) -> minimum ratio (issue 6)
     ("train", "ours/naive", "cpu"): 2.0,
     ("predict", "tile/naive_patch", "cpu"): 10.0,
@@ -312,6 +313,8 @@ def bench_train(S, device, args):
                      "conv_channels": CONV_CHANNELS, "batch": B,
                      "cube": [11, cfg["T"], cfg["H"], cfg["W"]], "targets": cfg["targets"]},
            "reference_check": check_reference(cube, device), "rows": [], "ratios": []}
+    rc = res["reference_check"]
+    rc["ok"] = rc["same_windows"] and rc["max_abs_diff_y"] < REF_TOL and rc["max_abs_diff_weights"] < REF_TOL
     log(f"  reference check: {res['reference_check']}")
     dev_cfg = cfg["cuda" if device.type == "cuda" else "cpu"]
     trainers, dev_of, meta = {}, {}, {}
@@ -332,6 +335,7 @@ def bench_train(S, device, args):
     for n in trainers:
         dev_of[n] = device
     times, errors = time_trainers(trainers, cube, B, dev_of, dev_cfg["warmup"], dev_cfg["rounds"], dev_cfg["steps"])
+    log("  " + ", ".join(f"{n} {1e3 * median(v):.0f} ms/step" for n, v in times.items() if v))
     if device.type == "cuda":   # our own CPU training, few steps, for the GPU-vs-CPU ratio
         c = cfg["cpu_ref_on_gpu"]
         cpu = torch.device("cpu")
@@ -391,8 +395,8 @@ def bench_predict(S, device, args):
     pb = cfg["patch_batch"]
     amp = autocast_dtype(device, True)
 
-    def run_tile(amp_dtype=None):
-        sm, w = inference.predict_tile(model, xt, doy, amp_dtype=amp_dtype)
+    def run_tile(amp_dtype=None, **kw):
+        sm, w = inference.predict_tile(model, xt, doy, amp_dtype=amp_dtype, **kw)
         return sm, w
 
     def run_patches(net, is_naive):
@@ -410,14 +414,24 @@ def bench_predict(S, device, args):
             "ours_patch": (lambda: run_patches(model, False), n_naive)}
     if amp is not None:
         jobs["ours_tile_amp"] = (lambda: run_tile(amp), P * T)
+    if device.type == "cpu" and args.cpu_chunk_windows:
+        # tuning information, not the verdict: the same call with a cache-sized window chunk
+        cw = args.cpu_chunk_windows
+        jobs[f"ours_tile_cw{cw}"] = (lambda: run_tile(None, chunk_windows=cw), P * T)
     # warm-up + check: tile prediction == patch prediction of the naive reference on the subset
     sm, _ = jobs["ours_tile"][0]()
     y_naive = jobs["naive_patch"][0]()
     jobs["ours_patch"][0]()
     sm_sub = sm.permute(1, 2, 0).reshape(P, T)[p_idx, t_idx]
     check = float((sm_sub - y_naive).abs().max())
-    if "ours_tile_amp" in jobs:
-        jobs["ours_tile_amp"][0]()
+    errors = {}
+    for n in [j for j in jobs if j.startswith("ours_tile_")]:
+        try:
+            jobs[n][0]()
+        except Exception as e:   # e.g. an autocast dtype mismatch: report it, keep the other rows
+            errors[n] = f"{type(e).__name__}: {e}"
+            log(f"  {n} failed: {errors[n]}")
+            del jobs[n]
     sync(device)
     times = {n: [] for n in jobs}
     for _ in range(dcfg["rounds"]):
@@ -427,19 +441,25 @@ def bench_predict(S, device, args):
             fn()
             sync(device)
             times[n].append(time.perf_counter() - t0)
+    log("  " + ", ".join(f"{n} {median(v):.2f}s" for n, v in times.items()))
     res = {"sizes": {"tile": [tile, tile], "days": T, "seq_len": L, "patch": k, "experts": len(DEMO_FACTORS),
                      "naive_pixel_days": n_naive, "patch_batch": pb},
-           "reference_check": {"max_abs_diff_tile_vs_naive_patch": check}, "rows": [], "ratios": []}
+           "reference_check": {"max_abs_diff_tile_vs_naive_patch": check, "ok": check < REF_TOL},
+           "rows": [{"name": n, "device": str(device), "dtype": str(amp).replace("torch.", ""), "error": e}
+                    for n, e in errors.items()], "ratios": []}
     pds = {}
     for n, ts in times.items():
         pds[n] = jobs[n][1] / median(ts)
         res["rows"].append({"name": n, "device": str(device),
                             "dtype": str(amp).replace("torch.", "") if n.endswith("_amp") else "fp32",
+                            "note": "tuning info: same call, chunk_windows=%s" % n.split("_cw")[1] if "_cw" in n else "",
                             "pixel_days": jobs[n][1], "seconds": median(ts), "pixel_days_per_s": pds[n],
                             "seconds_rounds": [round(t, 4) for t in ts]})
     for comp, a, b, label in (("tile/naive_patch", "ours_tile", "naive_patch", "tile vs naive model patch-wise"),
                               ("tile/ours_patch", "ours_tile", "ours_patch", "tile vs our model patch-wise"),
-                              ("tile_amp/tile", "ours_tile_amp", "ours_tile", "tile bf16 vs tile fp32")):
+                              ("tile_amp/tile", "ours_tile_amp", "ours_tile", "tile bf16 vs tile fp32"),
+                              ("tile_cw/naive_patch", f"ours_tile_cw{args.cpu_chunk_windows}", "naive_patch",
+                               f"(tuning) tile with chunk_windows={args.cpu_chunk_windows} vs naive patch")):
         if a in pds and b in pds:
             rv = pds[a] / pds[b]
             tgt, v = verdict("predict", comp, device.type, rv)
@@ -543,22 +563,37 @@ def bench_e2e(S, device, args):
         amp = autocast_dtype(device, True)
         reader = RasterioBlockReader(paths)
         runs = {"floor": [], "ours": []}
+        amp_used = [amp]
         try:
             def run_floor(i):
                 d = os.path.join(tmp, f"floor{i}")
                 t = time.perf_counter()
                 io_floor(reader, grid, dates, L, k // 2, model.output_names, d, cfg["tile_size"], cfg["time_chunk"])
                 runs["floor"].append(time.perf_counter() - t)
+                log(f"  I/O floor run {i + 1}: {runs['floor'][-1]:.2f}s")
                 shutil.rmtree(d, ignore_errors=True)
 
             def run_ours(i):
                 d = os.path.join(tmp, f"pred{i}")
                 sync(device)
                 t = time.perf_counter()
-                inference.predict_to_folder(model, reader, grid, dates, d, tile_size=cfg["tile_size"],
-                                            time_chunk=cfg["time_chunk"], device=device, amp_dtype=amp)
+                try:
+                    inference.predict_to_folder(model, reader, grid, dates, d, tile_size=cfg["tile_size"],
+                                                time_chunk=cfg["time_chunk"], device=device, amp_dtype=amp_used[0])
+                except Exception as e:
+                    if amp_used[0] is None:
+                        raise
+                    runs["amp_error"] = f"{type(e).__name__}: {e}"
+                    log(f"  predict_to_folder with {amp_used[0]} failed ({runs['amp_error']}); measuring fp32")
+                    amp_used[0] = None
+                    shutil.rmtree(d, ignore_errors=True)
+                    sync(device)
+                    t = time.perf_counter()
+                    inference.predict_to_folder(model, reader, grid, dates, d, tile_size=cfg["tile_size"],
+                                                time_chunk=cfg["time_chunk"], device=device, amp_dtype=None)
                 sync(device)
                 runs["ours"].append(time.perf_counter() - t)
+                log(f"  predict_to_folder run {i + 1}: {runs['ours'][-1]:.2f}s")
                 if i == 0:
                     with __import__("rasterio").open(os.path.join(d, "sm.tif")) as ds:
                         runs["check"] = {"sm_shape": [ds.count, ds.height, ds.width]}
@@ -574,8 +609,9 @@ def bench_e2e(S, device, args):
     px = size * size * T
     res = {"sizes": {"grid": [size, size], "input_dates": n_dates, "output_dates": T, "variables": len(variables),
                      "output_files": 1 + len(model.output_names), "tile_size": cfg["tile_size"],
-                     "time_chunk": cfg["time_chunk"], "amp": str(amp).replace("torch.", "") if amp else "fp32"},
-           "output_check": runs.get("check"), "input_write_s": t_write,
+                     "time_chunk": cfg["time_chunk"],
+                     "amp": str(amp_used[0]).replace("torch.", "") if amp_used[0] else "fp32"},
+           "output_check": runs.get("check"), "input_write_s": t_write, "amp_error": runs.get("amp_error"),
            "rows": [{"name": "predict_to_folder", "device": str(device), "seconds": ours, "pixel_days_per_s": px / ours,
                      "seconds_rounds": [round(t, 3) for t in runs["ours"]]},
                     {"name": "io_floor", "device": "cpu", "seconds": floor, "pixel_days_per_s": px / floor,
@@ -678,6 +714,10 @@ def report(results):
             s = t["sizes"]
             lines += ["", f"[1] training throughput (E={s['experts']}, k={s['patch']}, L={s['seq_len']}, "
                           f"hidden={s['hidden']}, batch={s['batch']}; fwd+bwd+AdamW step)"]
+            rc = t["reference_check"]
+            lines.append(f"reference check: same windows {rc['same_windows']}, max |y diff| {rc['max_abs_diff_y']:.1e}, "
+                         f"max |weight diff| {rc['max_abs_diff_weights']:.1e}"
+                         + ("" if rc["ok"] else "  -> REFERENCE MISMATCH: naive.py no longer follows networks.py"))
             lines.append(table(["impl", "device", "dtype", "step ms", "samples/s", "rounds (ms/step)"],
                                [[r["name"], r["device"], r["dtype"], fmt(r.get("step_ms")), fmt(r.get("samples_per_s")),
                                  r.get("error") or " ".join(fmt(x, 0) for x in r["step_ms_rounds"])] for r in t["rows"]]))
@@ -692,8 +732,11 @@ def report(results):
                           f"patches: {s['naive_pixel_days']} pixel-days in batches of {s['patch_batch']}; "
                           f"tile vs naive max |diff| {t['reference_check']['max_abs_diff_tile_vs_naive_patch']:.1e})"]
             lines.append(table(["impl", "dtype", "pixel-days", "seconds", "pixel-days/s"],
-                               [[r["name"], r["dtype"], r["pixel_days"], fmt(r["seconds"], 3), fmt(r["pixel_days_per_s"])]
+                               [[r["name"], r["dtype"], r.get("pixel_days", "-"), fmt(r.get("seconds"), 3),
+                                 fmt(r.get("pixel_days_per_s")) if "error" not in r else "ERROR " + r["error"][:120]]
                                 for r in t["rows"]]))
+            if not t["reference_check"]["ok"]:
+                lines.append("REFERENCE MISMATCH: tile prediction and the naive model disagree (see naive.py)")
             lines.append(table(["ratio", "value", "target", "verdict"], ratio_rows(t["ratios"])))
     if "e2e" in P:
         t = P["e2e"]
@@ -704,6 +747,8 @@ def report(results):
             lines += ["", f"[3] end-to-end predict_to_folder, {s['grid'][0]}x{s['grid'][1]} grid, {s['variables']} input "
                           f"GeoTIFFs x {s['input_dates']} dates -> {s['output_files']} outputs x {s['output_dates']} dates "
                           f"(tile {s['tile_size']}, time chunk {s['time_chunk']}, {s['amp']})"]
+            if t.get("amp_error"):
+                lines.append(f"autocast prediction FAILED ({t['amp_error'][:160]}); the row below is fp32")
             lines.append(table(["run", "device", "seconds", "pixel-days/s", "rounds (s)"],
                                [[r["name"], r["device"], fmt(r["seconds"], 2), fmt(r["pixel_days_per_s"]),
                                  " ".join(fmt(x, 2) for x in r["seconds_rounds"])] for r in t["rows"]]))
@@ -736,6 +781,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the CPUs available)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd training (ours)")
     ap.add_argument("--tmpdir", default=None, help="where the end-to-end GeoTIFFs go (default: system temp)")
+    ap.add_argument("--cpu-chunk-windows", type=int, default=1024,
+                    help="on the CPU, also time predict_tile with this chunk_windows (tuning row; 0 = off)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in ("train", "predict", "e2e", "scaling")]

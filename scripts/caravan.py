@@ -127,10 +127,13 @@ def run_basin(basin, args, run):
     print(f"  {conv['n_days']} days {conv['start']}..{conv['end']}, gauge lon {conv['lon']} lat {conv['lat']} "
           f"({time.time() - t0:.0f} s)", flush=True)
     ds = os.path.join(out, "dataset.npz")
-    run("ismoe:preparedataset", {
-        "FACTORS": list(conv["layers"].values()), "FACTOR_GROUPS": conv["factor_groups"],
-        "TARGET": conv["target_path"], "PATCH_SIZE": 1, "SEQ_LEN": args.seq_len, "OUTPUT": ds})
-    print(f"  dataset written ({time.time() - t0:.0f} s)", flush=True)
+    if args.reuse and os.path.exists(ds) and _same_dataset(ds, conv, args.seq_len):
+        print(f"  reusing {ds}", flush=True)
+    else:
+        run("ismoe:preparedataset", {
+            "FACTORS": list(conv["layers"].values()), "FACTOR_GROUPS": conv["factor_groups"],
+            "TARGET": conv["target_path"], "PATCH_SIZE": 1, "SEQ_LEN": args.seq_len, "OUTPUT": ds})
+        print(f"  dataset written ({time.time() - t0:.0f} s)", flush=True)
     val_start, test_start = split_dates(conv["end"], args.test_years, args.val_years)
     print(f"  split: train ..{val_start}, validation {val_start}..{test_start}, test {test_start}..{conv['end']}",
           flush=True)
@@ -156,6 +159,16 @@ def run_basin(basin, args, run):
     summary["seconds"] = round(time.time() - t0, 1)
     print_summary(summary)
     return summary
+
+
+def _same_dataset(path, conv, seq_len):
+    from ismoe_qgis.data.cube import Cube
+    try:
+        cube = Cube.load(path)
+    except (OSError, ValueError):
+        return False
+    return (cube.seq_len == seq_len and cube.patch_size == 1 and dict(cube.factors) == conv["factors"]
+            and str(cube.dates[0]) == conv["start"] and str(cube.dates[-1]) == conv["end"])
 
 
 def summarise(basin, ev_dir, conv, val_start, test_start, train_info):
@@ -239,14 +252,15 @@ def main(argv=None):
     ap.add_argument("--test-years", type=int, default=5)
     ap.add_argument("--val-years", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODEL_TYPES))
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--samples-per-epoch", type=int, default=4096)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--samples-per-epoch", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.003)
-    ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--reuse", action="store_true", help="keep an existing dataset.npz of the same basin/settings")
     ap.add_argument("--qgis-process", action="store_true", help="run the algorithms with the qgis_process binary")
     ap.add_argument("--verbose", action="store_true", help="show the algorithms' log")
     args = ap.parse_args(argv)

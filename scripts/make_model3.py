@@ -13,13 +13,22 @@ ismoe:preparedataset -> ismoe:train -> ismoe:predict:
                                           PATCH_SIZE=patch_size SEQ_LEN=seq_len OUTPUT=<temporary .npz>
            train    ismoe:train           DATASET=prepare.OUTPUT EPOCHS=epochs OUTPUT=<model output 'model'>
            predict  ismoe:predict         MODEL_FILE=train.OUTPUT FACTORS=factors OUTPUT=<model output 'prediction'>
-  outputs  prediction (predict's OUTPUT folder, mandatory), model (train's model file, optional:
-           a temporary file when not given)
+  outputs  prediction (predict's OUTPUT folder), model (train's model file; default
+           TEMPORARY_OUTPUT, see below)
 
 QGIS 3.22 names a model output's destination parameter '<childId>:<output name>', so the
-parameters to give qgis_process are 'predict:prediction' and 'train:model'
-(e.g. ``qgis_process.bin run model.model3 -- factors=a.tif factors=b.tif target=sm.tif
-predict:prediction=/tmp/pred``).
+parameters (and the --json result keys) are 'predict:prediction' and 'train:model'. 3.22 keeps
+the child's non-optional flag on a model output's parameter even when the output is not
+mandatory: qgis_process and processing.run refuse a run without 'train:model' (give a path or
+TEMPORARY_OUTPUT; the designer's dialog pre-fills TEMPORARY_OUTPUT, the default set here):
+
+    qgis_process.bin run /abs/models/ismoe_prepare_train_predict.model3 -- \
+        factors=a.tif factors=b.tif factor_groups='f1=a;f2=b' target=sm.tif epochs=1 \
+        predict:prediction=/tmp/pred train:model=TEMPORARY_OUTPUT
+
+3.22's validate() also wants a source for every mandatory child parameter, so the children's
+remaining mandatory parameters are stored as static values (the algorithms' current defaults,
+as the designer does): regenerate the model when an algorithm's defaults or parameters change.
 
 Exits non-zero when the saved model does not load back or does not validate.
 """
@@ -39,15 +48,15 @@ HELP = (
     "Prepares a dataset cube from the factor raster layers and the target soil-moisture series "
     "(ismoe:preparedataset), trains an ISMoE model on it (ismoe:train, default settings except the "
     "number of epochs) and predicts daily soil moisture and the routing weight of each factor over "
-    "the factor layers' grid (ismoe:predict). The dataset is a temporary file; the model file is "
-    "kept only when the 'model' output is given.\n\n"
+    "the factor layers' grid (ismoe:predict). The dataset is a temporary file; save the 'model' "
+    "output to a file to keep the trained model.\n\n"
     "factors: one raster layer per variable (each band one day).\n"
     "factor_groups: which layers form each factor, e.g. 'snow=snow_depth,snow_cover;radiation=net_solar'. "
     "Empty: every layer is its own factor.\n"
     "target: the soil-moisture raster series.\n"
     "epochs, patch_size (odd), seq_len (days): training settings.\n"
     "prediction: the output folder (sm.tif, weight_<factor>.tif, prediction.json).\n"
-    "model: optional, where to keep the trained model file (.pt).")
+    "model: where to keep the trained model file (.pt); a temporary file by default.")
 
 
 def start_qgis():
@@ -109,7 +118,7 @@ def build_model():
         model.addModelParameter(definition, component)
     model.setParameterOrder([d.name() for d in inputs])
 
-    def child(alg_id, child_id, description, x, y, sources, outputs=(), depends=()):
+    def child(alg_id, child_id, description, x, y, sources, outputs=()):
         c = QgsProcessingModelChildAlgorithm(alg_id)
         if c.algorithm() is None:
             raise RuntimeError("algorithm %s is not registered" % alg_id)
@@ -133,20 +142,14 @@ def build_model():
             out.setChildOutputName(child_output)
             out.setMandatory(mandatory)
             if not mandatory:
-                # 3.22 keeps the child's (non-optional) flag on the model's destination
-                # parameter, and qgis_process refuses a run that leaves it out unless it
-                # has a default: a temporary output.
+                # 3.22 keeps the child's non-optional flag on the model's destination
+                # parameter (qgis_process and processing.run still want a value); the
+                # default pre-fills the designer's dialog with a temporary output.
                 out.setDefaultValue(QgsProcessing.TEMPORARY_OUTPUT)
             out.setPosition(QPointF(x + 200.0, y + 60.0 + 40.0 * j))
             out.setSize(QSizeF(60.0, 30.0))
             model_outputs[name] = out
         c.setModelOutputs(model_outputs)
-        if depends:
-            try:  # 3.22: a list of child ids; later releases: QgsProcessingModelChildDependency
-                from qgis.core import QgsProcessingModelChildDependency
-                c.setDependencies([QgsProcessingModelChildDependency(d) for d in depends])
-            except ImportError:  # pragma: no cover
-                c.setDependencies(list(depends))
         model.addChildAlgorithm(c)
         return c
 

@@ -106,19 +106,60 @@ def test_qgis_process_json_train_baseline(pipeline, qgis_process):
     assert cfg.model_type == "cnn_lstm" and m.output_names == ["all"]
 
 
-def test_model_builder_chain(demo_region, qgis_process, tmp_path, repo_root):
-    """The shipped .model3 chains prepare -> train -> predict headless."""
+def test_model_builder_chain(demo_region, qgis_process, qgis_app, tmp_path, repo_root):
+    """The shipped .model3 (scripts/make_model3.py) loads, validates and chains
+    prepare -> train -> predict headless through the real qgis_process binary.
+
+    QGIS 3.22 names a model output's parameter '<child id>:<output name>' ('predict:prediction',
+    'train:model'), and qgis_process 3.22 requires every destination parameter that is not optional,
+    even one with a default: 'train:model' must be given (a path or TEMPORARY_OUTPUT).
+    The demo layers are cut to 6 x 6 pixels and 300 days so that the model's training defaults
+    (20000 samples per epoch) reduce to every window there is (a few thousand): about a minute on a CPU.
+    """
+    from qgis.core import QgsProcessingModelAlgorithm
+
     model3 = os.path.join(repo_root, "models", "ismoe_prepare_train_predict.model3")
     assert os.path.exists(model3)
+    alg = QgsProcessingModelAlgorithm()
+    assert alg.fromFile(model3)
+    assert alg.name() == "ISMoE: prepare, train, predict" and alg.group() == "ISMoE"
+    ok, issues = alg.validate()
+    assert ok, issues
+    assert {d.name() for d in alg.parameterDefinitions()} == {
+        "factors", "factor_groups", "target", "epochs", "patch_size", "seq_len", "predict:prediction", "train:model"}
+    assert [c.algorithmId() for c in sorted(alg.childAlgorithms().values(), key=lambda c: c.position().y())] == [
+        "ismoe:preparedataset", "ismoe:train", "ismoe:predict"]
+
+    def cut(src, size=6, days=300):
+        dst = tmp_path / "in" / os.path.basename(src)
+        dst.parent.mkdir(exist_ok=True)
+        with rasterio.open(src) as ds:
+            window = rasterio.windows.Window(0, 0, size, size)
+            arr = ds.read(list(range(1, days + 1)), window=window)
+            prof = dict(ds.profile, width=size, height=size, count=days, transform=ds.window_transform(window))
+            desc = ds.descriptions[:days]
+        with rasterio.open(dst, "w", **prof) as ds:
+            ds.write(arr)
+            for i, d in enumerate(desc, 1):
+                ds.set_band_description(i, d)
+        return str(dst)
+
     layers, groups = factor_params(demo_region)
-    params = {"factors": layers, "factor_groups": groups,
-              "target": os.path.join(demo_region.path, demo_region.manifest["target"]),
-              "epochs": 1, "prediction": str(tmp_path / "pred")}
+    pred, model = tmp_path / "pred", tmp_path / "model.pt"
+    params = {"factors": [cut(p) for p in layers], "factor_groups": groups,
+              "target": cut(os.path.join(demo_region.path, demo_region.manifest["target"])),
+              "epochs": 1, "patch_size": 3, "seq_len": 7,
+              "predict:prediction": str(pred), "train:model": str(model)}
     r = qgis_process.run(model3, params, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
-    with rasterio.open(tmp_path / "pred" / "sm.tif") as ds:
-        assert ds.count > 0 and ds.descriptions[0]
-    assert len([p for p in os.listdir(tmp_path / "pred") if p.startswith("weight_")]) == 6
+    assert r.json["results"]["predict:prediction"] == str(pred)
+    assert r.json["results"]["train:model"] == str(model) and model.exists()
+    with rasterio.open(pred / "sm.tif") as ds:
+        assert ds.count > 0 and ds.descriptions[0] and ds.width == 6
+    assert len([p for p in os.listdir(pred) if p.startswith("weight_")]) == 6
+    from ismoe_qgis.model.io import load_model
+    _, cfg, _ = load_model(str(model))
+    assert cfg.patch_size == 3 and cfg.model_type == "ismoe"
 
 
 # ---------------------------------------------------------------- bad input: one test each

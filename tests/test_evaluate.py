@@ -60,9 +60,17 @@ def _regions_geojson(region, path):
     return str(path), reg
 
 
+def _run(alg, params):
+    import processing
+    from conftest import recording_feedback_class
+    fb = recording_feedback_class()()
+    return processing.run(alg, dict(params), feedback=fb), fb
+
+
 @pytest.fixture(scope="module")
-def evpipe(demo_region, run_alg, tmp_path_factory):
+def evpipe(demo_region, qgis_app, tmp_path_factory):
     from ismoe_qgis.data.cube import Cube
+    run_alg = _run
     out = tmp_path_factory.mktemp("evaluate")
     layers, groups = _factor_params(demo_region)
     full = str(out / "full.npz")

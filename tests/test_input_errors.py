@@ -146,6 +146,14 @@ def test_duplicated_dates(run_alg, inputs, tmp_path):
     assert no_output(out)
 
 
+def test_target_all_nodata(run_alg, inputs, tmp_path):
+    empty = write_series(tmp_path / "sm_empty.tif", np.full((DAYS, SIZE, SIZE), np.nan, np.float32))
+    out = tmp_path / "ds.npz"
+    expect_error(run_alg, "ismoe:preparedataset", prepare_params(inputs["factor"], out, TARGET=empty),
+                 "TARGET", "no valid soil-moisture value", "check its extent, dates and nodata")
+    assert no_output(out)
+
+
 # ------------------------------------------------------------------ stations
 def test_station_missing_from_table(run_alg, inputs, tmp_path):
     pts = write_geojson(tmp_path / "stations.geojson",

@@ -89,16 +89,10 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
 
     # ------------------------------------------------------------------ helpers
     def _model_files(self, parameters, context):
-        raw = self.parameterAsFileList(parameters, self.MODELS, context) \
-            if hasattr(self, "parameterAsFileList") else parameters.get(self.MODELS) or []
+        raw = self.parameterAsFileList(parameters, self.MODELS, context) or []
         if isinstance(raw, str):
             raw = [raw]
-        files = []
-        for item in raw:
-            for part in str(item).split(";") if ";" in str(item) and not os.path.exists(str(item)) else [item]:
-                part = str(part).strip()
-                if part:
-                    files.append(part)
+        files = [str(f).strip() for f in raw if str(f).strip()]
         if not files:
             raise QgsProcessingException(f"{self.MODELS}: no model file given: add at least one model (.pt) from "
                                          f"ismoe:train")

@@ -11,6 +11,19 @@ from .inference import predict_to_folder
 from .io import load_model
 from .train import autocast_dtype, resolve_device
 
+# GDAL's block cache (default 5% of RAM) keeps every block read or written until it is full, so
+# without a cap the memory of a streamed prediction grows with the raster. Capped while predicting.
+GDAL_CACHE_BYTES = 128 * 2 ** 20
+
+
+def _gdal_cache_cap() -> int:
+    """GDAL_CACHE_BYTES, or the current GDAL cache size when that is smaller."""
+    try:
+        from osgeo import gdal
+        return int(min(GDAL_CACHE_BYTES, gdal.GetCacheMax()))
+    except Exception:  # noqa: BLE001 - no GDAL Python bindings: use the default cap
+        return GDAL_CACHE_BYTES
+
 
 def check_layers_match(cfg, layers: Dict[str, object]):
     """The layers must be exactly the model's variables (by name)."""
@@ -87,10 +100,12 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
         return out
 
     existed = os.path.isdir(out_dir)
+    import rasterio
     try:
-        man = predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
-                                time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
-                                callbacks=cb, extra_meta={"model": os.path.abspath(model_path)})
+        with rasterio.Env(GDAL_CACHEMAX=_gdal_cache_cap()):   # bytes; restored on exit
+            man = predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
+                                    time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
+                                    callbacks=cb, extra_meta={"model": os.path.abspath(model_path)})
     except BaseException:
         if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
             os.rmdir(out_dir)  # cancelled or failed: leave no (empty) output folder behind
