@@ -36,7 +36,7 @@ def load_regions(region_dir, manifest):
 
 
 def run(region_dir=None, size=48, years=3, seed=42, epochs=10, samples=8192, patch=7, seq=14, device="auto",
-        models=MODELS, log=print, train_options=None, val_samples=8000):
+        models=MODELS, log=print, train_options=None, val_samples=8000, batch_size=64, lr=4e-3):
     """Generate (or reuse) the demo region, train `models`, and summarise the held-out last year."""
     import torch
     from ismoe_qgis.core_callbacks import Callbacks
@@ -66,7 +66,8 @@ def run(region_dir=None, size=48, years=3, seed=42, epochs=10, samples=8192, pat
     for mt in models:
         t0 = time.time()
         cfg = TrainConfig(epochs=epochs, samples_per_epoch=samples, seed=seed, device=str(dev),
-                          val_start=str(val_start), test_start=str(test_start), val_samples=val_samples)
+                          val_start=str(val_start), test_start=str(test_start), val_samples=val_samples,
+                          batch_size=batch_size, lr=lr)
         path = os.path.join(workdir, f"{mt}.pt")
         res = train(cube, path, mt, cfg, train_options, Callbacks(log=lambda m: None))
         model, mcfg, _ = load_model(path, dev)

@@ -702,7 +702,7 @@ def ratio_rows(ratios):
 def report(results):
     m = results["machine"]
     lines = [f"machine: {m['cpu_model']}, {m['cpus_available']} CPUs available ({m['logical_cpus']} logical), "
-             f"torch {m['torch']} ({m['torch_threads']} threads), device {m['device']}"
+             f"torch {m['torch']} ({m['torch_threads']} threads: {m.get('torch_threads_reason', '')}), device {m['device']}"
              + (f", GPU {m['gpu']['name']}" if m.get("gpu") else ", no GPU")
              + f"; load average at start {results['loadavg_start']}, end {results.get('loadavg_end')}"]
     P = results["parts"]
@@ -778,7 +778,9 @@ def main(argv=None):
     ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "performance.json"))
     ap.add_argument("--only", default="train,predict,e2e,scaling", help="comma list of parts")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the CPUs available)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (default: the CPUs available, or 1 when the load average already "
+                         "fills them: OpenMP threads that wait on each other under contention are far slower)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd training (ours)")
     ap.add_argument("--tmpdir", default=None, help="where the end-to-end GeoTIFFs go (default: system temp)")
     ap.add_argument("--cpu-chunk-windows", type=int, default=1024,
@@ -792,20 +794,27 @@ def main(argv=None):
         avail = len(os.sched_getaffinity(0))
     except AttributeError:
         avail = os.cpu_count() or 1
-    threads = args.threads or avail
+    la0 = loadavg()
+    if args.threads:
+        threads, why = args.threads, "--threads"
+    elif la0 and avail > 1 and la0[0] >= avail - 0.5:
+        threads, why = 1, f"load average {la0[0]} already fills the {avail} CPUs"
+    else:
+        threads, why = avail, "CPUs available"
     torch.set_num_threads(threads)
     device = resolve_device(args.device, log)
     S = SIZES["full" if args.full else "small"]
     results = {"issue": 6, "created": _dt.datetime.now().isoformat(timespec="seconds"),
                "size_preset": "full" if args.full else "small", "argv": sys.argv[1:],
-               "machine": describe_machine(device, threads), "loadavg_start": loadavg(), "parts": {},
+               "machine": {**describe_machine(device, threads), "torch_threads_reason": why},
+               "loadavg_start": la0, "parts": {},
                "targets": {f"{p}:{c}:{d}": v for (p, c, d), v in TARGETS.items()}}
     la = results["loadavg_start"]
     if la and la[0] > avail + 0.5:
         log(f"WARNING: load average {la[0]} exceeds the {avail} CPUs available: other processes compete for the "
             "CPU and timings are noisy (both sides of each ratio are interleaved, so ratios suffer less)")
     log(f"ismoe_qgis benchmarks ({results['size_preset']} sizes) on {device}, torch {torch.__version__}, "
-        f"{threads} threads")
+        f"{threads} threads ({why})")
     t_all = time.perf_counter()
     fns = {"train": bench_train, "predict": bench_predict, "e2e": bench_e2e, "scaling": bench_scaling}
     for p in parts:

@@ -62,10 +62,14 @@ def iso_days(first, last):
 
 
 def read_pred(folder):
-    man = json.load(open(os.path.join(folder, "prediction.json")))
+    with open(os.path.join(folder, "prediction.json")) as f:
+        man = json.load(f)
     with rasterio.open(os.path.join(folder, man["sm"])) as ds:
         sm, meta = ds.read(), (ds.crs, ds.transform, ds.width, ds.height, ds.nodata, ds.descriptions)
-    weights = {f: rasterio.open(os.path.join(folder, fn)).read() for f, fn in man["weights"].items()}
+    weights = {}
+    for f, fn in man["weights"].items():
+        with rasterio.open(os.path.join(folder, fn)) as ds:
+            weights[f] = ds.read()
     return man, sm, weights, meta
 
 

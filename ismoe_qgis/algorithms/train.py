@@ -65,10 +65,10 @@ class TrainAlgorithm(IsmoeAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), MODEL_TYPES, defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, 30, False, 1))
-        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 256,
+        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 64,
                                                        False, 1))
         self.addParameter(QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), NUMBER_DOUBLE,
-                                                       0.002, False, 1e-7))
+                                                       0.004, False, 1e-7))
         self.addParameter(QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), NUMBER_INTEGER, 42))
         self.addParameter(add_param_flags(QgsProcessingParameterNumber(
             self.SAMPLES_PER_EPOCH, self.tr("Samples per epoch (0 = all)"), NUMBER_INTEGER, 20000, False, 0), adv))

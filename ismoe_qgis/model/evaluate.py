@@ -345,6 +345,15 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         perm = check_factor_set(cfg, cube, name)
         loaded[name] = (model, cfg, info, perm)
     first_info = next(iter(loaded.values()))[2]
+    split_notes = []
+    first_split = _split_of(first_info, cube)
+    for name, (_m, _c, info, _p) in list(loaded.items())[1:]:
+        other = _split_of(info, cube)
+        if other != first_split:
+            split_notes.append(f"model '{name}' was trained with another split (validation from {other[0]}, test "
+                               f"from {other[1]}) than the first model ({first_split[0]}, {first_split[1]}): "
+                               f"part of the evaluation period may be its training data")
+            cb.log(split_notes[-1])
     pmask, plabel = resolve_period(cube, period, first_info)
     if not pmask.any():
         raise ValueError(f"the evaluation period ({plabel}) is empty: no date of the dataset "
@@ -361,7 +370,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     T, N = cube.y.shape
     t_of = np.full(T, -1, np.int64)
     t_of[pmask] = np.arange(int(pmask.sum()))
-    estimates, model_meta, tables, notes = {}, {}, {}, []
+    estimates, model_meta, tables, notes = {}, {}, {}, list(split_notes)
     samplers = {}
     regions = None
     if region_labels is not None:

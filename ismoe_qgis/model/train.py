@@ -27,8 +27,8 @@ from .networks import ModelConfig, SoilMoistureNet
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 256
-    lr: float = 2e-3
+    batch_size: int = 64
+    lr: float = 4e-3
     weight_decay: float = 1e-4
     seed: int = 42
     device: str = "auto"
