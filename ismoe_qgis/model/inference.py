@@ -38,7 +38,7 @@ def normalise_block(model: SoilMoistureNet, raw: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = None,
-                 chunk_windows: int = 32768, amp_dtype=None):
+                 chunk_windows: int = None, amp_dtype=None):
     """Predict every pixel and date of a tile.
 
     xt: normalised (Ttot, V, h + 2r, w + 2r) with r = k//2 (halo) and Ttot = T + L - 1.
@@ -55,6 +55,10 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
         raise ValueError(f"a tile needs at least SEQ_LEN={L} time steps, got {Ttot}")
     E, P = bank.E, h * w
     dev_type = xt.device.type
+    if chunk_windows is None:
+        # the LSTM's per-step temporaries are E x chunk x 4H floats: on a CPU they must stay in cache
+        # (6 x 1024 x 256 x 4 B = 6 MB); a GPU wants big batches
+        chunk_windows = 32768 if dev_type == "cuda" else 1024
     with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         feats = bank.features(xt)                                     # Ttot, E, C, h, w
     feats = feats.float().permute(1, 0, 3, 4, 2).reshape(E, Ttot, P, bank.C)   # E, Ttot, P, C
@@ -85,7 +89,8 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
             # windows ending at t use input steps t-L+1..t: step s of every window is a slice
             hs = bank.recur(lambda s: g[:, s:s + T].reshape(E, T * n, -1), L)       # E, T*n, H
             out = bank.head(hs)                                                    # T*n, E
-        y, wt = model.mix(out, hs,
+        # mix runs outside autocast: give it fp32 (the router's baddbmm fails on bf16 states + fp32 weights)
+        y, wt = model.mix(out.float(), hs.float(),
                           None if silent is None else silent[:, p0:p1].reshape(T * n, E),
                           None if centre is None else centre[:, p0:p1].reshape(T * n, L, V),
                           None if doy_tp is None else doy_tp[:, p0:p1].reshape(T * n))

@@ -125,14 +125,19 @@ class GroupedConvStack(nn.Module):
         """x (N, E, cin, h, w) -> (N, E, C, h - k + 1, w - k + 1)."""
         N, E, cin, h, w = x.shape
         C, k = self.C, self.k
+        if k > 1 and h == k and w == k:
+            # a training patch: expert-major and contiguous throughout, two batched products.
+            # The k x k conv reads each patch as one (pixel, channel) row: wk is viewed in that order.
+            kk = k * k
+            xe = x.permute(1, 0, 3, 4, 2).reshape(E, N * kk, cin)                              # E, N*kk, cin
+            z = torch.relu(torch.baddbmm(self.b1[:, None, :], xe, self.w1.transpose(1, 2)))    # E, N*kk, C
+            wk = self.wk.view(E, C, C, kk).transpose(2, 3).reshape(E, C, kk * C)
+            z = torch.relu(torch.baddbmm(self.bk[:, None, :], z.view(E, N, kk * C), wk.transpose(1, 2)))
+            return z.transpose(0, 1).reshape(N, E, C, 1, 1)                                 # N, E, C, 1, 1
         z = torch.einsum("neihw,eoi->neohw", x, self.w1) + self.b1[None, :, :, None, None]
         z = torch.relu(z)
         if k == 1:
             return z
-        if h == k and w == k:                       # a training patch: one bmm over experts
-            z = torch.baddbmm(self.bk[:, None, :], z.reshape(N, E, C * k * k).transpose(0, 1),
-                              self.wk.transpose(1, 2))                                   # E, N, C
-            return torch.relu(z).transpose(0, 1).reshape(N, E, C, 1, 1)
         weight = self.wk.reshape(E * C, C, k, k)
         z = F.conv2d(z.reshape(N, E * C, h, w), weight, self.bk.reshape(-1), groups=E)
         return torch.relu(z).view(N, E, C, h - k + 1, w - k + 1)
@@ -210,7 +215,8 @@ class ExpertBank(nn.Module):
         f = self.features(x.reshape(B * L, V, k, k))             # B*L, E, C, 1, 1
         f = f.view(B, L, self.E, self.C).permute(2, 1, 0, 3)      # E, L, B, C (time-major)
         gates = self.input_gates(f.reshape(self.E, L * B, self.C)).view(self.E, L, B, -1)
-        h = self.recur(lambda s: gates[:, s], L)                 # contiguous per step
+        steps = gates.unbind(1)     # one backward (a stack), not L selects that each zero-fill a full-size grad
+        h = self.recur(lambda s: steps[s], L)                    # contiguous per step
         return self.head(h), h
 
 
