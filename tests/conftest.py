@@ -192,7 +192,7 @@ def recording_feedback(qgis_app):
     return recording_feedback_class()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_alg(qgis_app):
     """``run_alg(alg_id, params, feedback=None, context=None) -> (results, feedback)``.
 
