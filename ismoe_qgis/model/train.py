@@ -33,7 +33,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     samples_per_epoch: int = 20000
-    val_samples: int = 8000
+    val_samples: int = 4000
     patience: int = 6
     expert_loss: float = 0.5
     router_entropy: float = 0.0
