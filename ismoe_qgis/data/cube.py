@@ -5,12 +5,12 @@ File format: see docs/architecture.md ("Dataset cube file").
 """
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..fileutil import atomic_output
 from ..version import __version__
 
 GAP_POLICIES = ("skip", "fill")
@@ -84,21 +84,10 @@ class Cube:
 
     def save(self, path: str):
         """Write the cube atomically (temporary file, then rename)."""
-        path = str(path)
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=d)
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, x=self.x, y=self.y, target_rows=self.target_rows, target_cols=self.target_cols,
-                         dates=self.dates.astype("datetime64[D]").astype("int64"),
-                         meta=np.array(json.dumps(self.meta())))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_output(path, ".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=self.x, y=self.y, target_rows=self.target_rows, target_cols=self.target_cols,
+                     dates=self.dates.astype("datetime64[D]").astype("int64"),
+                     meta=np.array(json.dumps(self.meta())))
 
     @classmethod
     def load(cls, path: str) -> "Cube":

@@ -4,10 +4,10 @@ Loaded with ``torch.load(path, weights_only=True)``, so opening a model file can
 """
 import json
 import os
-import tempfile
 
 import torch
 
+from ..fileutil import atomic_output
 from .networks import ModelConfig, SoilMoistureNet
 
 FORMAT = "ismoe-model/1"
@@ -15,20 +15,10 @@ FORMAT = "ismoe-model/1"
 
 def save_model(path, model: SoilMoistureNet, info: dict = None):
     """Write the model (config + weights + optional training info) atomically."""
-    path = str(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
     header = {"format": FORMAT, "config": model.cfg.to_dict(), "info": info or {}}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=d)
-    os.close(fd)
-    try:
+    with atomic_output(path, ".pt") as tmp:
         torch.save({"header": json.dumps(header), "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_header(path) -> dict:
