@@ -43,8 +43,8 @@ import naive  # noqa: E402
 from ismoe_qgis.data.cube import Cube  # noqa: E402
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.networks import SoilMoistureNet  # noqa: E402
-from ismoe_qgis.model.train import (TrainConfig, WindowSampler, autocast_dtype, loss_terms,  # noqa: E402
-                                    model_config_for, resolve_device)
+from ismoe_qgis.model.train import (TrainConfig, WindowSampler, autocast_dtype, draw_runs,  # noqa: E402
+                                    loss_terms, model_config_for, resolve_device)
 
 # The demo's factors (ismoe_qgis/data/demo.py): 6 factors, 11 variables.
 DEMO_FACTORS = {
@@ -207,21 +207,31 @@ def verdict(part, comp, dev_type, value):
 # ----------------------------------------------------------------------------- training
 
 class OursTrainer:
-    """The training step of ismoe_qgis.model.train.train(): WindowSampler gather, autocast,
-    loss_terms, backward, grad clipping, AdamW step, loss read back (as train() does per batch)."""
+    """The training step of ismoe_qgis.model.train.train(): runs of `consecutive_days` days per
+    location (train()'s default unless given; batch = the same number of windows as the naive
+    reference's), WindowSampler gather, autocast, loss_terms, backward, grad clipping, AdamW step,
+    loss read back (as train() does per batch)."""
 
-    def __init__(self, cube, device, amp_dtype=None, compile_model=False):
+    def __init__(self, cube, device, amp_dtype=None, compile_model=False, consecutive_days=None):
         self.device, self.amp = device, amp_dtype
         self.model = make_model(cube, device).train()
         self.run = torch.compile(self.model) if compile_model else self.model
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-3, weight_decay=1e-4)
         self.sampler = WindowSampler(cube, device)
         self.cfg = TrainConfig()
+        self.m = self.cfg.consecutive_days if consecutive_days is None else consecutive_days
+        self.mask = cube.sample_mask(np.ones(cube.n_dates, bool), "fill")
+        self.rng = np.random.default_rng(7)
+        self.L = cube.seq_len
 
     def step(self, t_idx, n_idx):
-        xb, yb, db = self.sampler.batch(t_idx, n_idx)
+        """t_idx, n_idx: the batch's B samples; with m > 1 runs of m days around B / m of them."""
+        G = max(1, len(t_idx) // self.m)
+        end, loc, valid = draw_runs(self.rng, self.mask, np.asarray(t_idx), np.asarray(n_idx), G, self.m, self.L)
+        xb, yb, db = self.sampler.batch(end, loc, self.m)
+        valid = torch.from_numpy(valid).to(yb.device)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            loss, _ = loss_terms(self.run, xb, yb, db, self.cfg)
+            loss, _ = loss_terms(self.run, xb, yb, db, self.cfg, valid)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
@@ -320,7 +330,8 @@ def bench_train(S, device, args):
     trainers, dev_of, meta = {}, {}, {}
     trainers["ours"] = OursTrainer(cube, device)
     trainers["naive"] = NaiveTrainer(cube, device)
-    meta["ours"] = meta["naive"] = (device, "fp32")
+    trainers["ours_m1"] = OursTrainer(cube, device, consecutive_days=1)
+    meta["ours"] = meta["naive"] = meta["ours_m1"] = (device, "fp32")
     amp = autocast_dtype(device, True)
     if amp is not None:
         trainers["ours_amp"] = OursTrainer(cube, device, amp)
@@ -359,7 +370,12 @@ def bench_train(S, device, args):
             r = sps[num] / sps[den]
             tgt, v = verdict("train", comp, device.type, r)
             res["ratios"].append({"comparison": comp, "what": label, "ratio": r, "target": tgt, "verdict": v})
-    add("ours/naive", "ours", "naive", f"ours vs naive, {device.type} fp32")
+    m = trainers["ours"].m
+    add("ours/naive", "ours", "naive", f"ours (train() default: runs of {m} days) vs naive, {device.type} fp32")
+    add("ours_m1/naive", "ours_m1", "naive", f"ours, independent windows (CONSECUTIVE_DAYS=1) vs naive, "
+                                             f"{device.type} fp32")
+    add("ours/ours_m1", "ours", "ours_m1", f"runs of {m} days vs independent windows (shared convolution)")
+    res["sizes"]["consecutive_days"] = m
     if amp is not None:
         add("ours/naive (amp)", "ours_amp", "naive_amp", f"ours vs naive, {device.type} {meta['ours_amp'][1]}")
         add("amp/fp32", "ours_amp", "ours", f"ours {meta['ours_amp'][1]} vs ours fp32")

@@ -283,3 +283,129 @@ def test_train_rejects_empty_split(tmp_path):
     with pytest.raises(ValueError, match="validation period has no valid sample"):
         train(cube, str(tmp_path / "m.pt"), "ismoe", TrainConfig(val_start="2021-01-17", test_start="2021-01-17"))
     assert not (tmp_path / "m.pt").exists()
+
+
+# ----------------------------------------------------------------------------- runs of consecutive days
+
+def independent_windows(x, L):
+    """(G, S, ...) -> (m * G, L, ...) cut one by one (the reference for the runs path), rows j * G + g."""
+    G, S = x.shape[:2]
+    return torch.cat([x[:, j:j + L] for j in range(S - L + 1)])
+
+
+@pytest.mark.parametrize("model_type,router", [("ismoe", "expert_states"), ("ismoe", "all_states"),
+                                               ("ismoe", "inputs_doy"), ("mean_expert", "expert_states"),
+                                               ("cnn_lstm", "expert_states")])
+def test_runs_equal_independent_windows(model_type, router):
+    """A run of S = L + m - 1 days (convolution and input projection once per day) gives, for each of
+    its m windows, exactly the outputs, weights and gradients of that window cut out on its own."""
+    cube = small_cube()
+    L, m, G = cube.seq_len, 5, 7
+    model = make_model(cube, model_type, router_input=router, dropout=0.0)
+    sampler = WindowSampler(cube, torch.device("cpu"))
+    end = np.array([10, 23, 15, 19, 12, 23, 20])        # run end days (>= L + m - 2)
+    loc = np.array([0, 5, 13, 40, 98, 7, 31])           # 13 sits on the silent-snow rows
+    xr, yr, dr = sampler.batch(end, loc, m)
+    assert xr.shape == (G, L + m - 1, 5, 5, 5) and yr.shape == dr.shape == (m * G,)
+    # the sampler's runs hold the same windows and targets as m single-window batches
+    t_single = np.concatenate([end - m + 1 + j for j in range(m)])
+    xs, ys, ds = sampler.batch(t_single, np.tile(loc, m))
+    assert torch.equal(independent_windows(xr, L), xs) and torch.equal(yr, ys) and torch.equal(dr, ds)
+
+    def grads(x, y, d):
+        model.zero_grad()
+        out, w, experts = model(x, d)
+        ((out - y) ** 2).sum().backward()
+        return out.detach(), w.detach(), experts.detach(), [p.grad.clone() for p in model.parameters()]
+
+    a, b = grads(xr, yr, dr), grads(xs, ys, ds)
+    for u, v in zip(a[:3], b[:3]):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+    for u, v in zip(a[3], b[3]):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    if model_type == "ismoe":
+        assert (a[1][:, 0] == 0).reshape(m, G)[:, 2].all()    # silent snow at location 13, every window
+
+
+def test_silent_mask_of_runs():
+    x = torch.randn(2, 8, 3, 3, 3)
+    x[0, :5, 0, 1, 1] = 0.5            # variable 0 constant on days 0-4 at the centre of run 0
+    m = silent_factor_mask(x, [[0], [1, 2]], L=5)   # 4 windows: days 0-4, 1-5, 2-6, 3-7
+    assert m.shape == (8, 2)
+    assert m[:, 0].tolist() == [True, False, False, False, False, False, False, False]
+    assert not m[:, 1].any()
+
+
+def test_draw_runs_cover_valid_samples():
+    from ismoe_qgis.model.train import draw_runs
+    cube = small_cube(T=40)
+    mask = cube.sample_mask(np.arange(cube.n_dates) < 30, "skip")
+    t, n = np.nonzero(mask)
+    m, L = 4, cube.seq_len
+    end, loc, valid = draw_runs(np.random.default_rng(0), mask, t, n, 500, m, L)
+    days = end[None, :] + np.arange(1 - m, 1)[:, None]
+    assert days.min() >= L - 1 and end.max() <= cube.n_dates - 1
+    np.testing.assert_array_equal(valid.reshape(m, -1), mask[days, loc[None, :]])
+    assert valid.reshape(m, -1).any(axis=0).all()              # every run holds a valid sample
+    assert not mask[30:].any() and (days >= 30).any()          # runs may reach past the split ...
+    assert not valid.reshape(m, -1)[days >= 30].any()          # ... but those days never count
+
+
+def test_train_with_runs_and_gaps(tmp_path):
+    """Training on runs (the default) and on independent windows both learn from the same data;
+    days without a valid sample (here: a gap, NaN targets) are left out of the loss."""
+    from ismoe_qgis.model.train import TrainConfig, train
+    cube = small_cube(T=60)
+    cube.y[20:26, :] = np.nan                               # no target for 6 days
+    opts = dict(conv_channels=4, hidden=8, router_hidden=6)
+    losses = {}
+    for m in (1, 4):
+        cfg = TrainConfig(epochs=2, batch_size=32, samples_per_epoch=256, val_samples=64, seed=3,
+                          consecutive_days=m)
+        r = train(cube, str(tmp_path / f"m{m}.pt"), "ismoe", cfg, opts)
+        losses[m] = [h["train_loss"] for h in r["history"]]
+        assert all(np.isfinite(losses[m])) and np.isfinite(r["val_cc"])
+    assert losses[1] != losses[4]
+    with pytest.raises(ValueError, match="CONSECUTIVE_DAYS must be >= 1"):
+        train(cube, str(tmp_path / "bad.pt"), "ismoe", TrainConfig(consecutive_days=0), opts)
+
+
+def autograd_window_lstm(gates, w_hh, L):
+    """The same LSTM written with plain autograd ops, each window cut out on its own."""
+    E, S, n, G4 = gates.shape
+    H, m = G4 // 4, S - L + 1
+    outs = []
+    for j in range(m):
+        h = torch.zeros(E, n, H, dtype=gates.dtype)
+        c = torch.zeros(E, n, H, dtype=gates.dtype)
+        for s in range(L):
+            g = gates[:, j + s] + torch.bmm(h, w_hh)
+            i, f, o = torch.sigmoid(g[..., :H]), torch.sigmoid(g[..., H:2 * H]), torch.sigmoid(g[..., 2 * H:3 * H])
+            c = f * c + i * torch.tanh(g[..., 3 * H:])
+            h = o * torch.tanh(c)
+        outs.append(h)
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("S,L", [(6, 6), (9, 6), (5, 1), (12, 3)])
+def test_window_lstm_backward_equals_autograd(S, L):
+    """The hand-written LSTM backward gives autograd's gradients (float64, tight tolerance)."""
+    from ismoe_qgis.model.lstm import window_lstm
+    torch.manual_seed(0)
+    E, n, H = 3, 5, 4
+    gates = torch.randn(E, S, n, 4 * H, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(E, H, 4 * H, dtype=torch.float64)).requires_grad_()
+    probe = torch.randn(E, (S - L + 1) * n, H, dtype=torch.float64)
+    h = window_lstm(gates, w_hh, L)
+    (h * probe).sum().backward()
+    g1, w1 = gates.grad.clone(), w_hh.grad.clone()
+    gates.grad = w_hh.grad = None
+    h_ref = autograd_window_lstm(gates, w_hh, L)
+    (h_ref * probe).sum().backward()
+    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g1, gates.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(w1, w_hh.grad, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():                                   # the inference path: same values
+        torch.testing.assert_close(window_lstm(gates, w_hh, L), h_ref, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda g, w: window_lstm(g, w, L), (gates[:, :, :2, :].detach().requires_grad_(),
+                                                                         w_hh.detach().requires_grad_()))

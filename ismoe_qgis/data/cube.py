@@ -122,11 +122,11 @@ class Cube:
         xc = self.x[:, :, self.target_rows, self.target_cols]          # V, T, N
         return np.isfinite(xc).all(axis=0)
 
-    def sample_index(self, t_mask: np.ndarray, gap_policy: str = "skip"):
-        """Valid training samples (t, n): target valid at t, window [t-L+1, t] inside the series,
-        and, with gap_policy 'skip', all variables valid at the target pixel over the window.
-        With 'fill', missing inputs are filled with the variable mean (0 after normalisation).
-        Returns int arrays (t_idx, n_idx)."""
+    def sample_mask(self, t_mask: np.ndarray, gap_policy: str = "skip") -> np.ndarray:
+        """bool (T, N), True at the valid training samples (t, n): target valid at t, window
+        [t-L+1, t] inside the series, and, with gap_policy 'skip', all variables valid at the target
+        pixel over the window. With 'fill', missing inputs are filled with the variable mean
+        (0 after normalisation)."""
         if gap_policy not in GAP_POLICIES:
             raise ValueError(f"GAP_POLICY must be one of {GAP_POLICIES}, got '{gap_policy}'")
         L = self.seq_len
@@ -138,7 +138,11 @@ class Cube:
             win_bad = np.zeros_like(bad)
             win_bad[L - 1:] = c[L:] - c[:-L]
             ok &= win_bad == 0
-        t_idx, n_idx = np.nonzero(ok)
+        return ok
+
+    def sample_index(self, t_mask: np.ndarray, gap_policy: str = "skip"):
+        """The valid samples of ``sample_mask`` as int arrays (t_idx, n_idx)."""
+        t_idx, n_idx = np.nonzero(self.sample_mask(t_mask, gap_policy))
         return t_idx.astype(np.int64), n_idx.astype(np.int64)
 
 

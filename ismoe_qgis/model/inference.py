@@ -86,8 +86,7 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
         with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             fc = feats[:, :, p0:p1].reshape(E, Ttot * n, bank.C)
             g = bank.input_gates(fc).view(E, Ttot, n, -1)
-            # windows ending at t use input steps t-L+1..t: step s of every window is a slice
-            hs = bank.recur(lambda s: g[:, s:s + T].reshape(E, T * n, -1), L)       # E, T*n, H
+            hs = bank.windows(g, L)                                                # E, T*n, H
             out = bank.head(hs)                                                    # T*n, E
         # mix runs outside autocast: give it fp32 (the router's baddbmm fails on bf16 states + fp32 weights)
         y, wt = model.mix(out.float(), hs.float(),

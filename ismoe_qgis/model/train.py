@@ -42,6 +42,11 @@ class TrainConfig:
     test_start: Optional[str] = None
     amp: bool = True
     compile: bool = False
+    # Each batch row is a run of this many consecutive target days at one location: their windows
+    # overlap, so the convolution and the LSTM input projection run once per day for all of them
+    # (about 3x less convolution at 4 days and SEQ_LEN 14). batch_size still counts windows. 1 = every
+    # window drawn independently.
+    consecutive_days: int = 4
 
 
 def resolve_device(name: str, log=print) -> torch.device:
@@ -72,6 +77,7 @@ class WindowSampler:
 
     def __init__(self, cube: Cube, device: torch.device):
         k, L = cube.patch_size, cube.seq_len
+        self.L = L
         r = k // 2
         xn = cube.normalised_x()
         np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
@@ -90,20 +96,24 @@ class WindowSampler:
         self.y = torch.from_numpy(yn.astype(np.float32)).to(gdev)
         self.rows = torch.from_numpy(cube.target_rows.astype(np.int64)).to(gdev)
         self.cols = torch.from_numpy(cube.target_cols.astype(np.int64)).to(gdev)
-        self.dt = torch.arange(-L + 1, 1, device=gdev)
         self.dk = torch.arange(k, device=gdev)
         doy = (cube.dates - cube.dates.astype("datetime64[Y]")).astype(np.int64) + 1
         self.doy = torch.from_numpy(doy).to(gdev)
 
-    def batch(self, t_idx, n_idx):
+    def batch(self, t_idx, n_idx, m: int = 1):
+        """Runs of m consecutive target days ending at days t_idx at locations n_idx (G of each).
+        Returns xb (G, L + m - 1, V, k, k), targets yb (m * G,) and day of year db (m * G,), rows
+        j * G + g = day t_idx[g] - m + 1 + j (the model's row order). m = 1: single windows."""
         gdev = self.x.device
         t = torch.as_tensor(t_idx, device=gdev)
         n = torch.as_tensor(n_idx, device=gdev)
-        tt = (t[:, None] + self.dt[None, :])[:, :, None, None]            # B, L, 1, 1
-        rr = (self.rows[n][:, None] + self.dk[None, :])[:, None, :, None]  # B, 1, k, 1
-        cc = (self.cols[n][:, None] + self.dk[None, :])[:, None, None, :]  # B, 1, 1, k
-        xb = self.x[:, tt, rr, cc].permute(1, 2, 0, 3, 4)                  # B, L, V, k, k
-        yb, db = self.y[t, n], self.doy[t]
+        S = self.L + m - 1
+        tt = (t[:, None] + torch.arange(1 - S, 1, device=gdev)[None, :])[:, :, None, None]   # G, S, 1, 1
+        rr = (self.rows[n][:, None] + self.dk[None, :])[:, None, :, None]  # G, 1, k, 1
+        cc = (self.cols[n][:, None] + self.dk[None, :])[:, None, None, :]  # G, 1, 1, k
+        xb = self.x[:, tt, rr, cc].permute(1, 2, 0, 3, 4)                  # G, S, V, k, k
+        td = t[None, :] + torch.arange(1 - m, 1, device=gdev)[:, None]     # m, G
+        yb, db = self.y[td, n[None, :]].reshape(-1), self.doy[td].reshape(-1)
         if self.host_gather:
             xb, yb, db = (a.contiguous().pin_memory().to(self.device, non_blocking=True) for a in (xb, yb, db))
         return xb, yb, db
@@ -116,16 +126,39 @@ def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig
                        **overrides)
 
 
-def loss_terms(model, x, y, doy, cfg: TrainConfig):
+def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None):
+    """The training loss over the windows of x (see module doc). valid (bool, one per window):
+    the windows that count (runs of consecutive days may hold days without a valid sample;
+    their targets may be NaN). Default: all."""
     pred, w, experts = model(x, doy)
     pred, experts = pred.float(), experts.float()
-    loss = torch.mean((pred - y) ** 2)
+    if valid is None:
+        wn = torch.full_like(y, 1.0 / y.numel())
+    else:
+        y = torch.where(valid, y, torch.zeros_like(y))
+        wn = valid.float() / valid.sum().clamp_min(1)
+    loss = (wn * (pred - y) ** 2).sum()
     if cfg.expert_loss and model.cfg.model_type != "cnn_lstm":
-        loss = loss + cfg.expert_loss * torch.mean((experts - y[:, None]) ** 2)
+        loss = loss + cfg.expert_loss * (wn[:, None] * (experts - y[:, None]) ** 2).sum() / experts.shape[1]
     if cfg.router_entropy and model.router is not None:
-        ent = -(w * torch.log(w.clamp_min(1e-8))).sum(dim=1).mean()
-        loss = loss + cfg.router_entropy * ent
+        ent = -(w * torch.log(w.clamp_min(1e-8))).sum(dim=1)
+        loss = loss + cfg.router_entropy * (wn * ent).sum()
     return loss, pred
+
+
+def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_idx: np.ndarray,
+              count: int, m: int, seq_len: int):
+    """`count` runs of m consecutive target days at one location, each around a valid sample drawn
+    uniformly from (t_idx, n_idx) (at a random place in the run, so every valid sample is equally
+    likely to be covered). mask (T, N): the valid samples. Returns the runs' last days (count,),
+    locations (count,) and which of their days are valid samples, bool (m * count,) in the
+    sampler's row order (j * count + g)."""
+    T = mask.shape[0]
+    sel = rng.choice(len(t_idx), count, replace=count > len(t_idx))
+    end = np.clip(t_idx[sel] + rng.integers(0, m, count), seq_len + m - 2, T - 1)
+    loc = n_idx[sel]
+    days = end[None, :] + np.arange(1 - m, 1)[:, None]                       # m, count
+    return end, loc, mask[days, loc[None, :]].reshape(-1)
 
 
 @torch.no_grad()
@@ -172,12 +205,15 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise ValueError(f"BATCH_SIZE must be >= 1, got {cfg.batch_size}")
     if not cfg.lr > 0:
         raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
+    if cfg.consecutive_days < 1:
+        raise ValueError(f"CONSECUTIVE_DAYS must be >= 1, got {cfg.consecutive_days}")
     device = resolve_device(cfg.device, cb.log)
     amp_dtype = autocast_dtype(device, cfg.amp)
     cb.log(f"device: {device}" + (f" (autocast {amp_dtype})" if amp_dtype else ""))
 
     train_m, val_m, test_m = split_masks(cube.dates, cfg.val_start, cfg.test_start)
-    tr_t, tr_n = cube.sample_index(train_m, cfg.gap_policy)
+    tr_mask = cube.sample_mask(train_m, cfg.gap_policy)
+    tr_t, tr_n = (a.astype(np.int64) for a in np.nonzero(tr_mask))
     va_t, va_n = cube.sample_index(val_m, cfg.gap_policy)
     te_t, te_n = cube.sample_index(test_m, cfg.gap_policy)
     split = {"train": [str(cube.dates[train_m][0]), str(cube.dates[train_m][-1])] if train_m.any() else None,
@@ -205,7 +241,10 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     v_obs = cube.y[vt, vn]
 
     per_epoch = min(cfg.samples_per_epoch, len(tr_t)) if cfg.samples_per_epoch > 0 else len(tr_t)
-    n_batches = max(1, math.ceil(per_epoch / cfg.batch_size))
+    m = max(1, min(cfg.consecutive_days, cube.n_dates - cube.seq_len + 1))
+    runs_per_batch = max(1, cfg.batch_size // m)
+    n_runs = math.ceil(per_epoch / m)
+    n_batches = max(1, math.ceil(n_runs / runs_per_batch))
     total_steps = cfg.epochs * n_batches
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
 
@@ -216,18 +255,21 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     info_base = {"model_type": model_type, "train": asdict(cfg), "split": split}
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        sel = rng.choice(len(tr_t), per_epoch, replace=False)
+        run_end, run_loc, run_valid = draw_runs(rng, tr_mask, tr_t, tr_n, n_runs, m, cube.seq_len)
         tot, cnt = 0.0, 0
         for b in range(n_batches):
             if cb.is_cancelled():
                 cancelled = True
                 break
-            idx = sel[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if len(idx) == 0:
+            g0, g1 = b * runs_per_batch, min(n_runs, (b + 1) * runs_per_batch)
+            if g1 <= g0:
                 break
-            xb, yb, db = sampler.batch(tr_t[idx], tr_n[idx])
+            xb, yb, db = sampler.batch(run_end[g0:g1], run_loc[g0:g1], m)
+            valid = run_valid.reshape(m, n_runs)[:, g0:g1]
+            n_valid = int(valid.sum())
+            valid = torch.from_numpy(valid.reshape(-1)).to(yb.device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, _ = loss_terms(run_model, xb, yb, db, cfg)
+                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -235,8 +277,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             if step < total_steps - 1:
                 sched.step()
             step += 1
-            tot += float(loss.detach()) * len(idx)
-            cnt += len(idx)
+            tot += float(loss.detach()) * n_valid
+            cnt += n_valid
             cb.progress(((epoch - 1) * n_batches + b + 1) / total_steps)
         if cancelled and cnt == 0:
             break
