@@ -409,3 +409,28 @@ def test_window_lstm_backward_equals_autograd(S, L):
         torch.testing.assert_close(window_lstm(gates, w_hh, L), h_ref, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda g, w: window_lstm(g, w, L), (gates[:, :, :2, :].detach().requires_grad_(),
                                                                          w_hh.detach().requires_grad_()))
+
+
+def test_training_step_under_bf16_autocast():
+    """The CUDA default (bf16 autocast) through the same code on the CPU: the hand-written LSTM
+    runs in the autocast dtype, returns gradients in each input's dtype, and the loss and the
+    gradients stay close to fp32."""
+    from ismoe_qgis.model.train import TrainConfig, loss_terms
+    cube = small_cube()
+    model = make_model(cube, dropout=0.0).train()
+    sampler = WindowSampler(cube, torch.device("cpu"))
+    xb, yb, db = sampler.batch(np.array([12, 20, 23, 15]), np.array([0, 40, 77, 98]), 3)
+    cfg = TrainConfig()
+    grads, losses = {}, {}
+    for amp in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss, _ = loss_terms(model, xb, yb, db, cfg)
+        loss.backward()
+        losses[amp] = float(loss)
+        grads[amp] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    assert torch.isfinite(grads[True]).all()
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
+    cos = torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0)
+    assert cos > 0.98

@@ -43,9 +43,10 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "the CPU with a warning.\n"
             "EPOCHS, BATCH_SIZE, LEARNING_RATE (peak of a one-cycle schedule), SEED (same seed, same machine: "
             "same model), SAMPLES_PER_EPOCH (random windows per epoch; 0 = all), PATIENCE (early stopping).\n"
-            "CONSECUTIVE_DAYS: windows are drawn as runs of this many consecutive days at one location; their "
-            "windows overlap, so the convolution runs once per day for all of them (about 3x faster training "
-            "at 4). BATCH_SIZE still counts windows. 1 = every window drawn on its own.\n"
+            "CONSECUTIVE_DAYS: above 1, windows are drawn as runs of this many consecutive days at one location; "
+            "their windows overlap, so the convolution runs once per day for all of them (more windows per "
+            "second), but neighbouring days add little information: per window trained, the model learns less. "
+            "BATCH_SIZE still counts windows. Default 1: every window drawn on its own.\n"
             "VAL_START / TEST_START: the time split (YYYY-MM-DD): train before VAL_START, validate until "
             "TEST_START, test after. Default: the last 25% of the days are the test period, the 15% before "
             "it validation.\n"
@@ -80,7 +81,7 @@ class TrainAlgorithm(IsmoeAlgorithm):
             self.PATIENCE, self.tr("Early-stopping patience (epochs)"), NUMBER_INTEGER, 6, False, 1), adv))
         self.addParameter(add_param_flags(QgsProcessingParameterNumber(
             self.CONSECUTIVE_DAYS, self.tr("Consecutive days per location in a batch"), NUMBER_INTEGER,
-            4, False, 1, 366), adv))
+            1, False, 1, 366), adv))
         self.addParameter(optional(QgsProcessingParameterString(self.VAL_START, self.tr("Validation start (YYYY-MM-DD)"))))
         self.addParameter(optional(QgsProcessingParameterString(self.TEST_START, self.tr("Test start (YYYY-MM-DD)"))))
         self.addParameter(add_param_flags(QgsProcessingParameterEnum(
