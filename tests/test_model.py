@@ -427,7 +427,7 @@ def test_training_step_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             loss, _ = loss_terms(model, xb, yb, db, cfg)
         loss.backward()
-        losses[amp] = float(loss)
+        losses[amp] = float(loss.detach())
         grads[amp] = torch.cat([p.grad.flatten() for p in model.parameters()])
         assert all(p.grad.dtype == torch.float32 for p in model.parameters())
     assert torch.isfinite(grads[True]).all()

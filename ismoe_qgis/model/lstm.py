@@ -20,6 +20,28 @@ row j * n + i: the final hidden state of each window (each window starts from ze
 import torch
 
 
+def _activate_(a, H):
+    """In place: sigmoid on the (i, f, o) gates, tanh on the cell candidate. On a CPU, tanh is taken
+    as 2 * sigmoid(2x) - 1 (the same function to float rounding, ~1e-7), because torch's CPU tanh
+    kernel is 4-6x slower than its sigmoid and was a third of the prediction time."""
+    if a.device.type == "cpu":
+        g = a[..., 3 * H:]
+        g.mul_(2)
+        a.sigmoid_()
+        g.mul_(2).sub_(1)
+    else:
+        a[..., :3 * H].sigmoid_()
+        a[..., 3 * H:].tanh_()
+    return a
+
+
+def _tanh(t):
+    """tanh(t) as a new tensor (see ``_activate_`` for the CPU form)."""
+    if t.device.type == "cpu":
+        return torch.mul(t, 2).sigmoid_().mul_(2).sub_(1)
+    return torch.tanh(t)
+
+
 def _steps(gates, w_hh, L, keep):
     """Forward. Returns the final h and, when `keep`, the per-step activations and cell states."""
     E, S, n, G4 = gates.shape
@@ -30,11 +52,10 @@ def _steps(gates, w_hh, L, keep):
     for s in range(L):
         g = gates[:, s:s + m].reshape(E, M, G4)
         a = torch.baddbmm(g, h, w_hh) if h is not None else g.clone()
-        a[..., :3 * H].sigmoid_()
-        a[..., 3 * H:].tanh_()
+        _activate_(a, H)
         i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
         c = i * u if c is None else torch.addcmul(f * c, i, u)
-        tc = torch.tanh(c)
+        tc = _tanh(c)
         h = o * tc
         if keep:
             acts.append(a)
