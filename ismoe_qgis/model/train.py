@@ -75,6 +75,10 @@ def autocast_dtype(device: torch.device, amp: bool):
 class WindowSampler:
     """Cuts (B, L, V, k, k) windows out of the normalised cube with one gather.
 
+    The padded cube is kept time-major (T, V, H + 2r, W + 2r): then every window is one block of
+    a strided view of it (window start, row, col, S, V, k, k), indexed on its first three axes
+    only (G indices, no per-element index tensor), and the result comes out contiguous.
+
     The padded cube lives on the training device when it fits (GPU gather, no host copies);
     otherwise on the host and batches go over in pinned memory with non_blocking copies."""
 
@@ -86,7 +90,7 @@ class WindowSampler:
         np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         if r:
             xn = np.pad(xn, ((0, 0), (0, 0), (r, r), (r, r)))
-        x = torch.from_numpy(np.ascontiguousarray(xn))
+        x = torch.from_numpy(np.ascontiguousarray(xn.transpose(1, 0, 2, 3)))      # T, V, H+2r, W+2r
         self.device = device
         on_device = device.type == "cpu"
         if device.type == "cuda":
@@ -99,8 +103,7 @@ class WindowSampler:
         self.y = torch.from_numpy(yn.astype(np.float32)).to(gdev)
         self.rows = torch.from_numpy(cube.target_rows.astype(np.int64)).to(gdev)
         self.cols = torch.from_numpy(cube.target_cols.astype(np.int64)).to(gdev)
-        self.dk = torch.arange(k, device=gdev)
-        self._offsets = {}
+        self.k = k
         doy = (cube.dates - cube.dates.astype("datetime64[Y]")).astype(np.int64) + 1
         self.doy = torch.from_numpy(doy).to(gdev)
 
@@ -111,19 +114,11 @@ class WindowSampler:
         gdev = self.x.device
         t = torch.as_tensor(t_idx, device=gdev)
         n = torch.as_tensor(n_idx, device=gdev)
-        S = self.seq_len + m - 1
-        V, _, _, _ = self.x.shape
-        k = len(self.dk)
-        sv, st, sr, sc = self.x.stride()
-        # one flat gather: each window's first element + the (S, V, k, k) block's offsets
-        off = self._offsets.get(S)
-        if off is None:
-            a = lambda n_, s_: torch.arange(n_, device=gdev) * s_   # noqa: E731
-            off = (a(S, st)[:, None, None, None] + a(V, sv)[None, :, None, None] + a(k, sr)[None, None, :, None]
-                   + a(k, sc)[None, None, None, :]).reshape(-1)
-            self._offsets[S] = off
-        base = (t - S + 1) * st + self.rows[n] * sr + self.cols[n] * sc
-        xb = torch.take(self.x, base[:, None] + off[None, :]).view(len(base), S, V, k, k)   # G, S, V, k, k
+        S, k = self.seq_len + m - 1, self.k
+        T, V, Hp, Wp = self.x.shape
+        st, sv, sr, sc = self.x.stride()
+        blocks = self.x.as_strided((T - S + 1, Hp - k + 1, Wp - k + 1, S, V, k, k), (st, sr, sc, st, sv, sr, sc))
+        xb = blocks[t - S + 1, self.rows[n], self.cols[n]]                   # G, S, V, k, k
         td = t[None, :] + torch.arange(1 - m, 1, device=gdev)[:, None]     # m, G
         yb, db = self.y[td, n[None, :]].reshape(-1), self.doy[td].reshape(-1)
         if self.host_gather:
