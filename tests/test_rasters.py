@@ -403,7 +403,8 @@ def test_window_reading_equals_slice_of_full_reading():
         assert np.all(np.isnan(win[:, mask]))  # outside the grid
 
 
-def test_window_reading_with_reprojection_and_band_blocks():
+def test_window_reading_with_reprojection_and_band_blocks(monkeypatch):
+    monkeypatch.setattr(R, "_BLOCK_PIXELS", 1)       # small windows would otherwise read all bands at once
     smap = hawaii("smap_l3_am.nc")
     grid = Grid.from_raster(hawaii("era5land_swvl1.tif"))
     info = R.open_series((smap, "soil_moisture"))
@@ -415,6 +416,8 @@ def test_window_reading_with_reprojection_and_band_blocks():
     for (r, c, h, w) in [(5, 30, 16, 16), (20, 35, 13, 12)]:
         win = R.read_window_aligned(info, grid, d, (r, c, h, w), block_bands=9)
         np.testing.assert_allclose(win, full[:, r:r + h, c:c + w], rtol=1e-5, atol=1e-6, equal_nan=True)
+    monkeypatch.setattr(R, "_BLOCK_PIXELS", 64 * 256 * 256)
+    np.testing.assert_array_equal(R.read_aligned(info, grid, d, block_bands=1), full)   # scaled up: one block
 
 
 def test_missing_dates_raise_or_fill():

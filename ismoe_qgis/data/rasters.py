@@ -22,7 +22,8 @@ Dates of the bands, in this order of precedence (see :func:`read_dates`):
 Alignment (:func:`read_aligned`, :func:`read_window_aligned`) warps band blocks of the source
 into the reference :class:`Grid` with GDAL (``rasterio.warp.reproject``), reading only the part
 of the source that covers the requested window, so memory is bounded by
-``block_bands x window``. Resampling ``'auto'``: ``bilinear`` when the grid is finer than,
+``block_bands x window`` (small windows read more bands at once, up to the memory of
+64 bands x 256 x 256 pixels). Resampling ``'auto'``: ``bilinear`` when the grid is finer than,
 equal to, or at most 1.5x coarser than the source (GDAL widens the bilinear kernel a little
 when it downsamples), ``average`` of the valid source pixels (weighted by coverage) when the
 grid is more than 1.5x coarser, and ``nearest`` for masks / categorical
@@ -952,6 +953,9 @@ def _warp_block(src, src_transform, src_crs, dst_grid: Grid, dst_crs, resampling
     return out
 
 
+_BLOCK_PIXELS = 64 * 256 * 256      # source pixels per warped block of bands, for small windows
+
+
 def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "auto", start=None,
                         step_days: int = 1, block_bands: int = 64, *, allow_missing: bool = False,
                         kind: str = "continuous", variable: Optional[str] = None, name: Optional[str] = None,
@@ -997,6 +1001,9 @@ def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "au
             if swin is not None:
                 src_transform = ds.window_transform(swin)
                 resampling_enum = _RESAMPLING_NAMES.get(plan.resampling, Resampling.nearest)
+                # small windows (stations, 1x1 series) take more bands per read: the block stays
+                # within the memory of block_bands bands of a 256 x 256 window
+                block_bands = max(block_bands, _BLOCK_PIXELS // max(1, int(swin.width) * int(swin.height)))
                 nblocks = int(math.ceil(valid.size / block_bands))
                 for bi in range(nblocks):
                     if callbacks is not None:
