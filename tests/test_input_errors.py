@@ -299,3 +299,24 @@ def test_predict_cog(run_alg, tiny_model, tmp_path):
     files = os.listdir(out)
     assert {"prediction.json", "sm.tif", "weight_temperature.tif", "weight_rain.tif"} <= set(files)
     assert not [f for f in files if f.startswith(".") or ".part" in f or f.endswith(".cog.tif")]   # no leftovers
+
+
+def test_predict_warns_on_another_resolution_than_training(run_alg, tiny_model, tmp_path):
+    """The model file keeps the training grid; predicting on another pixel size is allowed (the user
+    may mean it) but warned about, with the way out (REFERENCE). The same resolution: no warning."""
+    torch = pytest.importorskip("torch")
+    from ismoe_qgis.model.io import load_model, save_model
+    path, layers = tiny_model
+    model, _, _ = load_model(path, torch.device("cpu"))
+    for res, warned in ((0.5, True), (RES, False)):
+        grid = {"crs_wkt": rasterio.crs.CRS.from_epsg(4326).to_wkt(), "transform": list(transform(res=res).to_gdal()),
+                "width": 8, "height": 8}
+        trained = str(tmp_path / f"trained_{res}.pt")
+        save_model(trained, model, {"grid": grid})
+        _, fb = run_alg("ismoe:predict", {"MODEL_FILE": trained, "FACTORS": layers, "TILE_SIZE": 8,
+                                          "OUTPUT": str(tmp_path / f"pred_{res}")})
+        warnings = [w for w in fb.of_kind("warning") if "trained on" in w]
+        assert bool(warnings) == warned, fb.text
+        if warned:
+            assert "0.5 x 0.5 pixels" in warnings[0] and "0.1 x 0.1" in warnings[0] and "REFERENCE" in warnings[0]
+            assert "0.2 x 0.2 times" in warnings[0]

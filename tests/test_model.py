@@ -365,6 +365,8 @@ def test_train_with_runs_and_gaps(tmp_path):
         r = train(cube, str(tmp_path / f"m{m}.pt"), "ismoe", cfg, opts)
         losses[m] = [h["train_loss"] for h in r["history"]]
         assert all(np.isfinite(losses[m])) and np.isfinite(r["val_cc"])
+        info = load_model(str(tmp_path / f"m{m}.pt"))[2]
+        assert info["grid"] == cube.grid and info["train"]["consecutive_days"] == m   # for predict's grid check
     assert losses[1] != losses[4]
     with pytest.raises(ValueError, match="CONSECUTIVE_DAYS must be >= 1"):
         train(cube, str(tmp_path / "bad.pt"), "ismoe", TrainConfig(consecutive_days=0), opts)

@@ -94,9 +94,11 @@ class IsmoeAlgorithm(QgsProcessingAlgorithm):
                 return
             feedback.setProgress(min(100.0, max(0.0, value)))
 
-        return Callbacks(progress=progress,
-                         log=lambda msg: feedback.pushInfo(str(msg)),
-                         is_cancelled=feedback.isCanceled)
+        def log(msg):
+            msg = str(msg)
+            (feedback.pushWarning if msg.startswith("warning:") else feedback.pushInfo)(msg)
+
+        return Callbacks(progress=progress, log=log, is_cancelled=feedback.isCanceled)
 
     @staticmethod
     def require_torch():

@@ -40,6 +40,30 @@ def check_layers_match(cfg, layers: Dict[str, object]):
                          f"give one layer per variable with the same names (or train a model on these layers)")
 
 
+def training_grid_mismatch(train_grid: Optional[dict], grid: rasters.Grid, patch_size: int) -> Optional[str]:
+    """A warning when `grid` has another CRS or pixel size (> 1 %) than the grid the model was
+    trained on (models from before this check carry no grid: None). The patch is k x k pixels, so on
+    another resolution the experts see a different area than in training."""
+    if not train_grid:
+        return None
+    try:
+        t = rasters.Grid.from_dict(train_grid)
+        if t.crs != grid.crs:
+            return (f"warning: the model was trained on a grid in {t.crs.to_string()}, the prediction grid is in "
+                    f"{grid.crs.to_string()}: give REFERENCE (a raster on the training grid) so that the inputs "
+                    f"are warped to it")
+        (tx, ty), (gx, gy) = (abs(r) for r in t.res), (abs(r) for r in grid.res)
+    except Exception:  # noqa: BLE001 - an unreadable stored grid only disables the check
+        return None
+    if max(abs(gx - tx) / tx, abs(gy - ty) / ty) > 0.01:
+        k = patch_size
+        return (f"warning: the model was trained on {tx:g} x {ty:g} pixels, the prediction grid has {gx:g} x "
+                f"{gy:g}: the {k} x {k}-pixel patch spans {gx / tx:.3g} x {gy / ty:.3g} times the distance it "
+                f"spanned in training, so the estimates and weights may not be reliable; give REFERENCE (a raster "
+                f"at the training resolution) to warp the inputs to it")
+    return None
+
+
 def subgrid(grid: rasters.Grid, extent) -> rasters.Grid:
     """The part of `grid` covered by extent (xmin, ymin, xmax, ymax in the grid CRS), snapped to pixels."""
     if extent is None:
@@ -71,6 +95,9 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
     infos = [rasters.open_series(layers[v], start, step_days, name=v, log=cb.log) for v in cfg.variables]
     g = grid if grid is not None else infos[0].grid
     g = subgrid(g, extent)
+    mismatch = training_grid_mismatch((info or {}).get("grid"), g, cfg.patch_size)
+    if mismatch:
+        cb.log(mismatch)
     for i in infos:
         rasters.check_overlap(g, i.grid, i.name)
     dates = daily_calendar(infos)

@@ -259,7 +259,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     best_epoch = 0
     t0 = time.time()
     step = 0
-    info_base = {"model_type": model_type, "train": asdict(cfg), "split": split}
+    info_base = {"model_type": model_type, "train": asdict(cfg), "split": split,
+                 "grid": cube.grid}   # predict warns when it runs on another resolution or CRS
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         run_end, run_loc, run_valid = draw_runs(rng, tr_mask, tr_t, tr_n, n_runs, m, cube.seq_len)
