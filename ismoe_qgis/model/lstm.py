@@ -4,11 +4,13 @@ window of L steps of a sequence of per-step input projections, with a hand-writt
 Why hand-written: autograd records ~10 small ops per step and keeps each intermediate; its
 backward then replays them one by one, allocates a full-size gradient for every window slice,
 and accumulates the recurrent weight's gradient op by op. Here the forward keeps only what the
-backward needs (the gate activations and the cell state of every step), and the backward is the
-textbook LSTM backward: per step a few element-wise products written into preallocated gate
-gradients, one batched product for the state gradient and one for the weight gradient. It is
-about twice as fast on a CPU. ``tests/test_model.py`` checks it against autograd on the same
-function (values and gradients) and against ``torch.nn.LSTM``.
+backward needs (per step: the gate activations, the cell state, its tanh and the hidden state),
+and the backward is the textbook LSTM backward: per step a few element-wise products written
+into preallocated gate gradients, one batched product for the state gradient and one for the
+weight gradient. Measured forward + backward (6 experts, 256 windows of 14 steps, hidden 64,
+2-core CPU): 27 ms against 36 ms for the autograd version, 62 ms when that one slices
+overlapping windows. ``tests/test_model.py`` checks it against autograd on the same function
+(values and gradients, float64, gradcheck) and against ``torch.nn.LSTM``.
 
 Layout: gates (E, S, n, 4H), time-major, gate order along the last axis (i, f, o | g):
 input, forget and output gates (sigmoid), then the cell candidate (tanh). The input projection
