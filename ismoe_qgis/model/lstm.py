@@ -90,32 +90,34 @@ class _WindowLSTM(torch.autograd.Function):
             dh = dh.to(ct)
             dgates = torch.empty((E, S, n, G4), dtype=ct, device=dh.device)   # every step is written
             dw = torch.zeros_like(w)
-            dg = torch.empty((E, m * n, G4), dtype=ct, device=dh.device)
+            buf = torch.empty((E, m * n, G4), dtype=ct, device=dh.device) if m > 1 else None
+            sig_bwd, tanh_bwd = torch.ops.aten.sigmoid_backward, torch.ops.aten.tanh_backward   # g * y' from y
             dc_next = None
             for s in range(L - 1, -1, -1):
                 a, tc = acts[s].to(ct), tanhs[s].to(ct)
                 i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
-                dc = dh * o * (1 - tc * tc)
+                # single windows: the gate gradients go straight into their step of dgates
+                dg = dgates[:, s] if m == 1 else buf
+                dc = tanh_bwd(dh * o, tc)
                 if dc_next is not None:
                     dc += dc_next
-                # d(pre-activation) = d(activation) * activation'(.)
+                # d(activation) of (i, f, o, g), then times activation'(.) from the saved activations
                 torch.mul(dc, u, out=dg[..., :H])
                 if s > 0:
                     torch.mul(dc, cells[s - 1].to(ct), out=dg[..., H:2 * H])
                 else:
                     dg[..., H:2 * H].zero_()
                 torch.mul(dh, tc, out=dg[..., 2 * H:3 * H])
-                sig = a[..., :3 * H]
-                dg[..., :3 * H].mul_(sig * (1 - sig))
-                torch.mul(dc, i, out=dg[..., 3 * H:]).mul_(1 - u * u)
-                # windows overlap: step s + j of the sequence is step s of window j. Going backwards,
-                # step s is new at every s (all m of them at s = L - 1), the others accumulate.
-                dgv = dg.view(E, m, n, G4)
-                if s == L - 1:
-                    dgates[:, s:s + m].copy_(dgv)
-                else:
-                    dgates[:, s].copy_(dgv[:, 0])
-                    if m > 1:
+                dg[..., :3 * H] = sig_bwd(dg[..., :3 * H], a[..., :3 * H])
+                dg[..., 3 * H:] = tanh_bwd(dc * i, u)
+                if m > 1:
+                    # windows overlap: step s + j of the sequence is step s of window j. Going backwards,
+                    # step s is new at every s (all m of them at s = L - 1), the others accumulate.
+                    dgv = dg.view(E, m, n, G4)
+                    if s == L - 1:
+                        dgates[:, s:s + m].copy_(dgv)
+                    else:
+                        dgates[:, s].copy_(dgv[:, 0])
                         dgates[:, s + 1:s + m].add_(dgv[:, 1:])
                 if s > 0:
                     dw.baddbmm_(states[s - 1].to(ct).transpose(1, 2), dg)
