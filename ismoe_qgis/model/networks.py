@@ -152,8 +152,8 @@ class GroupedConvStack(nn.Module):
             outs = []
             for n0 in range(0, N, chunk):
                 xe = x[n0:n0 + chunk].permute(1, 0, 3, 4, 2).reshape(E, -1, cin)              # E, n*kk, cin
-                z = torch.relu(torch.baddbmm(self.b1[:, None, :], xe, w1))                     # E, n*kk, C
-                z = torch.relu(torch.baddbmm(self.bk[:, None, :], z.view(E, -1, kk * C), wk))  # E, n, C
+                z = torch.baddbmm(self.b1[:, None, :], xe, w1).relu_()                         # E, n*kk, C
+                z = torch.baddbmm(self.bk[:, None, :], z.view(E, -1, kk * C), wk).relu_()      # E, n, C
                 outs.append(z)
             z = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
             return z.transpose(0, 1).reshape(N, E, C, 1, 1)                                 # N, E, C, 1, 1
