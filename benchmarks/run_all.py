@@ -41,20 +41,12 @@ import torch  # noqa: E402
 
 import naive  # noqa: E402
 from ismoe_qgis.data.cube import Cube  # noqa: E402
+from ismoe_qgis.data.demo import FACTORS as DEMO_FACTORS  # noqa: E402  (6 factors, 11 variables)
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.networks import SoilMoistureNet  # noqa: E402
 from ismoe_qgis.model.train import (TrainConfig, WindowSampler, autocast_dtype, draw_runs,  # noqa: E402
                                     loss_terms, model_config_for, resolve_device)
 
-# The demo's factors (ismoe_qgis/data/demo.py): 6 factors, 11 variables.
-DEMO_FACTORS = {
-    "snow": ["snow_depth", "snow_cover", "snowmelt"],
-    "radiation": ["net_solar", "net_thermal"],
-    "precipitation": ["precipitation"],
-    "wind": ["u10", "v10"],
-    "temperature": ["t2m"],
-    "lake": ["lake_mix_temp", "lake_mix_depth"],
-}
 HIDDEN, CONV_CHANNELS, ROUTER_HIDDEN = 64, 16, 32
 WGS84 = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],'
          'UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]')
@@ -319,7 +311,7 @@ def bench_train(S, device, args):
     cfg = S["train"]
     k, L, B = 7, 14, cfg["batch"]
     cube = make_cube(DEMO_FACTORS, cfg["T"], cfg["H"], cfg["W"], cfg["targets"], k, L)
-    res = {"sizes": {"experts": len(DEMO_FACTORS), "variables": 11, "patch": k, "seq_len": L, "hidden": HIDDEN,
+    res = {"sizes": {"experts": len(DEMO_FACTORS), "variables": sum(map(len, DEMO_FACTORS.values())), "patch": k, "seq_len": L, "hidden": HIDDEN,
                      "conv_channels": CONV_CHANNELS, "batch": B,
                      "cube": [11, cfg["T"], cfg["H"], cfg["W"]], "targets": cfg["targets"]},
            "reference_check": check_reference(cube, device), "rows": [], "ratios": []}

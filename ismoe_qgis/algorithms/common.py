@@ -96,6 +96,18 @@ def parse_groups(text: str, param: str = "FACTOR_GROUPS"):
     return groups
 
 
+def layers_by_name(layers, param_layers: str = "FACTORS") -> dict:
+    """{variable name: GDAL source} of the layers; two layers with one name are an error."""
+    by_name = {}
+    for lyr in layers:
+        n = variable_name(lyr)
+        if n in by_name:
+            raise QgsProcessingException(f"{param_layers}: two layers are named '{n}': rename one (layer names "
+                                         f"are the variable names the model remembers)")
+        by_name[n] = layer_source(lyr)
+    return by_name
+
+
 def group_layers(layers, groups_text: str, param_layers: str = "FACTORS", param_groups: str = "FACTOR_GROUPS"):
     """Group raster layers into factors: {factor: [(variable, source), ...]}.
 
@@ -104,13 +116,7 @@ def group_layers(layers, groups_text: str, param_layers: str = "FACTORS", param_
     if not layers:
         raise QgsProcessingException(f"{param_layers}: no factor layers given: add at least one raster layer "
                                      f"(each band one day)")
-    by_name = {}
-    for lyr in layers:
-        n = variable_name(lyr)
-        if n in by_name:
-            raise QgsProcessingException(f"{param_layers}: two layers are named '{n}': rename one (layer names "
-                                         f"are the variable names the model remembers)")
-        by_name[n] = layer_source(lyr)
+    by_name = layers_by_name(layers, param_layers)
     groups = parse_groups(groups_text, param_groups)
     if not groups:
         return {n: [(n, s)] for n, s in by_name.items()}

@@ -96,17 +96,11 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
         if not files:
             raise QgsProcessingException(f"{self.MODELS}: no model file given: add at least one model (.pt) from "
                                          f"ismoe:train")
-        out = {}
         for f in files:
             if not os.path.isfile(f):
                 raise QgsProcessingException(f"{self.MODELS}: model file not found: '{f}'")
-            base = os.path.splitext(os.path.basename(f))[0] or "model"
-            name, k = base, 2
-            while name in out:
-                name = f"{base} ({k})"
-                k += 1
-            out[name] = f
-        return out
+        from ..model.evaluate import model_names
+        return model_names(files)
 
     def _references(self, parameters, context):
         layers = self.parameterAsLayerList(parameters, self.REFERENCES, context) or []

@@ -9,8 +9,8 @@ from qgis.core import (QgsCoordinateTransform, QgsProcessingException, QgsProces
                        QgsCoordinateReferenceSystem)
 
 from .base import IsmoeAlgorithm
-from .common import (check_values_with_gdal_strings, check_writable, layer_source, optional_date, raster_layer,
-                     raster_layer_list, variable_name)
+from .common import (check_values_with_gdal_strings, check_writable, layer_source, layers_by_name, optional_date,
+                     raster_layer, raster_layer_list)
 from .qgis_compat import NUMBER_INTEGER, PARAM_FLAG_ADVANCED, SOURCE_RASTER, add_param_flags, optional
 
 DEVICES = ["auto", "cuda", "cpu"]
@@ -82,12 +82,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
         if not layers:
             raise QgsProcessingException(f"{self.FACTORS}: no factor layers given: add one raster layer per model "
                                          f"variable")
-        sources = {}
-        for lyr in layers:
-            n = variable_name(lyr)
-            if n in sources:
-                raise QgsProcessingException(f"{self.FACTORS}: two layers are named '{n}'")
-            sources[n] = layer_source(lyr)
+        sources = layers_by_name(layers, self.FACTORS)
         out = self.parameterAsString(p, self.OUTPUT, context)
         check_writable(os.path.join(out, "x"), self.OUTPUT)
         ref = raster_layer(self, p, self.REFERENCE, context)

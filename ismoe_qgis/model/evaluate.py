@@ -268,7 +268,8 @@ def region_labels_from_polygons(cube: Cube, polygons, all_touched: bool = False)
     return labels
 
 
-def _model_names(models):
+def model_names(models):
+    """{name: path}: a dict as given, else each file's base name (made unique with ' (2)', ...)."""
     if isinstance(models, dict):
         return {str(k): v for k, v in models.items()}
     out = {}
@@ -316,7 +317,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     cb = ensure(callbacks)
     if isinstance(cube, (str, os.PathLike)):
         cube = Cube.load(os.fspath(cube))
-    models = _model_names(models)
+    models = model_names(models)
     if not models:
         raise ValueError("MODELS: no model file given: add at least one model from ismoe:train")
     references = dict(references or {})
