@@ -207,6 +207,40 @@ def test_conv_paths_agree():
                 torch.testing.assert_close(one[..., 0, 0], full[..., r, c], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk,layout", [(1, "variable-major"), (4, "variable-major"), (10 ** 6, "contiguous")])
+def test_patch_convolution_equals_tile_path(monkeypatch, chunk, layout):
+    """The training patch path (_PatchConv: chunks, expert inputs gathered per chunk, backward that
+    recomputes the per-pixel features) gives the tile path's (F.conv2d) values and gradients, for
+    experts with different input counts, float64; gradcheck on a few patches."""
+    from ismoe_qgis.model import networks
+    torch.manual_seed(0)
+    monkeypatch.setattr(networks.GroupedConvStack, "cpu_patch_chunk", chunk * 3)
+    bank = ExpertBank([[0, 1, 2], [3], [4, 1]], 5, patch_size=3, conv_channels=4, hidden=8, dropout=0.0).double()
+    x = torch.randn(5, 33, 3, 3, dtype=torch.float64).transpose(0, 1)     # variable-major memory
+    if layout == "contiguous":
+        x = x.contiguous()
+    probe = torch.randn(3, 33, 4, dtype=torch.float64)
+    params = [bank.cnn.w1, bank.cnn.b1, bank.cnn.wk, bank.cnn.bk]
+
+    def run(fast):
+        bank.zero_grad()
+        f = bank.patch_features(x) if fast else bank.features(x).view(33, 3, 4).transpose(0, 1)
+        (f * probe).sum().backward()
+        return f.detach(), [p.grad.clone() for p in params]
+
+    f_fast, g_fast = run(True)
+    f_ref, g_ref = run(False)
+    torch.testing.assert_close(f_fast, f_ref, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(("w1", "b1", "wk", "bk"), g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    assert g_fast[0][1, :, 1:].abs().max() == 0        # a missing input's weights get no gradient
+    xs = x[:4].transpose(0, 1).reshape(5, 36)
+    assert torch.autograd.gradcheck(lambda *p: networks._PatchConv.apply(xs, bank.gather_index, *p, 9, 2), (
+        torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, 36, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, 4, dtype=torch.float64, requires_grad=True)))
+
+
 def test_single_expert_matches_torch_lstm():
     """Our stacked LSTM is the standard LSTM (checked against torch.nn.LSTM)."""
     torch.manual_seed(0)
@@ -372,8 +406,9 @@ def test_train_with_runs_and_gaps(tmp_path):
         train(cube, str(tmp_path / "bad.pt"), "ismoe", TrainConfig(consecutive_days=0), opts)
 
 
-def autograd_window_lstm(gates, w_hh, L):
+def autograd_window_lstm(feats, w_ih, b, w_hh, L):
     """The same LSTM written with plain autograd ops, each window cut out on its own."""
+    gates = torch.einsum("esnc,ecg->esng", feats, w_ih) + b[:, None, None, :]
     E, S, n, G4 = gates.shape
     H, m = G4 // 4, S - L + 1
     outs = []
@@ -394,23 +429,25 @@ def test_window_lstm_backward_equals_autograd(S, L):
     """The hand-written LSTM backward gives autograd's gradients (float64, tight tolerance)."""
     from ismoe_qgis.model.lstm import window_lstm
     torch.manual_seed(0)
-    E, n, H = 3, 5, 4
-    gates = torch.randn(E, S, n, 4 * H, dtype=torch.float64, requires_grad=True)
-    w_hh = (0.5 * torch.randn(E, H, 4 * H, dtype=torch.float64)).requires_grad_()
+    E, n, H, C = 3, 5, 4, 2
+    args = [torch.randn(E, S, n, C, dtype=torch.float64), 0.5 * torch.randn(E, C, 4 * H, dtype=torch.float64),
+            0.5 * torch.randn(E, 4 * H, dtype=torch.float64), 0.5 * torch.randn(E, H, 4 * H, dtype=torch.float64)]
+    args = [a.requires_grad_() for a in args]
     probe = torch.randn(E, (S - L + 1) * n, H, dtype=torch.float64)
-    h = window_lstm(gates, w_hh, L)
+    h = window_lstm(*args, L)
     (h * probe).sum().backward()
-    g1, w1 = gates.grad.clone(), w_hh.grad.clone()
-    gates.grad = w_hh.grad = None
-    h_ref = autograd_window_lstm(gates, w_hh, L)
+    ours = [a.grad.clone() for a in args]
+    for a in args:
+        a.grad = None
+    h_ref = autograd_window_lstm(*args, L)
     (h_ref * probe).sum().backward()
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g1, gates.grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(w1, w_hh.grad, rtol=1e-10, atol=1e-12)
+    for name, g, a in zip(("feats", "w_ih", "b", "w_hh"), ours, args):
+        torch.testing.assert_close(g, a.grad, rtol=1e-10, atol=1e-12, msg=name)
     with torch.no_grad():                                   # the inference path: same values
-        torch.testing.assert_close(window_lstm(gates, w_hh, L), h_ref, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda g, w: window_lstm(g, w, L), (gates[:, :, :2, :].detach().requires_grad_(),
-                                                                         w_hh.detach().requires_grad_()))
+        torch.testing.assert_close(window_lstm(*args, L), h_ref, rtol=1e-12, atol=1e-12)
+    small = [args[0][:, :, :2].detach().requires_grad_()] + [a.detach().requires_grad_() for a in args[1:]]
+    assert torch.autograd.gradcheck(lambda *a: window_lstm(*a, L), small)
 
 
 def test_training_step_under_bf16_autocast():
@@ -456,8 +493,10 @@ def test_model_gradients_equal_plain_autograd(monkeypatch):
 
     monkeypatch.setattr(networks.GroupedConvStack, "cpu_patch_chunk", 7)     # many small chunks
     fast = grads()
-    monkeypatch.setattr(networks.GroupedConvStack, "cpu_patch_chunk", 10 ** 9)
-    monkeypatch.setattr(networks, "window_lstm", lambda g, w, L: autograd_window_lstm(g, w, L))
+    # plain: the convolution through the tile path (F.conv2d), the LSTM through autograd_window_lstm
+    monkeypatch.setattr(networks.ExpertBank, "patch_features",
+                        lambda bank, x: bank.features(x).view(x.shape[0], bank.E, bank.C).transpose(0, 1))
+    monkeypatch.setattr(networks, "window_lstm", autograd_window_lstm)
     plain = grads()
     for (name, _), a, b in zip(model.named_parameters(), fast, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

@@ -84,9 +84,7 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
         p1 = min(P, p0 + px_chunk)
         n = p1 - p0
         with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            fc = feats[:, :, p0:p1].reshape(E, Ttot * n, bank.C)
-            g = bank.input_gates(fc).view(E, Ttot, n, -1)
-            hs = bank.windows(g, L)                                                # E, T*n, H
+            hs = bank.windows(feats[:, :, p0:p1], L)                                # E, T*n, H
             out = bank.head(hs)                                                    # T*n, E
         # mix runs outside autocast: give it fp32 (the router's baddbmm fails on bf16 states + fp32 weights)
         y, wt = model.mix(out.float(), hs.float(),

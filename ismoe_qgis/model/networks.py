@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .lstm import window_lstm
+from .lstm import active_autocast_dtype, window_lstm
 
 MODEL_TYPES = ("ismoe", "cnn_lstm", "mean_expert")
 ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy")
@@ -115,55 +115,136 @@ def silent_factor_mask(x: torch.Tensor, factor_index: List[List[int]], L: int = 
     return torch.stack([(rng[:, idx] < SILENT_TOL).all(dim=1) for idx in factor_index], dim=1)
 
 
+class _PatchConv(torch.autograd.Function):
+    """The grouped conv stack on k x k training patches, in chunks of patches, with a backward that
+    recomputes each chunk's per-pixel features instead of keeping them.
+
+    Why: the per-pixel features (E x patches x k*k x C floats, 67 MB at 256 windows x 14 days x 6
+    experts) are the largest tensor of a training step. Autograd writes them out in the forward and
+    reads them back 3-4 times in the backward, from memory; here each chunk's features are rebuilt
+    by one small product (the 1x1 conv) and used while they are in cache. Each chunk also gathers
+    its experts' input columns itself, so the (patches x experts x inputs) copy never exists whole.
+
+    xs (V, N * kk): the patches' pixels as columns, variable-major (patch n's pixels at columns
+    n * kk .. n * kk + kk - 1); gidx (E * cin,): each expert's input rows of xs; w1b (E, cin + 1, C):
+    the 1x1 conv with its bias as the last row (the inputs get a row of ones); wk (E, kk * C, C): the
+    k x k conv, rows in (pixel, channel) order. Returns (E, N, C). No gradient for xs (the tile
+    path serves input gradients)."""
+
+    @staticmethod
+    def forward(ctx, xs, gidx, w1b, wk, bk, kk, chunk):
+        E, cin1, C = w1b.shape
+        N = xs.shape[1] // kk
+        chunk = min(chunk, N)
+        bufs = _PatchConv.buffers(xs, E, cin1, C, chunk * kk, w1b.dtype)
+        outs = []
+        for n0 in range(0, N, chunk):
+            n = min(N, n0 + chunk) - n0
+            z = _PatchConv.pixel_features(xs, gidx, w1b, n0 * kk, n * kk, bufs)
+            outs.append(torch.baddbmm(bk[:, None], z.view(E, n, kk * C), wk))
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).relu_()
+        ctx.save_for_backward(xs, gidx, w1b, wk, out)
+        ctx.kk, ctx.chunk = kk, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        xs, gidx, w1b, wk, out = ctx.saved_tensors
+        kk, chunk = ctx.kk, ctx.chunk
+        E, cin1, C = w1b.shape
+        N = out.shape[1]
+        acc = torch.promote_types(w1b.dtype, torch.float32)      # gradients summed over chunks in fp32
+        dz2 = torch.ops.aten.threshold_backward(g.to(out.dtype), out, 0)
+        dbk = dz2.sum(1, dtype=acc)
+        dwk = torch.zeros(wk.shape, dtype=acc, device=wk.device)
+        dw1 = torch.zeros(w1b.shape, dtype=acc, device=wk.device)
+        bufs = _PatchConv.buffers(xs, E, cin1, C, chunk * kk, w1b.dtype)
+        dzbuf = torch.empty_like(bufs[1])
+        wkt = wk.transpose(1, 2)
+        for n0 in range(0, N, chunk):
+            n = min(N, n0 + chunk) - n0
+            z = _PatchConv.pixel_features(xs, gidx, w1b, n0 * kk, n * kk, bufs)   # recomputed
+            d = dz2[:, n0:n0 + n]
+            dwk += torch.bmm(z.view(E, n, kk * C).transpose(1, 2), d)
+            dz = torch.bmm(d, wkt, out=dzbuf[:, :n * kk].view(E, n, kk * C)).view(E, n * kk, C)
+            torch.ops.aten.threshold_backward.grad_input(dz, z, 0, grad_input=dz)   # ReLU', in place
+            dw1 += torch.bmm(bufs[0][:, :, :n * kk], dz)
+        return None, None, dw1.to(w1b.dtype), dwk.to(wk.dtype), dbk.to(out.dtype), None, None
+
+    @staticmethod
+    def buffers(xs, E, cin1, C, cols, dtype):
+        """Per-chunk work space: expert inputs (E, cin + 1, cols) with the ones row set, features."""
+        xe = torch.empty((E, cin1, cols), dtype=dtype, device=xs.device)
+        xe[:, -1] = 1.0
+        return xe, torch.empty((E, cols, C), dtype=dtype, device=xs.device)
+
+    @staticmethod
+    def pixel_features(xs, gidx, w1b, c0, cols, bufs):
+        """ReLU(1x1 conv) of pixel columns c0 .. c0 + cols for every expert -> (E, cols, C) (in bufs)."""
+        xe, z = bufs[0][:, :, :cols], bufs[1][:, :cols]
+        E, cin1, _ = xe.shape
+        xe[:, :-1] = xs[:, c0:c0 + cols].index_select(0, gidx).view(E, cin1 - 1, cols)
+        return torch.bmm(xe.transpose(1, 2), w1b, out=z).relu_()
+
+
 class GroupedConvStack(nn.Module):
     """E independent CNNs in one pass: a 1x1 conv (Cin->C) + ReLU, then one 'valid' k x k conv
     (C->C) + ReLU that reduces a k x k patch to one pixel (receptive field exactly k x k).
 
-    Both are grouped convolutions (one group per expert). On a k x k training patch the k x k
-    conv is a single batched matrix product over experts (the patch IS the im2col column);
-    on a larger tile it runs as F.conv2d(groups=E). Tests check both paths agree.
+    Both are grouped convolutions (one group per expert). An expert with fewer than Cin inputs
+    has its missing inputs' weights masked to zero (``in_mask``). Two paths, checked to agree by
+    the tests: ``forward`` on tiles (einsum + F.conv2d(groups=E)), and ``patches`` on k x k
+    training patches, where the k x k conv is a single batched matrix product over experts (the
+    patch IS the im2col column), run in chunks by ``_PatchConv``.
     """
 
-    cpu_patch_chunk = 1536     # patches x experts per chunk of the patch path on a CPU
+    cpu_patch_chunk = 1536     # patches x experts per chunk of the patch path on a CPU (cache-sized)
 
-    def __init__(self, E: int, cin: int, C: int, k: int):
+    def __init__(self, E: int, cin: int, C: int, k: int, n_inputs: List[int] = None):
         super().__init__()
         self.E, self.C, self.k = E, C, k
         self.w1 = nn.Parameter(torch.empty(E, C, cin).uniform_(-1 / math.sqrt(cin), 1 / math.sqrt(cin)))
         self.b1 = nn.Parameter(torch.empty(E, C).uniform_(-1 / math.sqrt(cin), 1 / math.sqrt(cin)))
+        mask = torch.zeros(E, cin)
+        for e, n in enumerate(n_inputs or [cin] * E):
+            mask[e, :n] = 1.0
+        self.register_buffer("in_mask", mask, persistent=False)
         if k > 1:
             s = 1 / math.sqrt(k * k * C)
             self.wk = nn.Parameter(torch.empty(E, C, C * k * k).uniform_(-s, s))
             self.bk = nn.Parameter(torch.empty(E, C).uniform_(-s, s))
 
+    def w1_masked(self) -> torch.Tensor:
+        """(E, C, cin) 1x1 conv weights, zero for an expert's missing inputs."""
+        return self.w1 * self.in_mask[:, None, :]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, E, cin, h, w) -> (N, E, C, h - k + 1, w - k + 1)."""
         N, E, cin, h, w = x.shape
         C, k = self.C, self.k
-        if k > 1 and h == k and w == k:
-            # training patches: expert-major and contiguous throughout, two batched products.
-            # The k x k conv reads each patch as one (pixel, channel) row: wk is viewed in that order.
-            # On a CPU the patches go in chunks whose per-pixel features (E x chunk x k*k x C floats)
-            # stay in cache and below the allocator's mmap threshold: 3x faster than one big pass.
-            kk = k * k
-            wk = self.wk.view(E, C, C, kk).transpose(2, 3).reshape(E, C, kk * C).transpose(1, 2)
-            w1 = self.w1.transpose(1, 2)
-            chunk = N if x.device.type == "cuda" else max(1, self.cpu_patch_chunk // E)
-            outs = []
-            for n0 in range(0, N, chunk):
-                xe = x[n0:n0 + chunk].permute(1, 0, 3, 4, 2).reshape(E, -1, cin)              # E, n*kk, cin
-                z = torch.baddbmm(self.b1[:, None, :], xe, w1).relu_()                         # E, n*kk, C
-                z = torch.baddbmm(self.bk[:, None, :], z.view(E, -1, kk * C), wk).relu_()      # E, n, C
-                outs.append(z)
-            z = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-            return z.transpose(0, 1).reshape(N, E, C, 1, 1)                                 # N, E, C, 1, 1
-        z = torch.einsum("neihw,eoi->neohw", x, self.w1) + self.b1[None, :, :, None, None]
+        z = torch.einsum("neihw,eoi->neohw", x, self.w1_masked()) + self.b1[None, :, :, None, None]
         z = torch.relu(z)
         if k == 1:
             return z
         weight = self.wk.reshape(E * C, C, k, k)
         z = F.conv2d(z.reshape(N, E * C, h, w), weight, self.bk.reshape(-1), groups=E)
         return torch.relu(z).view(N, E, C, h - k + 1, w - k + 1)
+
+    def patches(self, xs: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
+        """k x k patches given as pixel columns xs (V, N * k * k) (variable-major, each patch's pixels
+        in raster order); gidx (E * cin,) each expert's input rows of xs. -> (E, N, C)."""
+        E, C, k = self.E, self.C, self.k
+        kk = k * k
+        # wk is viewed in the patch rows' (pixel, channel) order
+        wk = self.wk.view(E, C, C, kk).transpose(2, 3).reshape(E, C, kk * C).transpose(1, 2)
+        w1b = torch.cat([self.w1_masked().transpose(1, 2), self.b1[:, None, :]], dim=1)   # E, cin + 1, C
+        args = (xs, gidx, w1b, wk, self.bk)
+        chunk = xs.shape[1] // kk if xs.device.type == "cuda" else max(1, self.cpu_patch_chunk // E)
+        dt = active_autocast_dtype(xs)
+        if dt is None:
+            return _PatchConv.apply(*args, kk, chunk)
+        with torch.autocast(xs.device.type, enabled=False):        # autocast's dtype, by hand
+            return _PatchConv.apply(*(a if a is gidx else a.to(dt) for a in args), kk, chunk)
 
 
 class ExpertBank(nn.Module):
@@ -177,13 +258,14 @@ class ExpertBank(nn.Module):
         self.k = patch_size
         self.C = conv_channels
         self.H = hidden
-        # gather index: each expert's variables, padded with the index of an all-zero channel
+        # gather index: each expert's variables, padded to vmax by repeating its first one (the
+        # conv masks a padded input's weights to zero)
         gidx = []
         for idx in factor_index:
-            gidx += list(idx) + [n_variables] * (self.vmax - len(idx))
+            gidx += list(idx) + [idx[0]] * (self.vmax - len(idx))
         self.register_buffer("gather_index", torch.tensor(gidx, dtype=torch.long), persistent=False)
         E, C = self.E, self.C
-        self.cnn = GroupedConvStack(E, self.vmax, C, patch_size)
+        self.cnn = GroupedConvStack(E, self.vmax, C, patch_size, [len(i) for i in factor_index])
         s_ih, s_hh = 1.0 / math.sqrt(C), 1.0 / math.sqrt(hidden)
         self.w_ih = nn.Parameter(torch.empty(E, C, 4 * hidden).uniform_(-s_ih, s_ih))
         self.w_hh = nn.Parameter(torch.empty(E, hidden, 4 * hidden).uniform_(-s_hh, s_hh))
@@ -195,30 +277,28 @@ class ExpertBank(nn.Module):
         self.w_out = nn.Parameter(torch.empty(E, hidden).uniform_(-s_hh, s_hh))
         self.b_out = nn.Parameter(torch.zeros(E))
 
-    def group_inputs(self, x: torch.Tensor, var_dim: int) -> torch.Tensor:
-        """Pick each expert's variables (zero-padded) along `var_dim`."""
-        shape = list(x.shape)
-        shape[var_dim] = 1
-        x = torch.cat([x, x.new_zeros(shape)], dim=var_dim)
-        return x.index_select(var_dim, self.gather_index)
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolutional features. x: (N, V, h, w) -> (N, E, C, h-k+1, w-k+1)."""
-        return self.cnn(self.group_inputs(x, 1).view(x.shape[0], self.E, self.vmax, x.shape[-2], x.shape[-1]))
+        """Convolutional features of tiles. x: (N, V, h, w) -> (N, E, C, h-k+1, w-k+1)."""
+        N, _, h, w = x.shape
+        return self.cnn(x.index_select(1, self.gather_index).view(N, self.E, self.vmax, h, w))
 
-    def input_gates(self, feats: torch.Tensor) -> torch.Tensor:
-        """(E, M, C) -> (E, M, 4H): the LSTM input projection, one batched product."""
-        return torch.baddbmm(self.b.unsqueeze(1), feats, self.w_ih)
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolutional features of k x k patches. x: (N, V, k, k) -> (E, N, C). Variable-major
+        memory (x.transpose(0, 1) contiguous, as WindowSampler gives) is read without a copy."""
+        N, V, k, _ = x.shape
+        if k == 1 or x.requires_grad:       # nothing to chunk / input gradients: the tile path
+            return self.features(x).view(N, self.E, self.C).transpose(0, 1)
+        return self.cnn.patches(x.transpose(0, 1).reshape(V, N * k * k), self.gather_index)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """(E, M, H) -> (M, E) expert outputs."""
         return (torch.einsum("emh,eh->em", self.drop(h), self.w_out) + self.b_out[:, None]).t()
 
-    def windows(self, gates: torch.Tensor, L: int) -> torch.Tensor:
-        """Run the LSTM over every window of L steps. gates (E, S, n, 4H): per-step input projections
-        of n sequences, time-major. Returns h (E, m * n, H) for the m = S - L + 1 windows, row j * n + i
+    def windows(self, feats: torch.Tensor, L: int) -> torch.Tensor:
+        """Run the LSTM over every window of L steps. feats (E, S, n, C): per-step features of n
+        sequences, time-major. Returns h (E, m * n, H) for the m = S - L + 1 windows, row j * n + i
         = the window of sequence i ending at step L - 1 + j (see ``lstm.window_lstm``)."""
-        return window_lstm(gates, self.w_hh, L)
+        return window_lstm(feats, self.w_ih, self.b, self.w_hh, L)
 
     def forward(self, x: torch.Tensor, L: int = None):
         """x: (G, S, V, k, k), S = L + m - 1 consecutive days of G patches (default L = S, m = 1).
@@ -227,10 +307,8 @@ class ExpertBank(nn.Module):
         day, however many windows share it."""
         G, S, V, k, _ = x.shape
         L = L or S
-        f = self.features(x.reshape(G * S, V, k, k))             # G*S, E, C, 1, 1
-        f = f.view(G, S, self.E, self.C).permute(2, 1, 0, 3)      # E, S, G, C (time-major)
-        gates = self.input_gates(f.reshape(self.E, S * G, self.C)).view(self.E, S, G, -1)
-        h = self.windows(gates, L)
+        f = self.patch_features(x.reshape(G * S, V, k, k))       # E, G*S, C
+        h = self.windows(f.view(self.E, G, S, self.C).transpose(1, 2), L)   # features time-major
         return self.head(h), h
 
 

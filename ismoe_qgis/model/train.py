@@ -75,9 +75,11 @@ def autocast_dtype(device: torch.device, amp: bool):
 class WindowSampler:
     """Cuts (B, L, V, k, k) windows out of the normalised cube with one gather.
 
-    The padded cube is kept time-major (T, V, H + 2r, W + 2r): then every window is one block of
-    a strided view of it (window start, row, col, S, V, k, k), indexed on its first three axes
-    only (G indices, no per-element index tensor), and the result comes out contiguous.
+    The padded cube is kept as it is stored, variable-major (V, T, H + 2r, W + 2r): every window is
+    one block of a strided view of it (V, window start, row, col, S, k, k), indexed on its start, row
+    and col axes only (G indices, no per-element index tensor). The batch comes out contiguous as
+    (V, G, S, k, k) and is handed over as its (G, S, V, k, k) view: the model's patch convolution
+    reads its variables' rows from that memory without a copy.
 
     The padded cube lives on the training device when it fits (GPU gather, no host copies);
     otherwise on the host and batches go over in pinned memory with non_blocking copies."""
@@ -90,7 +92,7 @@ class WindowSampler:
         np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         if r:
             xn = np.pad(xn, ((0, 0), (0, 0), (r, r), (r, r)))
-        x = torch.from_numpy(np.ascontiguousarray(xn.transpose(1, 0, 2, 3)))      # T, V, H+2r, W+2r
+        x = torch.from_numpy(np.ascontiguousarray(xn))                          # V, T, H+2r, W+2r
         self.device = device
         on_device = device.type == "cpu"
         if device.type == "cuda":
@@ -115,15 +117,15 @@ class WindowSampler:
         t = torch.as_tensor(t_idx, device=gdev)
         n = torch.as_tensor(n_idx, device=gdev)
         S, k = self.seq_len + m - 1, self.k
-        T, V, Hp, Wp = self.x.shape
-        st, sv, sr, sc = self.x.stride()
-        blocks = self.x.as_strided((T - S + 1, Hp - k + 1, Wp - k + 1, S, V, k, k), (st, sr, sc, st, sv, sr, sc))
-        xb = blocks[t - S + 1, self.rows[n], self.cols[n]]                   # G, S, V, k, k
+        V, T, Hp, Wp = self.x.shape
+        sv, st, sr, sc = self.x.stride()
+        blocks = self.x.as_strided((V, T - S + 1, Hp - k + 1, Wp - k + 1, S, k, k), (sv, st, sr, sc, st, sr, sc))
+        xb = blocks[:, t - S + 1, self.rows[n], self.cols[n]]               # V, G, S, k, k
         td = t[None, :] + torch.arange(1 - m, 1, device=gdev)[:, None]     # m, G
         yb, db = self.y[td, n[None, :]].reshape(-1), self.doy[td].reshape(-1)
         if self.host_gather:
-            xb, yb, db = (a.contiguous().pin_memory().to(self.device, non_blocking=True) for a in (xb, yb, db))
-        return xb, yb, db
+            xb, yb, db = (a.pin_memory().to(self.device, non_blocking=True) for a in (xb, yb, db))
+        return xb.permute(1, 2, 0, 3, 4), yb, db
 
 
 def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig:
