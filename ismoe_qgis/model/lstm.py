@@ -53,22 +53,22 @@ def active_autocast_dtype(t: torch.Tensor):
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
 
 
-def _gates(feats, w_ih, b):
-    """(E, S, n, C) -> (E, S, n, 4H): the input projection of every step, one batched product."""
-    E, S, n, C = feats.shape
-    return torch.baddbmm(b.unsqueeze(1), feats.reshape(E, S * n, C), w_ih).view(E, S, n, -1)
-
-
-def _steps(gates, w_hh, L, keep):
+def _steps(feats, w_ih, b, w_hh, L, keep):
     """Forward. Returns the final h and, when `keep`, the per-step activations and cell states."""
-    E, S, n, G4 = gates.shape
+    E, S, n, C = feats.shape
+    G4 = w_hh.shape[2]
     H, m = G4 // 4, S - L + 1
     M = m * n
+    # the input projection of every step, one batched product (the bias is added per step: a
+    # broadcast bias in this product would be copied out to its full size first)
+    gates = torch.bmm(feats.reshape(E, S * n, C), w_ih).view(E, S, n, G4)
+    b = b[:, None, None, :]
     h = c = None
     acts, cells, tanhs, states = [], [], [], []
     for s in range(L):
-        g = gates[:, s:s + m].reshape(E, M, G4)
-        a = torch.baddbmm(g, h, w_hh) if h is not None else g.clone()
+        a = torch.add(gates[:, s:s + m], b).view(E, M, G4)
+        if h is not None:
+            a.baddbmm_(h, w_hh)
         _activate_(a, H)
         i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
         c = i * u if c is None else torch.addcmul(f * c, i, u)
@@ -87,7 +87,7 @@ class _WindowLSTM(torch.autograd.Function):
     def forward(ctx, feats, w_ih, b, w_hh, L):
         dt = feats.dtype
         w_ih, b, w_hh_dt = w_ih.to(dt), b.to(dt), w_hh.to(dt)
-        h, acts, cells, tanhs, states = _steps(_gates(feats, w_ih, b), w_hh_dt, L, keep=True)
+        h, acts, cells, tanhs, states = _steps(feats, w_ih, b, w_hh_dt, L, keep=True)
         ctx.L, ctx.shape, ctx.dtypes = L, feats.shape, (dt, w_hh.dtype)
         ctx.save_for_backward(feats, w_ih, w_hh, *acts, *cells, *tanhs, *states[:-1])
         return h
@@ -160,4 +160,4 @@ def window_lstm(feats: torch.Tensor, w_ih: torch.Tensor, b: torch.Tensor, w_hh: 
         if torch.is_grad_enabled() and any(t.requires_grad for t in (feats, w_ih, b, w_hh)):
             return _WindowLSTM.apply(feats, w_ih, b, w_hh, L)
         dt = feats.dtype
-        return _steps(_gates(feats, w_ih.to(dt), b.to(dt)), w_hh.to(dt), L, keep=False)[0]
+        return _steps(feats, w_ih.to(dt), b.to(dt), w_hh.to(dt), L, keep=False)[0]
