@@ -53,20 +53,32 @@ def active_autocast_dtype(t: torch.Tensor):
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
 
 
+def _window_block(t, s, m):
+    """(E, S, n, X) -> (E, m * n, X): step s of all m windows (sequence steps s .. s + m - 1)."""
+    E, _, n, X = t.shape
+    return t[:, s:s + m].reshape(E, m * n, X)
+
+
 def _steps(feats, w_ih, b, w_hh, L, keep):
-    """Forward. Returns the final h and, when `keep`, the per-step activations and cell states."""
+    """Forward. Returns the final h and, when `keep`, the per-step activations and cell states.
+
+    The input projection: without `keep` (inference, many overlapping windows: m ~ T) it runs once
+    per sequence step for all windows, one batched product. With `keep` (training, m small) it runs
+    per window step on the block of features, so that the gates of all steps (E x S x n x 4H
+    floats, 22 MB at 256 windows) are never written out: the step's gates stay in cache."""
     E, S, n, C = feats.shape
     G4 = w_hh.shape[2]
     H, m = G4 // 4, S - L + 1
-    M = m * n
-    # the input projection of every step, one batched product (the bias is added per step: a
-    # broadcast bias in this product would be copied out to its full size first)
-    gates = torch.bmm(feats.reshape(E, S * n, C), w_ih).view(E, S, n, G4)
-    b = b[:, None, None, :]
+    gates = None if keep else torch.bmm(feats.reshape(E, S * n, C), w_ih).view(E, S, n, G4)
+    b = b[:, None, :]
     h = c = None
     acts, cells, tanhs, states = [], [], [], []
     for s in range(L):
-        a = torch.add(gates[:, s:s + m], b).view(E, M, G4)
+        # the bias is added here: a broadcast bias as baddbmm's input is copied out to full size first
+        if keep:
+            a = torch.bmm(_window_block(feats, s, m), w_ih).add_(b)
+        else:
+            a = torch.add(_window_block(gates, s, m), b)
         if h is not None:
             a.baddbmm_(h, w_hh)
         _activate_(a, H)
@@ -88,31 +100,30 @@ class _WindowLSTM(torch.autograd.Function):
         dt = feats.dtype
         w_ih, b, w_hh_dt = w_ih.to(dt), b.to(dt), w_hh.to(dt)
         h, acts, cells, tanhs, states = _steps(feats, w_ih, b, w_hh_dt, L, keep=True)
-        ctx.L, ctx.shape, ctx.dtypes = L, feats.shape, (dt, w_hh.dtype)
+        ctx.L, ctx.dtypes = L, (dt, w_hh.dtype)
         ctx.save_for_backward(feats, w_ih, w_hh, *acts, *cells, *tanhs, *states[:-1])
         return h
 
     @staticmethod
     def backward(ctx, dh):
         L = ctx.L
-        E, S, n, C = ctx.shape
         feats, w_ih, w_hh, *rest = ctx.saved_tensors
+        E, S, n, C = feats.shape
         G4 = w_hh.shape[2]
         H, m = G4 // 4, S - L + 1
         acts, cells, tanhs, states = rest[:L], rest[L:2 * L], rest[2 * L:3 * L], rest[3 * L:]
         ct = torch.promote_types(ctx.dtypes[0], torch.float32)    # bf16 forward: fp32 backward
-        w = w_hh.to(ct)
+        w, wi, f_ct = w_hh.to(ct), w_ih.to(ct), feats.to(ct)
         dh = dh.to(ct)
-        dgates = torch.empty((E, S, n, G4), dtype=ct, device=dh.device)   # every step is written
-        dw = torch.zeros_like(w)
-        buf = torch.empty((E, m * n, G4), dtype=ct, device=dh.device) if m > 1 else None
+        dfeats = torch.zeros((E, S, n, C), dtype=ct, device=dh.device)
+        dw, dwi = torch.zeros_like(w), torch.zeros_like(wi)
+        db = torch.zeros((E, G4), dtype=ct, device=dh.device)
+        dg = torch.empty((E, m * n, G4), dtype=ct, device=dh.device)    # the step's gate gradients
         sig_bwd, tanh_bwd = torch.ops.aten.sigmoid_backward, torch.ops.aten.tanh_backward   # g * y' from y
         dc_next = None
         for s in range(L - 1, -1, -1):
             a, tc = acts[s].to(ct), tanhs[s].to(ct)
             i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
-            # single windows: the gate gradients go straight into their step of dgates
-            dg = dgates[:, s] if m == 1 else buf
             dc = tanh_bwd(dh * o, tc)
             if dc_next is not None:
                 dc += dc_next
@@ -125,26 +136,17 @@ class _WindowLSTM(torch.autograd.Function):
             torch.mul(dh, tc, out=dg[..., 2 * H:3 * H])
             dg[..., :3 * H] = sig_bwd(dg[..., :3 * H], a[..., :3 * H])
             dg[..., 3 * H:] = tanh_bwd(dc * i, u)
-            if m > 1:
-                # windows overlap: step s + j of the sequence is step s of window j. Going backwards,
-                # step s is new at every s (all m of them at s = L - 1), the others accumulate.
-                dgv = dg.view(E, m, n, G4)
-                if s == L - 1:
-                    dgates[:, s:s + m].copy_(dgv)
-                else:
-                    dgates[:, s].copy_(dgv[:, 0])
-                    dgates[:, s + 1:s + m].add_(dgv[:, 1:])
+            # the input projection of this step's block of features (sequence steps s .. s + m - 1:
+            # windows overlap, so a sequence step gathers gradient from every window that holds it)
+            dfeats[:, s:s + m] += torch.bmm(dg, wi.transpose(1, 2)).view(E, m, n, C)
+            dwi.baddbmm_(_window_block(f_ct, s, m).transpose(1, 2), dg)
+            db += dg.sum(1)
             if s > 0:
                 dw.baddbmm_(states[s - 1].to(ct).transpose(1, 2), dg)
                 dh = torch.bmm(dg, w.transpose(1, 2))
                 dc_next = dc * f
-        # the input projection: gates = feats @ w_ih + b
-        dg_all = dgates.view(E, S * n, G4)
-        f_all = feats.reshape(E, S * n, C).to(ct)
-        dfeats = torch.bmm(dg_all, w_ih.to(ct).transpose(1, 2)).view(E, S, n, C)
-        dw_ih = torch.bmm(f_all.transpose(1, 2), dg_all)
-        db = dg_all.sum(1)
-        return dfeats.to(ctx.dtypes[0]), dw_ih.to(ctx.dtypes[1]), db.to(ctx.dtypes[1]), dw.to(ctx.dtypes[1]), None
+        d = ctx.dtypes
+        return dfeats.to(d[0]), dwi.to(d[1]), db.to(d[1]), dw.to(d[1]), None
 
 
 def window_lstm(feats: torch.Tensor, w_ih: torch.Tensor, b: torch.Tensor, w_hh: torch.Tensor,
