@@ -235,7 +235,8 @@ def test_patch_convolution_equals_tile_path(monkeypatch, chunk, layout):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
     assert g_fast[0][1, :, 1:].abs().max() == 0        # a missing input's weights get no gradient
     xs = x[:4].transpose(0, 1).reshape(5, 36)
-    assert torch.autograd.gradcheck(lambda *p: networks._PatchConv.apply(xs, bank.gather_index, *p, 9, 2), (
+    gidx = bank.gather_index.view(3, 3).t().reshape(-1)         # input-major
+    assert torch.autograd.gradcheck(lambda *p: networks._PatchConv.apply(xs, gidx, *p, 9, 2), (
         torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True),
         torch.randn(3, 36, 4, dtype=torch.float64, requires_grad=True),
         torch.randn(3, 4, dtype=torch.float64, requires_grad=True)))

@@ -59,94 +59,114 @@ def _window_block(t, s, m):
     return t[:, s:s + m].reshape(E, m * n, X)
 
 
-def _steps(feats, w_ih, b, w_hh, L, keep):
-    """Forward. Returns the final h and, when `keep`, the per-step activations and cell states.
+def _cell(a, c, H, h_out=None):
+    """One LSTM step from the pre-activations a (E, M, 4H) (activated in place) and the previous
+    cell state c (None at the first step). Returns the cell state, its tanh and h (in h_out if given)."""
+    _activate_(a, H)
+    i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
+    c = i * u if c is None else torch.addcmul(f * c, i, u)
+    tc = _tanh(c)
+    return c, tc, torch.mul(o, tc, out=h_out) if h_out is not None else o * tc
 
-    The input projection: without `keep` (inference, many overlapping windows: m ~ T) it runs once
-    per sequence step for all windows, one batched product. With `keep` (training, m small) it runs
-    per window step on the block of features, so that the gates of all steps (E x S x n x 4H
-    floats, 22 MB at 256 windows) are never written out: the step's gates stay in cache."""
+
+def _steps(feats, w_ih, b, w_hh, L):
+    """Inference forward: final h. The input projection of every sequence step runs once for all the
+    (many, overlapping: m ~ T) windows that share it, as one batched product."""
     E, S, n, C = feats.shape
     G4 = w_hh.shape[2]
     H, m = G4 // 4, S - L + 1
-    gates = None if keep else torch.bmm(feats.reshape(E, S * n, C), w_ih).view(E, S, n, G4)
+    gates = torch.bmm(feats.reshape(E, S * n, C), w_ih).view(E, S, n, G4)
     b = b[:, None, :]
     h = c = None
-    acts, cells, tanhs, states = [], [], [], []
     for s in range(L):
         # the bias is added here: a broadcast bias as baddbmm's input is copied out to full size first
-        if keep:
-            a = torch.bmm(_window_block(feats, s, m), w_ih).add_(b)
-        else:
-            a = torch.add(_window_block(gates, s, m), b)
+        a = torch.add(_window_block(gates, s, m), b)
         if h is not None:
             a.baddbmm_(h, w_hh)
-        _activate_(a, H)
-        i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
-        c = i * u if c is None else torch.addcmul(f * c, i, u)
-        tc = _tanh(c)
-        h = o * tc
-        if keep:
-            acts.append(a)
-            cells.append(c)
-            tanhs.append(tc)
-            states.append(h)
-    return h, acts, cells, tanhs, states
+        c, _, h = _cell(a, c, H)
+    return h
+
+
+def _steps_train(feats, w, L):
+    """Training forward, keeping what the backward needs. Each step multiplies [x_s, h_{s-1}, 1]
+    (E, M, C + H + 1) by the stacked weight w = [w_ih; w_hh; b] (E, C + H + 1, 4H), one product: the
+    input projection runs per window step (m is small in training), so the gates of all steps
+    (E x S x n x 4H floats, 22 MB at 256 windows) are never written out, h is written straight
+    into the next step's input, and the bias gradient comes out of the weight gradient's product."""
+    E, S, n, C = feats.shape
+    K, G4 = w.shape[1:]
+    H, m = G4 // 4, S - L + 1
+    M = m * n
+    xh = feats.new_zeros((E, M, K))          # h_{-1} = 0
+    c = None
+    inputs, acts, cells, tanhs = [], [], [], []
+    for s in range(L):
+        xh[..., :C] = _window_block(feats, s, m)
+        xh[..., -1] = 1.0
+        a = torch.bmm(xh, w)
+        nxt = feats.new_empty((E, M, K)) if s < L - 1 else None
+        c, tc, h = _cell(a, c, H, None if nxt is None else nxt[..., C:C + H])
+        inputs.append(xh)
+        acts.append(a)
+        cells.append(c)
+        tanhs.append(tc)
+        xh = nxt
+    return h, inputs, acts, cells, tanhs
 
 
 class _WindowLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feats, w_ih, b, w_hh, L):
         dt = feats.dtype
-        w_ih, b, w_hh_dt = w_ih.to(dt), b.to(dt), w_hh.to(dt)
-        h, acts, cells, tanhs, states = _steps(feats, w_ih, b, w_hh_dt, L, keep=True)
-        ctx.L, ctx.dtypes = L, (dt, w_hh.dtype)
-        ctx.save_for_backward(feats, w_ih, w_hh, *acts, *cells, *tanhs, *states[:-1])
+        w = torch.cat([w_ih, w_hh, b[:, None, :]], dim=1).to(dt)
+        h, inputs, acts, cells, tanhs = _steps_train(feats, w, L)
+        ctx.L, ctx.dtypes, ctx.shape = L, (dt, w_hh.dtype), feats.shape
+        ctx.save_for_backward(w, *inputs, *acts, *cells, *tanhs)
         return h
 
     @staticmethod
     def backward(ctx, dh):
         L = ctx.L
-        feats, w_ih, w_hh, *rest = ctx.saved_tensors
-        E, S, n, C = feats.shape
-        G4 = w_hh.shape[2]
-        H, m = G4 // 4, S - L + 1
-        acts, cells, tanhs, states = rest[:L], rest[L:2 * L], rest[2 * L:3 * L], rest[3 * L:]
+        E, S, n, C = ctx.shape
+        m = S - L + 1
+        w, *rest = ctx.saved_tensors
+        inputs, acts, cells, tanhs = rest[:L], rest[L:2 * L], rest[2 * L:3 * L], rest[3 * L:]
+        M, G4 = m * n, w.shape[2]
+        H = G4 // 4
         ct = torch.promote_types(ctx.dtypes[0], torch.float32)    # bf16 forward: fp32 backward
-        w, wi, f_ct = w_hh.to(ct), w_ih.to(ct), feats.to(ct)
+        w = w.to(ct)
+        wt = w[:, :C + H].transpose(1, 2)
         dh = dh.to(ct)
         dfeats = torch.zeros((E, S, n, C), dtype=ct, device=dh.device)
-        dw, dwi = torch.zeros_like(w), torch.zeros_like(wi)
-        db = torch.zeros((E, G4), dtype=ct, device=dh.device)
-        dg = torch.empty((E, m * n, G4), dtype=ct, device=dh.device)    # the step's gate gradients
+        dw = torch.zeros_like(w)
+        dg = torch.empty((E, M, G4), dtype=ct, device=dh.device)  # the step's gate gradients
         sig_bwd, tanh_bwd = torch.ops.aten.sigmoid_backward, torch.ops.aten.tanh_backward   # g * y' from y
-        dc_next = None
+        dc = f_next = None
         for s in range(L - 1, -1, -1):
             a, tc = acts[s].to(ct), tanhs[s].to(ct)
             i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
+            dc_next = dc
             dc = tanh_bwd(dh * o, tc)
             if dc_next is not None:
-                dc += dc_next
-            # d(activation) of (i, f, o, g), then times activation'(.) from the saved activations
+                dc.addcmul_(dc_next, f_next)
+            # d(activation) of (i, f, o, g), then times activation'(.) from the saved activations, in place
             torch.mul(dc, u, out=dg[..., :H])
             if s > 0:
                 torch.mul(dc, cells[s - 1].to(ct), out=dg[..., H:2 * H])
             else:
                 dg[..., H:2 * H].zero_()
             torch.mul(dh, tc, out=dg[..., 2 * H:3 * H])
-            dg[..., :3 * H] = sig_bwd(dg[..., :3 * H], a[..., :3 * H])
-            dg[..., 3 * H:] = tanh_bwd(dc * i, u)
-            # the input projection of this step's block of features (sequence steps s .. s + m - 1:
-            # windows overlap, so a sequence step gathers gradient from every window that holds it)
-            dfeats[:, s:s + m] += torch.bmm(dg, wi.transpose(1, 2)).view(E, m, n, C)
-            dwi.baddbmm_(_window_block(f_ct, s, m).transpose(1, 2), dg)
-            db += dg.sum(1)
-            if s > 0:
-                dw.baddbmm_(states[s - 1].to(ct).transpose(1, 2), dg)
-                dh = torch.bmm(dg, w.transpose(1, 2))
-                dc_next = dc * f
+            torch.mul(dc, i, out=dg[..., 3 * H:])
+            sig_bwd.grad_input(dg[..., :3 * H], a[..., :3 * H], grad_input=dg[..., :3 * H])
+            tanh_bwd.grad_input(dg[..., 3 * H:], u, grad_input=dg[..., 3 * H:])
+            dw.baddbmm_(inputs[s].to(ct).transpose(1, 2), dg)      # w_ih, w_hh and b at once
+            dxh = torch.bmm(dg, wt)                                # E, M, C + H: d x_s and d h_{s-1}
+            # window step s of the m windows reads sequence steps s .. s + m - 1 (windows overlap: a
+            # sequence step gathers gradient from every window that holds it)
+            dfeats[:, s:s + m] += dxh[..., :C].view(E, m, n, C)
+            dh, f_next = dxh[..., C:], f
         d = ctx.dtypes
-        return dfeats.to(d[0]), dwi.to(d[1]), db.to(d[1]), dw.to(d[1]), None
+        return dfeats.to(d[0]), dw[:, :C].to(d[1]), dw[:, -1].to(d[1]), dw[:, C:C + H].to(d[1]), None
 
 
 def window_lstm(feats: torch.Tensor, w_ih: torch.Tensor, b: torch.Tensor, w_hh: torch.Tensor,
@@ -162,4 +182,4 @@ def window_lstm(feats: torch.Tensor, w_ih: torch.Tensor, b: torch.Tensor, w_hh: 
         if torch.is_grad_enabled() and any(t.requires_grad for t in (feats, w_ih, b, w_hh)):
             return _WindowLSTM.apply(feats, w_ih, b, w_hh, L)
         dt = feats.dtype
-        return _steps(feats, w_ih.to(dt), b.to(dt), w_hh.to(dt), L, keep=False)[0]
+        return _steps(feats, w_ih.to(dt), b.to(dt), w_hh.to(dt), L)

@@ -126,10 +126,10 @@ class _PatchConv(torch.autograd.Function):
     its experts' input columns itself, so the (patches x experts x inputs) copy never exists whole.
 
     xs (V, N * kk): the patches' pixels as columns, variable-major (patch n's pixels at columns
-    n * kk .. n * kk + kk - 1); gidx (E * cin,): each expert's input rows of xs; w1b (E, cin + 1, C):
-    the 1x1 conv with its bias as the last row (the inputs get a row of ones); wk (E, kk * C, C): the
-    k x k conv, rows in (pixel, channel) order. Returns (E, N, C). No gradient for xs (the tile
-    path serves input gradients)."""
+    n * kk .. n * kk + kk - 1); gidx (cin * E,): at c * E + e, the row of xs that is input c of
+    expert e (input-major); w1b (E, cin + 1, C): the 1x1 conv with its bias as the last row (the
+    inputs get a row of ones); wk (E, kk * C, C): the k x k conv, rows in (pixel, channel) order.
+    Returns (E, N, C). No gradient for xs (the tile path serves input gradients)."""
 
     @staticmethod
     def forward(ctx, xs, gidx, w1b, wk, bk, kk, chunk):
@@ -140,7 +140,7 @@ class _PatchConv(torch.autograd.Function):
         outs = []
         for n0 in range(0, N, chunk):
             n = min(N, n0 + chunk) - n0
-            z = _PatchConv.pixel_features(xs, gidx, w1b, n0 * kk, n * kk, bufs)
+            _, z = _PatchConv.pixel_features(xs, gidx, w1b, n0 * kk, n * kk, bufs)
             outs.append(torch.baddbmm(bk[:, None], z.view(E, n, kk * C), wk))
         out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).relu_()
         ctx.save_for_backward(xs, gidx, w1b, wk, out)
@@ -163,28 +163,33 @@ class _PatchConv(torch.autograd.Function):
         wkt = wk.transpose(1, 2)
         for n0 in range(0, N, chunk):
             n = min(N, n0 + chunk) - n0
-            z = _PatchConv.pixel_features(xs, gidx, w1b, n0 * kk, n * kk, bufs)   # recomputed
+            xe, z = _PatchConv.pixel_features(xs, gidx, w1b, n0 * kk, n * kk, bufs)   # recomputed
             d = dz2[:, n0:n0 + n]
             dwk += torch.bmm(z.view(E, n, kk * C).transpose(1, 2), d)
             dz = torch.bmm(d, wkt, out=dzbuf[:, :n * kk].view(E, n, kk * C)).view(E, n * kk, C)
             torch.ops.aten.threshold_backward.grad_input(dz, z, 0, grad_input=dz)   # ReLU', in place
-            dw1 += torch.bmm(bufs[0][:, :, :n * kk], dz)
+            dw1 += torch.bmm(xe, dz)
         return None, None, dw1.to(w1b.dtype), dwk.to(wk.dtype), dbk.to(out.dtype), None, None
 
     @staticmethod
     def buffers(xs, E, cin1, C, cols, dtype):
-        """Per-chunk work space: expert inputs (E, cin + 1, cols) with the ones row set, features."""
-        xe = torch.empty((E, cin1, cols), dtype=dtype, device=xs.device)
-        xe[:, -1] = 1.0
+        """Work space for chunks of `cols` pixels: the experts' inputs, input-major (cin + 1, E, cols)
+        (one index_select fills the first cin rows; the last one holds the ones) and the features."""
+        xe = torch.empty((cin1, E, cols), dtype=dtype, device=xs.device)
+        xe[-1] = 1.0
         return xe, torch.empty((E, cols, C), dtype=dtype, device=xs.device)
 
     @staticmethod
     def pixel_features(xs, gidx, w1b, c0, cols, bufs):
-        """ReLU(1x1 conv) of pixel columns c0 .. c0 + cols for every expert -> (E, cols, C) (in bufs)."""
-        xe, z = bufs[0][:, :, :cols], bufs[1][:, :cols]
-        E, cin1, _ = xe.shape
-        xe[:, :-1] = xs[:, c0:c0 + cols].index_select(0, gidx).view(E, cin1 - 1, cols)
-        return torch.bmm(xe.transpose(1, 2), w1b, out=z).relu_()
+        """ReLU(1x1 conv) of pixel columns c0 .. c0 + cols for every expert. Returns the experts'
+        inputs (E, cin + 1, cols) and features (E, cols, C), both in `bufs` (fresh ones for a last,
+        shorter chunk)."""
+        xe, z = bufs
+        if xe.shape[2] != cols:
+            xe, z = _PatchConv.buffers(xs, xe.shape[1], xe.shape[0], z.shape[2], cols, xe.dtype)
+        torch.index_select(xs[:, c0:c0 + cols], 0, gidx, out=xe[:-1].view(-1, cols))
+        xe = xe.transpose(0, 1)
+        return xe, torch.bmm(xe.transpose(1, 2), w1b, out=z).relu_()
 
 
 class GroupedConvStack(nn.Module):
@@ -238,6 +243,7 @@ class GroupedConvStack(nn.Module):
         # wk is viewed in the patch rows' (pixel, channel) order
         wk = self.wk.view(E, C, C, kk).transpose(2, 3).reshape(E, C, kk * C).transpose(1, 2)
         w1b = torch.cat([self.w1_masked().transpose(1, 2), self.b1[:, None, :]], dim=1)   # E, cin + 1, C
+        gidx = gidx.view(E, -1).t().reshape(-1)                                    # input-major
         args = (xs, gidx, w1b, wk, self.bk)
         chunk = xs.shape[1] // kk if xs.device.type == "cuda" else max(1, self.cpu_patch_chunk // E)
         dt = active_autocast_dtype(xs)
