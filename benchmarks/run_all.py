@@ -100,6 +100,34 @@ def log(msg):
     print(msg, flush=True)
 
 
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_MMAP_THRESHOLD = 32 * 2 ** 20     # glibc's largest mmap threshold on 64-bit systems
+KEEP_TRIM_THRESHOLD = 2 ** 30
+
+
+def set_malloc(regime):
+    """The C allocator's regime for the whole run, so that timings do not depend on the process's
+    history. With glibc's defaults the mmap threshold adapts to what was freed before, and each
+    step's large tensors may come from fresh pages: on the 2-core VM the naive training step took
+    98-240 ms depending on what ran before it (page faults), ours 51-53 ms.
+    - 'keep' (default): freed memory stays with the process (mmap threshold 32 MiB, trim threshold
+      1 GiB): no page faults in the steady state; the naive reference at its fastest.
+    - 'default': glibc as it comes (what a QGIS process runs with).
+    Returns what was set (for the JSON)."""
+    if regime == "default":
+        return {"regime": "default"}
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD) == 1
+        ok = libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD) == 1 and ok
+    except (OSError, AttributeError) as e:      # not glibc (macOS, Windows, musl)
+        return {"regime": "default", "note": f"mallopt unavailable: {e}"}
+    return {"regime": "keep", "mmap_threshold": KEEP_MMAP_THRESHOLD, "trim_threshold": KEEP_TRIM_THRESHOLD,
+            "ok": ok}
+
+
 def describe_machine(device, threads):
     cpu = platform.processor() or ""
     try:
@@ -712,7 +740,8 @@ def report(results):
     lines = [f"machine: {m['cpu_model']}, {m['cpus_available']} CPUs available ({m['logical_cpus']} logical), "
              f"torch {m['torch']} ({m['torch_threads']} threads: {m.get('torch_threads_reason', '')}), device {m['device']}"
              + (f", GPU {m['gpu']['name']}" if m.get("gpu") else ", no GPU")
-             + f"; load average at start {results['loadavg_start']}, end {results.get('loadavg_end')}"]
+             + f"; load average at start {results['loadavg_start']}, end {results.get('loadavg_end')}"
+             + f"; malloc regime {m.get('malloc', {}).get('regime', '?')}"]
     P = results["parts"]
     if "train" in P:
         t = P["train"]
@@ -791,6 +820,9 @@ def main(argv=None):
                          "fills them: OpenMP threads that wait on each other under contention are far slower)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd training (ours)")
     ap.add_argument("--tmpdir", default=None, help="where the end-to-end GeoTIFFs go (default: system temp)")
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="C allocator regime: keep freed memory (steady state, no page faults; default) or "
+                         "glibc's defaults (timings then depend on what ran before, see set_malloc)")
     ap.add_argument("--cpu-chunk-windows", type=int, default=1024,
                     help="on the CPU, also time predict_tile with this chunk_windows (tuning row; 0 = off)")
     args = ap.parse_args(argv)
@@ -802,6 +834,7 @@ def main(argv=None):
         avail = len(os.sched_getaffinity(0))
     except AttributeError:
         avail = os.cpu_count() or 1
+    malloc = set_malloc(args.malloc)
     la0 = loadavg()
     if args.threads:
         threads, why = args.threads, "--threads"
@@ -814,7 +847,7 @@ def main(argv=None):
     S = SIZES["full" if args.full else "small"]
     results = {"issue": 6, "created": _dt.datetime.now().isoformat(timespec="seconds"),
                "size_preset": "full" if args.full else "small", "argv": sys.argv[1:],
-               "machine": {**describe_machine(device, threads), "torch_threads_reason": why},
+               "machine": {**describe_machine(device, threads), "torch_threads_reason": why, "malloc": malloc},
                "loadavg_start": la0, "parts": {},
                "targets": {f"{p}:{c}:{d}": v for (p, c, d), v in TARGETS.items()}}
     la = results["loadavg_start"]
