@@ -43,8 +43,8 @@ class TrainConfig:
     amp: bool = True
     compile: bool = False
     # > 1: each batch row is a run of this many consecutive target days at one location. Their
-    # windows overlap, so the convolution and the LSTM input projection run once per day for all
-    # of them (1.7x the samples/s at 4 days, SEQ_LEN 14, batch 256 on a 2-core CPU), but
+    # windows overlap, so the convolution runs once per day for all
+    # of them (1.4x the samples/s at 4 days, SEQ_LEN 14, batch 256 on a 2-core CPU), but
     # neighbouring days carry little new information: on the demo region, 5 epochs x 4096
     # windows gave test CC 0.941 (1 day), 0.938 (2), 0.931 (4), means over 3 seeds; at equal
     # training time, equal CC. batch_size still counts windows. Default 1: every window drawn
