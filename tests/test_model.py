@@ -234,6 +234,9 @@ def test_patch_convolution_equals_tile_path(monkeypatch, chunk, layout):
     for name, a, b in zip(("w1", "b1", "wk", "bk"), g_fast, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
     assert g_fast[0][1, :, 1:].abs().max() == 0        # a missing input's weights get no gradient
+    xg = x.detach().clone().requires_grad_()            # input gradients (saliency): the tile path
+    (bank.patch_features(xg) * probe).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
     xs = x[:4].transpose(0, 1).reshape(5, 36)
     gidx = bank.gather_index.view(3, 3).t().reshape(-1)         # input-major
     assert torch.autograd.gradcheck(lambda *p: networks._PatchConv.apply(xs, gidx, *p, 9, 2), (
