@@ -504,3 +504,58 @@ def test_model_gradients_equal_plain_autograd(monkeypatch):
     plain = grads()
     for (name, _), a, b in zip(model.named_parameters(), fast, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_autocast_cc_check_in_training_and_prediction(tmp_path, monkeypatch):
+    """Issue 6: autocast must not change validation CC by more than 0.01. train() scores the
+    validation samples with and without autocast (bf16 here, on the CPU: the CUDA default's code),
+    records the check in its result and the model file, and a model that fails it is predicted in
+    fp32 by predict_layers."""
+    from ismoe_qgis.core_callbacks import Callbacks
+    from ismoe_qgis.data import rasters
+    from ismoe_qgis.model import predict as P
+    from ismoe_qgis.model import train as T
+    bf16 = lambda dev, amp: torch.bfloat16 if amp else None                  # noqa: E731
+    monkeypatch.setattr(T, "autocast_dtype", bf16)
+    monkeypatch.setattr(P, "autocast_dtype", bf16)
+    cube = small_cube(T=60)
+    cfg = T.TrainConfig(epochs=2, batch_size=32, samples_per_epoch=256, val_samples=200, seed=3)
+    opts = dict(conv_channels=4, hidden=8, router_hidden=6)
+    logs = []
+    cb = Callbacks(log=logs.append)
+    res = T.train(cube, str(tmp_path / "ok.pt"), "ismoe", cfg, opts, callbacks=cb)
+    chk = res["amp_check"]
+    assert chk["dtype"] == "bfloat16" and chk["tol"] == 0.01
+    assert chk["delta"] == pytest.approx(chk["val_cc_amp"] - chk["val_cc_fp32"])
+    assert chk["val_cc_amp"] != chk["val_cc_fp32"]            # bf16 really ran
+    assert chk["ok"] and abs(chk["delta"]) <= 0.01
+    assert any(m.startswith("autocast check: validation CC") for m in logs)
+    _, _, info = load_model(str(tmp_path / "ok.pt"))
+    assert info["amp_ok"] is True and info["amp_check"]["delta"] == chk["delta"]
+
+    monkeypatch.setattr(T, "AMP_CC_TOL", -1.0)                 # every change now fails the check
+    logs.clear()
+    res = T.train(cube, str(tmp_path / "bad.pt"), "ismoe", cfg, opts, callbacks=cb)
+    assert res["amp_check"]["ok"] is False
+    assert any("predicted by ismoe:predict in fp32" in m for m in logs)
+    _, _, info = load_model(str(tmp_path / "bad.pt"))
+    assert info["amp_ok"] is False
+
+    g = rasters.Grid.from_dict(cube.grid)
+    dates = [str(d) for d in cube.dates]
+    layers = {v: rasters.write_series_geotiff(tmp_path / f"{v}.tif", cube.x[i], g, dates)
+              for i, v in enumerate(cube.variables)}
+    seen = {}
+    real = P.predict_to_folder
+
+    def spy(*a, **kw):
+        seen["amp_dtype"] = kw["amp_dtype"]
+        return real(*a, **kw)
+    monkeypatch.setattr(P, "predict_to_folder", spy)
+    for name, expect in (("ok", torch.bfloat16), ("bad", None)):
+        logs.clear()
+        P.predict_layers(str(tmp_path / f"{name}.pt"), layers, str(tmp_path / f"pred_{name}"),
+                         date_from=dates[-3], device="cpu", callbacks=cb)
+        assert seen["amp_dtype"] is expect
+        assert any("failed its autocast check" in m for m in logs) == (expect is None)
+        assert (tmp_path / f"pred_{name}" / "sm.tif").exists()

@@ -59,7 +59,9 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "factor). ROUTER_ENTROPY: optional entropy term on the routing weights (0 = off).\n"
             "MASK_SILENT: a factor whose input is constant over the window at a pixel (e.g. snow where there is "
             "none) gets routing weight 0.\n"
-            "AMP: bf16 autocast on CUDA GPUs.\n"
+            "AMP: bf16 autocast on CUDA GPUs. After training, the validation samples are scored with and "
+            "without it; a model whose validation CC changes by more than 0.01 is recorded as such and "
+            "ismoe:predict runs it in fp32.\n"
             "OUTPUT: the model file (.pt, loaded without running code). LOG: the training log (JSON lines: "
             "loss per epoch, validation CC and RMSE).\n"
             "Cancel stops within one batch and keeps the best model so far.")

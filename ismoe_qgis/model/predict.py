@@ -91,6 +91,10 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
     cb = ensure(callbacks)
     dev = resolve_device(device, cb.log)
     model, cfg, info = load_model(model_path, dev)
+    if amp and autocast_dtype(dev, True) is not None and (info or {}).get("amp_ok") is False:
+        cb.log("this model failed its autocast check in training (autocast changed its validation CC by more "
+               "than the allowed amount): predicting in fp32")
+        amp = False
     check_layers_match(cfg, layers)
     infos = [rasters.open_series(layers[v], start, step_days, name=v, log=cb.log) for v in cfg.variables]
     g = grid if grid is not None else infos[0].grid
