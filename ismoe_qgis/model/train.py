@@ -198,13 +198,13 @@ def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048
 AMP_CC_TOL = 0.01   # largest change of validation CC that autocast may cause (issue 6)
 
 
-def autocast_cc_check(model, sampler: WindowSampler, t_idx, n_idx, obs, amp_dtype, tol: float = None) -> dict:
-    """Score the samples (t, n) with and without autocast: the change of CC that autocast causes.
+def autocast_cc_check(obs, est_amp, est_fp32, amp_dtype, tol: float = None) -> dict:
+    """The change of CC that autocast causes, from the same samples' estimates with and without it.
     ok: |CC(autocast) - CC(fp32)| <= tol (default AMP_CC_TOL). A model that fails is predicted in
     fp32 (``predict.predict_layers`` reads ``amp_ok`` from the model file)."""
     tol = AMP_CC_TOL if tol is None else tol
-    cc_amp, _ = _cc_rmse(obs, predict_samples(model, sampler, t_idx, n_idx, amp_dtype=amp_dtype)[0])
-    cc_fp32, _ = _cc_rmse(obs, predict_samples(model, sampler, t_idx, n_idx)[0])
+    cc_amp, _ = _cc_rmse(obs, est_amp)
+    cc_fp32, _ = _cc_rmse(obs, est_fp32)
     delta = cc_amp - cc_fp32
     return {"dtype": str(amp_dtype).replace("torch.", ""), "val_cc_amp": cc_amp, "val_cc_fp32": cc_fp32,
             "delta": delta, "tol": tol, "ok": bool(abs(delta) <= tol)}
@@ -340,8 +340,10 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     model.load_state_dict(best_state)
     result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
               "split": split, "model_type": model_type}
+    est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
     if amp_dtype is not None:
-        check = autocast_cc_check(model, sampler, vt, vn, v_obs, amp_dtype)
+        est_fp32, _, _ = predict_samples(model, sampler, vt, vn)
+        check = autocast_cc_check(v_obs, est, est_fp32, amp_dtype)
         result["amp_check"] = info_base["amp_check"] = check
         info_base["amp_ok"] = check["ok"]
         cb.log(f"autocast check: validation CC {check['val_cc_amp']:.4f} with {check['dtype']} autocast, "
@@ -349,8 +351,7 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         if not check["ok"]:
             cb.log(f"warning: {check['dtype']} autocast changes this model's validation CC by more than "
                    f"{check['tol']}: it is scored here and predicted by ismoe:predict in fp32")
-            amp_dtype = None
-    est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
+            amp_dtype, est = None, est_fp32
     result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
     if len(te_t):
         n_te = min(len(te_t), 50000)
