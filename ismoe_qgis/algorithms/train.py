@@ -13,13 +13,15 @@ MODEL_TYPES = ["ismoe", "cnn_lstm", "mean_expert"]
 DEVICES = ["auto", "cuda", "cpu"]
 GAP_POLICIES = ["skip", "fill"]
 ROUTER_INPUTS = ["expert_states", "all_states", "inputs", "inputs_doy"]
+MIXTURES = ["additive", "convex", "scaled"]          # enum order: the default first
+SCHEDULES = ["onecycle", "constant"]
 
 
 class TrainAlgorithm(IsmoeAlgorithm):
     DATASET, MODEL, DEVICE = "DATASET", "MODEL", "DEVICE"
     EPOCHS, BATCH_SIZE, LEARNING_RATE, SEED = "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED"
     SAMPLES_PER_EPOCH, PATIENCE, VAL_START, TEST_START = "SAMPLES_PER_EPOCH", "PATIENCE", "VAL_START", "TEST_START"
-    CONSECUTIVE_DAYS = "CONSECUTIVE_DAYS"
+    CONSECUTIVE_DAYS, MIXTURE, LR_SCHEDULE = "CONSECUTIVE_DAYS", "MIXTURE", "LR_SCHEDULE"
     GAP_POLICY, ROUTER_INPUT, HIDDEN, CONV_CHANNELS, DROPOUT = (
         "GAP_POLICY", "ROUTER_INPUT", "HIDDEN", "CONV_CHANNELS", "DROPOUT")
     EXPERT_LOSS, ROUTER_ENTROPY, MASK_SILENT, AMP = "EXPERT_LOSS", "ROUTER_ENTROPY", "MASK_SILENT", "AMP"
@@ -36,12 +38,19 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "Trains a soil-moisture model on a dataset from ismoe:preparedataset and writes the best model "
             "(lowest validation loss). Training windows are cut from the cube on the fly.\n\n"
             "DATASET: the dataset file (.npz).\n"
-            "MODEL: ismoe (one CNN-LSTM expert per factor + routing network; the routing weights are the "
+            "MODEL: ismoe (one CNN-LSTM expert per factor, combined by MIXTURE; the per-factor weights are the "
             "interpretation), cnn_lstm (one CNN-LSTM on all factors, the standard baseline) or mean_expert (the "
             "same per-factor experts with equal weights).\n"
+            "MIXTURE (ismoe): additive (default): SM = mu + sum of the factors' contributions, no router; a "
+            "factor's weight on a pixel-day is its share of the squared departure of the contributions from "
+            "their training means, so the weights sum to 1 and the intercept mu is nobody's weight. convex: the "
+            "paper's literal form, SM = sum w_e * SM_e with softmax router weights and every expert a full SM "
+            "estimate; it cannot add up two drivers. scaled: SM = mu + E * sum w_e * c_e, router weights over "
+            "contributions. See the README's model section for the measured comparison.\n"
             "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU; cuda without a GPU falls back to "
             "the CPU with a warning.\n"
-            "EPOCHS, BATCH_SIZE, LEARNING_RATE (peak of a one-cycle schedule), SEED (same seed, same machine: "
+            "EPOCHS, BATCH_SIZE, LEARNING_RATE (peak of the one-cycle schedule, or the constant rate with "
+            "LR_SCHEDULE=constant), SEED (same seed, same machine: "
             "same model), SAMPLES_PER_EPOCH (random windows per epoch; 0 = all), PATIENCE (early stopping).\n"
             "CONSECUTIVE_DAYS: above 1, windows are drawn as runs of this many consecutive days at one location; "
             "their windows overlap, so the convolution runs once per day for all of them (more windows per "
@@ -56,7 +65,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "year; it tends to learn the season rather than the driver).\n"
             "HIDDEN, CONV_CHANNELS, DROPOUT: expert sizes.\n"
             "EXPERT_LOSS: weight of the per-expert loss (each expert must explain soil moisture from its own "
-            "factor). ROUTER_ENTROPY: optional entropy term on the routing weights (0 = off).\n"
+            "factor; convex mixture only). ROUTER_ENTROPY: optional entropy term on the routing weights (0 = off; "
+            "convex and scaled mixtures).\n"
             "MASK_SILENT: a factor whose input is constant over the window at a pixel (e.g. snow where there is "
             "none) gets routing weight 0.\n"
             "AMP: bf16 autocast on CUDA GPUs. After training, the validation samples are scored with and "
@@ -70,6 +80,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
         adv = PARAM_FLAG_ADVANCED
         self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"), extension="npz"))
         self.addParameter(QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), MODEL_TYPES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.MIXTURE, self.tr("Mixture (ismoe)"), MIXTURES,
+                                                     defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, 30, False, 1))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 64,
@@ -84,6 +96,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
         self.addParameter(add_param_flags(QgsProcessingParameterNumber(
             self.CONSECUTIVE_DAYS, self.tr("Consecutive days per location in a batch"), NUMBER_INTEGER,
             1, False, 1, 366), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterEnum(
+            self.LR_SCHEDULE, self.tr("Learning-rate schedule"), SCHEDULES, defaultValue=0), adv))
         self.addParameter(optional(QgsProcessingParameterString(self.VAL_START, self.tr("Validation start (YYYY-MM-DD)"))))
         self.addParameter(optional(QgsProcessingParameterString(self.TEST_START, self.tr("Test start (YYYY-MM-DD)"))))
         self.addParameter(add_param_flags(QgsProcessingParameterEnum(
@@ -141,13 +155,15 @@ class TrainAlgorithm(IsmoeAlgorithm):
             gap_policy=GAP_POLICIES[self.parameterAsEnum(p, self.GAP_POLICY, context)],
             val_start=optional_date(self.parameterAsString(p, self.VAL_START, context), self.VAL_START),
             test_start=optional_date(self.parameterAsString(p, self.TEST_START, context), self.TEST_START),
-            amp=self.parameterAsBoolean(p, self.AMP, context))
+            amp=self.parameterAsBoolean(p, self.AMP, context),
+            schedule=SCHEDULES[self.parameterAsEnum(p, self.LR_SCHEDULE, context)])
         model_type = MODEL_TYPES[self.parameterAsEnum(p, self.MODEL, context)]
         options = dict(hidden=self.parameterAsInt(p, self.HIDDEN, context),
                        conv_channels=self.parameterAsInt(p, self.CONV_CHANNELS, context),
                        dropout=self.parameterAsDouble(p, self.DROPOUT, context),
                        router_input=ROUTER_INPUTS[self.parameterAsEnum(p, self.ROUTER_INPUT, context)],
-                       mask_silent=self.parameterAsBoolean(p, self.MASK_SILENT, context))
+                       mask_silent=self.parameterAsBoolean(p, self.MASK_SILENT, context),
+                       mixture=MIXTURES[self.parameterAsEnum(p, self.MIXTURE, context)])
         feedback.pushInfo(f"training {model_type} on {path}")
         res = self.run_core(train, cube, out, model_type, cfg, options, self.callbacks(feedback), log_path)
         if res["cancelled"]:

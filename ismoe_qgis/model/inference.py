@@ -65,7 +65,7 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
 
     # Windows are ordered time-major within a pixel chunk: row = t * n + p.
     silent = None
-    if model.router is not None and cfg.mask_silent:
+    if model.masks_silent:
         xc = xt[:, :, r:r + h, r:r + w].permute(1, 2, 3, 0).reshape(1, V * P, Ttot)
         hi = F.max_pool1d(xc, L, stride=1)
         lo = -F.max_pool1d(-xc, L, stride=1)
@@ -87,7 +87,7 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
             hs = bank.windows(feats[:, :, p0:p1], L)                                # E, T*n, H
             out = bank.head(hs)                                                    # T*n, E
         # mix runs outside autocast: give it fp32 (the router's baddbmm fails on bf16 states + fp32 weights)
-        y, wt = model.mix(out.float(), hs.float(),
+        y, wt, _ = model.mix(out.float(), hs.float(),
                           None if silent is None else silent[:, p0:p1].reshape(T * n, E),
                           None if centre is None else centre[:, p0:p1].reshape(T * n, L, V),
                           None if doy_tp is None else doy_tp[:, p0:p1].reshape(T * n))
@@ -201,7 +201,8 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                              os.path.join(tmp, "importance.csv"))
         manifest = {"factors": names, "dates": [str(d) for d in out_dates], "sm": files["sm"],
                     "weights": {f: files[f] for f in names}, "importance": "importance.csv",
-                    "model_type": cfg.model_type, "nodata": NODATA, **(extra_meta or {})}
+                    "model_type": cfg.model_type, "mixture": model.mixture, "weights_meaning": model.weight_meaning,
+                    "nodata": NODATA, **(extra_meta or {})}
         with open(os.path.join(tmp, "prediction.json"), "w") as f:
             json.dump(manifest, f, indent=1)
         for fn in list(files.values()) + ["importance.csv", "prediction.json"]:

@@ -17,8 +17,23 @@ uses 'valid' convolutions, applying it to a whole tile (with a k//2 halo) gives,
 pixel, exactly what it gives for the k x k patch around that pixel: prediction runs the
 convolution once per tile and time step (see ``inference.py``).
 
-The router turns expert evidence into softmax weights over experts; the estimate is
-sum_e w_e * y_e. Router inputs (``router_input``):
+How the experts are combined is the ``mixture`` (MIXTURE), and so is what a factor's weight means:
+- ``convex`` (the paper's literal form): y = sum_e w_e * y_e, w a softmax over experts from the
+  router, every y_e a full SM estimate from one factor (the expert loss asks each to explain all of
+  SM). Weight = the router's w_e. Measured limit: a convex mix of single-factor estimates cannot add
+  up two drivers (s_eq + w f + (1 - w) g is not s_eq + f + g), so on additive SM it loses variance or
+  collapses onto one expert.
+- ``scaled``: y = mu + E * sum_e w_e * c_e: an intercept mu, experts that output contributions c_e (no
+  per-expert SM loss), softmax router weights w (E * w_e = 1 on average). Weight = the router's w_e.
+- ``additive``: y = mu + sum_e c_e, no router. Weight of factor e on a pixel-day = its share of the
+  squared departure of the contributions from their reference: w_e = d_e^2 / sum_f d_f^2 with
+  d_e = c_e - r_e and r_e the expert's mean contribution over training windows where it has signal
+  (``contrib_ref``, set after training; the intercept lives in mu, never in a weight). Weights sum to
+  1 and average to variance shares over a region or season.
+With ``mask_silent`` a factor without signal in the window (below) is left out: weight 0 in the
+convex and scaled forms, contribution 0 and weight 0 in the additive form.
+
+The convex and scaled forms' router turns expert evidence into softmax weights. Router inputs (``router_input``):
 - ``expert_states`` (default): each expert's final LSTM state is scored by that expert's own
   small scoring network; a factor is weighted for what its own input shows, not for the date.
 - ``all_states``: one network scores all experts from the concatenated states.
@@ -39,6 +54,14 @@ import torch.nn.functional as F
 from .lstm import active_autocast_dtype, window_lstm
 
 MODEL_TYPES = ("ismoe", "cnn_lstm", "mean_expert")
+MIXTURES = ("convex", "scaled", "additive")
+# What a weight raster holds, per mixture (prediction.json "weights_meaning", docs/architecture.md)
+WEIGHT_MEANING = {
+    "convex": "router softmax weight w_e of the convex mixture sum_e w_e y_e",
+    "scaled": "router softmax weight w_e of the scaled mixture mu + E sum_e w_e c_e",
+    "additive": "share of the squared departure of the factor's contribution from its training mean: "
+                "(c_e - r_e)^2 / sum_f (c_f - r_f)^2 in SM = mu + sum_e c_e",
+}
 ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy")
 SILENT_TOL = 1e-4  # range of a normalised variable in a window below which it is silent
 
@@ -56,6 +79,7 @@ class ModelConfig:
     router_input: str = "expert_states"
     dropout: float = 0.1
     mask_silent: bool = True
+    mixture: str = "convex"
     x_mean: List[float] = field(default_factory=list)
     x_std: List[float] = field(default_factory=list)
     y_mean: float = 0.0
@@ -65,6 +89,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"MODEL must be one of {', '.join(MODEL_TYPES)}, got '{self.model_type}'")
+        if self.mixture not in MIXTURES:
+            raise ValueError(f"MIXTURE must be one of {', '.join(MIXTURES)}, got '{self.mixture}'")
         if self.router_input not in ROUTER_INPUTS:
             raise ValueError(f"router input must be one of {', '.join(ROUTER_INPUTS)}, got '{self.router_input}'")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
@@ -91,7 +117,14 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d):
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known.setdefault("mixture", "convex")    # model files from before MIXTURE were all convex
         return cls(**known)
+
+    @property
+    def effective_mixture(self) -> str:
+        """The mixture the network uses: MIXTURE for ismoe; the baselines are convex (cnn_lstm has one
+        expert of weight 1, mean_expert equal weights 1/E)."""
+        return self.mixture if self.model_type == "ismoe" else "convex"
 
 
 def window_rows(seq: torch.Tensor, L: int) -> torch.Tensor:
@@ -358,8 +391,9 @@ class Router(nn.Module):
 class SoilMoistureNet(nn.Module):
     """ISMoE and its baselines behind one interface.
 
-    forward(x, doy) -> (y (B,), weights (B, E), expert_outputs (B, E)), y in normalised units.
-    - ismoe:       per-factor experts + router (softmax weights).
+    forward(x, doy) -> (y (B,), weights (B, E), expert_outputs (B, E)), y in normalised units
+    (expert outputs: SM estimates in the convex form, contributions otherwise; see ``mix``).
+    - ismoe:       per-factor experts combined by MIXTURE (module doc).
     - mean_expert: the same per-factor experts, equal weights 1/E.
     - cnn_lstm:    one CNN-LSTM over all variables (E = 1, weight 1, factor 'all').
     """
@@ -374,26 +408,61 @@ class SoilMoistureNet(nn.Module):
             index = cfg.factor_index()
             self.output_names = cfg.factor_names
         self.factor_index = index
+        self.mixture = cfg.effective_mixture
         self.experts = ExpertBank(index, len(cfg.variables), cfg.patch_size, cfg.conv_channels,
                                   cfg.hidden, cfg.dropout)
-        self.router = Router(cfg, len(index)) if cfg.model_type == "ismoe" else None
+        routed = cfg.model_type == "ismoe" and self.mixture in ("convex", "scaled")
+        self.router = Router(cfg, len(index)) if routed else None
+        if self.mixture in ("scaled", "additive"):
+            self.mu = nn.Parameter(torch.zeros(()))            # the intercept, never an expert's
+        if self.mixture == "additive":
+            # each expert's mean contribution where it has signal (set after training): weights are
+            # shares of the departures from it
+            self.register_buffer("contrib_ref", torch.zeros(len(index)))
 
     @property
     def n_experts(self):
         return len(self.factor_index)
 
+    @property
+    def masks_silent(self) -> bool:
+        """Whether factors without signal in a window are left out (ismoe with MASK_SILENT)."""
+        return self.cfg.model_type == "ismoe" and self.cfg.mask_silent
+
+    @property
+    def weight_meaning(self) -> str:
+        return WEIGHT_MEANING[self.mixture]
+
     def mix(self, expert_out, states, silent=None, centre_seq=None, doy=None):
-        """Combine expert outputs (B, E) into (y, weights)."""
+        """Combine expert outputs (B, E) into (y (B,), weights (B, E), contributions (B, E)): the
+        mixture's estimate, the per-factor weights (their meaning: ``WEIGHT_MEANING``) and what each
+        expert put in (its SM estimate in the convex form, its contribution c_e otherwise, 0 where a
+        factor is left out as silent)."""
         B, E = expert_out.shape
+        out = expert_out.float()
+        leave_out = None
+        if silent is not None and self.masks_silent:
+            leave_out = silent & ~silent.all(dim=1, keepdim=True) if self.mixture != "additive" else silent
+        if self.mixture == "additive":
+            if leave_out is not None:
+                out = out.masked_fill(leave_out, 0.0)
+            d = out - self.contrib_ref
+            if leave_out is not None:
+                d = d.masked_fill(leave_out, 0.0)
+            d2 = d * d
+            return self.mu + out.sum(dim=1), d2 / d2.sum(dim=1, keepdim=True).clamp_min(1e-12), out
         if self.router is None:
-            w = expert_out.new_full((B, E), 1.0 / E)
+            w = out.new_full((B, E), 1.0 / E)
         else:
             logits = self.router(states, centre_seq, doy).float()
-            if silent is not None and self.cfg.mask_silent:
-                all_silent = silent.all(dim=1, keepdim=True)
-                logits = logits.masked_fill(silent & ~all_silent, float("-inf"))
+            if leave_out is not None:
+                logits = logits.masked_fill(leave_out, float("-inf"))
             w = torch.softmax(logits, dim=1)
-        return (w * expert_out.float()).sum(dim=1), w
+        if self.mixture == "scaled":
+            if leave_out is not None:
+                out = out.masked_fill(leave_out, 0.0)
+            return self.mu + E * (w * out).sum(dim=1), w, out
+        return (w * out).sum(dim=1), w, out
 
     def forward(self, x, doy=None):
         """x (G, S, V, k, k) with S >= seq_len: the m = S - seq_len + 1 windows of every patch sequence
@@ -403,8 +472,8 @@ class SoilMoistureNet(nn.Module):
         if x.shape[1] < L:
             raise ValueError(f"the model needs windows of SEQ_LEN={L} days, got {x.shape[1]}")
         out, states = self.experts(x, L)
-        silent = silent_factor_mask(x, self.factor_index, L) if self.router is not None else None
+        silent = silent_factor_mask(x, self.factor_index, L) if self.masks_silent else None
         k = self.cfg.patch_size
-        centre = window_rows(x[:, :, :, k // 2, k // 2], L) if self.cfg.router_input.startswith("inputs") else None
-        y, w = self.mix(out, states, silent, centre, doy)
-        return y, w, out
+        centre = (window_rows(x[:, :, :, k // 2, k // 2], L)
+                  if self.router is not None and self.cfg.router_input.startswith("inputs") else None)
+        return self.mix(out, states, silent, centre, doy)

@@ -1,8 +1,10 @@
 """Training: windows cut on the fly from the dataset cube, early stopping, best checkpoint kept.
 
 Loss = MSE(mixture, target)
-     + expert_loss  * mean_e MSE(expert_e, target)   (each expert must explain SM from its factor
-                                                      alone, so the router compares honest experts)
+     + expert_loss  * mean_e MSE(expert_e, target)   (convex mixture only: each expert must explain SM
+                                                      from its factor alone, so the router compares
+                                                      honest experts; the scaled and additive forms'
+                                                      experts output contributions, not SM)
      + router_entropy * mean entropy of the routing weights (optional, 0 = off; > 0 favours
                                                       decisive weights, < 0 favours spread)
 all on valid (finite) targets only, in normalised target units.
@@ -50,6 +52,12 @@ class TrainConfig:
     # training time, equal CC. batch_size still counts windows. Default 1: every window drawn
     # on its own.
     consecutive_days: int = 1
+    # learning-rate schedule: "onecycle" (warm-up to lr over 15 % of the steps, then cosine decay) or
+    # "constant" (lr throughout, as a plain Adam reference trains)
+    schedule: str = "onecycle"
+
+
+SCHEDULES = ("onecycle", "constant")
 
 
 def resolve_device(name: str, log=print) -> torch.device:
@@ -151,7 +159,7 @@ def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None):
         y = torch.where(valid, y, torch.zeros_like(y))
         wn = valid.float() / valid.sum().clamp_min(1)
     loss = (wn * (pred - y) ** 2).sum()
-    if cfg.expert_loss and model.cfg.model_type != "cnn_lstm":
+    if cfg.expert_loss and model.cfg.model_type != "cnn_lstm" and model.mixture == "convex":
         loss = loss + cfg.expert_loss * (wn[:, None] * (experts - y[:, None]) ** 2).sum() / experts.shape[1]
     if cfg.router_entropy and model.router is not None:
         ent = -(w * torch.log(w.clamp_min(1e-8))).sum(dim=1)
@@ -176,7 +184,8 @@ def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_i
 
 @torch.no_grad()
 def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048, amp_dtype=None):
-    """Run the model on samples (t, n). Returns SM in target units (N,), weights (N, E), experts (N, E)."""
+    """Run the model on samples (t, n). Returns SM in target units (N,), weights (N, E), experts (N, E):
+    SM estimates in target units (convex mixture) or contributions in target units (scaled, additive)."""
     model.eval()
     outs, ws, es = [], [], []
     for s in range(0, len(t_idx), batch_size):
@@ -191,8 +200,34 @@ def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048
         return np.zeros(0, np.float32), np.zeros((0, E), np.float32), np.zeros((0, E), np.float32)
     cfg = model.cfg
     y = torch.cat(outs).numpy() * cfg.y_std + cfg.y_mean
-    e = torch.cat(es).numpy() * cfg.y_std + cfg.y_mean
+    e = torch.cat(es).numpy() * cfg.y_std + (cfg.y_mean if model.mixture == "convex" else 0.0)
     return y.astype(np.float32), torch.cat(ws).numpy(), e.astype(np.float32)
+
+
+@torch.no_grad()
+def set_contribution_reference(model, sampler: WindowSampler, t_idx, n_idx, rng, n: int = 4000,
+                               batch_size: int = 2048):
+    """Set the additive mixture's ``contrib_ref``: each expert's mean contribution over (up to n)
+    training windows where its factor has signal. The estimate does not change (the intercept mu plus
+    the contributions), only the reference the weights measure departures from. Returns it (list)."""
+    from .networks import silent_factor_mask
+    model.eval()
+    sel = rng.choice(len(t_idx), min(n, len(t_idx)), replace=False)
+    E = model.n_experts
+    tot = torch.zeros(E, dtype=torch.float64)
+    cnt = torch.zeros(E, dtype=torch.float64)
+    for s in range(0, len(sel), batch_size):
+        b = sel[s:s + batch_size]
+        xb, _, db = sampler.batch(t_idx[b], n_idx[b])
+        _, _, c = model(xb, db)
+        has = torch.ones_like(c, dtype=torch.bool)
+        if model.masks_silent:
+            has = ~silent_factor_mask(xb, model.factor_index, model.cfg.seq_len)
+        tot += torch.where(has, c, torch.zeros_like(c)).sum(0).double().cpu()
+        cnt += has.sum(0).double().cpu()
+    ref = (tot / cnt.clamp_min(1)).float()
+    model.contrib_ref.copy_(ref.to(model.contrib_ref.device))
+    return ref.tolist()
 
 
 AMP_CC_TOL = 0.01   # largest change of validation CC that autocast may cause (issue 6)
@@ -235,6 +270,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
     if cfg.consecutive_days < 1:
         raise ValueError(f"CONSECUTIVE_DAYS must be >= 1, got {cfg.consecutive_days}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"LR_SCHEDULE must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
     device = resolve_device(cfg.device, cb.log)
     amp_dtype = autocast_dtype(device, cfg.amp)
     cb.log(f"device: {device}" + (f" (autocast {amp_dtype})" if amp_dtype else ""))
@@ -259,6 +296,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     rng = np.random.default_rng(cfg.seed)
     mcfg = model_config_for(cube, model_type, **(model_options or {}))
     model = SoilMoistureNet(mcfg).to(device)
+    if cfg.expert_loss and model_type == "ismoe" and model.mixture != "convex":
+        cb.log(f"EXPERT_LOSS applies to the convex mixture only (its experts estimate SM); the {model.mixture} "
+               "mixture's experts output contributions, so it is not used")
     run_model = torch.compile(model) if cfg.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = WindowSampler(cube, device)
@@ -274,7 +314,10 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     n_runs = math.ceil(per_epoch / m)
     n_batches = max(1, math.ceil(n_runs / runs_per_batch))
     total_steps = cfg.epochs * n_batches
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
     history, best, best_state, bad_epochs, cancelled = [], float("inf"), None, 0, False
     best_epoch = 0
@@ -338,6 +381,11 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     if best_state is None:
         raise Cancelled("cancelled before the first epoch ended: no model was written")
     model.load_state_dict(best_state)
+    if model.mixture == "additive":
+        ref = set_contribution_reference(model, sampler, tr_t, tr_n, rng, cfg.val_samples)
+        cb.log("mean contribution per factor where it has signal (training windows, normalised SM units; the "
+               "weights are shares of the departures from it): "
+               + ", ".join(f"{f} {v:+.3f}" for f, v in zip(model.output_names, ref)))
     result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
               "split": split, "model_type": model_type}
     est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
