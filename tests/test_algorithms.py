@@ -106,6 +106,24 @@ def test_qgis_process_json_train_baseline(pipeline, qgis_process):
     assert cfg.model_type == "cnn_lstm" and m.output_names == ["all"]
 
 
+def test_qgis_process_json_train_each_mixture(pipeline, qgis_process):
+    """MIXTURE and LR_SCHEDULE through the real qgis_process binary: the model file records them, and
+    the default MIXTURE (enum 0) is the pipeline's model."""
+    from ismoe_qgis.model.io import load_model
+    _, cfg0, _ = load_model(pipeline["model"])
+    assert cfg0.mixture == "additive"
+    man = json.load(open(os.path.join(pipeline["pred"], "prediction.json")))
+    assert man["mixture"] == "additive" and man["weights_meaning"].startswith("share of the squared departure")
+    for idx, name in ((1, "convex"), (2, "scaled")):
+        model = str(pipeline["out"] / f"{name}.pt")
+        r = qgis_process.run("ismoe:train", {"DATASET": pipeline["ds"], "MODEL": 0, "MIXTURE": idx, "LR_SCHEDULE": 1,
+                                             "OUTPUT": model, **FAST_TRAIN})
+        assert r.returncode == 0, r.stderr[-2000:]
+        m, cfg, info = load_model(model)
+        assert cfg.mixture == name == m.mixture and info["train"]["schedule"] == "constant"
+        assert (m.router is not None) and hasattr(m, "mu") == (name == "scaled")
+
+
 def test_model_builder_chain(demo_region, qgis_process, qgis_app, tmp_path, repo_root):
     """The shipped .model3 (scripts/make_model3.py) loads, validates and chains
     prepare -> train -> predict headless through the real qgis_process binary.

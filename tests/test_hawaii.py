@@ -87,7 +87,7 @@ def gridded(hawaii, run, tmp_path_factory):
         "FACTORS": factors, "FACTOR_GROUPS": groups, "TARGET": ref, "REFERENCE": ref,
         "PATCH_SIZE": 3, "SEQ_LEN": 7, "OUTPUT": ds})
     model = str(out / "model.pt")
-    run("ismoe:train", {"DATASET": ds, "OUTPUT": model, **FAST})
+    res_t, fb_t = run("ismoe:train", {"DATASET": ds, "OUTPUT": model, **FAST})
     pred = str(out / "pred")
     res_r, fb_r = run("ismoe:predict", {"MODEL_FILE": model, "FACTORS": factors, "REFERENCE": ref,
                                             "DATE_FROM": PRED_FROM, "DATE_TO": PRED_TO, "TILE_SIZE": 16,
@@ -171,11 +171,11 @@ def stations(hawaii, run, tmp_path_factory):
         "FACTORS": factors, "STATIONS": str(hawaii / "ismn_stations.gpkg"),
         "STATION_TABLE": str(hawaii / "ismn_daily.csv"), "PATCH_SIZE": 3, "SEQ_LEN": 7, "OUTPUT": ds})
     model = str(out / "model.pt")
-    run("ismoe:train", {"DATASET": ds, "OUTPUT": model, **FAST})
+    res_t, fb_t = run("ismoe:train", {"DATASET": ds, "OUTPUT": model, **FAST})
     pred = str(out / "pred")
     run("ismoe:predict", {"MODEL_FILE": model, "FACTORS": factors, "DATE_FROM": "2018-12-20",
                               "DATE_TO": PRED_TO, "DEVICE": 2, "OUTPUT": pred})
-    return dict(ds=ds, pred=pred, res_p=res_p, fb_p=fb_p)
+    return dict(ds=ds, pred=pred, model=model, res_p=res_p, fb_p=fb_p, fb_t=fb_t)
 
 
 def read_points(hawaii):
@@ -229,3 +229,26 @@ def test_station_model_predicts_on_the_factor_grid(stations, hawaii):
     assert np.isfinite(sm).all() and 20 < valid[0].sum() < 136 and not valid[:, 32, 0].any()
     total = sum(np.where(valid, w, 0) for w in weights.values())
     np.testing.assert_allclose(total[valid], 1.0, atol=1e-4)
+
+
+def test_station_without_training_samples_is_warned_by_name(stations):
+    """No silent drops: a station with no training sample gets a QGIS warning that names it and the
+    layer that has no data at its pixel; the model file keeps every station's sample counts."""
+    from ismoe_qgis.data.cube import Cube, split_masks
+    from ismoe_qgis.model.io import load_model
+    cube = Cube.load(stations["ds"])
+    tr, va, te = split_masks(cube.dates, FAST["VAL_START"], FAST["TEST_START"])
+    counts = cube.location_sample_counts({"train": tr}, "skip")["train"]
+    dropped = [cube.station_ids[n] for n in np.nonzero(counts == 0)[0]]
+    assert dropped, "the Hawaii stations include some without training samples under GAP_POLICY=skip"
+    warnings = stations["fb_t"].of_kind("warning")
+    for sid in dropped:
+        hits = [w for w in warnings if f"station {sid} has no training sample" in w]
+        assert len(hits) == 1, warnings
+        assert "layer '" in hits[0] and "(factor " in hits[0]
+    kept = [s for s in cube.station_ids if s not in dropped]
+    assert not [w for w in warnings for s in kept if f"station {s} has" in w]
+    _, _, info = load_model(stations["model"])
+    per = info["split"]["per_location"]
+    assert per["locations"] == cube.station_ids and per["train"] == counts.tolist()
+    assert per["no_train"] == len(dropped) and len(per["val"]) == len(per["test"]) == len(cube.station_ids)

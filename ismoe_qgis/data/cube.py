@@ -145,6 +145,29 @@ class Cube:
         t_idx, n_idx = np.nonzero(self.sample_mask(t_mask, gap_policy))
         return t_idx.astype(np.int64), n_idx.astype(np.int64)
 
+    def why_no_samples(self, n: int, t_mask: np.ndarray) -> str:
+        """Why location n has no valid sample in the period t_mask, in words that name the layer:
+        the variables (and their factors) with no data at its pixel there, or the target."""
+        t_mask = np.asarray(t_mask, bool)
+        r, c = int(self.target_rows[n]), int(self.target_cols[n])
+        factor_of = {v: f for f, vs in self.factors.items() for v in vs}
+        xc = self.x[:, t_mask, r, c]                                     # V, T'
+        empty = [v for v, ok in zip(self.variables, np.isfinite(xc).any(axis=1)) if not ok]
+        if empty:
+            return "no data at its pixel in " + ", ".join(f"layer '{v}' (factor {factor_of.get(v, '?')})"
+                                                          for v in empty)
+        if not np.isfinite(self.y[t_mask, n]).any():
+            return "no soil-moisture observation in the period"
+        gappy = [v for v, frac in zip(self.variables, np.isfinite(xc).mean(axis=1)) if frac < 1]
+        return (f"every {self.seq_len}-day input window has a gap in "
+                + ", ".join(f"layer '{v}' (factor {factor_of.get(v, '?')})" for v in gappy)
+                + " at its pixel (GAP_POLICY=fill uses such windows)") if gappy else \
+            "no observation day has a complete input window in the period"
+
+    def location_sample_counts(self, masks: dict, gap_policy: str = "skip") -> dict:
+        """{period name: int (N,) number of valid samples per location} for period masks {name: (T,)}."""
+        return {k: self.sample_mask(m, gap_policy).sum(axis=0).astype(np.int64) for k, m in masks.items()}
+
 
 def split_masks(dates: np.ndarray, val_start=None, test_start=None, val_fraction=0.15, test_fraction=0.25):
     """Time split: train < val_start <= val < test_start <= test.

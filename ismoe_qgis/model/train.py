@@ -140,6 +140,33 @@ class WindowSampler:
         return xb.permute(1, 2, 0, 3, 4), yb, db
 
 
+MAX_LOCATION_WARNINGS = 20   # locations named one by one; the rest are counted
+
+
+def report_location_samples(cube: Cube, masks: dict, gap_policy: str, cb: Callbacks) -> dict:
+    """Count the valid samples of every location per period, log them, and warn (a 'warning:' line,
+    a QGIS warning in Processing) for each location that has no training sample, naming the layer that
+    has no data there. Returns {"locations", "train", "val", "test" (lists), "no_train" (count)} for
+    station cubes, the summary only for grids (too many locations to list)."""
+    counts = cube.location_sample_counts(masks, gap_policy)
+    labels = cube.location_labels()
+    kind = "station" if cube.station_ids else "location"
+    none = np.nonzero(counts["train"] == 0)[0]
+    for n in none[:MAX_LOCATION_WARNINGS]:
+        cb.log(f"warning: {kind} {labels[n]} has no training sample ({cube.why_no_samples(n, masks['train'])}); "
+               f"validation {int(counts['val'][n])}, test {int(counts['test'][n])} samples: the model never "
+               f"sees it in training")
+    if len(none) > MAX_LOCATION_WARNINGS:
+        cb.log(f"warning: {len(none) - MAX_LOCATION_WARNINGS} more {kind}s have no training sample")
+    out = {"no_train": int(len(none)), "n_locations": int(len(labels))}
+    if cube.station_ids:
+        cb.log("samples per station (train/validation/test): " + ", ".join(
+            f"{labels[n]} {int(counts['train'][n])}/{int(counts['val'][n])}/{int(counts['test'][n])}"
+            for n in range(len(labels))))
+        out.update(locations=labels, **{k: v.tolist() for k, v in counts.items()})
+    return out
+
+
 def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig:
     return ModelConfig(factors=cube.factors, variables=cube.variables, model_type=model_type,
                        patch_size=cube.patch_size, seq_len=cube.seq_len, x_mean=cube.x_mean,
@@ -285,12 +312,15 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
              "val": [str(cube.dates[val_m][0]), str(cube.dates[val_m][-1])] if val_m.any() else None,
              "test": [str(cube.dates[test_m][0]), str(cube.dates[test_m][-1])] if test_m.any() else None,
              "n_train": int(len(tr_t)), "n_val": int(len(va_t)), "n_test": int(len(te_t))}
+    per_location = report_location_samples(cube, {"train": train_m, "val": val_m, "test": test_m},
+                                                    cfg.gap_policy, cb)
     if len(tr_t) == 0:
         raise ValueError("the training period has no valid sample (target present and a full "
                          f"{cube.seq_len}-day input window): check the dates, VAL_START/TEST_START and SEQ_LEN")
     if len(va_t) == 0:
         raise ValueError("the validation period has no valid sample: move VAL_START earlier or TEST_START later")
     cb.log(f"samples: train {len(tr_t)}, validation {len(va_t)}, test {len(te_t)}; split {json.dumps(split)}")
+    split["per_location"] = per_location
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
