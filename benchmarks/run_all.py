@@ -196,7 +196,9 @@ def synthetic_factors(E, per_factor=2):
 
 def make_model(cube, device):
     torch.manual_seed(0)
-    cfg = model_config_for(cube, "ismoe", conv_channels=CONV_CHANNELS, hidden=HIDDEN, router_hidden=ROUTER_HIDDEN)
+    # convex: the naive reference is the paper's convex MoE with a router (the additive default has none)
+    cfg = model_config_for(cube, "ismoe", conv_channels=CONV_CHANNELS, hidden=HIDDEN, router_hidden=ROUTER_HIDDEN,
+                           mixture="convex")
     return SoilMoistureNet(cfg).to(device)
 
 

@@ -1,4 +1,4 @@
-"""The router must learn the planted drivers, not the calendar (small CPU run, fixed seed).
+"""The weights must find the planted drivers, not the calendar (small CPU run, fixed seed; default MIXTURE).
 
 The full-size version with all three models is benchmarks/interpretability.py.
 """

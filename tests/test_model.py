@@ -56,12 +56,13 @@ def patch_predictions(model, cube):
     return (y.numpy().reshape(T - L + 1, H, W), w.numpy().reshape(T - L + 1, H, W, -1).transpose(3, 0, 1, 2))
 
 
-@pytest.mark.parametrize("model_type,router", [("ismoe", "expert_states"), ("ismoe", "all_states"),
-                                               ("ismoe", "inputs"), ("ismoe", "inputs_doy"),
-                                               ("mean_expert", "expert_states"), ("cnn_lstm", "expert_states")])
-def test_tile_equals_patch_whole_image(model_type, router):
+@pytest.mark.parametrize("model_type,router,mixture", [
+    ("ismoe", "expert_states", "convex"), ("ismoe", "all_states", "convex"), ("ismoe", "inputs", "convex"),
+    ("ismoe", "inputs_doy", "convex"), ("ismoe", "expert_states", "scaled"), ("ismoe", "expert_states", "additive"),
+    ("mean_expert", "expert_states", "convex"), ("cnn_lstm", "expert_states", "convex")])
+def test_tile_equals_patch_whole_image(model_type, router, mixture):
     cube = small_cube()
-    model = make_model(cube, model_type, router_input=router)
+    model = make_model(cube, model_type, router_input=router, mixture=mixture)
     y_ref, w_ref = patch_predictions(model, cube)
     r, L = cube.patch_size // 2, cube.seq_len
     read = inference.cube_block_reader(cube)
@@ -331,15 +332,16 @@ def independent_windows(x, L):
     return torch.cat([x[:, j:j + L] for j in range(S - L + 1)])
 
 
-@pytest.mark.parametrize("model_type,router", [("ismoe", "expert_states"), ("ismoe", "all_states"),
-                                               ("ismoe", "inputs_doy"), ("mean_expert", "expert_states"),
-                                               ("cnn_lstm", "expert_states")])
-def test_runs_equal_independent_windows(model_type, router):
+@pytest.mark.parametrize("model_type,router,mixture", [
+    ("ismoe", "expert_states", "convex"), ("ismoe", "all_states", "convex"), ("ismoe", "inputs_doy", "convex"),
+    ("ismoe", "expert_states", "additive"), ("mean_expert", "expert_states", "convex"),
+    ("cnn_lstm", "expert_states", "convex")])
+def test_runs_equal_independent_windows(model_type, router, mixture):
     """A run of S = L + m - 1 days (convolution and input projection once per day) gives, for each of
     its m windows, exactly the outputs, weights and gradients of that window cut out on its own."""
     cube = small_cube()
     L, m, G = cube.seq_len, 5, 7
-    model = make_model(cube, model_type, router_input=router, dropout=0.0)
+    model = make_model(cube, model_type, router_input=router, dropout=0.0, mixture=mixture)
     sampler = WindowSampler(cube, torch.device("cpu"))
     end = np.array([10, 23, 15, 19, 12, 23, 20])        # run end days (>= L + m - 2)
     loc = np.array([0, 5, 13, 40, 98, 7, 31])           # 13 sits on the silent-snow rows
@@ -479,13 +481,14 @@ def test_training_step_under_bf16_autocast():
     assert cos > 0.98
 
 
-def test_model_gradients_equal_plain_autograd(monkeypatch):
+@pytest.mark.parametrize("mixture", ["additive", "convex"])
+def test_model_gradients_equal_plain_autograd(monkeypatch, mixture):
     """The fast training path (hand-written LSTM backward, patch convolution in chunks) gives the
     gradients of the same model written with plain autograd ops in one pass."""
     from ismoe_qgis.model import networks
     from ismoe_qgis.model.train import TrainConfig, loss_terms
     cube = small_cube()
-    model = make_model(cube, dropout=0.0).train()
+    model = make_model(cube, dropout=0.0, mixture=mixture).train()
     sampler = WindowSampler(cube, torch.device("cpu"))
     xb, yb, db = sampler.batch(np.arange(5, 24), np.arange(0, 95, 5))
 

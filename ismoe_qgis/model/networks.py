@@ -79,7 +79,7 @@ class ModelConfig:
     router_input: str = "expert_states"
     dropout: float = 0.1
     mask_silent: bool = True
-    mixture: str = "convex"
+    mixture: str = "additive"
     x_mean: List[float] = field(default_factory=list)
     x_std: List[float] = field(default_factory=list)
     y_mean: float = 0.0
