@@ -68,7 +68,7 @@ def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: 
         if n > 1 or region != imp.DEFAULT_REGION:
             ax.set_title(str(region), fontsize=10)
         if i % ncols == 0:
-            ax.set_ylabel("mean routing weight")
+            ax.set_ylabel("mean factor weight")
         if i // ncols == nrows - 1:
             ax.set_xlabel(cd.PERIOD_TITLES.get(kind, kind))
     for j in range(n, nrows * ncols):
@@ -113,9 +113,11 @@ def write_html(table: imp.ImportanceTable, fig: Figure, path: str, kind: str = "
              "<h1>{}</h1>".format(html.escape(title))]
     if source:
         parts.append("<p>Source: <code>{}</code></p>".format(html.escape(source)))
-    parts.append("<p>Mean routing weight of each factor's expert (the share of the soil-moisture estimate "
-                 "the router gives it), averaged over every valid pixel-day of the period; n = number of "
-                 "values averaged.</p>")
+    parts.append("<p>Mean weight of each factor, averaged over every valid pixel-day of the period; n = number "
+                 "of values averaged. What a weight is depends on the model's MIXTURE (prediction.json "
+                 "<code>weights_meaning</code>): with the default additive mixture, the factor's share of the "
+                 "squared departure of the contributions from their training means; with convex or scaled, the "
+                 "router's softmax weight.</p>")
     parts.append(figure_svg(fig))
     for region in table.regions:
         for k in [k for k in ("season", kind if kind != "doy" else "month") if k in table.kinds(region)]:
