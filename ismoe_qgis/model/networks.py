@@ -440,15 +440,13 @@ class SoilMoistureNet(nn.Module):
         factor is left out as silent)."""
         B, E = expert_out.shape
         out = expert_out.float()
-        leave_out = None
-        if silent is not None and self.masks_silent:
-            leave_out = silent & ~silent.all(dim=1, keepdim=True) if self.mixture != "additive" else silent
+        leave_out = silent if silent is not None and self.masks_silent else None
+        if leave_out is not None and self.mixture != "additive":
+            leave_out = leave_out & ~leave_out.all(dim=1, keepdim=True)     # a softmax needs one expert
         if self.mixture == "additive":
-            if leave_out is not None:
-                out = out.masked_fill(leave_out, 0.0)
             d = out - self.contrib_ref
             if leave_out is not None:
-                d = d.masked_fill(leave_out, 0.0)
+                out, d = out.masked_fill(leave_out, 0.0), d.masked_fill(leave_out, 0.0)
             d2 = d * d
             return self.mu + out.sum(dim=1), d2 / d2.sum(dim=1, keepdim=True).clamp_min(1e-12), out
         if self.router is None:

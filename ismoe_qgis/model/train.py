@@ -143,12 +143,15 @@ class WindowSampler:
 MAX_LOCATION_WARNINGS = 20   # locations named one by one; the rest are counted
 
 
-def report_location_samples(cube: Cube, masks: dict, gap_policy: str, cb: Callbacks) -> dict:
+def report_location_samples(cube: Cube, masks: dict, gap_policy: str, cb: Callbacks,
+                            sample_masks: dict = None) -> dict:
     """Count the valid samples of every location per period, log them, and warn (a 'warning:' line,
     a QGIS warning in Processing) for each location that has no training sample, naming the layer that
-    has no data there. Returns {"locations", "train", "val", "test" (lists), "no_train" (count)} for
-    station cubes, the summary only for grids (too many locations to list)."""
-    counts = cube.location_sample_counts(masks, gap_policy)
+    has no data there. masks: {period: (T,) bool}; sample_masks: their ``Cube.sample_mask`` when the
+    caller has them already (train() does). Returns {"locations", "train", "val", "test" (lists),
+    "no_train" (count)} for station cubes, the summary only for grids (too many locations to list)."""
+    counts = ({k: m.sum(axis=0).astype(np.int64) for k, m in sample_masks.items()} if sample_masks is not None
+              else cube.location_sample_counts(masks, gap_policy))
     labels = cube.location_labels()
     kind = "station" if cube.station_ids else "location"
     none = np.nonzero(counts["train"] == 0)[0]
@@ -304,16 +307,16 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     cb.log(f"device: {device}" + (f" (autocast {amp_dtype})" if amp_dtype else ""))
 
     train_m, val_m, test_m = split_masks(cube.dates, cfg.val_start, cfg.test_start)
-    tr_mask = cube.sample_mask(train_m, cfg.gap_policy)
-    tr_t, tr_n = (a.astype(np.int64) for a in np.nonzero(tr_mask))
-    va_t, va_n = cube.sample_index(val_m, cfg.gap_policy)
-    te_t, te_n = cube.sample_index(test_m, cfg.gap_policy)
+    periods = {"train": train_m, "val": val_m, "test": test_m}
+    sample_masks = {k: cube.sample_mask(m, cfg.gap_policy) for k, m in periods.items()}   # each computed once
+    tr_mask = sample_masks["train"]
+    (tr_t, tr_n), (va_t, va_n), (te_t, te_n) = (
+        (a.astype(np.int64) for a in np.nonzero(sample_masks[k])) for k in ("train", "val", "test"))
     split = {"train": [str(cube.dates[train_m][0]), str(cube.dates[train_m][-1])] if train_m.any() else None,
              "val": [str(cube.dates[val_m][0]), str(cube.dates[val_m][-1])] if val_m.any() else None,
              "test": [str(cube.dates[test_m][0]), str(cube.dates[test_m][-1])] if test_m.any() else None,
              "n_train": int(len(tr_t)), "n_val": int(len(va_t)), "n_test": int(len(te_t))}
-    per_location = report_location_samples(cube, {"train": train_m, "val": val_m, "test": test_m},
-                                                    cfg.gap_policy, cb)
+    per_location = report_location_samples(cube, periods, cfg.gap_policy, cb, sample_masks)
     if len(tr_t) == 0:
         raise ValueError("the training period has no valid sample (target present and a full "
                          f"{cube.seq_len}-day input window): check the dates, VAL_START/TEST_START and SEQ_LEN")
