@@ -36,34 +36,16 @@ def normalise_block(model: SoilMoistureNet, raw: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(xn.transpose(1, 0, 2, 3)))
 
 
-@torch.no_grad()
-def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = None,
-                 chunk_windows: int = None, amp_dtype=None):
-    """Predict every pixel and date of a tile.
-
-    xt: normalised (Ttot, V, h + 2r, w + 2r) with r = k//2 (halo) and Ttot = T + L - 1.
-    doy: (T,) day of year of the output dates (used only by the 'inputs_doy' router).
-    Returns sm (T, h, w) in normalised units and weights (E, T, h, w).
-    """
+def _tile_windows(model: SoilMoistureNet, xt: torch.Tensor, T: int):
+    """The per-window inputs of the mixture for the T output days of tile xt (Ttot, V, h + 2r, w + 2r):
+    the silent-factor mask (T, P, E) and the centre-pixel windows (T, P, L, V) of the input routers
+    (None when the model does not use them)."""
     cfg = model.cfg
     k, L = cfg.patch_size, cfg.seq_len
     r = k // 2
-    bank = model.experts
     Ttot, V, H2, W2 = xt.shape
-    T, h, w = Ttot - L + 1, H2 - 2 * r, W2 - 2 * r
-    if T < 1:
-        raise ValueError(f"a tile needs at least SEQ_LEN={L} time steps, got {Ttot}")
-    E, P = bank.E, h * w
-    dev_type = xt.device.type
-    if chunk_windows is None:
-        # the LSTM's per-step temporaries are E x chunk x 4H floats: on a CPU they must stay in cache
-        # (6 x 1024 x 256 x 4 B = 6 MB); a GPU wants big batches
-        chunk_windows = 32768 if dev_type == "cuda" else 1024
-    with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        feats = bank.features(xt)                                     # Ttot, E, C, h, w
-    feats = feats.float().permute(1, 0, 3, 4, 2).reshape(E, Ttot, P, bank.C)   # E, Ttot, P, C
-
-    # Windows are ordered time-major within a pixel chunk: row = t * n + p.
+    h, w = H2 - 2 * r, W2 - 2 * r
+    P = h * w
     silent = None
     if model.masks_silent:
         xc = xt[:, :, r:r + h, r:r + w].permute(1, 2, 3, 0).reshape(1, V * P, Ttot)
@@ -75,16 +57,66 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
     centre = None
     if model.router is not None and cfg.router_input.startswith("inputs"):
         centre = xt[:, :, r:r + h, r:r + w].unfold(0, L, 1).permute(0, 2, 3, 4, 1).reshape(T, P, L, V)
-    doy_tp = doy[:, None].expand(T, P) if doy is not None else None
+    return silent, centre
 
-    sm = torch.empty(T, P, device=xt.device)
-    wts = torch.empty(E, T, P, device=xt.device)
-    px_chunk = max(1, chunk_windows // T)
+
+@torch.no_grad()
+def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = None,
+                 chunk_windows: int = None, amp_dtype=None, state=None, outputs: bool = True):
+    """Predict every pixel and date of a tile.
+
+    xt: normalised (Ttot, V, h + 2r, w + 2r) with r = k//2 (halo) and Ttot = T + L - 1.
+    doy: (T,) day of year of the output dates (used only by the 'inputs_doy' router).
+    Returns sm (T, h, w) in normalised units and weights (E, T, h, w).
+
+    Stateful models (MEMORY=stateful) stream: the LSTM steps once per output day from `state` (h, c)
+    (E, h * w, H) each (None: zero state), and the return is (sm, weights, new state) to hand to the next
+    time chunk of the same tile; with outputs=False (warm-up days) only the state is computed (sm and
+    weights are None). The first L - 1 days of xt only feed the silent mask and the input routers.
+    """
+    cfg = model.cfg
+    k, L = cfg.patch_size, cfg.seq_len
+    r = k // 2
+    bank = model.experts
+    stateful = cfg.stateful
+    Ttot, V, H2, W2 = xt.shape
+    T, h, w = Ttot - L + 1, H2 - 2 * r, W2 - 2 * r
+    if T < 1:
+        raise ValueError(f"a tile needs at least SEQ_LEN={L} time steps, got {Ttot}")
+    E, P = bank.E, h * w
+    dev_type = xt.device.type
+    if chunk_windows is None:
+        # the LSTM's per-step temporaries are E x chunk x 4H floats: on a CPU they must stay in cache
+        # (6 x 1024 x 256 x 4 B = 6 MB); a GPU wants big batches
+        chunk_windows = 32768 if dev_type == "cuda" else 1024
+    with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        feats = bank.features(xt[L - 1:] if stateful else xt)        # Tf, E, C, h, w
+    Tf = feats.shape[0]
+    feats = feats.float().permute(1, 0, 3, 4, 2).reshape(E, Tf, P, bank.C)   # E, Tf, P, C
+    if stateful:
+        new_h = torch.empty(E, P, bank.H, device=xt.device)
+        new_c = torch.empty(E, P, bank.H, device=xt.device)
+
+    # Windows are ordered time-major within a pixel chunk: row = t * n + p.
+    silent, centre = _tile_windows(model, xt, T) if outputs else (None, None)
+    doy_tp = doy[:, None].expand(T, P) if doy is not None and outputs else None
+
+    sm = torch.empty(T, P, device=xt.device) if outputs else None
+    wts = torch.empty(E, T, P, device=xt.device) if outputs else None
+    # a stateful model steps T days per pixel chunk: its chunk is counted in windows of one day
+    px_chunk = max(1, chunk_windows // (1 if stateful else T))
     for p0 in range(0, P, px_chunk):
         p1 = min(P, p0 + px_chunk)
         n = p1 - p0
         with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            hs = bank.windows(feats[:, :, p0:p1], L)                                # E, T*n, H
+            if stateful:
+                st = None if state is None else (state[0][:, p0:p1], state[1][:, p0:p1])
+                hs, (hl, cl) = bank.sequence(feats[:, :, p0:p1], None, st)               # E, T*n, H
+                new_h[:, p0:p1], new_c[:, p0:p1] = hl, cl
+            else:
+                hs = bank.windows(feats[:, :, p0:p1], L)                                # E, T*n, H
+            if not outputs:
+                continue
             out = bank.head(hs)                                                    # T*n, E
         # mix runs outside autocast: give it fp32 (the router's baddbmm fails on bf16 states + fp32 weights)
         y, wt, _ = model.mix(out.float(), hs.float(),
@@ -93,7 +125,8 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
                           None if doy_tp is None else doy_tp[:, p0:p1].reshape(T * n))
         sm[:, p0:p1] = y.float().view(T, n)
         wts[:, :, p0:p1] = wt.float().view(T, n, E).permute(2, 0, 1)
-    return sm.view(T, h, w), wts.view(E, T, h, w)
+    res = (sm.view(T, h, w), wts.view(E, T, h, w)) if outputs else (None, None)
+    return res + ((new_h, new_c),) if stateful else res
 
 
 def day_of_year(dates) -> np.ndarray:
@@ -109,25 +142,50 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
     Output index o uses input indices [o, o + L - 1] of `read_block` (see predict_to_folder).
     Yields (row_off, col_off, o0, o1, sm (o1-o0, h, w) in target units, weights (E, o1-o0, h, w)),
     NaN where an input variable is missing at the pixel on the output date.
+
+    Tiles are independent; within a tile, time chunks run in order. A stateful model carries each pixel's
+    LSTM state (h, c per expert: tile pixels x E x hidden x 2 floats) from one chunk to the next, starting
+    from zero state SPIN_UP days before out_from: those warm-up days are stepped through, not yielded, and
+    days before the first input (negative indices) are read as missing input, as training pads them.
     """
     cb = ensure(callbacks)
     cfg = model.cfg
     L, r = cfg.seq_len, cfg.patch_size // 2
-    steps = [(r0, c0, o0) for r0 in range(0, height, tile_size) for c0 in range(0, width, tile_size)
-             for o0 in range(out_from, out_to, time_chunk)]
-    for i, (r0, c0, o0) in enumerate(steps):
-        cb.check_cancel()
-        h, w, o1 = min(tile_size, height - r0), min(tile_size, width - c0), min(out_to, o0 + time_chunk)
-        raw = read_block(r0 - r, c0 - r, h + 2 * r, w + 2 * r, o0, o1 + L - 1)
-        xt = normalise_block(model, raw).to(device)
-        sm, wts = predict_tile(model, xt, torch.from_numpy(doy_out[o0:o1]).to(device), amp_dtype=amp_dtype)
-        sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
-        wts = wts.cpu().numpy()
-        invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
-        sm[invalid] = np.nan
-        wts[:, invalid] = np.nan
-        yield r0, c0, o0, o1, sm, wts
-        cb.progress((i + 1) / len(steps))
+    start = out_from - cfg.spin_up if cfg.stateful else out_from
+    tiles = [(r0, c0) for r0 in range(0, height, tile_size) for c0 in range(0, width, tile_size)]
+    # chunk bounds: warm-up chunks end where the outputs start, so no chunk mixes the two
+    bounds = list(range(start, out_from, time_chunk)) + list(range(out_from, out_to, time_chunk)) + [out_to]
+    chunks = list(zip(bounds[:-1], bounds[1:]))
+    n_steps = len(tiles) * len(chunks)
+    V = len(cfg.variables)
+    for i_tile, (r0, c0) in enumerate(tiles):
+        h, w = min(tile_size, height - r0), min(tile_size, width - c0)
+        state = None
+        for i_chunk, (o0, o1) in enumerate(chunks):
+            cb.check_cancel()
+            warm = o1 <= out_from
+            t0, t1 = o0, o1 + L - 1                       # input days
+            if t1 <= 0:
+                raw = np.full((V, t1 - t0, h + 2 * r, w + 2 * r), np.nan, np.float32)
+            else:
+                raw = read_block(r0 - r, c0 - r, h + 2 * r, w + 2 * r, max(0, t0), t1)
+                if t0 < 0:                                 # before the first input: missing
+                    raw = np.concatenate([np.full((V, -t0) + raw.shape[2:], np.nan, np.float32), raw], axis=1)
+            xt = normalise_block(model, raw).to(device)
+            doy = None if warm else torch.from_numpy(doy_out[o0:o1]).to(device)
+            res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm)
+            if cfg.stateful:
+                sm, wts, state = res
+            else:
+                sm, wts = res
+            if not warm:
+                sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
+                wts = wts.cpu().numpy()
+                invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
+                sm[invalid] = np.nan
+                wts[:, invalid] = np.nan
+                yield r0, c0, o0, o1, sm, wts
+            cb.progress((i_tile * len(chunks) + i_chunk + 1) / n_steps)
 
 
 def _profile(grid: dict, count: int, tile: int = 256):
@@ -145,12 +203,14 @@ def _profile(grid: dict, count: int, tile: int = 256):
 
 def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, dates, out_dir: str,
                       tile_size: int = 128, time_chunk: int = 64, device="cpu", amp_dtype=None,
-                      cog: bool = False, callbacks: Callbacks = None, extra_meta: dict = None):
+                      cog: bool = False, callbacks: Callbacks = None, extra_meta: dict = None,
+                      first_output: int = None):
     """Stream a prediction over the grid, tile by tile, into `out_dir`.
 
     read_block(row_off, col_off, height, width, t0, t1) must return raw inputs
     (V, t1 - t0, height, width) for input dates[t0:t1], NaN outside the grid or where missing.
-    Output dates are dates[L-1:] (each needs the L-1 days before it).
+    Output dates are dates[first_output:] (default L - 1: each needs the L - 1 days before it; a stateful
+    model's warm-up days before DATE_FROM are dates[:first_output]).
     Writes sm.tif, weight_<factor>.tif and prediction.json atomically (temporary folder, then move);
     nothing is left behind on error or cancel. Returns the manifest dict.
     """
@@ -163,9 +223,13 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     dates = np.asarray(dates).astype("datetime64[D]")
     if len(dates) < L:
         raise ValueError(f"prediction needs at least SEQ_LEN={L} consecutive dates of input, got {len(dates)}")
-    out_dates = dates[L - 1:]
+    first_output = L - 1 if first_output is None else max(L - 1, int(first_output))
+    out_dates = dates[first_output:]
     T = len(out_dates)
+    if T < 1:
+        raise ValueError(f"no output date: the {len(dates)} input dates are all warm-up days")
     doy_all = day_of_year(out_dates)
+    o_from = first_output - (L - 1)                  # output index (input index - (L - 1)) of the first output
     names = model.output_names
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".ismoe_predict_", dir=out_dir)
@@ -181,8 +245,9 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
             w_sums = np.zeros((T, len(names)), np.float64)    # whole-area seasonal importance, same pass
             w_counts = np.zeros((T, len(names)), np.int64)
             for r0, c0, o0, o1, sm, wts in iter_tile_predictions(
-                    model, read_block, grid["height"], grid["width"], 0, T, doy_all, tile_size, time_chunk,
-                    device, amp_dtype, cb):
+                    model, read_block, grid["height"], grid["width"], o_from, o_from + T,
+                    day_of_year(dates[L - 1:]), tile_size, time_chunk, device, amp_dtype, cb):
+                o0, o1 = o0 - o_from, o1 - o_from
                 valid = np.isfinite(sm)
                 w_sums[o0:o1] += np.where(valid, wts, 0.0).sum(axis=(2, 3)).T
                 w_counts[o0:o1] += valid.sum(axis=(1, 2))[:, None]
@@ -202,7 +267,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
         manifest = {"factors": names, "dates": [str(d) for d in out_dates], "sm": files["sm"],
                     "weights": {f: files[f] for f in names}, "importance": "importance.csv",
                     "model_type": cfg.model_type, "mixture": model.mixture, "weights_meaning": model.weight_meaning,
-                    "nodata": NODATA, **(extra_meta or {})}
+                    "memory": warmup_record(cfg, dates, first_output), "nodata": NODATA, **(extra_meta or {})}
         with open(os.path.join(tmp, "prediction.json"), "w") as f:
             json.dump(manifest, f, indent=1)
         for fn in list(files.values()) + ["importance.csv", "prediction.json"]:
@@ -210,6 +275,21 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def warmup_record(cfg, dates, first_output: int) -> dict:
+    """prediction.json's "memory": the memory mode, and for a stateful model the warm-up it had: the spin-up
+    asked for, the input days before the first output (days_available), and the output dates whose state
+    started from fewer than SPIN_UP real input days (the missing days were read as missing input)."""
+    rec = {"mode": cfg.memory, "seq_len": cfg.seq_len}
+    if not cfg.stateful:
+        return rec
+    avail = int(first_output)                                               # input days before the first output
+    short = max(0, cfg.spin_up - avail)                                     # output days with a short warm-up
+    rec.update(spin_up=cfg.spin_up, warmup_days_available=avail,
+               short_warmup_dates=[str(dates[first_output]), str(dates[min(len(dates) - 1, first_output + short - 1)])]
+               if short else None)
+    return rec
 
 
 def _to_cog(folder, files):

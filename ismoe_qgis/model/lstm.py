@@ -70,22 +70,26 @@ def _cell(a, c, H, h_out=None):
     return c, tc, torch.mul(o, tc, out=h_out) if h_out is not None else o * tc
 
 
-def _steps(feats, w_ih, b, w_hh, L):
-    """Inference forward: final h. The input projection of every sequence step runs once for all the
-    (many, overlapping: m ~ T) windows that share it, as one batched product."""
+def _steps(feats, w_ih, b, w_hh, L, n_out=1, state=None):
+    """Inference forward: final h (n_out = 1) or the h of the last n_out steps (one sequence, m = 1),
+    from zero state or from `state` (h0, c0) (E, m * n, H) each. Returns (h, (h_last, c_last)). The input
+    projection of every sequence step runs once for all the (many, overlapping: m ~ T) windows that
+    share it, as one batched product."""
     E, S, n, C = feats.shape
     G4 = w_hh.shape[2]
     H, m = G4 // 4, S - L + 1
     gates = torch.bmm(feats.reshape(E, S * n, C), w_ih).view(E, S, n, G4)
     b = b[:, None, :]
-    h = c = None
+    h, c = (None, None) if state is None else state
+    outs = feats.new_empty((E, n_out, m * n, H)) if n_out > 1 else None
     for s in range(L):
         # the bias is added here: a broadcast bias as baddbmm's input is copied out to full size first
         a = torch.add(_window_block(gates, s, m), b)
         if h is not None:
             a.baddbmm_(h, w_hh)
-        c, _, h = _cell(a, c, H)
-    return h
+        j = s - (L - n_out)
+        c, _, h = _cell(a, c, H, outs[:, j] if outs is not None and j >= 0 else None)
+    return (h if outs is None else outs.view(E, n_out * m * n, H)), (h, c)
 
 
 def _steps_train(feats, w, L):
@@ -117,17 +121,22 @@ def _steps_train(feats, w, L):
 
 class _WindowLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feats, w_ih, b, w_hh, L):
+    def forward(ctx, feats, w_ih, b, w_hh, L, n_out):
         dt = feats.dtype
         w = torch.cat([w_ih, w_hh, b[:, None, :]], dim=1).to(dt)
         h, inputs, acts, cells, tanhs = _steps_train(feats, w, L)
-        ctx.L, ctx.dtypes, ctx.shape = L, (dt, w_hh.dtype), feats.shape
+        ctx.L, ctx.n_out, ctx.dtypes, ctx.shape = L, n_out, (dt, w_hh.dtype), feats.shape
         ctx.save_for_backward(w, *inputs, *acts, *cells, *tanhs)
+        if n_out > 1:   # the h of steps L - n_out .. L - 2 are the next steps' inputs (one sequence, m = 1)
+            C = feats.shape[3]
+            H = h.shape[2]
+            h = torch.stack([inputs[s][..., C:C + H] for s in range(L - n_out + 1, L)] + [h], dim=1)
+            h = h.reshape(h.shape[0], -1, H)
         return h
 
     @staticmethod
     def backward(ctx, dh):
-        L = ctx.L
+        L, n_out = ctx.L, ctx.n_out
         E, S, n, C = ctx.shape
         m = S - L + 1
         w, *rest = ctx.saved_tensors
@@ -138,12 +147,19 @@ class _WindowLSTM(torch.autograd.Function):
         w = w.to(ct)
         wt = w[:, :C + H].transpose(1, 2)
         dh = dh.to(ct)
+        d_out = None
+        if n_out > 1:                       # gradients of the last n_out steps' outputs
+            d_out = dh.view(E, n_out, m * n, H)
+            dh = d_out[:, -1]
         dfeats = torch.zeros((E, S, n, C), dtype=ct, device=dh.device)
         dw = torch.zeros_like(w)
         dg = torch.empty((E, M, G4), dtype=ct, device=dh.device)  # the step's gate gradients
         sig_bwd, tanh_bwd = torch.ops.aten.sigmoid_backward, torch.ops.aten.tanh_backward   # g * y' from y
         dc = f_next = None
         for s in range(L - 1, -1, -1):
+            j = s - (L - n_out)
+            if d_out is not None and 0 <= j < n_out - 1:
+                dh = dh + d_out[:, j]
             a, tc = acts[s].to(ct), tanhs[s].to(ct)
             i, f, o, u = a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:]
             dc_next = dc
@@ -167,7 +183,7 @@ class _WindowLSTM(torch.autograd.Function):
             dfeats[:, s:s + m] += dxh[..., :C].view(E, m, n, C)
             dh, f_next = dxh[..., C:], f
         d = ctx.dtypes
-        return dfeats.to(d[0]), dw[:, :C].to(d[1]), dw[:, -1].to(d[1]), dw[:, C:C + H].to(d[1]), None
+        return dfeats.to(d[0]), dw[:, :C].to(d[1]), dw[:, -1].to(d[1]), dw[:, C:C + H].to(d[1]), None, None
 
 
 def window_lstm(feats: torch.Tensor, w_ih: torch.Tensor, b: torch.Tensor, w_hh: torch.Tensor,
@@ -176,11 +192,32 @@ def window_lstm(feats: torch.Tensor, w_ih: torch.Tensor, b: torch.Tensor, w_hh: 
     (see module doc). Under autocast, in autocast's dtype."""
     if feats.shape[1] < L:
         raise ValueError(f"windows of {L} steps need at least {L} steps, got {feats.shape[1]}")
+    return _run(feats, w_ih, b, w_hh, L, 1, None)[0]
+
+
+def sequence_lstm(feats: torch.Tensor, w_ih: torch.Tensor, b: torch.Tensor, w_hh: torch.Tensor,
+                  n_out: int = None, state=None):
+    """The LSTM over whole sequences (stateful experts): feats (E, S, n, C), from zero state or from
+    `state` (h0, c0) (E, n, H) each. Returns (h (E, n_out * n, H) of the last n_out steps (default all S),
+    row j * n + i = step S - n_out + j of sequence i (time-major, as ``window_lstm``'s windows), and the
+    final state (h, c) to carry into the next time chunk). A given state is for inference only (no
+    gradient flows into it); the final state is returned without gradient."""
+    S = feats.shape[1]
+    n_out = S if n_out is None else n_out
+    if not 1 <= n_out <= S:
+        raise ValueError(f"the LSTM can output 1..{S} of its {S} steps, got {n_out}")
+    return _run(feats, w_ih, b, w_hh, S, n_out, state)
+
+
+def _run(feats, w_ih, b, w_hh, L, n_out, state):
     dt = active_autocast_dtype(feats)
     with torch.autocast(feats.device.type, enabled=False):
         if dt is not None:
             feats = feats.to(dt)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (feats, w_ih, b, w_hh)):
-            return _WindowLSTM.apply(feats, w_ih, b, w_hh, L)
+        if state is None and torch.is_grad_enabled() and any(t.requires_grad for t in (feats, w_ih, b, w_hh)):
+            return _WindowLSTM.apply(feats, w_ih, b, w_hh, L, n_out), None
         dt = feats.dtype
-        return _steps(feats, w_ih.to(dt), b.to(dt), w_hh.to(dt), L)
+        if state is not None:
+            state = tuple(t.to(dt) for t in state)
+        with torch.no_grad():
+            return _steps(feats, w_ih.to(dt), b.to(dt), w_hh.to(dt), L, n_out, state)

@@ -51,9 +51,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .lstm import active_autocast_dtype, window_lstm
+from .lstm import active_autocast_dtype, sequence_lstm, window_lstm
 
 MODEL_TYPES = ("ismoe", "cnn_lstm", "mean_expert")
+# How far the experts remember (MEMORY): "window": every output day runs the LSTM over its own SEQ_LEN-day
+# window from zero state (memory capped at SEQ_LEN days, SEQ_LEN LSTM steps per pixel-day); "stateful": the
+# LSTM runs through time and carries its state from day to day (trained on sequences of SPIN_UP + N days with
+# the loss on the last N, predicted by streaming: one LSTM step per pixel-day, whatever the memory).
+MEMORIES = ("window", "stateful")
 MIXTURES = ("convex", "scaled", "additive")
 # What a weight raster holds, per mixture (prediction.json "weights_meaning", docs/architecture.md)
 WEIGHT_MEANING = {
@@ -80,6 +85,8 @@ class ModelConfig:
     dropout: float = 0.1
     mask_silent: bool = True
     mixture: str = "additive"
+    memory: str = "window"
+    spin_up: int = 0            # stateful: days the LSTM runs before the first supervised/output day
     x_mean: List[float] = field(default_factory=list)
     x_std: List[float] = field(default_factory=list)
     y_mean: float = 0.0
@@ -91,6 +98,10 @@ class ModelConfig:
             raise ValueError(f"MODEL must be one of {', '.join(MODEL_TYPES)}, got '{self.model_type}'")
         if self.mixture not in MIXTURES:
             raise ValueError(f"MIXTURE must be one of {', '.join(MIXTURES)}, got '{self.mixture}'")
+        if self.memory not in MEMORIES:
+            raise ValueError(f"MEMORY must be one of {', '.join(MEMORIES)}, got '{self.memory}'")
+        if self.spin_up < 0:
+            raise ValueError(f"SPIN_UP must be >= 0 days, got {self.spin_up}")
         if self.router_input not in ROUTER_INPUTS:
             raise ValueError(f"router input must be one of {', '.join(ROUTER_INPUTS)}, got '{self.router_input}'")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
@@ -119,6 +130,16 @@ class ModelConfig:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         known.setdefault("mixture", "convex")    # model files from before MIXTURE were all convex
         return cls(**known)
+
+    @property
+    def stateful(self) -> bool:
+        return self.memory == "stateful"
+
+    @property
+    def context_days(self) -> int:
+        """Input days an output day needs before it: SEQ_LEN - 1 (its window; the silent mask and the
+        input routers look at the last SEQ_LEN days in both modes), or the spin-up when longer (stateful)."""
+        return max(self.seq_len - 1, self.spin_up if self.stateful else 0)
 
     @property
     def effective_mixture(self) -> str:
@@ -342,15 +363,27 @@ class ExpertBank(nn.Module):
         = the window of sequence i ending at step L - 1 + j (see ``lstm.window_lstm``)."""
         return window_lstm(feats, self.w_ih, self.b, self.w_hh, L)
 
-    def forward(self, x: torch.Tensor, L: int = None):
-        """x: (G, S, V, k, k), S = L + m - 1 consecutive days of G patches (default L = S, m = 1).
-        -> expert outputs (m * G, E) and final states (E, m * G, H) of the m windows of L days per
-        patch (rows as in ``window_rows``). The convolution runs once per day, however many windows
-        share it."""
+    def sequence(self, feats: torch.Tensor, n_out: int = None, state=None):
+        """Stateful experts: the LSTM through feats (E, S, n, C) (time-major) from zero state or `state`
+        (h, c) (E, n, H). Returns h (E, n_out * n, H) of the last n_out steps (default all), rows
+        j * n + i as ``windows``, and the final state (see ``lstm.sequence_lstm``)."""
+        return sequence_lstm(feats, self.w_ih, self.b, self.w_hh, n_out, state)
+
+    def forward(self, x: torch.Tensor, L: int = None, n_out: int = None, spin_up: int = 0):
+        """Windowed (n_out None): x (G, S, V, k, k), S = L + m - 1 consecutive days of G patches (default
+        L = S, m = 1). -> expert outputs (m * G, E) and final states (E, m * G, H) of the m windows of L
+        days per patch (rows as in ``window_rows``). The convolution runs once per day, however many
+        windows share it.
+        Stateful (n_out given): the LSTM runs from zero state over the last spin_up + n_out days of x and
+        outputs its last n_out days (rows j * G + g likewise); earlier days of x are not used."""
+        if n_out is not None:
+            if x.shape[1] < spin_up + n_out:
+                raise ValueError(f"{spin_up} spin-up + {n_out} output days need as many days, got {x.shape[1]}")
+            x = x[:, x.shape[1] - (spin_up + n_out):]
         G, S, V, k, _ = x.shape
-        L = L or S
         f = self.patch_features(x.reshape(G * S, V, k, k))       # E, G*S, C
-        h = self.windows(f.view(self.E, G, S, self.C).transpose(1, 2), L)   # features time-major
+        f = f.view(self.E, G, S, self.C).transpose(1, 2)         # features time-major
+        h = self.windows(f, L or S) if n_out is None else self.sequence(f, n_out)[0]
         return self.head(h), h
 
 
@@ -464,12 +497,21 @@ class SoilMoistureNet(nn.Module):
 
     def forward(self, x, doy=None):
         """x (G, S, V, k, k) with S >= seq_len: the m = S - seq_len + 1 windows of every patch sequence
-        (m = 1 for single windows). doy (m * G,) the day of year of each window's last day (router
+        (m = 1 for single windows). Stateful memory: the m = S - context_days last days of every sequence
+        are outputs, the LSTM starting from zero state SPIN_UP days before the first. doy (m * G,) the day of year of each window's last day (router
         input 'inputs_doy' only). Rows are time-major, j * G + g (see ``window_rows``)."""
         L = self.cfg.seq_len
         if x.shape[1] < L:
             raise ValueError(f"the model needs windows of SEQ_LEN={L} days, got {x.shape[1]}")
-        out, states = self.experts(x, L)
+        if self.cfg.stateful:
+            m = x.shape[1] - self.cfg.context_days
+            if m < 1:
+                raise ValueError(f"a stateful model needs sequences of more than its {self.cfg.context_days} "
+                                 f"context days (SPIN_UP {self.cfg.spin_up}, SEQ_LEN {L}), got {x.shape[1]}")
+            out, states = self.experts(x, n_out=m, spin_up=self.cfg.spin_up)
+            x = x[:, x.shape[1] - (m + L - 1):]          # the SEQ_LEN-day windows of the m output days
+        else:
+            out, states = self.experts(x, L)
         silent = silent_factor_mask(x, self.factor_index, L) if self.masks_silent else None
         k = self.cfg.patch_size
         centre = (window_rows(x[:, :, :, k // 2, k // 2], L)

@@ -106,16 +106,29 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
         rasters.check_overlap(g, i.grid, i.name)
     dates = daily_calendar(infos)
     L = cfg.seq_len
+    context = cfg.context_days            # input days before the first output: SEQ_LEN - 1, or the spin-up
+    first_output = L - 1
     if date_from is not None:
         d0 = np.datetime64(str(date_from), "D")
-        dates = dates[dates >= d0 - np.timedelta64(L - 1, "D")]
+        dates = dates[dates >= d0 - np.timedelta64(context, "D")]
+        first_output = max(L - 1, int((dates < d0).sum()))
     if date_to is not None:
         dates = dates[dates <= np.datetime64(str(date_to), "D")]
-    if len(dates) < L:
+    if len(dates) <= first_output:
         raise ValueError(f"the layers have {len(dates)} common day(s) in the chosen period; the model needs at "
                          f"least SEQ_LEN={L} (the {L - 1} days before the first output date are its input)")
-    cb.log(f"predicting {len(dates) - L + 1} days ({dates[L - 1]}..{dates[-1]}) on {g.width} x {g.height} "
-           f"pixels, tiles of {tile_size}, device {dev}")
+    if cfg.stateful:
+        if first_output < cfg.spin_up:
+            cb.log(f"warning: the stateful model asks for {cfg.spin_up} warm-up days before the first output date "
+                   f"{dates[first_output]}, the layers have {first_output}: the missing "
+                   f"{cfg.spin_up - first_output} days are read as missing input (as in training), so the first "
+                   f"{cfg.spin_up - first_output} output days start from a short memory (marked in prediction.json, "
+                   f"'memory'); give layers that start {cfg.spin_up} days before DATE_FROM to avoid it")
+        else:
+            cb.log(f"stateful model: {cfg.spin_up} warm-up days from {dates[first_output - cfg.spin_up]}, then one "
+                   f"LSTM step per pixel-day")
+    cb.log(f"predicting {len(dates) - first_output} days ({dates[first_output]}..{dates[-1]}) on {g.width} x "
+           f"{g.height} pixels, tiles of {tile_size}, device {dev}")
     for i in infos:
         cb.log(rasters.plan_alignment(i, g, resampling).describe(i.name))
     r = cfg.patch_size // 2
@@ -136,7 +149,8 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
         with rasterio.Env(GDAL_CACHEMAX=_gdal_cache_cap()):   # bytes; restored on exit
             man = predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
                                     time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
-                                    callbacks=cb, extra_meta={"model": os.path.abspath(model_path)})
+                                    callbacks=cb, extra_meta={"model": os.path.abspath(model_path)},
+                                    first_output=first_output)
     except BaseException:
         if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
             os.rmdir(out_dir)  # cancelled or failed: leave no (empty) output folder behind

@@ -55,6 +55,10 @@ class TrainConfig:
     # learning-rate schedule: "onecycle" (warm-up to lr over 15 % of the steps, then cosine decay) or
     # "constant" (lr throughout, as a plain Adam reference trains)
     schedule: str = "onecycle"
+    # MEMORY=stateful: each training sequence is SPIN_UP + supervised_days days at one location, the loss on
+    # its last supervised_days outputs (sequence-to-sequence: one LSTM pass supervises N days); batch_size
+    # counts supervised days (so batch_size // supervised_days sequences per batch)
+    supervised_days: int = 32
 
 
 SCHEDULES = ("onecycle", "constant")
@@ -91,16 +95,21 @@ class WindowSampler:
     patch convolution reads its variables' rows from that memory without a copy.
 
     The padded cube lives on the training device when it fits (GPU gather, no host copies);
-    otherwise on the host and batches go over in pinned memory with non_blocking copies."""
+    otherwise on the host and batches go over in pinned memory with non_blocking copies.
 
-    def __init__(self, cube: Cube, device: torch.device):
+    Stateful models read SPIN_UP days before a sample's window, which may lie before the first date: the
+    cube is then padded in time with days of missing input (0 after normalisation, as every gap is filled),
+    the same days a prediction reads where its inputs have no warm-up (``inference.iter_tile_predictions``)."""
+
+    def __init__(self, cube: Cube, device: torch.device, pad_days: int = 0):
         k, L = cube.patch_size, cube.seq_len
         self.seq_len = L     # window length; the padded cube does not depend on it (evaluate reuses a sampler)
+        self.pad = int(pad_days)    # days of missing input before the first date
         r = k // 2
         xn = cube.normalised_x()
         np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        if r:
-            xn = np.pad(xn, ((0, 0), (0, 0), (r, r), (r, r)))
+        if r or self.pad:
+            xn = np.pad(xn, ((0, 0), (self.pad, 0), (r, r), (r, r)))
         x = torch.from_numpy(np.ascontiguousarray(xn))                          # V, T, H+2r, W+2r
         self.device = device
         on_device = device.type == "cpu"
@@ -118,18 +127,23 @@ class WindowSampler:
         doy = (cube.dates - cube.dates.astype("datetime64[Y]")).astype(np.int64) + 1
         self.doy = torch.from_numpy(doy).to(gdev)
 
-    def batch(self, t_idx, n_idx, m: int = 1):
-        """Runs of m consecutive target days ending at days t_idx at locations n_idx (G of each).
-        Returns xb (G, L + m - 1, V, k, k), targets yb (m * G,) and day of year db (m * G,), rows
+    def batch(self, t_idx, n_idx, m: int = 1, context: int = None):
+        """Runs of m consecutive target days ending at days t_idx at locations n_idx (G of each), each with
+        the `context` days before it (default SEQ_LEN - 1: windows; a stateful model's ``context_days``).
+        Returns xb (G, context + m, V, k, k), targets yb (m * G,) and day of year db (m * G,), rows
         j * G + g = day t_idx[g] - m + 1 + j (the model's row order). m = 1: single windows."""
         gdev = self.x.device
+        context = self.seq_len - 1 if context is None else int(context)
         t = torch.as_tensor(t_idx, device=gdev)
         n = torch.as_tensor(n_idx, device=gdev)
-        S, k = self.seq_len + m - 1, self.k
+        if len(t) and int(t.min()) - m + 1 - context < -self.pad:
+            raise ValueError(f"a run of {m} days with {context} days of context before day {int(t.min())} starts "
+                             f"before the sampler's {self.pad} days of padding")
+        S, k = context + m, self.k
         V, T, Hp, Wp = self.x.shape
         sv, st, sr, _ = self.x.stride()
         runs = self.x.as_strided((self.x.numel() - k + 1, k), (1, 1))        # runs[i] = flat cube[i:i + k]
-        first = (t - S + 1) * st + self.rows[n] * sr + self.cols[n]         # G: each window's first pixel
+        first = (t + self.pad - S + 1) * st + self.rows[n] * sr + self.cols[n]         # G: each window's first pixel
         within = (torch.arange(V, device=gdev)[:, None, None] * sv + torch.arange(S, device=gdev)[:, None] * st
                   + torch.arange(k, device=gdev) * sr)                       # V, S, k: the runs of a window
         xb = runs.index_select(0, (within[:, None] + first[:, None, None]).view(-1)).view(V, len(first), S, k, k)
@@ -197,6 +211,26 @@ def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None):
     return loss, pred
 
 
+def select_samples(rng: np.random.Generator, t_idx: np.ndarray, n_idx: np.ndarray, count: int,
+                   by_location: bool = False):
+    """Up to `count` of the samples (t, n), sorted. by_location (stateful models): whole locations' samples
+    (locations in random order until `count` is reached), so that scoring runs over consecutive days and
+    pays one spin-up per run rather than per sample (``sample_runs``)."""
+    if len(t_idx) <= count:
+        return t_idx, n_idx
+    if not by_location:
+        sel = np.sort(rng.choice(len(t_idx), count, replace=False))
+        return t_idx[sel], n_idx[sel]
+    locs, per_loc = np.unique(n_idx, return_counts=True)
+    perm = rng.permutation(len(locs))
+    keep = locs[perm[:max(1, int(np.searchsorted(np.cumsum(per_loc[perm]), count)) + 1)]]
+    sel = np.nonzero(np.isin(n_idx, keep))[0]
+    if len(sel) > count:      # one location alone holds more: its samples in time order, cut
+        sel = sel[np.argsort(t_idx[sel], kind="stable")][:count]
+    sel = np.sort(sel)
+    return t_idx[sel], n_idx[sel]
+
+
 def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_idx: np.ndarray,
               count: int, m: int, seq_len: int):
     """`count` runs of m consecutive target days at one location, each around a valid sample drawn
@@ -212,26 +246,73 @@ def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_i
     return end, loc, mask[days, loc[None, :]].reshape(-1)
 
 
+STATEFUL_RUN_DAYS = 128   # output days per sequence when a stateful model scores samples (after its spin-up)
+
+
+def sample_runs(model, n_dates: int, t_idx, n_idx, run_days: int = STATEFUL_RUN_DAYS):
+    """How ``predict_samples`` covers samples (t, n) with runs of consecutive output days. A windowed model:
+    one single-day run per sample (m = 1). A stateful model: each location's samples, in time order, are
+    covered by runs of m = min(run_days, usable days) days, each read with its spin-up, so a location's
+    period costs one spin-up per run_days days instead of one per sample. Returns (m, context, run ends,
+    run locations, each sample's run, each sample's day within its run)."""
+    cfg = model.cfg
+    t_idx, n_idx = np.asarray(t_idx, np.int64), np.asarray(n_idx, np.int64)
+    if not cfg.stateful:
+        return 1, cfg.seq_len - 1, t_idx, n_idx, np.arange(len(t_idx)), np.zeros(len(t_idx), np.int64)
+    L = cfg.seq_len
+    m = max(1, min(run_days, n_dates - L + 1))
+    order = np.lexsort((t_idx, n_idx))
+    ends, locs = [], []
+    run_of = np.empty(len(t_idx), np.int64)
+    day_of = np.empty(len(t_idx), np.int64)
+    cur_n, cur_end = None, None
+    for i in order:
+        t, n = int(t_idx[i]), int(n_idx[i])
+        if n != cur_n or t > cur_end:
+            cur_n, cur_end = n, min(t + m - 1, n_dates - 1)
+            ends.append(cur_end)
+            locs.append(n)
+        run_of[i] = len(ends) - 1
+        day_of[i] = t - (cur_end - m + 1)
+    return m, cfg.context_days, np.asarray(ends, np.int64), np.asarray(locs, np.int64), run_of, day_of
+
+
 @torch.no_grad()
-def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048, amp_dtype=None):
+def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048, amp_dtype=None,
+                    with_silent: bool = False, run_days: int = STATEFUL_RUN_DAYS):
     """Run the model on samples (t, n). Returns SM in target units (N,), weights (N, E), experts (N, E):
-    SM estimates in target units (convex mixture) or contributions in target units (scaled, additive)."""
+    SM estimates in target units (convex mixture) or contributions in target units (scaled, additive),
+    and with `with_silent` the silent-factor mask (N, E) as well. Stateful models run over runs of
+    consecutive days with their spin-up (``sample_runs``)."""
+    from .networks import silent_factor_mask
     model.eval()
-    outs, ws, es = [], [], []
-    for s in range(0, len(t_idx), batch_size):
-        xb, _, db = sampler.batch(t_idx[s:s + batch_size], n_idx[s:s + batch_size])
+    E, L = model.n_experts, model.cfg.seq_len
+    m, context, ends, locs, run_of, day_of = sample_runs(model, sampler.y.shape[0], t_idx, n_idx, run_days)
+    ys = np.zeros(len(t_idx), np.float32)
+    ws = np.zeros((len(t_idx), E), np.float32)
+    es = np.zeros((len(t_idx), E), np.float32)
+    sil = np.zeros((len(t_idx), E), bool)
+    per = max(1, batch_size // m)          # runs per batch
+    order = np.argsort(run_of, kind="stable")
+    bounds = np.searchsorted(run_of[order], np.arange(0, len(ends) + per, per))
+    for bi, g0 in enumerate(range(0, len(ends), per)):
+        g1 = min(len(ends), g0 + per)
+        xb, _, db = sampler.batch(ends[g0:g1], locs[g0:g1], m, context)
         with torch.autocast(sampler.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             y, w, e = model(xb, db)
-        outs.append(y.float().cpu())
-        ws.append(w.float().cpu())
-        es.append(e.float().cpu())
-    if not outs:
-        E = model.n_experts
-        return np.zeros(0, np.float32), np.zeros((0, E), np.float32), np.zeros((0, E), np.float32)
+        samples = order[bounds[bi]:bounds[bi + 1]]
+        rows = torch.from_numpy(day_of[samples] * (g1 - g0) + run_of[samples] - g0)
+        ys[samples] = y.float().cpu()[rows].numpy()
+        ws[samples] = w.float().cpu()[rows].numpy()
+        es[samples] = e.float().cpu()[rows].numpy()
+        if with_silent and model.masks_silent:
+            sil[samples] = silent_factor_mask(xb[:, xb.shape[1] - (m + L - 1):], model.factor_index, L
+                                              ).cpu()[rows].numpy()
     cfg = model.cfg
-    y = torch.cat(outs).numpy() * cfg.y_std + cfg.y_mean
-    e = torch.cat(es).numpy() * cfg.y_std + (cfg.y_mean if model.mixture == "convex" else 0.0)
-    return y.astype(np.float32), torch.cat(ws).numpy(), e.astype(np.float32)
+    y = ys * cfg.y_std + cfg.y_mean
+    e = es * cfg.y_std + (cfg.y_mean if model.mixture == "convex" else 0.0)
+    out = (y.astype(np.float32), ws, e.astype(np.float32))
+    return out + (sil,) if with_silent else out
 
 
 @torch.no_grad()
@@ -240,22 +321,12 @@ def set_contribution_reference(model, sampler: WindowSampler, t_idx, n_idx, rng,
     """Set the additive mixture's ``contrib_ref``: each expert's mean contribution over (up to n)
     training windows where its factor has signal. The estimate does not change (the intercept mu plus
     the contributions), only the reference the weights measure departures from. Returns it (list)."""
-    from .networks import silent_factor_mask
     model.eval()
     sel = rng.choice(len(t_idx), min(n, len(t_idx)), replace=False)
-    E = model.n_experts
-    tot = torch.zeros(E, dtype=torch.float64)
-    cnt = torch.zeros(E, dtype=torch.float64)
-    for s in range(0, len(sel), batch_size):
-        b = sel[s:s + batch_size]
-        xb, _, db = sampler.batch(t_idx[b], n_idx[b])
-        _, _, c = model(xb, db)
-        has = torch.ones_like(c, dtype=torch.bool)
-        if model.masks_silent:
-            has = ~silent_factor_mask(xb, model.factor_index, model.cfg.seq_len)
-        tot += torch.where(has, c, torch.zeros_like(c)).sum(0).double().cpu()
-        cnt += has.sum(0).double().cpu()
-    ref = (tot / cnt.clamp_min(1)).float()
+    _, _, c, silent = predict_samples(model, sampler, t_idx[sel], n_idx[sel], batch_size, with_silent=True)
+    c = c / model.cfg.y_std                                   # back to normalised units
+    has = ~silent
+    ref = torch.from_numpy(np.where(has, c, 0.0).sum(0) / np.maximum(has.sum(0), 1)).float()
     model.contrib_ref.copy_(ref.to(model.contrib_ref.device))
     return ref.tolist()
 
@@ -300,6 +371,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
     if cfg.consecutive_days < 1:
         raise ValueError(f"CONSECUTIVE_DAYS must be >= 1, got {cfg.consecutive_days}")
+    if cfg.supervised_days < 1:
+        raise ValueError(f"SUPERVISED_DAYS must be >= 1 (the days of each training sequence that carry the loss), "
+                         f"got {cfg.supervised_days}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"LR_SCHEDULE must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
     device = resolve_device(cfg.device, cb.log)
@@ -334,15 +408,24 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                "mixture's experts output contributions, so it is not used")
     run_model = torch.compile(model) if cfg.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = WindowSampler(cube, device)
+    stateful = mcfg.stateful
+    context = mcfg.context_days
+    sampler = WindowSampler(cube, device, pad_days=context - (cube.seq_len - 1))
+    if stateful:
+        cb.log(f"stateful experts: sequences of {mcfg.spin_up} spin-up + {cfg.supervised_days} supervised days "
+               f"(loss on the last {cfg.supervised_days}), {max(1, cfg.batch_size // cfg.supervised_days)} "
+               f"sequences per batch")
+        if mcfg.spin_up > int(tr_t.min()):
+            cb.log(f"note: the first {mcfg.spin_up - int(tr_t.min())} days of spin-up before the earliest training "
+                   f"sample lie before the data ({cube.dates[0]}): they are read as missing input, as prediction "
+                   f"does where it has no warm-up")
 
-    n_val = min(len(va_t), cfg.val_samples)
-    vsel = np.sort(rng.choice(len(va_t), n_val, replace=False))
-    vt, vn = va_t[vsel], va_n[vsel]
+    vt, vn = select_samples(rng, va_t, va_n, cfg.val_samples, stateful)
     v_obs = cube.y[vt, vn]
 
     per_epoch = min(cfg.samples_per_epoch, len(tr_t)) if cfg.samples_per_epoch > 0 else len(tr_t)
-    m = max(1, min(cfg.consecutive_days, cube.n_dates - cube.seq_len + 1))
+    m = cfg.supervised_days if stateful else cfg.consecutive_days
+    m = max(1, min(m, cube.n_dates - cube.seq_len + 1))
     runs_per_batch = max(1, cfg.batch_size // m)
     n_runs = math.ceil(per_epoch / m)
     n_batches = max(1, math.ceil(n_runs / runs_per_batch))
@@ -369,7 +452,7 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             g0, g1 = b * runs_per_batch, min(n_runs, (b + 1) * runs_per_batch)
             if g1 <= g0:
                 break
-            xb, yb, db = sampler.batch(run_end[g0:g1], run_loc[g0:g1], m)
+            xb, yb, db = sampler.batch(run_end[g0:g1], run_loc[g0:g1], m, context)
             valid = run_valid.reshape(m, n_runs)[:, g0:g1]
             n_valid = int(valid.sum())
             valid = torch.from_numpy(valid.reshape(-1)).to(yb.device)
@@ -435,11 +518,17 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             amp_dtype, est = None, est_fp32
     result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
     if len(te_t):
-        n_te = min(len(te_t), 50000)
-        tsel = np.sort(rng.choice(len(te_t), n_te, replace=False))
-        est, _, _ = predict_samples(model, sampler, te_t[tsel], te_n[tsel], amp_dtype=amp_dtype)
-        result["test_cc"], result["test_rmse"] = _cc_rmse(cube.y[te_t[tsel], te_n[tsel]], est)
+        tt, tn = select_samples(rng, te_t, te_n, 50000, stateful)
+        est, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=amp_dtype)
+        result["test_cc"], result["test_rmse"] = _cc_rmse(cube.y[tt, tn], est)
+        from .metrics import describe_location_skill, location_skill_summary, sample_location_skill
+        loc_skill = sample_location_skill(cube.y, cube.dates, train_m, tt, tn, est)   # per-location test skill
+        result["test_location_skill"] = location_skill_summary(loc_skill)
+        result["test_cc_location_median"] = loc_skill["summary"]["cc"]["median"]
+        cb.log(f"test: pooled CC {result['test_cc']:.3f}; {describe_location_skill(loc_skill)}")
     save_model(out_path, model, {**info_base, "best_epoch": best_epoch, "history": history,
-                                 "val_cc": result["val_cc"], "test_cc": result.get("test_cc")})
+                                 "val_cc": result["val_cc"], "test_cc": result.get("test_cc"),
+                                 "test_cc_location_median": result.get("test_cc_location_median"),
+                                 "test_location_skill": result.get("test_location_skill")})
     cb.progress(1.0)
     return result
