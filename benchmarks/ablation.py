@@ -65,6 +65,8 @@ CASES = ("demo",) + BASINS
 SNOW_MAX = 0.05
 TEST_YEARS, VAL_YEARS = 3, 1
 
+STATEFUL = {"memory": "stateful", "spin_up": 365}
+STATEFUL_TRAIN = {"supervised_days": 32, "batch_size": 256}
 # name -> (model type, ModelConfig changes, TrainConfig changes); long_training is scaled in train_settings
 VARIANTS = {
     "base": ("ismoe", {}, {}),
@@ -75,6 +77,11 @@ VARIANTS = {
     "long_training": ("ismoe", {}, {}),
     "mixture_additive": ("ismoe", {"mixture": "additive"}, {"expert_loss": 0.0}),
     "cnn_lstm": ("cnn_lstm", {}, {}),
+    "mean_expert": ("mean_expert", {}, {}),
+    # MEMORY=stateful: sequences of 365 spin-up + 32 supervised days, 8 sequences (256 supervised days) a batch
+    "stateful": ("ismoe", STATEFUL, STATEFUL_TRAIN),
+    "stateful_cnn_lstm": ("cnn_lstm", STATEFUL, STATEFUL_TRAIN),
+    "stateful_mean_expert": ("mean_expert", STATEFUL, STATEFUL_TRAIN),
 }
 
 # per-case sizes: full and --quick
@@ -143,7 +150,7 @@ def _last_date(path):
 def train_settings(case, variant, base):
     """(model type, model options, TrainConfig dict) of a variant in a case; base: the case's sizes."""
     mt, mo, tr = VARIANTS[variant]
-    model_opts = {} if mt == "cnn_lstm" else {"mixture": base["mixture"], **mo}
+    model_opts = dict(mo) if mt == "cnn_lstm" else {"mixture": base["mixture"], **mo}
     from ismoe_qgis.model.train import TrainConfig
     defaults = TrainConfig()
     cfg = {"epochs": base["epochs"], "samples_per_epoch": base["samples"], "val_samples": base["val_samples"],

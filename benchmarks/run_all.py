@@ -15,6 +15,10 @@ Parts (see benchmarks/README.md):
            (the same reads and same-size writes, no model).
   scaling  training step and tile prediction time vs experts (1, 3, 6, 9), patch size (3, 7, 11)
            and sequence length (7, 14, 30).
+  memory   MEMORY=stateful against MEMORY=window (L = 14), same experts: streaming tile prediction
+           (pixel-days/s, one LSTM step per pixel-day against L), end-to-end predict_to_folder on the
+           same GeoTIFFs, and training throughput counted as supervised days/s (stateful: sequences of
+           365 spin-up + 32 supervised days, 8 a batch; windowed: 256 windows a batch).
 
 Timings of the implementations being compared are interleaved (round-robin) and the median is
 reported, so that a change of machine load during the run hits both sides alike.
@@ -62,6 +66,7 @@ SIZES = {
                     "cpu": {"rounds": 2, "naive_pixel_days": 2048},
                     "cuda": {"rounds": 5, "naive_pixel_days": 32768}},
         "e2e": {"size": 128, "days": 30, "tile_size": 64, "time_chunk": 64},
+        "memory": {"tile": 32, "days": 64, "e2e_size": 96, "e2e_days": 64, "rounds": 3, "train_steps": 3},
         "scaling": {"T": 64, "H": 24, "W": 24, "targets": 300, "batch": 256, "tile": 24, "days": 8,
                     "cpu": {"warmup": 1, "rounds": 2, "steps": 1},
                     "cuda": {"warmup": 5, "rounds": 3, "steps": 10}},
@@ -75,6 +80,7 @@ SIZES = {
                     "cpu": {"rounds": 3, "naive_pixel_days": 16384},
                     "cuda": {"rounds": 5, "naive_pixel_days": 131072}},
         "e2e": {"size": 1024, "days": 30, "tile_size": 128, "time_chunk": 64},
+        "memory": {"tile": 128, "days": 128, "e2e_size": 512, "e2e_days": 128, "rounds": 3, "train_steps": 5},
         "scaling": {"T": 120, "H": 48, "W": 48, "targets": 1000, "batch": 256, "tile": 64, "days": 30,
                     "cpu": {"warmup": 2, "rounds": 3, "steps": 2},
                     "cuda": {"warmup": 10, "rounds": 5, "steps": 20}},
@@ -86,6 +92,8 @@ TARGETS = {   # (part, comparison, device type) -> minimum ratio (issue 6)
     ("predict", "tile/naive_patch", "cpu"): 10.0,
     ("train", "ours/naive", "cuda"): 3.0,
     ("train", "gpu/cpu", "cuda"): 20.0,
+    ("memory", "stateful/window predict_tile", "cpu"): 7.0,
+    ("memory", "stateful/window e2e", "cpu"): 5.0,
 }
 
 
@@ -659,6 +667,120 @@ def bench_e2e(S, device, args):
     return res
 
 
+# ----------------------------------------------------------------------------- memory modes
+
+def bench_memory(S, device, args):
+    """MEMORY=stateful against MEMORY=window at L = 14, the same experts (weights copied)."""
+    cfg = S["memory"]
+    k, L, tile, T = 7, 14, cfg["tile"], cfg["days"]
+    r = k // 2
+    cube = make_cube(DEMO_FACTORS, T + L - 1, tile + 2 * r, tile + 2 * r, 64, k, L, seed=3)
+    models = {}
+    for mem in ("window", "stateful"):
+        torch.manual_seed(0)
+        mc = model_config_for(cube, "ismoe", conv_channels=CONV_CHANNELS, hidden=HIDDEN, router_hidden=ROUTER_HIDDEN,
+                              memory=mem)          # streaming cost per output day: no warm-up days
+        models[mem] = SoilMoistureNet(mc).to(device).eval()
+    models["stateful"].load_state_dict(models["window"].state_dict())
+    xt = inference.normalise_block(models["window"], cube.x).to(device)
+    doy = torch.from_numpy(inference.day_of_year(cube.dates[L - 1:])).to(device)
+    P = tile * tile
+    jobs = {mem: (lambda m=m: inference.predict_tile(m, xt, doy)) for mem, m in models.items()}
+    for fn in jobs.values():
+        fn()                                                     # warm-up
+    times = {n: [] for n in jobs}
+    for _ in range(cfg["rounds"]):
+        for n, fn in jobs.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    rows = [{"name": f"predict_tile {n}", "device": str(device), "pixel_days": P * T, "seconds": median(ts),
+             "pixel_days_per_s": P * T / median(ts), "seconds_rounds": [round(t, 4) for t in ts]}
+            for n, ts in times.items()]
+    log("  predict_tile: " + ", ".join(f"{n} {median(v):.3f}s" for n, v in times.items()))
+    ratios = []
+
+    def add_ratio(comp, what, value):
+        tgt, v = verdict("memory", comp, device.type, value)
+        ratios.append({"comparison": comp, "what": what, "ratio": value, "target": tgt, "verdict": v})
+    add_ratio("stateful/window predict_tile", f"streaming vs windowed (L={L}) pixel-days/s, one tile",
+              median(times["window"]) / median(times["stateful"]))
+
+    # end to end on GeoTIFFs
+    size, Te = cfg["e2e_size"], cfg["e2e_days"]
+    tmp = tempfile.mkdtemp(prefix="ismoe_bench_memory_", dir=args.tmpdir)
+    try:
+        paths, _, grid = write_inputs(tmp, DEMO_FACTORS, size, Te + L - 1)
+        dates = np.datetime64("2019-01-01") + np.arange(Te + L - 1)
+        reader = RasterioBlockReader(paths)
+        e2e = {n: [] for n in models}
+        try:
+            for i in range(2):
+                for n, m in models.items():
+                    d = os.path.join(tmp, f"{n}{i}")
+                    t0 = time.perf_counter()
+                    inference.predict_to_folder(m, reader, grid, dates, d, tile_size=128, time_chunk=64, device=device)
+                    sync(device)
+                    e2e[n].append(time.perf_counter() - t0)
+                    shutil.rmtree(d, ignore_errors=True)
+        finally:
+            reader.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for n, ts in e2e.items():
+        rows.append({"name": f"predict_to_folder {n}", "device": str(device), "pixel_days": size * size * Te,
+                     "seconds": median(ts), "pixel_days_per_s": size * size * Te / median(ts),
+                     "seconds_rounds": [round(t, 3) for t in ts]})
+    log("  predict_to_folder: " + ", ".join(f"{n} {median(v):.2f}s" for n, v in e2e.items()))
+    add_ratio("stateful/window e2e", f"predict_to_folder {size}x{size} x {Te} days, windowed time / stateful time",
+              median(e2e["window"]) / median(e2e["stateful"]))
+
+    # training: supervised days per second
+    tcube = make_cube(DEMO_FACTORS, 365 + 64 + L, 24, 24, 300, k, L, seed=4)
+    tr_rows = {}
+    for mem, (spin, n_sup, batch) in {"window": (0, 1, 256), "stateful": (365, 32, 256)}.items():
+        torch.manual_seed(0)
+        mc = model_config_for(tcube, "ismoe", conv_channels=CONV_CHANNELS, hidden=HIDDEN,
+                              router_hidden=ROUTER_HIDDEN, memory=mem, spin_up=spin)
+        model = SoilMoistureNet(mc).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        sampler = WindowSampler(tcube, device, pad_days=mc.context_days - (L - 1))
+        tc = TrainConfig()
+        mask = tcube.sample_mask(np.ones(tcube.n_dates, bool))
+        t_idx, n_idx = np.nonzero(mask)
+        rng = np.random.default_rng(0)
+        G = batch // n_sup
+
+        def step():
+            end, loc, valid = draw_runs(rng, mask, t_idx, n_idx, G, n_sup, L)
+            xb, yb, db = sampler.batch(end, loc, n_sup, mc.context_days)
+            loss, _ = loss_terms(model, xb, yb, db, tc, torch.from_numpy(valid).to(yb.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        step()
+        sync(device)
+        ts = []
+        for _ in range(cfg["train_steps"]):
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+        tr_rows[mem] = median(ts)
+        rows.append({"name": f"train step {mem}", "device": str(device), "supervised_days": G * n_sup,
+                     "seconds": median(ts), "supervised_days_per_s": G * n_sup / median(ts),
+                     "note": f"{G} sequences of {spin} spin-up + {n_sup} days" if mem == "stateful"
+                     else f"{G} windows of {L} days",
+                     "seconds_rounds": [round(t, 4) for t in ts]})
+    log("  train step: " + ", ".join(f"{n} {v * 1000:.0f} ms" for n, v in tr_rows.items()))
+    add_ratio("stateful/window train", "supervised days/s, stateful vs windowed (same batch of 256 supervised days)",
+              tr_rows["window"] / tr_rows["stateful"])
+    return {"sizes": {"tile": [tile, tile], "days": T, "seq_len": L, "patch": k, "experts": len(DEMO_FACTORS),
+                      "e2e": [size, size, Te]}, "rows": rows, "ratios": ratios}
+
+
 # ----------------------------------------------------------------------------- scaling
 
 def bench_scaling(S, device, args):
@@ -806,6 +928,18 @@ def report(results):
                                  fmt(r["train_step_ms"]), fmt(r["naive_train_step_ms"]),
                                  f"{fmt(r['train_ours_over_naive'], 2)}x", fmt(r["predict_ms"]),
                                  fmt(r["predict_pixel_days_per_s"])] for r in t["rows"]]))
+    if "memory" in P:
+        t = P["memory"]
+        if "error" in t:
+            lines += ["", f"[5] memory modes: ERROR {t['error']}"]
+        else:
+            s = t["sizes"]
+            lines += ["", f"[5] MEMORY=stateful vs window (L={s['seq_len']}; tile {s['tile'][0]}x{s['tile'][1]} x "
+                          f"{s['days']} days; end to end {s['e2e'][0]}x{s['e2e'][1]} x {s['e2e'][2]} days)"]
+            lines.append(table(["run", "device", "seconds", "pixel-days/s", "supervised days/s", "note"],
+                               [[r["name"], r["device"], fmt(r["seconds"], 3), fmt(r.get("pixel_days_per_s")),
+                                 fmt(r.get("supervised_days_per_s")), r.get("note", "")] for r in t["rows"]]))
+            lines.append(table(["ratio", "value", "target", "verdict"], ratio_rows(t["ratios"])))
     lines += ["", f"total run time {results['run_seconds']:.0f}s"]
     return "\n".join(lines)
 
@@ -816,7 +950,7 @@ def main(argv=None):
     ap.add_argument("--full", action="store_true", help="issue sizes (1024x1024 end-to-end, bigger cube, more steps)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "performance.json"))
-    ap.add_argument("--only", default="train,predict,e2e,scaling", help="comma list of parts")
+    ap.add_argument("--only", default="train,predict,e2e,scaling,memory", help="comma list of parts")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (default: the CPUs available, or 1 when the load average already "
                          "fills them: OpenMP threads that wait on each other under contention are far slower)")
@@ -829,9 +963,9 @@ def main(argv=None):
                     help="on the CPU, also time predict_tile with this chunk_windows (tuning row; 0 = off)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    bad = [p for p in parts if p not in ("train", "predict", "e2e", "scaling")]
+    bad = [p for p in parts if p not in ("train", "predict", "e2e", "scaling", "memory")]
     if bad:
-        ap.error(f"unknown part(s) {bad}: choose from train, predict, e2e, scaling")
+        ap.error(f"unknown part(s) {bad}: choose from train, predict, e2e, scaling, memory")
     try:
         avail = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -859,7 +993,8 @@ def main(argv=None):
     log(f"ismoe_qgis benchmarks ({results['size_preset']} sizes) on {device}, torch {torch.__version__}, "
         f"{threads} threads ({why})")
     t_all = time.perf_counter()
-    fns = {"train": bench_train, "predict": bench_predict, "e2e": bench_e2e, "scaling": bench_scaling}
+    fns = {"train": bench_train, "predict": bench_predict, "e2e": bench_e2e, "scaling": bench_scaling,
+           "memory": bench_memory}
     for p in parts:
         log(f"[{p}] ...")
         t0 = time.perf_counter()
