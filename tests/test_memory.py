@@ -241,3 +241,25 @@ def test_stateful_training_runs_and_predicts_with_warmup_record(tmp_path):
     mem = json.loads((tmp_path / "p2" / "prediction.json").read_text())["memory"]
     assert mem["warmup_days_available"] == 8
     assert mem["short_warmup_dates"] == [str(cube.dates[8]), str(cube.dates[11])]
+
+
+def test_stateful_model_file_has_its_own_format_and_windowed_files_keep_theirs(tmp_path):
+    import json as _json
+    from ismoe_qgis.model.io import FORMAT, FORMAT_STATEFUL, read_header
+    cube = small_cube()
+    for model, fmt in ((make_model(cube), FORMAT), (stateful_model(cube, spin_up=9), FORMAT_STATEFUL)):
+        path = tmp_path / f"{fmt[-1]}.pt"
+        save_model(path, model, {})
+        header, _ = read_header(path)
+        assert header["format"] == fmt
+        assert header["memory"]["mode"] == model.cfg.memory
+        assert header["memory"]["spin_up"] == (9 if model.cfg.stateful else None)
+    # a reader of format 1 only (plugin versions before MEMORY) refuses the stateful file by its format; a file
+    # that claims format 1 but holds a stateful model is refused by ours, naming the mode
+    blob = torch.load(tmp_path / "2.pt", weights_only=True)
+    h = _json.loads(blob["header"])
+    h["format"] = FORMAT
+    blob["header"] = _json.dumps(h)
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="MEMORY='stateful'"):
+        read_header(tmp_path / "bad.pt")
