@@ -28,6 +28,10 @@ Variants (each switches ONE choice of the base; base = the core's defaults, mixt
   long_training      epochs x2, patience x2 (and samples per epoch x2 for the Caravan cases)
   mixture_additive   mixture = "additive", expert_loss = 0
   cnn_lstm           the reference model with the base training settings
+  mean_expert        the per-factor experts with equal weights
+  stateful           MEMORY=stateful, SPIN_UP 365, 32 supervised days per sequence, batch 256 supervised
+                     days (8 sequences); stateful_spin90: SPIN_UP 90; stateful_n8: 8 supervised days (32
+                     sequences a batch); stateful_cnn_lstm, stateful_mean_expert: the baselines so
 Every (case, variant) runs once per seed; the tables show mean +- std over seeds and the
 difference of the mean to base ('*' where it exceeds twice the standard error of the per-seed
 paired differences). A variant that raises is reported as an error and the rest still runs.
@@ -80,6 +84,8 @@ VARIANTS = {
     "mean_expert": ("mean_expert", {}, {}),
     # MEMORY=stateful: sequences of 365 spin-up + 32 supervised days, 8 sequences (256 supervised days) a batch
     "stateful": ("ismoe", STATEFUL, STATEFUL_TRAIN),
+    "stateful_spin90": ("ismoe", {**STATEFUL, "spin_up": 90}, STATEFUL_TRAIN),
+    "stateful_n8": ("ismoe", STATEFUL, {**STATEFUL_TRAIN, "supervised_days": 8}),
     "stateful_cnn_lstm": ("cnn_lstm", STATEFUL, STATEFUL_TRAIN),
     "stateful_mean_expert": ("mean_expert", STATEFUL, STATEFUL_TRAIN),
 }
@@ -172,7 +178,9 @@ def run_one(case, variant, seed, base, device, workdir):
     from ismoe_qgis.model.train import TrainConfig, train
 
     mt, mo, tr = train_settings(case, variant, base)
-    tr.update(seed=seed, device=str(device), val_start=str(case["val_start"]), test_start=str(case["test_start"]))
+    import torch
+    tr.update(seed=seed, device=str(device), val_start=str(case["val_start"]), test_start=str(case["test_start"]),
+              threads=torch.get_num_threads())     # the benchmark's --threads, not train()'s own choice
     if case["kind"] == "demo":
         # the demo case runs through interpretability.py's own code path
         epochs, samples, val_samples = tr.pop("epochs"), tr.pop("samples_per_epoch"), tr.pop("val_samples")

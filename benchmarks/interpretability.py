@@ -161,7 +161,9 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
     from ismoe_qgis.model.networks import ModelConfig
     from ismoe_qgis.model.train import TrainConfig, train
 
-    tr = {"epochs": epochs, "samples_per_epoch": samples, "seed": seed, "device": str(device),
+    import torch
+    tr = {"threads": torch.get_num_threads(),      # the benchmark's choice (pick_threads), not train()'s own
+          "epochs": epochs, "samples_per_epoch": samples, "seed": seed, "device": str(device),
           "val_start": str(demo["val_start"]), "test_start": str(demo["test_start"]), "val_samples": val_samples,
           "batch_size": batch_size, "lr": lr, **(train_overrides or {})}
     tr = checked_options(TrainConfig, tr, name or model_type)

@@ -10,7 +10,9 @@ from .version import __version__  # noqa: F401
 def classFactory(iface):  # noqa: N802 (QGIS API name)
     """QGIS entry point: return the plugin object. `iface` is None under qgis_process."""
     from ._venv import add_plugin_venv_to_path
+    from .threads import passive_openmp_wait
 
+    passive_openmp_wait()         # before torch is first imported: waiting OpenMP threads sleep, not spin
     add_plugin_venv_to_path()
     from .plugin import IsmoePlugin
 

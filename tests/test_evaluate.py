@@ -95,10 +95,10 @@ def evpipe(demo_region, qgis_app, tmp_path_factory):
                  x_mean=cube.x_mean, x_std=cube.x_std, y_mean=cube.y_mean, y_std=cube.y_std)
     ds = str(out / "ds.npz")
     small.save(ds)
-    models = {}
+    models, trained = {}, {}
     for i, m in enumerate(MODELS):
         models[m] = str(out / f"{m}.pt")
-        run_alg("ismoe:train", {"DATASET": ds, "MODEL": i, "OUTPUT": models[m], **FAST_TRAIN})
+        trained[m] = run_alg("ismoe:train", {"DATASET": ds, "MODEL": i, "OUTPUT": models[m], **FAST_TRAIN})
     # reference product: the demo target, wetter by 0.02 and noisy
     target = os.path.join(demo_region.path, demo_region.manifest["target"])
     with rasterio.open(target) as src:
@@ -110,7 +110,7 @@ def evpipe(demo_region, qgis_app, tmp_path_factory):
     res, fb = run_alg("ismoe:evaluate", {"MODELS": [models[m] for m in MODELS], "DATASET": ds, "REFERENCES": [ref],
                                          "REGIONS": geojson, "REGION_FIELD": "name", "OUTPUT": str(ev), **YEAR})
     return dict(out=out, ds=ds, models=models, ref=ref, ev=ev, res=res, fb=fb, cube=small, geojson=geojson,
-                reg=reg, target=target)
+                reg=reg, target=target, trained=trained)
 
 
 def _csv_rows(path):
@@ -122,9 +122,10 @@ def _csv_rows(path):
 def test_outputs_written(evpipe):
     res, ev = evpipe["res"], evpipe["ev"]
     for key, name in (("METRICS_CSV", "metrics.csv"), ("METRICS_JSON", "metrics.json"), ("REPORT", "report.html"),
-                      ("IMPORTANCE_CSV", "seasonal_importance.csv")):
+                      ("IMPORTANCE_CSV", "seasonal_importance.csv"), ("LOCATION_CSV", "location_skill.csv")):
         assert res[key] == str(ev / name) and os.path.getsize(res[key]) > 0
-    assert sorted(os.listdir(ev)) == ["metrics.csv", "metrics.json", "report.html", "seasonal_importance.csv"]
+    assert sorted(os.listdir(ev)) == ["location_skill.csv", "metrics.csv", "metrics.json", "report.html",
+                                      "seasonal_importance.csv"]
     assert not [p for p in os.listdir(evpipe["out"]) if p.startswith(".ismoe-evaluate")]  # temp folder gone
     assert res["N_SAMPLES"] == 12 * 365
 
@@ -134,7 +135,7 @@ def test_every_estimate_on_the_same_samples(evpipe):
     names = list(MODELS) + [REF, "persistence", "climatology"]
     assert list(dict.fromkeys(r["model"] for r in rows)) == names
     kinds = {r["group_kind"] for r in rows}
-    assert kinds == {"overall", "location", "region", "season"}
+    assert kinds == {"overall", "per_location", "location", "region", "season"}
     by_group = {}
     for r in rows:
         by_group.setdefault((r["group_kind"], r["group"]), {})[r["model"]] = int(r["n"])
@@ -191,6 +192,95 @@ def test_progress_and_log(evpipe):
     assert fb.progress_values and max(fb.progress_values) == 100
     assert "regions: 12 of 12 target locations in 3 region(s)" in fb.text
     assert "ismoe" in fb.text and "CC" in fb.text
+
+
+def test_per_location_csv_through_the_algorithm(evpipe):
+    """location_skill.csv: each model's and product's CC, bias and ubRMSE per location over time,
+    equal to numpy on the common samples of the evaluation arrays; the metrics rows carry the median
+    and IQR; the report leads with them."""
+    from ismoe_qgis.model.evaluate import climatology, evaluate
+    from ismoe_qgis.data.cube import Cube
+    ev_rows = _csv_rows(evpipe["res"]["LOCATION_CSV"])
+    names = list(MODELS) + [REF, "persistence", "climatology"]
+    cube = evpipe["cube"]
+    ids = cube.location_labels()
+    assert [(r["model"], r["location"]) for r in ev_rows] == [(m, i) for m in names for i in ids]
+    # the same evaluation through the core, without writing: the arrays that were scored
+    core = evaluate(evpipe["ds"], evpipe["models"], references={REF: evpipe["ref"]},
+                    period=(YEAR["DATE_FROM"], YEAR["DATE_TO"]), out_dir=None)
+    obs = core["obs"]
+    mask = np.isfinite(obs)
+    for e in core["estimates"].values():
+        mask &= np.isfinite(e)
+    full = Cube.load(evpipe["ds"])
+    train = full.dates < np.datetime64(FAST_TRAIN["VAL_START"])
+    pm = (full.dates >= np.datetime64(YEAR["DATE_FROM"])) & (full.dates <= np.datetime64(YEAR["DATE_TO"]))
+    clim = climatology(full.y, full.dates, train)[pm]
+    np.testing.assert_allclose(core["climatology"], clim, rtol=1e-6, equal_nan=True)
+    # each estimate's own training climatology: a model's from its predictions of the training period
+    tr_core = evaluate(evpipe["ds"], {"ismoe": evpipe["models"]["ismoe"]}, baselines=(), out_dir=None,
+                       period=(str(full.dates[0]), "2018-06-30"))
+    est_tr = np.full(full.y.shape, np.nan, np.float32)
+    est_tr[full.dates <= np.datetime64("2018-06-30")] = tr_core["estimates"]["ismoe"]
+    np.testing.assert_allclose(core["estimate_climatology"]["ismoe"], climatology(est_tr, full.dates, train)[pm],
+                               rtol=1e-5, atol=1e-6)
+    from ismoe_qgis.model.evaluate import persistence
+    np.testing.assert_allclose(core["estimate_climatology"]["persistence"],
+                               climatology(persistence(full.y, full.dates), full.dates, train)[pm], rtol=1e-6)
+    by = {(r["model"], r["location"]): r for r in ev_rows}
+    for name in names:
+        ccs = []
+        for j, loc in enumerate(ids):
+            r = by[name, loc]
+            ok = mask[:, j]
+            o, e = obs[ok, j].astype(float), core["estimates"][name][ok, j].astype(float)
+            assert int(r["n_days"]) == ok.sum() == 365 and r["qualified"] == "1"
+            assert float(r["bias"]) == pytest.approx(e.mean() - o.mean(), rel=1e-6, abs=1e-9)
+            assert float(r["rmse"]) ** 2 == pytest.approx(float(r["ubrmse"]) ** 2 + float(r["bias"]) ** 2, rel=1e-9)
+            if name == "climatology":     # anomalies of a climatology are 0: no anomaly CC
+                assert r["anomaly_cc"] == ""
+            else:
+                c, ce = clim[ok, j], core["estimate_climatology"][name][ok, j]
+                assert float(r["anomaly_cc"]) == pytest.approx(np.corrcoef(o - c, e - ce)[0, 1], rel=1e-5,
+                                                               abs=1e-6)
+            assert float(r["cc"]) == pytest.approx(np.corrcoef(o, e)[0, 1], rel=1e-5, abs=1e-6)
+            ccs.append(float(r["cc"]))
+            # the pixel centre of the target, in the dataset CRS
+            t = cube.grid["transform"]
+            assert float(r["x"]) == pytest.approx(t[0] + (cube.target_cols[j] + 0.5) * t[1])
+            assert float(r["y"]) == pytest.approx(t[3] + (cube.target_rows[j] + 0.5) * t[5])
+        rows = {r["group"]: r for r in _csv_rows(evpipe["res"]["METRICS_CSV"])
+                if r["model"] == name and r["group_kind"] == "per_location"}
+        assert float(rows["median"]["cc"]) == pytest.approx(np.median(ccs), rel=1e-9)
+        assert float(rows["p25"]["cc"]) == pytest.approx(np.percentile(ccs, 25), rel=1e-9)
+        assert int(rows["median"]["n"]) == 12
+        assert core["location_skill"][name]["summary"]["cc"]["median"] == pytest.approx(np.median(ccs), rel=1e-5)
+    # a reference wetter by 0.02 everywhere: its per-location bias is ~ +0.02 at every pixel
+    assert all(abs(float(by[REF, loc]["bias"]) - 0.02) < 0.005 for loc in ids)
+    doc = json.load(open(evpipe["res"]["METRICS_JSON"]))
+    assert doc["location_skill"]["estimates"]["ismoe"]["n_qualified"] == 12
+    html = open(evpipe["res"]["REPORT"], encoding="utf-8").read()
+    assert html.index("Per-location skill") < html.index("Overall, pooled over all samples")
+    assert "median per-location CC" in evpipe["fb"].text
+
+
+def test_train_reports_the_median_per_location_test_cc(evpipe):
+    """ismoe:train: TEST_CC_MEDIAN_LOCATION beside the pooled TEST_CC, in the log and the model file,
+    equal to evaluate's per-location median CC on the test period."""
+    from ismoe_qgis.model.evaluate import evaluate
+    from ismoe_qgis.model.io import load_model
+    for m in MODELS:
+        res, fb = evpipe["trained"][m]
+        med = res["TEST_CC_MEDIAN_LOCATION"]
+        assert np.isfinite(med) and -1 <= med <= 1
+        assert np.isfinite(res["TEST_CC"])
+        assert "test: pooled CC" in fb.text and "median per-location CC" in fb.text
+        _, _, info = load_model(evpipe["models"][m])
+        assert info["test_cc_location_median"] == pytest.approx(med, abs=1e-12)
+        skill = info["test_location_skill"]
+        assert skill["n_locations"] == 12 and skill["n_qualified"] == 12 and skill["min_days"] == 30
+        core = evaluate(evpipe["ds"], {m: evpipe["models"][m]}, period="test", baselines=(), out_dir=None)
+        assert core["location_skill"][m]["summary"]["cc"]["median"] == pytest.approx(med, abs=0.01)
 
 
 # ------------------------------------------------------------------------- core

@@ -175,7 +175,7 @@ def stations(hawaii, run, tmp_path_factory):
     pred = str(out / "pred")
     run("ismoe:predict", {"MODEL_FILE": model, "FACTORS": factors, "DATE_FROM": "2018-12-20",
                               "DATE_TO": PRED_TO, "DEVICE": 2, "OUTPUT": pred})
-    return dict(ds=ds, pred=pred, model=model, res_p=res_p, fb_p=fb_p, fb_t=fb_t)
+    return dict(ds=ds, pred=pred, model=model, res_p=res_p, fb_p=fb_p, fb_t=fb_t, res_t=res_t)
 
 
 def read_points(hawaii):
@@ -252,3 +252,48 @@ def test_station_without_training_samples_is_warned_by_name(stations):
     per = info["split"]["per_location"]
     assert per["locations"] == cube.station_ids and per["train"] == counts.tolist()
     assert per["no_train"] == len(dropped) and len(per["val"]) == len(per["test"]) == len(cube.station_ids)
+
+
+def test_station_evaluation_per_location_skill(stations, hawaii, run, tmp_path):
+    """ismoe:evaluate on the stations: location_skill.csv names every station at its pixel centre;
+    stations the model has no sample for are excluded from the median and counted; the report leads
+    with the per-location table and draws the stations coloured by CC; train gives the median
+    per-location test CC."""
+    from ismoe_qgis.data.cube import Cube
+    cube = Cube.load(stations["ds"])
+    out = tmp_path / "ev"
+    res, fb = run("ismoe:evaluate", {"MODELS": [stations["model"]], "DATASET": stations["ds"],
+                                     "REFERENCES": [str(hawaii / "era5land_swvl1.tif")], "DEVICE": 2,
+                                     "OUTPUT": str(out)})
+    with open(res["LOCATION_CSV"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    assert models == ["model", "era5land_swvl1", "persistence", "climatology"]
+    assert [r["location"] for r in rows if r["model"] == "model"] == cube.station_ids
+    t = cube.grid["transform"]
+    for r, row, col in zip(rows, cube.target_rows, cube.target_cols):
+        assert float(r["x"]) == pytest.approx(t[0] + (col + 0.5) * t[1])
+        assert float(r["y"]) == pytest.approx(t[3] + (row + 0.5) * t[5])
+    mine = [r for r in rows if r["model"] == "model"]
+    qualified = [r for r in mine if r["qualified"] == "1"]
+    assert all(int(r["n_days"]) >= 30 for r in qualified)
+    assert all(r["cc"] == "" for r in mine if r["qualified"] == "0")
+    doc = json.load(open(res["METRICS_JSON"]))
+    summary = doc["location_skill"]["estimates"]
+    for name in models:
+        assert summary[name]["n_qualified"] == len(qualified)
+    ccs = [float(r["cc"]) for r in qualified]
+    assert summary["model"]["cc"]["median"] == pytest.approx(float(np.median(ccs)), rel=1e-9)
+    html = open(res["REPORT"], encoding="utf-8").read()
+    assert html.index("Per-location skill") < html.index("Overall, pooled over all samples")
+    assert 'alt="map of the per-location CC"' in html
+    med = stations["res_t"]["TEST_CC_MEDIAN_LOCATION"]
+    assert np.isfinite(med) or len(qualified) == 0
+    print("\nhawaii stations, test period (a 2-epoch model):")
+    for name in models:
+        s = summary[name]
+        print(f"  {name:>16}: median per-location CC {s['cc']['median']}, IQR {s['cc']['p25']}..{s['cc']['p75']}, "
+              f"anomaly CC {s['anomaly_cc']['median']} ({s['n_anomaly']}), bias {s['bias']['median']}, "
+              f"ubRMSE {s['ubrmse']['median']}, {s['n_qualified']} of {s['n_locations']} stations")
+    pooled = {r["model"]: r["cc"] for r in csv.DictReader(open(res["METRICS_CSV"])) if r["group_kind"] == "overall"}
+    print("  pooled CC:", pooled, "; train TEST_CC", stations["res_t"]["TEST_CC"], "TEST_CC_MEDIAN_LOCATION", med)

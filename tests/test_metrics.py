@@ -245,3 +245,202 @@ def test_grouped_metrics_cell_and_per_kind_paths_agree(monkeypatch):
         assert a == pytest.approx(b, rel=1e-9, abs=1e-14, nan_ok=True)
     perfect = next(r for r in cells if r["group"] == "p8")
     assert perfect["cc"] == 1.0 and perfect["kge"] == 1.0 and perfect["rmse"] == 0.0
+
+
+# ------------------------------------------------------------------------- per-location skill
+def _brute_climatology(y, dates, train, window):
+    """Day-of-year climatology by explicit loops (independent of metrics.climatology_table)."""
+    d = np.asarray(dates).astype("datetime64[D]")
+    slot = np.array([(datetime.date(2000, x.month, x.day) - datetime.date(2000, 1, 1)).days
+                     for x in d.astype(datetime.date)])
+    T, N = y.shape
+    h = window // 2
+    out = np.full((T, N), np.nan)
+    for t in range(T):
+        near = np.zeros(T, bool)
+        for k in range(-h, window - h):
+            near |= slot == (slot[t] + k) % 366
+        for n in range(N):
+            v = y[near & train, n]
+            v = v[np.isfinite(v)]
+            if v.size:
+                out[t, n] = v.mean()
+    return out
+
+
+def test_climatology_table_matches_loops():
+    rng = np.random.default_rng(3)
+    dates = np.arange(np.datetime64("2015-12-20"), np.datetime64("2017-03-05"))   # 2016 is a leap year
+    y = rng.normal(0.3, 0.05, (len(dates), 2))
+    y[rng.random(y.shape) < 0.2] = np.nan
+    train = dates < np.datetime64("2016-11-01")
+    for window in (1, 4, 15):
+        want = _brute_climatology(y, dates, train, window)
+        got = M.doy_climatology(y, dates, train, window)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15, equal_nan=True)
+    # 29 February is its own slot; 1 March is slot 60 in every year
+    assert M.calendar_slot(np.array(["2016-02-29", "2017-03-01", "2016-03-01"], "datetime64[D]")).tolist() == [59, 60, 60]
+    # no training value within the window: NaN (Dec-Feb of 2017 only seen after the training period)
+    c = M.doy_climatology(y, dates, dates < np.datetime64("2016-06-01"), 15)
+    assert np.isnan(c[dates == np.datetime64("2016-08-20")]).all()
+
+
+def test_per_location_cc_bias_ubrmse_equal_numpy_per_column():
+    rng = np.random.default_rng(11)
+    T, N = 120, 6
+    o = rng.uniform(0.05, 0.45, (T, N)) + np.linspace(0, 0.3, N)        # different mean levels
+    e = 0.7 * o + rng.normal(0, 0.03, (T, N)) + np.array([0.0, 0.02, -0.05, 0.1, 0.0, 0.01])
+    o[rng.random((T, N)) < 0.15] = np.nan
+    e[rng.random((T, N)) < 0.05] = np.nan
+    sk = M.per_location_skill(o, e, min_days=30)
+    assert sk["n_qualified"] == N and sk["qualified"].all()
+    for j in range(N):
+        ok = np.isfinite(o[:, j]) & np.isfinite(e[:, j])
+        oo, ee = o[ok, j], e[ok, j]
+        assert sk["n_days"][j] == ok.sum()
+        assert sk["cc"][j] == pytest.approx(np.corrcoef(oo, ee)[0, 1], rel=1e-10)
+        bias = ee.mean() - oo.mean()
+        rmse = np.sqrt(np.mean((ee - oo) ** 2))
+        assert sk["bias"][j] == pytest.approx(bias, rel=1e-10)
+        assert sk["rmse"][j] == pytest.approx(rmse, rel=1e-10)
+        # ubRMSE^2 = RMSE^2 - bias^2, and ubRMSE is the RMSE of the anomalies about each series' mean
+        assert sk["ubrmse"][j] ** 2 == pytest.approx(rmse ** 2 - bias ** 2, rel=1e-9)
+        assert sk["ubrmse"][j] == pytest.approx(np.sqrt(np.mean(((ee - ee.mean()) - (oo - oo.mean())) ** 2)),
+                                                rel=1e-10)
+    # the summary is the median and IQR (numpy's linear percentiles) of the per-location values
+    q = sk["summary"]["cc"]
+    p25, med, p75 = np.percentile(sk["cc"], [25, 50, 75])
+    assert (q["median"], q["p25"], q["p75"], q["n"]) == pytest.approx((med, p25, p75, N), rel=1e-12)
+    assert sk["summary"]["bias"]["median"] == pytest.approx(np.median(sk["bias"]), rel=1e-12)
+    # no climatology given: anomaly CC undefined for every location, and counted
+    assert np.isnan(sk["anomaly_cc"]).all() and sk["n_anomaly"] == 0 and sk["summary"]["anomaly_cc"]["n"] == 0
+    # an estimate that gets each location's mean level right but nothing over time: pooled CC is
+    # high, the per-location CC is ~0
+    level = np.linspace(0.1, 0.4, N)
+    o2 = level + rng.normal(0, 0.02, (T, N))
+    e2 = level + rng.normal(0, 0.02, (T, N))
+    assert metrics(o2, e2)["cc"] > 0.9
+    assert abs(M.per_location_skill(o2, e2)["summary"]["cc"]["median"]) < 0.2
+
+
+def test_locations_with_too_few_days_are_excluded_and_counted():
+    rng = np.random.default_rng(5)
+    T, N = 100, 5
+    o = rng.normal(0.3, 0.05, (T, N))
+    e = o + rng.normal(0, 0.03, (T, N))
+    o[10:, 1] = np.nan                # 10 days
+    e[:71, 3] = np.nan                # 29 days
+    o[:, 4] = np.nan                  # none
+    sk = M.per_location_skill(o, e, min_days=30)
+    assert sk["n_days"].tolist() == [100, 10, 100, 29, 0]
+    assert sk["qualified"].tolist() == [True, False, True, False, False]
+    assert sk["n_qualified"] == 2 and sk["n_locations"] == 5
+    for k in ("cc", "bias", "ubrmse", "rmse", "kge"):
+        assert np.isnan(sk[k][[1, 3, 4]]).all() and np.isfinite(sk[k][[0, 2]]).all()
+    assert sk["summary"]["cc"]["n"] == 2
+    assert sk["summary"]["cc"]["median"] == pytest.approx(np.mean(sk["cc"][[0, 2]]), rel=1e-12)
+    # min_days lower: the 29-day location qualifies
+    assert M.per_location_skill(o, e, min_days=29)["n_qualified"] == 3
+    summary = M.location_skill_summary(sk)
+    assert summary["n_qualified"] == 2 and summary["n_locations"] == 5 and summary["min_days"] == 30
+    assert summary["anomaly_cc"]["median"] is None
+    assert "over 2 of 5 locations with >= 30 days" in M.describe_location_skill(sk)
+
+
+def test_anomaly_cc_removes_a_pure_seasonal_signal():
+    """obs and est = the same seasonal cycle + noise: the raw per-location CC is high (the season),
+    the anomaly CC is the correlation of the noises."""
+    rng = np.random.default_rng(21)
+    dates = np.arange(np.datetime64("2012-01-01"), np.datetime64("2019-01-01"))
+    T, N = len(dates), 4
+    slot = M.calendar_slot(dates)
+    season = 0.25 + 0.1 * np.sin(2 * np.pi * slot / 366.0)[:, None] + np.array([0.0, 0.05, 0.1, -0.05])
+    rho = np.array([0.0, 0.3, 0.6, 0.9])
+    a = rng.normal(0, 0.01, (T, N))
+    b = rho * a + np.sqrt(1 - rho ** 2) * rng.normal(0, 0.01, (T, N))
+    obs = season + a
+    est = season + b
+    train = dates < np.datetime64("2018-01-01")
+    test = ~train
+    sk = M.per_location_skill(obs, est, dates, train, eval_mask=test)
+    assert sk["n_days"].tolist() == [365] * N and sk["n_anomaly"] == N and sk["n_no_climatology"] == 0
+    noise_cc = np.array([np.corrcoef(a[test, j], b[test, j])[0, 1] for j in range(N)])
+    assert np.all(sk["cc"] > 0.95)                                    # the season alone
+    np.testing.assert_allclose(sk["anomaly_cc"], noise_cc, atol=0.03)
+    # exactly: the CC of obs and est, each minus its own training climatology (brute force, 15 days)
+    clim = _brute_climatology(obs, dates, train, 15)
+    clim_e = _brute_climatology(est, dates, train, 15)
+    for j in range(N):
+        want = np.corrcoef(obs[test, j] - clim[test, j], est[test, j] - clim_e[test, j])[0, 1]
+        assert sk["anomaly_cc"][j] == pytest.approx(want, rel=1e-9)
+    # the same with the climatologies given on the scored dates
+    given = M.per_location_skill(obs[test], est[test], climatology=clim[test], est_climatology=clim_e[test])
+    np.testing.assert_allclose(given["anomaly_cc"], sk["anomaly_cc"], rtol=1e-9)
+    # a climatology itself as the estimate (its own climatology is itself): anomalies 0, undefined
+    only_clim = M.per_location_skill(obs[test], clim[test], climatology=clim[test], est_climatology=clim[test])
+    assert np.isnan(only_clim["anomaly_cc"]).all() and np.all(only_clim["cc"] > 0.95)
+
+
+def test_anomaly_cc_removes_each_series_own_climatology():
+    """A constant estimate has no anomaly and so no anomaly CC. Removing the *observed* climatology
+    from it too would give it a high anomaly CC (the shared -c term) when the climatology comes from
+    one short training year: the reason each series loses its own."""
+    rng = np.random.default_rng(4)
+    dates = np.arange(np.datetime64("2017-01-01"), np.datetime64("2019-01-01"))
+    T = len(dates)
+    wet = 0.3 + 0.1 * np.sin(np.arange(T) / 9.0)                     # weather, not a season
+    obs = (wet + rng.normal(0, 0.01, T))[:, None]
+    const = np.full((T, 1), 0.3)
+    train = dates < np.datetime64("2018-01-01")
+    own = M.per_location_skill(obs, const, dates, train, eval_mask=~train)
+    assert np.isnan(own["anomaly_cc"][0]) and own["n_anomaly"] == 1
+    clim = M.doy_climatology(obs, dates, train)
+    shared = M.per_location_skill(obs[~train], const[~train], climatology=clim[~train])
+    assert shared["anomaly_cc"][0] > 0.4
+
+
+def test_anomaly_cc_where_the_climatology_is_undefined():
+    rng = np.random.default_rng(2)
+    dates = np.arange(np.datetime64("2017-01-01"), np.datetime64("2019-01-01"))
+    T = len(dates)
+    obs = rng.normal(0.3, 0.05, (T, 3))
+    est = obs + rng.normal(0, 0.02, (T, 3))
+    train = dates < np.datetime64("2018-01-01")
+    obs[train, 1] = np.nan                                    # never observed in training
+    obs[train & (dates >= np.datetime64("2017-10-01")), 2] = np.nan   # Oct-Dec unseen
+    est[train & (dates >= np.datetime64("2017-06-01")) & (dates < np.datetime64("2017-07-01")), 0] = np.nan
+    sk = M.per_location_skill(obs, est, dates, train, eval_mask=~train)
+    assert sk["qualified"].all() and sk["n_qualified"] == 3
+    # location 0: the estimate's own climatology is undefined around June (no estimate then)
+    assert 340 < sk["n_anomaly_days"][0] < 365
+    assert np.isfinite(sk["anomaly_cc"][0]) and np.isnan(sk["anomaly_cc"][1])
+    assert sk["n_anomaly_days"][1] == 0
+    # location 2: anomaly days only where a training value lies within the 15-day window
+    assert 250 < sk["n_anomaly_days"][2] < 290 and np.isfinite(sk["anomaly_cc"][2])
+    assert sk["n_anomaly"] == 2 and sk["n_no_climatology"] == 1
+    assert sk["summary"]["anomaly_cc"]["n"] == 2
+    assert "1 without a training climatology" in M.describe_location_skill(sk)
+
+
+def test_location_skill_samples_equals_dense():
+    """train's test scoring (1-D samples) equals per_location_skill on the dense (T, N) arrays."""
+    rng = np.random.default_rng(8)
+    dates = np.arange(np.datetime64("2016-01-01"), np.datetime64("2018-01-01"))
+    T, N = len(dates), 5
+    y = 0.3 + 0.05 * np.sin(np.arange(T) / 40.0)[:, None] + rng.normal(0, 0.02, (T, N))
+    y[rng.random((T, N)) < 0.1] = np.nan
+    test = dates >= np.datetime64("2017-06-01")
+    tt, nn = np.nonzero(test[:, None] & np.isfinite(y))
+    keep = rng.random(tt.size) < 0.7
+    tt, nn = tt[keep], nn[keep]
+    est = y[tt, nn] + rng.normal(0, 0.02, tt.size)
+    a = M.location_skill_samples(y[tt, nn], est, nn, N, min_days=30)
+    dense = np.full((T, N), np.nan)
+    dense[tt, nn] = est
+    b = M.per_location_skill(y, dense)
+    for k in ("n_days", "qualified"):
+        assert a[k].tolist() == b[k].tolist()
+    for k in ("cc", "bias", "ubrmse"):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-12, equal_nan=True)
+    assert a["summary"]["cc"]["median"] == pytest.approx(b["summary"]["cc"]["median"], rel=1e-12)
+    assert "anomaly" not in M.describe_location_skill(a)

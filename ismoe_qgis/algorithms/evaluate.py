@@ -56,7 +56,13 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
             "field naming each region; target pixels whose centre is inside a polygon get its name (overlaps: "
             "the later feature wins). Adds per-region metrics and per-region seasonal importance.\n"
             "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU.\n"
-            "OUTPUT: a folder that receives metrics.csv, metrics.json, report.html (tables and plots: time "
+            "Headline: per-location skill. Each location's series is scored over time (CC, anomaly CC with the "
+            "training period's day-of-year climatology removed, bias, ubRMSE) and summarised by the median and "
+            "the interquartile range over the locations with at least 30 scored days; a CC pooled over all "
+            "locations mostly rewards each location's mean level.\n"
+            "OUTPUT: a folder that receives metrics.csv, metrics.json, location_skill.csv (every location's "
+            "skill per model and product), report.html (led by the per-location table and a map of the "
+            "per-location CC; then tables and plots: time "
             "series, scatter with the 1:1 line, metrics by season and region, routing weights by month) and "
             "seasonal_importance.csv (mean routing weight of each factor by month, season and day of year, per "
             "region, of the first ISMoE model; further ISMoE models get seasonal_importance_<name>.csv). Files "
@@ -85,6 +91,7 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
         self.addOutput(QgsProcessingOutputFile("METRICS_JSON", self.tr("Metrics (JSON)")))
         self.addOutput(QgsProcessingOutputHtml("REPORT", self.tr("Evaluation report")))
         self.addOutput(QgsProcessingOutputFile("IMPORTANCE_CSV", self.tr("Seasonal importance (CSV)")))
+        self.addOutput(QgsProcessingOutputFile("LOCATION_CSV", self.tr("Per-location skill (CSV)")))
         self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", self.tr("Samples scored (common to all)")))
 
     # ------------------------------------------------------------------ helpers
@@ -178,10 +185,15 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
                           + (f"; baselines {', '.join(baselines)}" if baselines else ""))
         res = self.run_core(evaluate, cube, models, refs, period, labels, out, self.callbacks(feedback),
                             baselines=baselines, device=DEVICES[self.parameterAsEnum(p, self.DEVICE, context)])
+        from ..model.metrics import describe_location_skill
         overall = [r for r in res["rows"] if r["group_kind"] == "overall"]
+        skills = res.get("location_skill") or {}
         for r in overall:
-            feedback.pushInfo(f"{r['model']:>24}: CC {r['cc']:.3f}  RMSE {r['rmse']:.4f}  ubRMSE {r['ubrmse']:.4f}  "
-                              f"bias {r['bias']:+.4f}  KGE {r['kge']:.3f}  (n {r['n']})")
+            feedback.pushInfo(f"{r['model']:>24}: pooled CC {r['cc']:.3f}  RMSE {r['rmse']:.4f}  ubRMSE "
+                              f"{r['ubrmse']:.4f}  bias {r['bias']:+.4f}  KGE {r['kge']:.3f}  (n {r['n']})")
+            if r["model"] in skills:
+                feedback.pushInfo(f"{'':>24}  {describe_location_skill(skills[r['model']])}")
         paths = res["paths"]
         return {self.OUTPUT: out, "METRICS_CSV": paths["csv"], "METRICS_JSON": paths["json"],
-                "REPORT": paths["html"], "IMPORTANCE_CSV": paths["importance"], "N_SAMPLES": res["n_samples"]}
+                "REPORT": paths["html"], "IMPORTANCE_CSV": paths["importance"], "N_SAMPLES": res["n_samples"],
+                "LOCATION_CSV": paths.get("location_csv")}

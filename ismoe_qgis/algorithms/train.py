@@ -15,6 +15,7 @@ GAP_POLICIES = ["skip", "fill"]
 ROUTER_INPUTS = ["expert_states", "all_states", "inputs", "inputs_doy"]
 MIXTURES = ["additive", "convex", "scaled"]          # enum order: the default first
 SCHEDULES = ["onecycle", "constant"]
+MEMORIES = ["window", "stateful"]
 
 
 class TrainAlgorithm(IsmoeAlgorithm):
@@ -22,6 +23,7 @@ class TrainAlgorithm(IsmoeAlgorithm):
     EPOCHS, BATCH_SIZE, LEARNING_RATE, SEED = "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED"
     SAMPLES_PER_EPOCH, PATIENCE, VAL_START, TEST_START = "SAMPLES_PER_EPOCH", "PATIENCE", "VAL_START", "TEST_START"
     CONSECUTIVE_DAYS, MIXTURE, LR_SCHEDULE = "CONSECUTIVE_DAYS", "MIXTURE", "LR_SCHEDULE"
+    MEMORY, SPIN_UP, SUPERVISED_DAYS, THREADS = "MEMORY", "SPIN_UP", "SUPERVISED_DAYS", "THREADS"
     GAP_POLICY, ROUTER_INPUT, HIDDEN, CONV_CHANNELS, DROPOUT = (
         "GAP_POLICY", "ROUTER_INPUT", "HIDDEN", "CONV_CHANNELS", "DROPOUT")
     EXPERT_LOSS, ROUTER_ENTROPY, MASK_SILENT, AMP = "EXPERT_LOSS", "ROUTER_ENTROPY", "MASK_SILENT", "AMP"
@@ -47,6 +49,15 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "paper's literal form, SM = sum w_e * SM_e with softmax router weights and every expert a full SM "
             "estimate; it cannot add up two drivers. scaled: SM = mu + E * sum w_e * c_e, router weights over "
             "contributions. See the README's model section for the measured comparison.\n"
+            "MEMORY: window (default): each day's estimate runs the experts' LSTM over its own SEQ_LEN-day "
+            "window (memory capped at SEQ_LEN days). stateful: the LSTM runs through time and carries its "
+            "state from day to day, so it can remember snowpack, deep storage or a dry spell for months; it is "
+            "trained on sequences of SPIN_UP + SUPERVISED_DAYS days at one location with the loss on the last "
+            "SUPERVISED_DAYS days (BATCH_SIZE counts supervised days), and ismoe:predict streams it (one LSTM "
+            "step per pixel-day, reading the SPIN_UP days before DATE_FROM as warm-up). SEQ_LEN still sets the "
+            "window of the silent-factor mask.\n"
+            "THREADS: torch CPU threads; 0 (default) = the CPUs the load average leaves idle, at least 1 (on a "
+            "busy machine more threads than idle CPUs make training many times slower).\n"
             "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU; cuda without a GPU falls back to "
             "the CPU with a warning.\n"
             "EPOCHS, BATCH_SIZE, LEARNING_RATE (peak of the one-cycle schedule, or the constant rate with "
@@ -76,6 +87,9 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "ismoe:predict runs it in fp32.\n"
             "OUTPUT: the model file (.pt, loaded without running code). LOG: the training log (JSON lines: "
             "loss per epoch, validation CC and RMSE).\n"
+            "Outputs: TEST_CC is pooled over all test samples (with several locations it mostly rewards each "
+            "location's mean level); TEST_CC_MEDIAN_LOCATION is the median over the locations (at least 30 test "
+            "days) of each location's CC over time, the skill ismoe:evaluate leads with.\n"
             "Cancel stops within one batch and keeps the best model so far.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -84,6 +98,14 @@ class TrainAlgorithm(IsmoeAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), MODEL_TYPES, defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.MIXTURE, self.tr("Mixture (ismoe)"), MIXTURES,
                                                      defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.MEMORY, self.tr("Expert memory"), MEMORIES,
+                                                     defaultValue=0))
+        # no minimum on the two below: the core's message says what the number means
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.SPIN_UP, self.tr("Spin-up days (stateful memory)"), NUMBER_INTEGER, 365), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.SUPERVISED_DAYS, self.tr("Supervised days per sequence (stateful memory)"), NUMBER_INTEGER,
+            32), adv))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, 30, False, 1))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 64,
@@ -120,12 +142,15 @@ class TrainAlgorithm(IsmoeAlgorithm):
             self.MASK_SILENT, self.tr("Zero weight for factors without signal"), True), adv))
         self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
             self.AMP, self.tr("bf16 autocast on CUDA"), True), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.THREADS, self.tr("CPU threads (0 = from the load)"), NUMBER_INTEGER, 0, False, 0), adv))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Model file"),
                                                                 self.tr("ISMoE model (*.pt)")))
         self.addParameter(optional(QgsProcessingParameterFileDestination(
             self.LOG, self.tr("Training log"), self.tr("JSON lines (*.jsonl)"), createByDefault=False)))
         for name, desc in (("BEST_EPOCH", "Best epoch"), ("VAL_CC", "Validation CC"), ("VAL_RMSE", "Validation RMSE"),
-                           ("TEST_CC", "Test CC"), ("TEST_RMSE", "Test RMSE")):
+                           ("TEST_CC", "Test CC (pooled)"), ("TEST_RMSE", "Test RMSE"),
+                           ("TEST_CC_MEDIAN_LOCATION", "Test CC, median over locations")):
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(desc)))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -158,14 +183,19 @@ class TrainAlgorithm(IsmoeAlgorithm):
             val_start=optional_date(self.parameterAsString(p, self.VAL_START, context), self.VAL_START),
             test_start=optional_date(self.parameterAsString(p, self.TEST_START, context), self.TEST_START),
             amp=self.parameterAsBoolean(p, self.AMP, context),
-            schedule=SCHEDULES[self.parameterAsEnum(p, self.LR_SCHEDULE, context)])
+            schedule=SCHEDULES[self.parameterAsEnum(p, self.LR_SCHEDULE, context)],
+            supervised_days=self.parameterAsInt(p, self.SUPERVISED_DAYS, context),
+            threads=self.parameterAsInt(p, self.THREADS, context))
         model_type = MODEL_TYPES[self.parameterAsEnum(p, self.MODEL, context)]
         options = dict(hidden=self.parameterAsInt(p, self.HIDDEN, context),
                        conv_channels=self.parameterAsInt(p, self.CONV_CHANNELS, context),
                        dropout=self.parameterAsDouble(p, self.DROPOUT, context),
                        router_input=ROUTER_INPUTS[self.parameterAsEnum(p, self.ROUTER_INPUT, context)],
                        mask_silent=self.parameterAsBoolean(p, self.MASK_SILENT, context),
-                       mixture=MIXTURES[self.parameterAsEnum(p, self.MIXTURE, context)])
+                       mixture=MIXTURES[self.parameterAsEnum(p, self.MIXTURE, context)],
+                       memory=MEMORIES[self.parameterAsEnum(p, self.MEMORY, context)])
+        if options["memory"] == "stateful":       # a windowed model has no spin-up
+            options["spin_up"] = self.parameterAsInt(p, self.SPIN_UP, context)
         feedback.pushInfo(f"training {model_type} on {path}")
         res = self.run_core(train, cube, out, model_type, cfg, options, self.callbacks(feedback), log_path)
         if res["cancelled"]:
@@ -174,4 +204,5 @@ class TrainAlgorithm(IsmoeAlgorithm):
         nan = float("nan")
         return {self.OUTPUT: out, self.LOG: log_path, "BEST_EPOCH": res["best_epoch"],
                 "VAL_CC": res.get("val_cc", nan), "VAL_RMSE": res.get("val_rmse", nan),
-                "TEST_CC": res.get("test_cc", nan), "TEST_RMSE": res.get("test_rmse", nan)}
+                "TEST_CC": res.get("test_cc", nan), "TEST_RMSE": res.get("test_rmse", nan),
+                "TEST_CC_MEDIAN_LOCATION": res.get("test_cc_location_median", nan)}

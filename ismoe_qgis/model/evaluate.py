@@ -8,7 +8,10 @@ built-in references (persistence, climatology), scores everything on exactly the
     <out_dir>/metrics.csv              one row per model/product and group (overall, location,
                                        region, season)
     <out_dir>/metrics.json             the same rows plus metadata
-    <out_dir>/report.html              tables and plots (self-contained)
+    <out_dir>/report.html              tables and plots (self-contained), led by the per-location
+                                       skill (median and IQR over locations) and a map of it
+    <out_dir>/location_skill.csv       per model/product and location: days scored, CC, anomaly
+                                       CC, bias, ubRMSE, RMSE, KGE, pixel-centre coordinates
     <out_dir>/seasonal_importance.csv  mean routing weight per factor by month / season / day of
                                        year and region, of the (first) ISMoE model
     <out_dir>/seasonal_importance_<name>.csv   the same for every further ISMoE model
@@ -46,6 +49,7 @@ import numpy as np
 from ..core_callbacks import ensure
 from ..data import rasters
 from ..data.cube import Cube, split_masks
+from .metrics import CLIMATOLOGY_WINDOW, MIN_LOCATION_DAYS, ClimatologyAccumulator, calendar_slot, doy_climatology
 
 __all__ = [
     "BASELINES", "PERIODS", "evaluate", "persistence", "climatology", "resolve_period",
@@ -78,42 +82,19 @@ def persistence(y, dates):
 
 def _calendar_slot(dates):
     """0..365: the day's position in a leap year (29 Feb = 59, 1 Mar = 60 in every year)."""
-    d = np.asarray(dates).astype("datetime64[D]")
-    month = d.astype("datetime64[M]").astype(np.int64) % 12       # 0..11
-    day = (d - d.astype("datetime64[M]")).astype(np.int64)          # 0..30
-    start = np.array([0, 31, 60, 91, 121, 152, 182, 213, 244, 274, 305, 335])
-    return start[month] + day
+    return calendar_slot(dates)
 
 
-def climatology(y, dates, train_mask, window: int = 15):
+def climatology(y, dates, train_mask, window: int = CLIMATOLOGY_WINDOW):
     """Day-of-year mean of ``y`` over the dates of ``train_mask``, per location.
 
     Slots are calendar days of a leap year (366, so 29 February keeps its own slot); the mean
     of a slot pools the training values of the ``window`` calendar days centred on it
     (circular over the year end; ``window=1``: the plain day-of-year mean). Returns float32
-    (T, N) for every date of ``dates`` (NaN where a slot had no training value).
+    (T, N) for every date of ``dates`` (NaN where a slot had no training value). The same
+    climatology is removed for the anomaly CC (``metrics.climatology_table``).
     """
-    y = np.asarray(y, dtype=np.float64)
-    slots = _calendar_slot(dates)
-    train = np.asarray(train_mask, bool)
-    window = max(1, int(window))
-    N = y.shape[1]
-    sums = np.zeros((366, N))
-    counts = np.zeros((366, N))
-    sel = train[:, None] & np.isfinite(y)
-    for n in range(N):
-        ok = sel[:, n]
-        if ok.any():
-            sums[:, n] = np.bincount(slots[ok], weights=y[ok, n], minlength=366)
-            counts[:, n] = np.bincount(slots[ok], minlength=366)
-    if window > 1:
-        h = window // 2
-        idx = (np.arange(366)[:, None] + np.arange(-h, window - h)[None, :]) % 366   # 366, window
-        sums = sums[idx].sum(axis=1)
-        counts = counts[idx].sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return mean[slots].astype(np.float32)
+    return doy_climatology(y, dates, train_mask, window).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -268,6 +249,32 @@ def region_labels_from_polygons(cube: Cube, polygons, all_touched: bool = False)
     return labels
 
 
+def location_geometry(cube: Cube):
+    """Map coordinates of the target locations for the report's skill map: ``{"location_xy": (N, 2)
+    pixel-centre x, y in the dataset CRS, "location_kind": 'stations' | 'grid', "location_crs": label,
+    "location_grid": {rows, cols, transform} (grid targets, to draw a raster)}``; {} without a grid."""
+    try:
+        t = [float(v) for v in cube.grid["transform"]]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    if len(t) != 6:
+        return {}
+    r = cube.target_rows.astype(np.float64) + 0.5
+    c = cube.target_cols.astype(np.float64) + 0.5
+    xy = np.stack([t[0] + c * t[1] + r * t[2], t[3] + c * t[4] + r * t[5]], axis=1)
+    crs = ""
+    try:
+        from rasterio.crs import CRS
+        crs_obj = CRS.from_wkt(cube.grid.get("crs_wkt") or "")
+        crs = crs_obj.to_string() or ""
+    except Exception:  # a label only
+        crs = ""
+    out = {"location_xy": xy, "location_kind": cube.target_kind, "location_crs": crs}
+    if cube.target_kind != "stations":
+        out["location_grid"] = {"rows": cube.target_rows, "cols": cube.target_cols, "transform": t}
+    return out
+
+
 def model_names(models):
     """{name: path}: a dict as given, else each file's base name (made unique with ' (2)', ...)."""
     if isinstance(models, dict):
@@ -287,7 +294,8 @@ def model_names(models):
 def evaluate(cube, models, references: Optional[Dict[str, object]] = None, period="test",
              region_labels=None, out_dir=None, callbacks=None, *, baselines: Sequence[str] = BASELINES,
              device: str = "cpu", climatology_window: int = 15, title: Optional[str] = None,
-             batch_size: int = 2048, importance_kinds=("month", "season", "doy")):
+             batch_size: int = 2048, importance_kinds=("month", "season", "doy"),
+             min_location_days: int = MIN_LOCATION_DAYS):
     """Evaluate models and reference products on the samples of an evaluation period.
 
     ``cube``: a :class:`Cube` or the path of a dataset file. ``models``: ``{name: model_path}``
@@ -297,12 +305,16 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     first model's). ``region_labels``: optional (N,) region name per target location (None = in
     no region). ``out_dir``: folder for the outputs (None: compute only). ``baselines``: built-in
     references to add, any of ``('persistence', 'climatology')``. ``device``: 'cpu', 'auto' or
-    'cuda'.
+    'cuda'. ``min_location_days``: the fewest scored days that put a location into the per-location
+    summary (median and IQR of its CC, anomaly CC, bias, ubRMSE).
 
     Returns a dict: ``rows`` (metric rows), ``paths`` ({csv, json, html, importance: path or
     None}), ``dates`` (T_p,), ``obs`` (T_p, N), ``estimates`` {name: (T_p, N)}, ``references``
     [names], ``n_samples`` (the common scored samples), ``importance`` {model: ImportanceTable},
-    ``period`` (first, last date), ``models`` {name: {path, model_type, n_predicted}}.
+    ``period`` (first, last date), ``models`` {name: {path, model_type, n_predicted}},
+    ``location_skill`` {name: per-location skill dict of ``metrics.location_skill_samples``},
+    ``climatology`` (T_p, N) the observed training climatology (or None) and
+    ``estimate_climatology`` {name: (T_p, N)} each estimate's own (the anomaly CC removes them).
 
     Raises ValueError for: a model trained on another factor set (naming the variables), a
     reference with no date in the period, an empty period, a target without valid values.
@@ -372,6 +384,25 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     t_of = np.full(T, -1, np.int64)
     t_of[pmask] = np.arange(int(pmask.sum()))
     estimates, model_meta, tables, notes = {}, {}, {}, list(split_notes)
+    # the anomaly CC removes each series' own day-of-year climatology of the training period: the
+    # models also predict the training samples that are not in the evaluation period, for their own
+    tmask = train_mask_of(cube, first_info)
+    pslots = calendar_slot(pdates)
+    train_only = tmask & ~pmask
+    overlap = tmask[pmask]               # evaluation dates inside the training period
+    est_clims = {}
+
+    def own_climatology(est_period, extra=None):
+        """(T_p, N) float32 training climatology of an estimate: its values on evaluation dates in the
+        training period plus ``extra`` = (values, dates, locations) of the other training dates."""
+        acc = ClimatologyAccumulator(N)
+        if overlap.any():
+            tt, nn = np.nonzero(np.isfinite(est_period[overlap]))
+            acc.add(est_period[overlap][tt, nn], pdates[overlap][tt], nn)
+        if extra is not None:
+            acc.add(*extra)
+        return acc.table(climatology_window)[pslots].astype(np.float32)
+
     samplers = {}
     regions = None
     if region_labels is not None:
@@ -384,16 +415,20 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         view = dataclasses.replace(cube, x=cube.x if perm is None else cube.x[perm], variables=list(cfg.variables),
                                    factors=dict(cfg.factors), patch_size=cfg.patch_size, seq_len=cfg.seq_len,
                                    x_mean=list(cfg.x_mean), x_std=list(cfg.x_std))
-        key = (tuple(perm or ()), cfg.patch_size, tuple(cfg.x_mean), tuple(cfg.x_std))
+        pad = cfg.context_days - (cfg.seq_len - 1)      # a stateful model's spin-up before the first date
+        key = (tuple(perm or ()), cfg.patch_size, tuple(cfg.x_mean), tuple(cfg.x_std), pad)
         if key not in samplers:
             samplers.clear()   # one normalised copy of the cube at a time
-            samplers[key] = WindowSampler(view, dev)
+            samplers[key] = WindowSampler(view, dev, pad_days=pad)
         sampler = samplers[key]
         sampler.seq_len = cfg.seq_len
         t_idx, n_idx = view.sample_index(pmask, gap)
         if len(t_idx) == 0:
             raise ValueError(f"the evaluation period ({plabel}, {span}) has no valid sample for model '{name}' "
                              f"(target observed and a full {cfg.seq_len}-day input window): choose a longer period")
+        if cfg.stateful:   # location-major: each chunk covers whole runs of days (one spin-up per run)
+            order = np.lexsort((t_idx, n_idx))
+            t_idx, n_idx = t_idx[order], n_idx[order]
         model.to(dev)
         amp = autocast_dtype(dev, bool(((info or {}).get("train") or {}).get("amp", True)))
         est = np.full((len(pdates), N), np.nan, np.float32)
@@ -430,13 +465,27 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                             len(rnames), len(pdates))
                         rcounts[:, :, e] += np.bincount(flat, weights=ok[inr, e], minlength=size).reshape(
                             len(rnames), len(pdates)).astype(np.int64)
-            cb.progress(0.7 * (i + min(1.0, (s + chunk) / len(t_idx))) / len(loaded))
+            cb.progress(0.6 * (i + min(1.0, (s + chunk) / len(t_idx))) / len(loaded))
+        # its training-period predictions, for its own climatology (anomaly CC)
+        ct, cn = view.sample_index(train_only, gap) if train_only.any() else (np.zeros(0, np.int64),) * 2
+        acc_vals, acc_t, acc_n = [], [], []
+        for s in range(0, len(ct), chunk):
+            cb.check_cancel()
+            tt, nn = ct[s:s + chunk], cn[s:s + chunk]
+            y, _, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp)
+            acc_vals.append(np.asarray(y, np.float64).reshape(-1))
+            acc_t.append(cube.dates[tt])
+            acc_n.append(nn)
+            cb.progress(0.6 * (i + 1) / len(loaded) + 0.1 * min(1.0, (s + chunk) / len(ct)) / len(loaded))
+        extra = ((np.concatenate(acc_vals), np.concatenate(acc_t), np.concatenate(acc_n)) if acc_vals else None)
+        est_clims[name] = own_climatology(est, extra)
         model.to("cpu")
         estimates[name] = est
         model_meta[name] = {"path": os.fspath(models[name]), "model_type": cfg.model_type,
                             "n_predicted": int(len(t_idx)), "seq_len": cfg.seq_len, "patch_size": cfg.patch_size,
                             "best_epoch": (info or {}).get("best_epoch")}
-        cb.log(f"{name} ({cfg.model_type}): {len(t_idx)} samples predicted")
+        cb.log(f"{name} ({cfg.model_type}): {len(t_idx)} samples predicted, and {len(ct)} of the training period "
+               f"for its own climatology (anomaly CC)")
         if is_moe:
             table = imp.importance_from_sums(pdates, sums, counts, model.output_names, imp.DEFAULT_REGION,
                                              importance_kinds)
@@ -457,17 +506,37 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         cb.check_cancel()
         estimates[name] = sample_reference(source, cube, pdates, name, log=cb.log)
         ref_names.append(name)
+        extra = None
+        if train_only.any():
+            tdates = cube.dates[train_only]
+            try:
+                tr = sample_reference(source, cube, tdates, name, log=cb.log)
+                tt, nn = np.nonzero(np.isfinite(tr))
+                extra = (tr[tt, nn], tdates[tt], nn)
+            except ValueError as exc:   # no date / no value in the training period
+                notes.append(f"{name}: no own climatology of the training period, so no anomaly CC "
+                             f"outside the evaluation dates it shares with it ({exc})")
+                cb.log(notes[-1])
+        est_clims[name] = own_climatology(estimates[name], extra)
         cb.progress(0.7 + 0.05 * (j + 1) / max(1, len(references)))
     if "persistence" in baselines:
-        estimates["persistence"] = persistence(cube.y, cube.dates)[pmask]
+        pers = persistence(cube.y, cube.dates)
+        estimates["persistence"] = pers[pmask]
+        est_clims["persistence"] = climatology(pers, cube.dates, tmask, climatology_window)[pmask]
         ref_names.append("persistence")
         notes.append("persistence: yesterday's observed value (a reference only; the models never see it)")
+    # the observed training climatology: the climatology baseline and the anomaly CC's observed side
+    train_observed = bool(tmask.any() and np.isfinite(cube.y[tmask]).any())
+    clim = climatology(cube.y, cube.dates, tmask, climatology_window)[pmask] if train_observed else None
+    if clim is None or not np.isfinite(clim).any():
+        notes.append("anomaly CC undefined: no observed day-of-year climatology of the training period (before "
+                     f"{_split_of(first_info, cube)[0]}) covers the evaluation dates")
     if "climatology" in baselines:
-        tmask = train_mask_of(cube, first_info)
-        if not np.isfinite(cube.y[tmask]).any():
+        if clim is None:
             raise ValueError("climatology needs observed target values in the training period "
                              f"(before {_split_of(first_info, cube)[0]}); there are none: leave it out")
-        estimates["climatology"] = climatology(cube.y, cube.dates, tmask, climatology_window)[pmask]
+        estimates["climatology"] = clim.copy()
+        est_clims["climatology"] = clim      # its own climatology is itself: anomalies 0, no anomaly CC
         ref_names.append("climatology")
         tdates = cube.dates[tmask]
         notes.append(f"climatology: day-of-year mean of the training period {tdates[0]}..{tdates[-1]}, "
@@ -505,20 +574,28 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
 
     result = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names,
               "n_samples": n_common, "importance": tables, "period": (str(pdates[0]), str(pdates[-1])),
-              "models": model_meta, "rows": None,
-              "paths": {"csv": None, "json": None, "html": None, "importance": None}}
+              "models": model_meta, "rows": None, "location_skill": None, "climatology": clim,
+              "estimate_climatology": est_clims,
+              "paths": {"csv": None, "json": None, "html": None, "importance": None, "location_csv": None}}
     moe_names = list(tables)
     head_notes = [f"{n}: {m['model_type']} model {os.path.basename(m['path'])}, {m['n_predicted']} samples predicted"
                   for n, m in model_meta.items()]
     results = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names,
                "location_ids": cube.location_labels(), "regions": regions, "same_samples": True,
                "title": title or f"Soil moisture evaluation, {plabel} {span}",
-               "notes": head_notes + notes}
+               "notes": head_notes + notes, "climatology": clim, "estimate_climatology": est_clims,
+               "min_location_days": min_location_days,
+               **location_geometry(cube)}
+    if clim is not None:
+        tdates = cube.dates[tmask]
+        results["climatology_note"] = (f"training period {tdates[0]}..{tdates[-1]}, {climatology_window}-day "
+                                       "window")
     if out_dir is None:
-        from .report import evaluation_rows
+        from .report import evaluation_rows, location_skill_of
         if moe_names:
             results["seasonal_importance"] = tables[moe_names[0]]
         result["rows"] = evaluation_rows(results)
+        result["location_skill"] = location_skill_of(results)
         cb.progress(1.0)
         return result
 
@@ -545,7 +622,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         from ..core_callbacks import Callbacks
         rep = write_evaluation(tmp, results, Callbacks(progress=sub_progress, log=cb.log,
                                                        is_cancelled=cb.is_cancelled))
-        files += [os.path.basename(rep[k]) for k in ("csv", "json", "html") if rep.get(k)]
+        files += [os.path.basename(rep[k]) for k in ("csv", "json", "html", "location_csv") if rep.get(k)]
         cb.check_cancel()
         os.makedirs(out_dir, exist_ok=True)
         for f in files:
@@ -553,8 +630,10 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["rows"] = rep["rows"]
+    result["location_skill"] = rep["location_skill"]
     result["paths"] = {"csv": os.path.join(out_dir, "metrics.csv"), "json": os.path.join(out_dir, "metrics.json"),
                        "html": os.path.join(out_dir, "report.html"),
+                       "location_csv": os.path.join(out_dir, "location_skill.csv"),
                        "importance": os.path.join(out_dir, IMPORTANCE_CSV) if moe_names else None}
     cb.progress(1.0)
     return result

@@ -29,6 +29,26 @@ two-pass centred moments per cell (a combination of one group of every kind), wh
 then pooled exactly into each kind's groups (Chan et al.'s parallel update), so thousands of
 pixel groups over long series stay fast. A group's row equals ``metrics()`` on that group's
 samples to floating-point rounding.
+
+Per-location skill (``per_location_skill``, ``location_skill_samples``): a pooled CC over many
+locations mostly rewards getting each location's mean level right (the spread of the location
+means dominates the pooled variance). The headline skill is therefore computed per location,
+over time, and summarised by the median and the interquartile range (25th/75th percentile) over
+the locations with at least ``min_days`` (default ``MIN_LOCATION_DAYS`` = 30) scored days:
+
+- ``cc``, ``bias``, ``ubrmse``, ``rmse``, ``kge``: the metrics above on one location's series;
+  ``ubrmse**2 == rmse**2 - bias**2`` per location.
+- ``anomaly_cc``: CC of the anomalies ``o - c_o`` and ``e - c_e``, where ``c_o`` and ``c_e`` are
+  the location's day-of-year climatologies of the observation and of the estimate *over the
+  training period* (``climatology_table``: 366 calendar slots, 29 February its own, each pooled
+  over a centred ``CLIMATOLOGY_WINDOW`` = 15 day circular window). It asks: does the estimate
+  follow the departures from the normal seasonal cycle? Each series loses its *own* climatology:
+  removing the observed one from both would leave the shared term ``-c_o`` in both anomalies and
+  inflate their CC when the climatology varies as much as the series (short training periods: a
+  constant estimate would score well). A climatology as the estimate has anomalies 0: undefined.
+  Days where either climatology is undefined (no training value within the window) are left out;
+  a location with fewer than ``min_days`` anomaly days has no anomaly CC and is counted in
+  ``n_no_climatology``.
 """
 import numpy as np
 
@@ -39,6 +59,18 @@ __all__ = [
     "metrics",
     "grouped_metrics",
     "season_of",
+    "MIN_LOCATION_DAYS",
+    "CLIMATOLOGY_WINDOW",
+    "LOCATION_METRICS",
+    "HEADLINE_METRICS",
+    "calendar_slot",
+    "climatology_table",
+    "ClimatologyAccumulator",
+    "doy_climatology",
+    "location_skill_samples",
+    "per_location_skill",
+    "location_skill_summary",
+    "describe_location_skill",
 ]
 
 #: metric keys, in the order reports show them (``n`` comes last)
@@ -328,3 +360,263 @@ def season_of(dates):
     months = d.astype("datetime64[M]").astype(np.int64) % 12 + 1
     months = np.where(nat, 0, months)
     return _MONTH_TO_SEASON[months]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-location skill
+# ---------------------------------------------------------------------------------------------
+#: a location enters the per-location summary with at least this many scored days
+MIN_LOCATION_DAYS = 30
+#: days pooled (centred, circular) into each calendar slot of the climatology
+CLIMATOLOGY_WINDOW = 15
+#: per-location metrics, in report order
+LOCATION_METRICS = ("cc", "anomaly_cc", "bias", "ubrmse", "rmse", "kge")
+#: the per-location metrics of the headline table
+HEADLINE_METRICS = ("cc", "anomaly_cc", "bias", "ubrmse")
+# anomalies with a standard deviation below this fraction of the series' |mean| + sd count as zero
+# (looser than _ZERO_VAR_REL: a float32 copy of the climatology leaves rounding-size anomalies)
+_ZERO_VAR_REL_ANOMALY = 1e-6
+_SLOT_START = np.array([0, 31, 60, 91, 121, 152, 182, 213, 244, 274, 305, 335])
+
+
+def calendar_slot(dates):
+    """0..365: each date's position in a leap year (29 February = 59, 1 March = 60 in every year)."""
+    d = np.asarray(dates).astype("datetime64[D]")
+    month = d.astype("datetime64[M]").astype(np.int64) % 12       # 0..11
+    day = (d - d.astype("datetime64[M]")).astype(np.int64)          # 0..30
+    return _SLOT_START[month] + day
+
+
+class ClimatologyAccumulator:
+    """Day-of-year sums of samples, per location, added chunk by chunk (memory 2 x 366 x N), for a
+    climatology of values that come in pieces (e.g. a model's predictions over a training period).
+
+    ``add(values, dates, location)``: 1-D samples (NaN values are skipped); ``table(window)``: the
+    (366, N) climatology of :func:`climatology_table`.
+    """
+
+    def __init__(self, n_locations):
+        self.n = int(n_locations)
+        self.sums = np.zeros(366 * self.n)
+        self.counts = np.zeros(366 * self.n)
+
+    def add(self, values, dates, location):
+        v = _as_float(values, "values").reshape(-1)
+        loc = np.asarray(location, dtype=np.int64).reshape(-1)
+        slots = calendar_slot(np.asarray(dates).reshape(-1))
+        if not (v.size == loc.size == slots.size):
+            raise ValueError(f"values, dates and location must have the same length, got {v.size}, "
+                             f"{slots.size}, {loc.size}")
+        ok = np.isfinite(v) & (loc >= 0)
+        code = slots[ok] * self.n + loc[ok]
+        self.sums += np.bincount(code, weights=v[ok], minlength=366 * self.n)
+        self.counts += np.bincount(code, minlength=366 * self.n)
+        return self
+
+    def table(self, window=CLIMATOLOGY_WINDOW):
+        N = self.n
+        sums = self.sums.reshape(366, N)
+        counts = self.counts.reshape(366, N)
+        window = min(366, max(1, int(window)))
+        if window > 1:
+            h = window // 2
+            # circular moving sum over the slots by cumulative sums (memory 2 x (366 + window) x N)
+            pad_s = np.concatenate([sums[366 - h:], sums, sums[:window - h - 1]])
+            pad_c = np.concatenate([counts[366 - h:], counts, counts[:window - h - 1]])
+            cs = np.concatenate([np.zeros((1, N)), np.cumsum(pad_s, axis=0)])
+            cc = np.concatenate([np.zeros((1, N)), np.cumsum(pad_c, axis=0)])
+            sums = cs[window:window + 366] - cs[:366]
+            counts = np.rint(cc[window:window + 366] - cc[:366])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def climatology_table(y, dates, train_mask, window=CLIMATOLOGY_WINDOW):
+    """Day-of-year mean of ``y`` (T, N) over the dates of ``train_mask`` (T,), per location.
+
+    Returns float64 (366, N): slot = :func:`calendar_slot`; each slot pools the training values of
+    the ``window`` calendar slots centred on it (circular over the year end; ``window=1``: the plain
+    day-of-year mean). NaN where the window holds no training value.
+    """
+    y = _as_float(y, "y")
+    if y.ndim == 1:
+        y = y[:, None]
+    T, N = y.shape
+    train = np.asarray(train_mask, bool).reshape(-1)
+    if train.shape != (T,):
+        raise ValueError(f"train_mask has {train.size} values for {T} dates")
+    d = np.asarray(dates).reshape(-1)
+    if d.shape != (T,):
+        raise ValueError(f"{d.size} dates for {T} time steps")
+    tt, nn = np.nonzero(train[:, None] & np.isfinite(y))
+    return ClimatologyAccumulator(N).add(y[tt, nn], d[tt], nn).table(window)
+
+
+def doy_climatology(y, dates, train_mask, window=CLIMATOLOGY_WINDOW, at_dates=None):
+    """The training climatology of ``y`` (see :func:`climatology_table`) on ``at_dates``
+    (default: ``dates``): float64 (len(at_dates), N), NaN where the slot is undefined."""
+    table = climatology_table(y, dates, train_mask, window)
+    return table[calendar_slot(dates if at_dates is None else at_dates).reshape(-1)]
+
+
+def _quartiles(values):
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {"median": float("nan"), "p25": float("nan"), "p75": float("nan"), "n": 0}
+    p25, med, p75 = np.percentile(v, [25.0, 50.0, 75.0])
+    return {"median": float(med), "p25": float(p25), "p75": float(p75), "n": int(v.size)}
+
+
+def location_skill_samples(obs, est, location, n_locations, min_days=MIN_LOCATION_DAYS, clim=None,
+                           est_clim=None):
+    """Per-location skill from 1-D samples: ``obs``, ``est``, ``location`` (int 0..n_locations-1,
+    -1 = none) and optionally ``clim`` (the observation's training climatology at each sample, NaN =
+    undefined) and ``est_clim`` (the estimate's own training climatology) of the same length. The
+    anomalies are ``obs - clim`` and ``est - est_clim``; without ``est_clim`` the estimate's anomaly
+    is ``est - clim`` (beware: that shared term inflates the CC when ``clim`` varies much over the
+    period; give ``est_clim``). Without ``clim`` there is no anomaly CC.
+
+    Returns a dict:
+
+    - ``min_days``, ``n_locations``;
+    - per location (arrays of length ``n_locations``): ``n_days`` (paired valid samples),
+      ``qualified`` (``n_days >= min_days``), ``cc``, ``bias``, ``ubrmse``, ``rmse``, ``kge`` (NaN
+      where not qualified or undefined), ``n_anomaly_days`` (samples with a defined climatology),
+      ``anomaly_qualified``, ``anomaly_cc`` (NaN where not anomaly-qualified or undefined);
+    - ``n_qualified``, ``n_anomaly`` (locations with an anomaly CC sample set), ``n_no_climatology``
+      (qualified locations whose climatology leaves fewer than ``min_days`` days);
+    - ``summary``: ``{metric: {"median", "p25", "p75", "n"}}`` for :data:`LOCATION_METRICS` over
+      the qualified locations (``n``: locations with a finite value).
+    """
+    o = _as_float(obs, "obs").reshape(-1)
+    e = _as_float(est, "est").reshape(-1)
+    loc = np.asarray(location, dtype=np.int64).reshape(-1)
+    N = int(n_locations)
+    if not (o.size == e.size == loc.size):
+        raise ValueError(f"obs, est and location must have the same length, got {o.size}, {e.size}, {loc.size}")
+    if loc.size and loc.max() >= N:
+        raise ValueError(f"location index {int(loc.max())} for {N} locations")
+    min_days = max(int(min_days), MIN_PAIRS)
+    valid = np.isfinite(o) & np.isfinite(e) & (loc >= 0)
+    stats = _finalize(_moments(o[valid], e[valid], loc[valid], N))
+    n_days = stats["n"]
+    qualified = n_days >= min_days
+    out = {"min_days": min_days, "n_locations": N, "n_days": n_days, "qualified": qualified}
+    for k in METRIC_NAMES:
+        out[k] = np.where(qualified, stats[k], np.nan)
+    if clim is not None:
+        c = _as_float(clim, "clim").reshape(-1)
+        if c.size != o.size:
+            raise ValueError(f"clim has {c.size} values for {o.size} samples")
+        ce = c if est_clim is None else _as_float(est_clim, "est_clim").reshape(-1)
+        if ce.size != o.size:
+            raise ValueError(f"est_clim has {ce.size} values for {o.size} samples")
+        a = valid & np.isfinite(c) & np.isfinite(ce)
+        am = _moments(o[a] - c[a], e[a] - ce[a], loc[a], N)
+        astats = _finalize(am)
+        # an estimate (or obs) equal to the climatology up to rounding (e.g. float32 copies) has no
+        # anomaly: judge its flatness relative to the series' own magnitude, not to the ~0 anomalies
+        raw = _moments(o[a], e[a], loc[a], N)
+        with np.errstate(all="ignore"):
+            nf = np.maximum(am["n"], 1).astype(np.float64)
+            flat = ((np.sqrt(np.maximum(am["m2e"], 0) / nf)
+                     <= _ZERO_VAR_REL_ANOMALY * (np.abs(raw["me"]) + np.sqrt(np.maximum(raw["m2e"], 0) / nf)))
+                    | (np.sqrt(np.maximum(am["m2o"], 0) / nf)
+                       <= _ZERO_VAR_REL_ANOMALY * (np.abs(raw["mo"]) + np.sqrt(np.maximum(raw["m2o"], 0) / nf))))
+        astats["cc"] = np.where(flat, np.nan, astats["cc"])
+        n_anom = astats["n"]
+        aq = n_anom >= min_days
+        anomaly_cc = np.where(aq, astats["cc"], np.nan)
+    else:
+        n_anom = np.zeros(N, np.int64)
+        aq = np.zeros(N, bool)
+        anomaly_cc = np.full(N, np.nan)
+    out.update(n_anomaly_days=n_anom, anomaly_qualified=aq, anomaly_cc=anomaly_cc,
+               n_qualified=int(qualified.sum()), n_anomaly=int(aq.sum()),
+               n_no_climatology=int((qualified & ~aq).sum()) if clim is not None else int(qualified.sum()),
+               has_climatology=clim is not None)
+    out["summary"] = {k: _quartiles(out[k][out["anomaly_qualified" if k == "anomaly_cc" else "qualified"]])
+                      for k in LOCATION_METRICS}
+    return out
+
+
+def per_location_skill(obs, est, dates=None, train_mask=None, min_days=MIN_LOCATION_DAYS, *, climatology=None,
+                       est_climatology=None, eval_mask=None, window=CLIMATOLOGY_WINDOW):
+    """Per-location (column) skill of ``est`` against ``obs``, both (T, N) (time x location).
+
+    Anomaly CC: with ``dates`` (T,) and ``train_mask`` (T,) (and no ``climatology``), the
+    climatologies of ``obs`` and of ``est`` are computed over the ``train_mask`` dates, so both
+    series must span the training period. Or give them on the same (T, N) dates and locations:
+    ``climatology`` (the observation's, e.g. from :func:`doy_climatology`) and ``est_climatology``
+    (the estimate's own; see :func:`location_skill_samples` for what happens without it). Neither:
+    no anomaly CC. ``eval_mask`` (T,): the dates scored (default all; pass e.g. ``~train_mask``
+    when the series span the training period too). ``min_days``: locations with fewer paired valid
+    days are excluded from the summary (and counted). Returns the dict of
+    :func:`location_skill_samples`.
+    """
+    o, e, valid = _paired(obs, est)
+    if o.ndim == 1:
+        o, e, valid = o[:, None], e[:, None], valid[:, None]
+    if o.ndim != 2:
+        raise ValueError(f"obs and est must be (T, N), got shape {o.shape}")
+    T, N = o.shape
+    if climatology is None and train_mask is not None:
+        if dates is None:
+            raise ValueError("per_location_skill: train_mask needs the dates")
+        climatology = doy_climatology(o, dates, train_mask, window)
+        if est_climatology is None:
+            est_climatology = doy_climatology(e, dates, train_mask, window)
+    if eval_mask is not None:
+        em = np.asarray(eval_mask, bool).reshape(-1)
+        if em.shape != (T,):
+            raise ValueError(f"eval_mask has {em.size} values for {T} dates")
+        valid = valid & em[:, None]
+    tt, nn = np.nonzero(valid)
+
+    def at_samples(c, name):
+        c = _as_float(c, name)
+        if c.ndim == 1:
+            c = c[:, None]
+        if c.shape != (T, N):
+            raise ValueError(f"{name} has shape {c.shape}, obs has {(T, N)}")
+        return c[tt, nn]
+
+    clim = None if climatology is None else at_samples(climatology, "climatology")
+    est_clim = None if (clim is None or est_climatology is None) else at_samples(est_climatology,
+                                                                                  "est_climatology")
+    return location_skill_samples(o[tt, nn], e[tt, nn], nn, N, min_days, clim, est_clim)
+
+
+def _json_num(v):
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def location_skill_summary(skill):
+    """A JSON-safe summary of a :func:`location_skill_samples` result (no per-location arrays):
+    ``min_days``, ``n_locations``, ``n_qualified``, ``n_anomaly``, ``n_no_climatology`` and
+    ``{metric: {median, p25, p75, n}}`` (NaN as None)."""
+    out = {k: int(skill[k]) for k in ("min_days", "n_locations", "n_qualified", "n_anomaly", "n_no_climatology")}
+    for k, q in skill["summary"].items():
+        out[k] = {s: (int(v) if s == "n" else _json_num(v)) for s, v in q.items()}
+    return out
+
+
+def describe_location_skill(skill):
+    """One line: median [IQR] per-location CC, anomaly CC, bias and ubRMSE, and the counts."""
+    s = skill["summary"]
+
+    def q(k, fmt):
+        if not s[k]["n"]:
+            return "undefined"
+        return f"{s[k]['median']:{fmt}} (IQR {s[k]['p25']:{fmt}}..{s[k]['p75']:{fmt}})"
+
+    text = (f"median per-location CC {q('cc', '.3f')} over {skill['n_qualified']} of {skill['n_locations']} "
+            f"locations with >= {skill['min_days']} days")
+    if skill.get("has_climatology", True):
+        text += f"; anomaly CC {q('anomaly_cc', '.3f')} over {skill['n_anomaly']}"
+        if skill["n_no_climatology"]:
+            text += f" ({skill['n_no_climatology']} without a training climatology)"
+    text += f"; bias {q('bias', '+.4f')}; ubRMSE {q('ubrmse', '.4f')}"
+    return text

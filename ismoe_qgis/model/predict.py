@@ -82,7 +82,7 @@ def subgrid(grid: rasters.Grid, extent) -> rasters.Grid:
 def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, extent=None, grid=None,
                    start=None, step_days: int = 1, date_from=None, date_to=None, tile_size: int = 128,
                    time_chunk: int = 64, device: str = "auto", amp: bool = True, cog: bool = False,
-                   resampling: str = "auto", callbacks: Callbacks = None) -> dict:
+                   resampling: str = "auto", threads: int = 0, callbacks: Callbacks = None) -> dict:
     """Run a trained model over the layers (one per model variable) and write a prediction folder.
 
     The grid is `grid`, else the first variable's layer grid, clipped to `extent`. Output dates are
@@ -90,6 +90,8 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
     """
     cb = ensure(callbacks)
     dev = resolve_device(device, cb.log)
+    from ..threads import apply_threads
+    apply_threads(threads, dev.type, cb.log)
     model, cfg, info = load_model(model_path, dev)
     if amp and autocast_dtype(dev, True) is not None and (info or {}).get("amp_ok") is False:
         cb.log("this model failed its autocast check in training (autocast changed its validation CC by more "

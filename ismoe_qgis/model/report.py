@@ -31,16 +31,37 @@ key                    value
 ``title``              optional str, page title
 ``units``              optional str, SM units for axis labels (default ``m³/m³``)
 ``notes``              optional list of str shown under the title (model files, split, ...)
+``climatology``        optional (T, N) float: the observed day-of-year climatology of the
+                       training period on these dates (``metrics.doy_climatology``), removed from
+                       the observation for the anomaly CC. Absent: the anomaly CC is undefined
+``estimate_climatology`` optional ``{name: (T, N) float}``: each estimate's own training
+                       climatology on these dates, removed from it for the anomaly CC. An
+                       estimate without one has no anomaly CC (removing the observed climatology
+                       from it too would inflate the CC by the shared term)
+``climatology_note``   optional str: where the climatology comes from (shown in the report)
+``min_location_days``  optional int (default ``metrics.MIN_LOCATION_DAYS`` = 30): the fewest
+                       scored days that put a location into the per-location summary
+``location_xy``        optional (N, 2) map coordinates of the locations (pixel centres); with
+                       it the report draws a map of the per-location CC
+``location_kind``      optional ``"stations"`` or ``"grid"``; ``location_crs`` optional label
+``location_grid``      optional ``{"rows", "cols", "transform"}`` (GDAL geotransform) of a grid
+                       target: its CC map is drawn as a raster
 =====================  ========================================================================
 
 Outputs
 -------
 ``metrics.csv`` / ``metrics.json`` rows: ``model, group_kind, group, cc, rmse, ubrmse, bias,
-kge, n`` with ``group_kind`` in ``overall`` (group ``all``), ``location``, ``region``,
-``season`` (DJF/MAM/JJA/SON), model-major in that kind order. NaN is written as an empty
-CSV field and as JSON ``null``. ``metrics.json`` is an object with ``rows`` plus metadata
-(models, references, period, location ids, same_samples, metric definitions).
-``report.html``: tables, plots (embedded base64 PNG) and a short explanation of the metrics.
+kge, anomaly_cc, n`` with ``group_kind`` in ``overall`` (group ``all``), ``per_location``
+(groups ``median``, ``p25``, ``p75``: that statistic of each metric over the locations with at
+least ``min_location_days`` scored days; ``n`` = the number of such locations), ``location``,
+``region``, ``season`` (DJF/MAM/JJA/SON), model-major in that kind order. ``anomaly_cc`` of
+a group is the CC of the anomalies (climatology removed) pooled over the group's samples. NaN
+is written as an empty CSV field and as JSON ``null``. ``metrics.json`` is an object with
+``rows`` plus metadata (models, references, period, location ids, same_samples, metric
+definitions, ``location_skill``: the per-location summary of every model and product).
+``location_skill.csv``: one row per model/product and location (``LOCATION_CSV_COLUMNS``).
+``report.html``: led by the per-location skill table and map, then the pooled tables, plots
+(embedded base64 PNG) and a short explanation of the metrics.
 """
 import base64
 import csv
@@ -51,25 +72,40 @@ import os
 
 import numpy as np
 
-from .metrics import METRIC_NAMES, SEASONS, grouped_metrics, season_of
+from .metrics import (HEADLINE_METRICS, METRIC_NAMES, MIN_LOCATION_DAYS, SEASONS,
+                      describe_location_skill, grouped_metrics, location_skill_summary, per_location_skill,
+                      season_of)
 
 __all__ = [
     "CSV_COLUMNS",
     "GROUP_KINDS",
     "evaluation_rows",
+    "location_skill_of",
+    "write_location_csv",
     "write_evaluation",
     "write_metrics_csv",
     "write_metrics_json",
     "read_importance",
 ]
 
-CSV_COLUMNS = ("model", "group_kind", "group") + METRIC_NAMES + ("n",)
-GROUP_KINDS = ("overall", "location", "region", "season")
+CSV_COLUMNS = ("model", "group_kind", "group") + METRIC_NAMES + ("anomaly_cc", "n")
+GROUP_KINDS = ("overall", "per_location", "location", "region", "season")
+LOCATION_CSV_COLUMNS = ("model", "location", "x", "y", "n_days", "qualified", "cc", "anomaly_cc",
+                        "n_anomaly_days", "bias", "ubrmse", "rmse", "kge")
+# metrics in the HTML tables, in column order
+_SHOWN = ("cc", "anomaly_cc", "rmse", "ubrmse", "bias", "kge")
+_FLOAT_COLUMNS = METRIC_NAMES + ("anomaly_cc",)
 
-METRIC_LABELS = {"cc": "CC", "rmse": "RMSE", "ubrmse": "ubRMSE", "bias": "bias", "kge": "KGE", "n": "n"}
+METRIC_LABELS = {"cc": "CC", "rmse": "RMSE", "ubrmse": "ubRMSE", "bias": "bias", "kge": "KGE", "n": "n",
+                 "anomaly_cc": "anomaly CC"}
 METRIC_TEXT = {
     "cc": "Pearson correlation coefficient r between estimate and observation (1 is best): "
-          "does the estimate follow the observed ups and downs?",
+          "does the estimate follow the observed ups and downs? Pooled over many locations it "
+          "mostly rewards each location's mean level; per location (over time) it is the skill.",
+    "anomaly_cc": "CC of the anomalies: each series (observation, estimate) minus its own day-of-year "
+                  "climatology of the training period at that location (15-day window), 1 is best: "
+                  "does the estimate follow the departures from the normal seasonal cycle? A pure "
+                  "climatology has no anomaly CC (its anomalies are 0).",
     "rmse": "root-mean-square error sqrt(mean((est − obs)²)), in SM units (0 is best).",
     "ubrmse": "unbiased RMSE sqrt(RMSE² − bias²): the error left once the mean offset is removed "
               "(Entekhabi et al. 2010); the usual accuracy target of satellite SM products.",
@@ -79,6 +115,7 @@ METRIC_TEXT = {
            "1 − √2 ≈ −0.41 an estimate does worse than the observed mean, Knoben et al. 2019).",
     "n": "number of paired samples (dates × locations where obs and estimate are both valid).",
 }
+_ABOUT = ("cc", "anomaly_cc", "rmse", "ubrmse", "bias", "kge", "n")
 _MAX_HTML_LOCATIONS = 100   # location rows shown in the HTML table (the CSV has all)
 _MAX_SCATTER_POINTS = 20000  # per model, deterministic subsample
 _N_SERIES = 4               # locations drawn as time series
@@ -147,6 +184,42 @@ class _Eval:
         self.units = str(results.get("units") or "m³/m³")
         self.notes = [str(n) for n in (results.get("notes") or [])]
         self.importance = results.get("seasonal_importance")
+        clim = results.get("climatology")
+        if clim is not None:
+            clim = np.asarray(clim, dtype=np.float64)
+            if clim.ndim == 1:
+                clim = clim[:, None]
+            if clim.shape != obs.shape:
+                raise ValueError(f"results['climatology'] has shape {clim.shape}, obs has {obs.shape}")
+            if not np.isfinite(clim).any():
+                clim = None
+        self.climatology = clim
+        self.est_climatology = {}
+        for name, c in (results.get("estimate_climatology") or {}).items():
+            if str(name) not in self.estimates or c is None:
+                continue
+            c = np.asarray(c, dtype=np.float64)
+            if c.ndim == 1:
+                c = c[:, None]
+            if c.shape != obs.shape:
+                raise ValueError(f"results['estimate_climatology'][{name!r}] has shape {c.shape}, obs has "
+                                 f"{obs.shape}")
+            self.est_climatology[str(name)] = c
+        self.climatology_note = str(results.get("climatology_note") or "")
+        md = results.get("min_location_days")
+        self.min_days = MIN_LOCATION_DAYS if md is None else int(md)
+        if self.min_days < 1:
+            raise ValueError(f"min_location_days must be >= 1, got {self.min_days}")
+        xy = results.get("location_xy")
+        if xy is not None:
+            xy = np.asarray(xy, dtype=np.float64)
+            if xy.shape != (N, 2):
+                raise ValueError(f"results['location_xy'] must be (N, 2) = ({N}, 2), got {xy.shape}")
+        self.location_xy = xy
+        self.location_kind = str(results.get("location_kind") or "")
+        self.location_crs = str(results.get("location_crs") or "")
+        self.location_grid = results.get("location_grid")
+        self._skill = None
 
         obs_ok = np.isfinite(obs)
         if not obs_ok.any():
@@ -175,6 +248,27 @@ class _Eval:
             return self._obs_common, est
         return self.obs, est
 
+    def location_skill(self):
+        """{name: per-location skill dict} (``metrics.per_location_skill`` on the scored samples)."""
+        if self._skill is None:
+            self._skill = {}
+            for name in self.estimates:
+                obs, est = self.scored(name)
+                clim, est_clim = self.anomaly_climatologies(name)
+                if clim is None:   # no anomaly CC for this estimate
+                    self._skill[name] = per_location_skill(obs, est, min_days=self.min_days)
+                    self._skill[name]["has_climatology"] = self.climatology is not None
+                else:
+                    self._skill[name] = per_location_skill(obs, est, min_days=self.min_days, climatology=clim,
+                                                           est_climatology=est_clim)
+        return self._skill
+
+    def anomaly_climatologies(self, name):
+        """(observed climatology, the estimate's own) for the anomaly CC, or (None, None)."""
+        if self.climatology is None or name not in self.est_climatology:
+            return None, None
+        return self.climatology, self.est_climatology[name]
+
     def groups(self):
         g = {"location": np.asarray(self.location_ids, dtype=object)}
         if self.regions is not None:
@@ -186,16 +280,43 @@ class _Eval:
 def _rows(ev):
     rows = []
     groups = ev.groups()
+    skills = ev.location_skill()
     for name in ev.estimates:
         obs, est = ev.scored(name)
-        for r in grouped_metrics(obs, est, groups, overall=True):
-            rows.append({"model": name, **r})
+        grows = grouped_metrics(obs, est, groups, overall=True)
+        clim, est_clim = ev.anomaly_climatologies(name)
+        if clim is not None:
+            arows = grouped_metrics(obs - clim, est - est_clim, groups, overall=True)
+            for r, a in zip(grows, arows):
+                r["anomaly_cc"] = a["cc"]
+        else:
+            for r in grows:
+                r["anomaly_cc"] = float("nan")
+        rows.append({"model": name, **grows[0]})
+        sk = skills[name]
+        for stat in ("median", "p25", "p75"):
+            r = {"model": name, "group_kind": "per_location", "group": stat}
+            for k in _FLOAT_COLUMNS:
+                r[k] = sk["summary"][k][stat]
+            r["n"] = int(sk["n_qualified"])
+            rows.append(r)
+        rows.extend({"model": name, **r} for r in grows[1:])
     return rows
 
 
 def evaluation_rows(results):
     """Metric rows (dicts with ``CSV_COLUMNS`` keys) for a ``results`` dict, without writing."""
     return _rows(_Eval(results))
+
+
+def location_skill_of(results):
+    """{name: per-location skill} of every estimate of a ``results`` dict (same samples as the
+    rows): the dicts of ``metrics.location_skill_samples``, with ``location_ids`` added."""
+    ev = _Eval(results)
+    out = {}
+    for name, sk in ev.location_skill().items():
+        out[name] = {**sk, "location_ids": list(ev.location_ids)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,8 +339,8 @@ def write_metrics_csv(path, rows):
             out = []
             for c in CSV_COLUMNS:
                 v = r.get(c)
-                if c in METRIC_NAMES:
-                    v = _num(v)
+                if c in _FLOAT_COLUMNS:
+                    v = _num(float("nan") if v is None else v)
                     out.append("" if v is None else repr(v))
                 else:
                     out.append("" if v is None else str(v))
@@ -232,7 +353,7 @@ def write_metrics_json(path, rows, meta=None):
     doc = dict(meta or {})
     doc["columns"] = list(CSV_COLUMNS)
     doc["rows"] = [
-        {c: (_num(r.get(c)) if c in METRIC_NAMES or c == "n" else r.get(c)) for c in CSV_COLUMNS}
+        {c: (_num(r.get(c, float("nan"))) if c in _FLOAT_COLUMNS or c == "n" else r.get(c)) for c in CSV_COLUMNS}
         for r in rows
     ]
     with open(path, "w", encoding="utf-8") as f:
@@ -240,7 +361,31 @@ def write_metrics_json(path, rows, meta=None):
     return str(path)
 
 
+def write_location_csv(path, skills, location_ids, location_xy=None):
+    """Write per-location skill (``LOCATION_CSV_COLUMNS``): one row per estimate and location.
+
+    ``skills``: {name: ``metrics.location_skill_samples`` dict}; ``location_xy``: optional (N, 2)
+    map coordinates. Metrics are empty where a location has fewer than ``min_days`` days
+    (``qualified`` = 0) or the metric is undefined.
+    """
+    def num(v):
+        v = _num(v)
+        return "" if v is None else repr(v)
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(LOCATION_CSV_COLUMNS)
+        for name, sk in skills.items():
+            for j, loc in enumerate(location_ids):
+                x, y = (location_xy[j] if location_xy is not None else (np.nan, np.nan))
+                w.writerow([name, loc, num(x), num(y), int(sk["n_days"][j]), int(bool(sk["qualified"][j])),
+                            num(sk["cc"][j]), num(sk["anomaly_cc"][j]), int(sk["n_anomaly_days"][j]),
+                            num(sk["bias"][j]), num(sk["ubrmse"][j]), num(sk["rmse"][j]), num(sk["kge"][j])])
+    return str(path)
+
+
 def _meta(ev):
+    skills = ev.location_skill()
     return {
         "version": 1,
         "title": ev.title,
@@ -252,7 +397,15 @@ def _meta(ev):
         "n_locations": int(len(ev.location_ids)),
         "location_ids": list(ev.location_ids),
         "units": ev.units,
-        "metric_definitions": {METRIC_LABELS[k]: METRIC_TEXT[k] for k in METRIC_NAMES + ("n",)},
+        "metric_definitions": {METRIC_LABELS[k]: METRIC_TEXT[k] for k in _ABOUT},
+        "location_skill": {
+            "min_days": ev.min_days,
+            "climatology": ev.climatology_note or (None if ev.climatology is None else "given"),
+            "definition": "per location over time, on the scored samples; summary = median and 25th/75th "
+                          "percentile over the locations with at least min_days scored days (anomaly CC: "
+                          "with at least min_days days where the climatology is defined)",
+            "estimates": {name: location_skill_summary(sk) for name, sk in skills.items()},
+        },
     }
 
 
@@ -449,6 +602,88 @@ def _fig_group_metrics(ev, colors, rows, kind, groups):
     return fig
 
 
+_MAX_MAP_PANELS = 9
+_MAX_MAP_PIXELS = 4_000_000
+
+
+def _grid_image(ev, values):
+    """(image (h, w), extent) of per-location values on a north-up grid target, else None."""
+    g = ev.location_grid
+    if not isinstance(g, dict):
+        return None
+    try:
+        rows = np.asarray(g["rows"], dtype=np.int64)
+        cols = np.asarray(g["cols"], dtype=np.int64)
+        t = [float(v) for v in g["transform"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(t) != 6 or t[2] != 0 or t[4] != 0 or len(rows) != len(values):
+        return None
+    r0, c0 = rows.min(), cols.min()
+    h, w = int(rows.max() - r0 + 1), int(cols.max() - c0 + 1)
+    if h * w > _MAX_MAP_PIXELS:
+        return None
+    img = np.full((h, w), np.nan)
+    img[rows - r0, cols - c0] = values
+    x_left, x_right = t[0] + c0 * t[1], t[0] + (c0 + w) * t[1]
+    y_top, y_bottom = t[3] + r0 * t[5], t[3] + (r0 + h) * t[5]
+    return img, (x_left, x_right, y_bottom, y_top)
+
+
+def _fig_location_map(ev, skills):
+    """The per-location CC of every estimate on a map: stations as coloured dots (grey rings: too
+    few days), grid targets as a CC raster."""
+    if ev.location_xy is None:
+        return None
+    from matplotlib import colormaps
+    names = list(skills)[:_MAX_MAP_PANELS]
+    xy = ev.location_xy
+    ok_xy = np.isfinite(xy).all(axis=1)
+    if not ok_xy.any():
+        return None
+    ncol = min(3, len(names))
+    nrow = int(np.ceil(len(names) / ncol))
+    fig = _figure(3.8 * ncol + 1.2, 3.4 * nrow + 0.4)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    cmap = colormaps["RdYlBu"]
+    many = len(xy) > 200
+    mappable = None
+    for ax, name in zip(axes, names):
+        cc = np.asarray(skills[name]["cc"], dtype=np.float64)
+        grid = _grid_image(ev, cc) if ev.location_kind == "grid" else None
+        if grid is not None:
+            img, extent = grid
+            mappable = ax.imshow(img, extent=extent, origin="upper", cmap=cmap, vmin=-1, vmax=1,
+                                 interpolation="nearest")
+        else:
+            has = ok_xy & np.isfinite(cc)
+            mappable = ax.scatter(xy[has, 0], xy[has, 1], c=cc[has], cmap=cmap, vmin=-1, vmax=1,
+                                  s=10 if many else 60, edgecolors="none" if many else "black",
+                                  linewidths=0.4, zorder=3)
+            none = ok_xy & ~np.isfinite(cc)
+            if none.any():
+                ax.scatter(xy[none, 0], xy[none, 1], facecolors="none", edgecolors="grey",
+                           s=10 if many else 60, linewidths=0.8, zorder=2)
+            if not many:
+                for j in np.nonzero(ok_xy)[0]:
+                    ax.annotate(ev.location_ids[j], (xy[j, 0], xy[j, 1]), fontsize=6,
+                                xytext=(3, 3), textcoords="offset points", color="#333")
+        kind = " (reference)" if name in ev.references else ""
+        med = skills[name]["summary"]["cc"]["median"]
+        ax.set_title(f"{name}{kind}: median CC {_fmt('cc', med)}", fontsize=9)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    if mappable is not None:
+        cb = fig.colorbar(mappable, ax=list(axes[:len(names)]), shrink=0.8)
+        cb.set_label("per-location CC (over time)", fontsize=8)
+    if ev.location_crs:
+        fig.suptitle(f"coordinates: {ev.location_crs}", fontsize=8)
+    return fig
+
+
 def _fig_importance(imp):
     """Monthly mean routing weight per factor, one panel per region."""
     monthly = [r for r in imp if r["period_kind"].startswith("month")]
@@ -520,18 +755,18 @@ def _fmt(metric, v):
     v = float(v)
     if not np.isfinite(v):
         return "–"
-    return f"{v:.3f}" if metric in ("cc", "kge") else f"{v:.4f}"
+    return f"{v:.3f}" if metric in ("cc", "kge", "anomaly_cc") else f"{v:.4f}"
 
 
-def _best(rows):
+def _best(rows, metrics=_SHOWN):
     """{metric: best value} over a set of rows of one group."""
     best = {}
-    for m in METRIC_NAMES:
-        vals = np.array([r[m] for r in rows], dtype=float)
+    for m in metrics:
+        vals = np.array([r.get(m, np.nan) for r in rows], dtype=float)
         vals = vals[np.isfinite(vals)]
         if len(rows) < 2 or not vals.size:
             continue
-        if m in ("cc", "kge"):
+        if m in ("cc", "kge", "anomaly_cc"):
             best[m] = vals.max()
         elif m == "bias":
             best[m] = np.abs(vals).min()
@@ -547,7 +782,7 @@ def _table(ev, rows, kind, group_label, limit=None):
             groups.append(r["group"])
     shown = groups if limit is None else groups[:limit]
     e = html.escape
-    head = "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in METRIC_NAMES + ("n",))
+    head = "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in _SHOWN + ("n",))
     gl = f'<th class="l">{e(group_label)}</th>' if group_label else ""
     out = [f'<table><tr>{gl}<th class="l">model / product</th>{head}</tr>']
     for g in shown:
@@ -561,8 +796,8 @@ def _table(ev, rows, kind, group_label, limit=None):
                 cells.append(f'<td class="l">{e(g)}</td>' if i == 0 else '<td class="l"></td>')
             label = e(r["model"]) + (" (reference)" if ref else "")
             cells.append(f'<td class="l">{label}</td>')
-            for m in METRIC_NAMES:
-                v = r[m]
+            for m in _SHOWN:
+                v = r.get(m, np.nan)
                 b = m in best and np.isfinite(v) and np.isclose(
                     abs(v) if m == "bias" else v, best[m], rtol=0, atol=1e-12)
                 cells.append(f'<td{" class=best" if b else ""}>{_fmt(m, v)}</td>')
@@ -572,6 +807,74 @@ def _table(ev, rows, kind, group_label, limit=None):
     if limit is not None and len(groups) > limit:
         out.append(f'<p class="note">First {limit} of {len(groups)} shown; metrics.csv has all.</p>')
     return "\n".join(out)
+
+
+def _location_html(ev, images):
+    """The headline: per-location skill (median and IQR over locations) of every estimate, and
+    the CC map."""
+    e = html.escape
+    skills = ev.location_skill()
+    N = len(ev.location_ids)
+    first = next(iter(skills.values()))
+    parts = ['<h2 id="per-location">Per-location skill (headline)</h2>',
+             f"<p>Each location's series is scored over time; the table gives the median and the "
+             f"interquartile range (25th–75th percentile) over the {first['n_qualified']} of {N} locations "
+             f"with at least {ev.min_days} scored days. This is the skill to judge: a CC pooled over "
+             "all locations (the table further down) mostly rewards getting each location's mean level "
+             "right. Anomaly CC first removes from each series (observation and estimate) its own "
+             "day-of-year climatology of the training period"
+             + (f" ({e(ev.climatology_note)})" if ev.climatology_note else "")
+             + ": it asks whether the estimate follows the departures from the normal seasonal cycle.</p>"]
+    head = "".join(f"<th>{METRIC_LABELS[m]} median</th><th>{METRIC_LABELS[m]} IQR</th>"
+                   + ("<th>anomaly locations</th>" if m == "anomaly_cc" else "") for m in HEADLINE_METRICS)
+    out = [f'<table class="headline"><tr><th class="l">model / product</th><th>locations</th>{head}</tr>']
+    rows = [{"model": name, **{m: sk["summary"][m]["median"] for m in HEADLINE_METRICS}}
+            for name, sk in skills.items()]
+    best = _best(rows, HEADLINE_METRICS)
+    for r in rows:
+        name = r["model"]
+        sk = skills[name]
+        ref = name in ev.references
+        cells = [f'<td class="l">{e(name) + (" (reference)" if ref else "")}</td>',
+                 f"<td>{sk['n_qualified']} / {N}</td>"]
+        for m in HEADLINE_METRICS:
+            q = sk["summary"][m]
+            v = q["median"]
+            b = m in best and np.isfinite(v) and np.isclose(abs(v) if m == "bias" else v, best[m],
+                                                            rtol=0, atol=1e-12)
+            iqr = "–" if not q["n"] else f"{_fmt(m, q['p25'])} … {_fmt(m, q['p75'])}"
+            cells.append(f'<td{" class=best" if b else ""}>{_fmt(m, v)}</td><td>{iqr}</td>')
+            if m == "anomaly_cc":
+                cells.append(f"<td>{sk['n_anomaly']}</td>")
+        out.append(f'<tr{" class=ref" if ref else ""}>{"".join(cells)}</tr>')
+    out.append("</table>")
+    parts.append("\n".join(out))
+    counts = []
+    if ev.climatology is None:
+        counts.append("Anomaly CC is undefined: no training climatology of the observations was given.")
+    else:
+        counts.append("Anomaly CC: each series minus its own day-of-year climatology of the training period "
+                      "(the observation's and the estimate's), at the 'anomaly locations': those with at least "
+                      f"{ev.min_days} scored days where both climatologies are defined.")
+        for name, sk in skills.items():
+            if name == "climatology" or not sk["n_no_climatology"]:
+                continue
+            counts.append(f"{name}: {sk['n_no_climatology']} of {sk['n_qualified']} location(s) without "
+                          + ("an own training climatology" if name not in ev.est_climatology
+                             else f"{ev.min_days} days of defined training climatologies") + " are left out.")
+    few = N - first["n_qualified"]
+    if few:
+        counts.append(f"{few} location(s) have fewer than {ev.min_days} scored days and are not in the "
+                      "summary (location_skill.csv lists every location with its number of days).")
+    counts.append("Bold: best median. Bias: median of the per-location mean(est) − mean(obs); "
+                  "ubRMSE per location: sqrt(RMSE² − bias²) of that location.")
+    parts.append(f'<p class="note">{e(" ".join(counts))}</p>')
+    if images.get("location_map"):
+        parts.append("<p>Per-location CC (over time) of each estimate"
+                     + (" at the station positions (grey rings: too few days)." if ev.location_kind != "grid"
+                        else ".") + "</p>")
+        parts.append(f'<img alt="map of the per-location CC" src="{images["location_map"]}">')
+    return "\n".join(parts)
 
 
 def _importance_html(imp, images, notes):
@@ -640,7 +943,12 @@ def _html(ev, rows, images, imp, notes):
     for n in ev.notes:
         p.append(f'<p class="note">{e(n)}</p>')
 
-    p.append("<h2>Overall</h2>")
+    p.append(_location_html(ev, images))
+    p.append('<h2 id="pooled">Overall, pooled over all samples</h2>')
+    p.append("<p>Every scored sample (date × location) in one set. With several locations this CC "
+             "mostly measures whether the estimate ranks the locations' mean levels right; see the "
+             "per-location skill above for the skill over time. The anomaly CC column pools the "
+             "anomalies (climatology removed).</p>")
     p.append(_table(ev, rows, "overall", None))
     p.append('<p class="note">Bold: best value in the group (highest CC/KGE, lowest RMSE/ubRMSE, '
              "smallest |bias|).</p>")
@@ -668,7 +976,7 @@ def _html(ev, rows, images, imp, notes):
     if imp is not None:
         p.append(_importance_html(imp, images, notes))
     p.append("<h2>About the metrics</h2><dl>")
-    for m in METRIC_NAMES + ("n",):
+    for m in _ABOUT:
         p.append(f"<dt>{METRIC_LABELS[m]}</dt><dd>{e(METRIC_TEXT[m])}</dd>")
     p.append("</dl><p>Seasons are meteorological: DJF (December–February), MAM, JJA, SON; "
              "December counts with the following January and February. Fewer than 3 samples, "
@@ -685,25 +993,27 @@ def _html(ev, rows, images, imp, notes):
 # entry point
 # ---------------------------------------------------------------------------------------------
 def _out_paths(out):
+    keys = ("csv", "json", "html", "location_csv")
     if isinstance(out, dict):
-        unknown = set(out) - {"csv", "json", "html"}
+        unknown = set(out) - set(keys)
         if unknown:
-            raise ValueError(f"unknown output keys {sorted(unknown)} (use csv, json, html)")
-        return {k: (os.fspath(out[k]) if out.get(k) else None) for k in ("csv", "json", "html")}
+            raise ValueError(f"unknown output keys {sorted(unknown)} (use {', '.join(keys)})")
+        return {k: (os.fspath(out[k]) if out.get(k) else None) for k in keys}
     d = os.fspath(out)
     return {"csv": os.path.join(d, "metrics.csv"), "json": os.path.join(d, "metrics.json"),
-            "html": os.path.join(d, "report.html")}
+            "html": os.path.join(d, "report.html"), "location_csv": os.path.join(d, "location_skill.csv")}
 
 
 def write_evaluation(out, results, callbacks=None):
     """Score every estimate in ``results`` and write the metrics and the HTML report.
 
-    ``out``: a folder (created if needed) that receives ``metrics.csv``, ``metrics.json`` and
-    ``report.html``; or a dict ``{"csv": path, "json": path, "html": path}`` where a missing or
-    None entry is not written. ``results``: see the module docstring. ``callbacks``: optional
+    ``out``: a folder (created if needed) that receives ``metrics.csv``, ``metrics.json``,
+    ``report.html`` and ``location_skill.csv``; or a dict ``{"csv": path, "json": path, "html":
+    path, "location_csv": path}`` where a missing or None entry is not written. ``results``: see the module docstring. ``callbacks``: optional
     ``ismoe_qgis.core_callbacks.Callbacks`` (progress, log, cancel).
 
-    Returns ``{"csv": path|None, "json": path|None, "html": path|None, "rows": [row dicts]}``.
+    Returns ``{"csv": path|None, "json": path|None, "html": path|None, "location_csv": path|None,
+    "rows": [row dicts], "location_skill": {name: per-location skill dict}}``.
     Raises ``ValueError`` on inconsistent input (shapes, no overlap between obs and an
     estimate); a figure that fails to draw is logged and noted in the page instead.
     """
@@ -715,6 +1025,9 @@ def write_evaluation(out, results, callbacks=None):
     cb.log(f"evaluating {len(ev.estimates)} estimates at {len(ev.location_ids)} locations, "
            f"{len(ev.dates)} dates")
     rows = _rows(ev)
+    skills = ev.location_skill()
+    for name, sk in skills.items():
+        cb.log(f"{name}: {describe_location_skill(sk)}")
     cb.progress(0.2)
     cb.check_cancel()
     for p in paths.values():
@@ -724,6 +1037,8 @@ def write_evaluation(out, results, callbacks=None):
         write_metrics_csv(paths["csv"], rows)
     if paths["json"]:
         write_metrics_json(paths["json"], rows, _meta(ev))
+    if paths["location_csv"]:
+        write_location_csv(paths["location_csv"], skills, ev.location_ids, ev.location_xy)
     cb.progress(0.3)
     if paths["html"]:
         notes = []
@@ -750,6 +1065,7 @@ def write_evaluation(out, results, callbacks=None):
             if r["group_kind"] == "region" and r["group"] not in regions:
                 regions.append(r["group"])
         jobs = [
+            ("location_map", lambda: _fig_location_map(ev, skills)),
             ("season", lambda: _fig_group_metrics(ev, colors, rows, "season", seasons)),
             ("timeseries", lambda: _fig_timeseries(ev, colors)),
             ("scatter", lambda: _fig_scatter(ev, colors, overall)),
@@ -773,4 +1089,5 @@ def write_evaluation(out, results, callbacks=None):
         with open(paths["html"], "w", encoding="utf-8") as f:
             f.write(_html(ev, rows, images, imp, notes))
     cb.progress(1.0)
-    return {**paths, "rows": rows}
+    skill_out = {name: {**sk, "location_ids": list(ev.location_ids)} for name, sk in skills.items()}
+    return {**paths, "rows": rows, "location_skill": skill_out}

@@ -59,6 +59,8 @@ class TrainConfig:
     # its last supervised_days outputs (sequence-to-sequence: one LSTM pass supervises N days); batch_size
     # counts supervised days (so batch_size // supervised_days sequences per batch)
     supervised_days: int = 32
+    # torch CPU threads: 0 = the CPUs the load average leaves idle (at least 1), see ismoe_qgis/threads.py
+    threads: int = 0
 
 
 SCHEDULES = ("onecycle", "constant")
@@ -331,6 +333,7 @@ def set_contribution_reference(model, sampler: WindowSampler, t_idx, n_idx, rng,
     return ref.tolist()
 
 
+CANCEL_SAMPLES = 512   # training windows for the additive mixture's reference after a cancel
 AMP_CC_TOL = 0.01   # largest change of validation CC that autocast may cause (issue 6)
 
 
@@ -371,14 +374,13 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
     if cfg.consecutive_days < 1:
         raise ValueError(f"CONSECUTIVE_DAYS must be >= 1, got {cfg.consecutive_days}")
-    if cfg.supervised_days < 1:
-        raise ValueError(f"SUPERVISED_DAYS must be >= 1 (the days of each training sequence that carry the loss), "
-                         f"got {cfg.supervised_days}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"LR_SCHEDULE must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
     device = resolve_device(cfg.device, cb.log)
     amp_dtype = autocast_dtype(device, cfg.amp)
     cb.log(f"device: {device}" + (f" (autocast {amp_dtype})" if amp_dtype else ""))
+    from ..threads import apply_threads
+    apply_threads(cfg.threads, device.type, cb.log)
 
     train_m, val_m, test_m = split_masks(cube.dates, cfg.val_start, cfg.test_start)
     periods = {"train": train_m, "val": val_m, "test": test_m}
@@ -409,6 +411,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     run_model = torch.compile(model) if cfg.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     stateful = mcfg.stateful
+    if stateful and cfg.supervised_days < 1:
+        raise ValueError(f"SUPERVISED_DAYS must be >= 1 (the days of each training sequence that carry the loss), "
+                         f"got {cfg.supervised_days}")
     context = mcfg.context_days
     sampler = WindowSampler(cube, device, pad_days=context - (cube.seq_len - 1))
     if stateful:
@@ -468,7 +473,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             tot += float(loss.detach()) * n_valid
             cnt += n_valid
             cb.progress(((epoch - 1) * n_batches + b + 1) / total_steps)
-        if cancelled and cnt == 0:
+        if cancelled:           # the partial epoch is not validated: cancel returns within seconds
+            cb.log("cancelled: keeping the best model so far" if best_state is not None else "cancelled")
             break
         est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
         val_loss = float(np.mean(((est - v_obs) / cube.y_std) ** 2))
@@ -487,9 +493,6 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             save_model(out_path, model, {**info_base, "best_epoch": epoch, "history": history})
         else:
             bad_epochs += 1
-        if cancelled:
-            cb.log("cancelled: keeping the best model so far")
-            break
         if bad_epochs >= cfg.patience:
             cb.log(f"early stop: no validation improvement for {cfg.patience} epochs")
             break
@@ -498,12 +501,23 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise Cancelled("cancelled before the first epoch ended: no model was written")
     model.load_state_dict(best_state)
     if model.mixture == "additive":
-        ref = set_contribution_reference(model, sampler, tr_t, tr_n, rng, cfg.val_samples)
+        # after cancel on a bounded sample, so that cancel returns within seconds (the reference is a mean)
+        ref = set_contribution_reference(model, sampler, tr_t, tr_n, rng,
+                                         min(cfg.val_samples, CANCEL_SAMPLES) if cancelled else cfg.val_samples)
         cb.log("mean contribution per factor where it has signal (training windows, normalised SM units; the "
                "weights are shares of the departures from it): "
                + ", ".join(f"{f} {v:+.3f}" for f, v in zip(model.output_names, ref)))
     result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
               "split": split, "model_type": model_type}
+    if cancelled:
+        best_row = next(r for r in history if r["epoch"] == best_epoch)
+        result["val_cc"], result["val_rmse"] = best_row["val_cc"], best_row["val_rmse"]
+        cb.log(f"cancelled: the model of epoch {best_epoch} is kept (validation CC {best_row['val_cc']:.3f}); the "
+               f"final validation and test scoring are skipped: score it with ismoe:evaluate")
+        save_model(out_path, model, {**info_base, "best_epoch": best_epoch, "history": history, "cancelled": True,
+                                     "val_cc": result["val_cc"], "test_cc": None})
+        cb.progress(1.0)
+        return result
     est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
     if amp_dtype is not None:
         est_fp32, _, _ = predict_samples(model, sampler, vt, vn)
@@ -521,8 +535,10 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         tt, tn = select_samples(rng, te_t, te_n, 50000, stateful)
         est, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=amp_dtype)
         result["test_cc"], result["test_rmse"] = _cc_rmse(cube.y[tt, tn], est)
-        from .metrics import describe_location_skill, location_skill_summary, sample_location_skill
-        loc_skill = sample_location_skill(cube.y, cube.dates, train_m, tt, tn, est)   # per-location test skill
+        from .metrics import describe_location_skill, location_skill_samples, location_skill_summary
+        # per-location test skill (CC over time, bias, ubRMSE; the anomaly CC needs the model's own
+        # training climatology: ismoe:evaluate reports it)
+        loc_skill = location_skill_samples(cube.y[tt, tn], est, tn, cube.y.shape[1])
         result["test_location_skill"] = location_skill_summary(loc_skill)
         result["test_cc_location_median"] = loc_skill["summary"]["cc"]["median"]
         cb.log(f"test: pooled CC {result['test_cc']:.3f}; {describe_location_skill(loc_skill)}")
