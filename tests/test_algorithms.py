@@ -124,6 +124,41 @@ def test_qgis_process_json_train_each_mixture(pipeline, qgis_process):
         assert (m.router is not None) and hasattr(m, "mu") == (name == "scaled")
 
 
+def test_stateful_memory_through_qgis_process_and_predict(pipeline, qgis_process, run_alg, demo_region):
+    """MEMORY=stateful trained by the real qgis_process binary, streamed by ismoe:predict: the model file and
+    prediction.json record the mode and the warm-up; a period without enough warm-up days is warned about
+    with the number of days there were; SPIN_UP < 0 is refused by name, with no model file written."""
+    from ismoe_qgis.model.io import load_model, read_header
+    model = str(pipeline["out"] / "stateful.pt")
+    r = qgis_process.run("ismoe:train", {"DATASET": pipeline["ds"], "MEMORY": 1, "SPIN_UP": 40, "SUPERVISED_DAYS": 8,
+                                         "OUTPUT": model, **FAST_TRAIN})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stateful experts: sequences of 40 spin-up + 8 supervised days" in r.stdout + r.stderr
+    m, cfg, info = load_model(model)
+    assert cfg.stateful and cfg.spin_up == 40 and info["train"]["supervised_days"] == 8
+    assert read_header(model)[0]["format"] == "ismoe-model/2"
+    pred = pipeline["out"] / "pred_stateful"
+    res, fb = run_alg("ismoe:predict", {"MODEL_FILE": model, "FACTORS": pipeline["layers"],
+                                        "DATE_FROM": "2018-12-01", "TILE_SIZE": 16, "OUTPUT": str(pred)})
+    man = json.loads((pred / "prediction.json").read_text())
+    assert man["dates"][0] == "2018-12-01" and man["memory"]["mode"] == "stateful"
+    assert man["memory"]["warmup_days_available"] == 40 and man["memory"]["short_warmup_dates"] is None
+    assert "stateful model: 40 warm-up days" in fb.text
+    pred2 = pipeline["out"] / "pred_stateful_short"
+    res, fb = run_alg("ismoe:predict", {"MODEL_FILE": model, "FACTORS": pipeline["layers"],
+                                        "DATE_FROM": "2017-01-20", "DATE_TO": "2017-03-31", "TILE_SIZE": 16,
+                                        "OUTPUT": str(pred2)})
+    man = json.loads((pred2 / "prediction.json").read_text())
+    assert man["dates"][0] == "2017-01-20" and man["memory"]["warmup_days_available"] == 19
+    assert man["memory"]["short_warmup_dates"] == ["2017-01-20", "2017-02-09"]
+    assert "asks for 40 warm-up days" in fb.text and "the layers have 19" in fb.text
+    bad = pipeline["out"] / "bad_spin.pt"
+    r = qgis_process.run("ismoe:train", {"DATASET": pipeline["ds"], "MEMORY": 1, "SPIN_UP": -1, "OUTPUT": str(bad),
+                                         **FAST_TRAIN})
+    assert r.returncode != 0 and "SPIN_UP must be >= 0" in r.stdout + r.stderr
+    assert not bad.exists()
+
+
 def test_model_builder_chain(demo_region, qgis_process, qgis_app, tmp_path, repo_root):
     """The shipped .model3 (scripts/make_model3.py) loads, validates and chains
     prepare -> train -> predict headless through the real qgis_process binary.
