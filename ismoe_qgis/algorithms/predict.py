@@ -20,6 +20,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
     MODEL_FILE, FACTORS, EXTENT, REFERENCE = "MODEL_FILE", "FACTORS", "EXTENT", "REFERENCE"
     START_DATE, STEP_DAYS, DATE_FROM, DATE_TO = "START_DATE", "STEP_DAYS", "DATE_FROM", "DATE_TO"
     TILE_SIZE, DEVICE, COG, OUTPUT = "TILE_SIZE", "DEVICE", "COG", "OUTPUT"
+    LOAD_OUTPUTS = "LOAD_OUTPUTS"
 
     def name(self):
         return "predict"
@@ -31,7 +32,10 @@ class PredictAlgorithm(IsmoeAlgorithm):
         return self.tr(
             "Runs a trained model over factor raster layers, tile by tile (bounded memory), and writes into the "
             "OUTPUT folder: sm.tif (daily soil moisture, one band per date, band descriptions = ISO dates), "
-            "weight_<factor>.tif (the routing weight of each factor's expert, same bands) and prediction.json. "
+            "weight_<factor>.tif (the routing weight of each factor's expert, same bands), dominant_factor.tif "
+            "(the top-weighted factor per pixel and date, 1..E in prediction.json's factor order, 0 = nodata) and "
+            "prediction.json. Band metadata: DATE=YYYY-MM-DD, unit m3 m-3 on sm.tif; beside each raster a "
+            "<name>.qml style that QGIS applies when the file is opened by hand. "
             "The dock widget and ismoe:seasonalimportance read this folder.\n\n"
             "MODEL_FILE: a model from ismoe:train.\n"
             "FACTORS: one raster layer per variable the model was trained on, with the same layer names "
@@ -44,6 +48,10 @@ class PredictAlgorithm(IsmoeAlgorithm):
             "days before it as input.\n"
             "TILE_SIZE: pixels per tile side (memory grows with it). DEVICE: auto/cuda/cpu. "
             "COG: write Cloud Optimized GeoTIFFs.\n"
+            "LOAD_OUTPUTS: add the outputs to the project when the run ends: SM styled dry-to-wet showing the last "
+            "date, the dominant factor in the dock's factor colours, the weights on a 0-1 ramp, all steppable "
+            "with the Temporal Controller (QGIS < 3.38: SM and the dominant factor as groups of one layer per "
+            "date, VRT views in by_date/).\n"
             "OUTPUT: the prediction folder. Outputs are written to a temporary folder and moved in at the end: "
             "a cancelled or failed run leaves nothing behind.")
 
@@ -64,6 +72,9 @@ class PredictAlgorithm(IsmoeAlgorithm):
         self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
             self.COG, self.tr("Cloud Optimized GeoTIFF"), False), PARAM_FLAG_ADVANCED))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Prediction folder")))
+        # optional: a Model Builder model saved before this parameter existed stays valid (default: on)
+        self.addParameter(optional(QgsProcessingParameterBoolean(
+            self.LOAD_OUTPUTS, self.tr("Add the outputs to the project (styled, time-navigable)"), True)))
         self.addOutput(QgsProcessingOutputRasterLayer("SM", self.tr("Soil moisture")))
         self.addOutput(QgsProcessingOutputNumber("N_DATES", self.tr("Output dates")))
 
@@ -107,4 +118,8 @@ class PredictAlgorithm(IsmoeAlgorithm):
             cog=self.parameterAsBoolean(p, self.COG, context), callbacks=self.callbacks(feedback))
         sm = os.path.join(out, man["sm"])
         feedback.pushInfo(f"wrote {sm} and {len(man['weights'])} weight rasters ({len(man['dates'])} dates)")
+        from .layers import queue_prediction_layers, write_sidecar_styles
+        write_sidecar_styles(out, man, feedback)        # <name>.qml beside each raster: styled when opened by hand
+        if self.parameterAsBoolean(p, self.LOAD_OUTPUTS, context):
+            self.run_core(queue_prediction_layers, context, out, man, feedback)
         return {self.OUTPUT: out, "SM": sm, "N_DATES": len(man["dates"])}

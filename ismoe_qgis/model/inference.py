@@ -103,8 +103,9 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
 
     sm = torch.empty(T, P, device=xt.device) if outputs else None
     wts = torch.empty(E, T, P, device=xt.device) if outputs else None
-    # a stateful model steps T days per pixel chunk: its chunk is counted in windows of one day
-    px_chunk = max(1, chunk_windows // (1 if stateful else T))
+    # a stateful model steps through the T days of a chunk of pixels: a quarter of chunk_windows pixels keeps a
+    # step's gates in cache on a CPU (measured 256 against 1024 pixels: 0.79 against 0.91 s per 32 x 32 x 64 tile)
+    px_chunk = max(1, chunk_windows // (4 if stateful else T))
     for p0 in range(0, P, px_chunk):
         p1 = min(P, p0 + px_chunk)
         n = p1 - p0
@@ -211,11 +212,14 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     (V, t1 - t0, height, width) for input dates[t0:t1], NaN outside the grid or where missing.
     Output dates are dates[first_output:] (default L - 1: each needs the L - 1 days before it; a stateful
     model's warm-up days before DATE_FROM are dates[:first_output]).
-    Writes sm.tif, weight_<factor>.tif and prediction.json atomically (temporary folder, then move);
+    Writes sm.tif, weight_<factor>.tif, dominant_factor.tif (see outputs.py) and prediction.json atomically
+    (temporary folder, then move);
     nothing is left behind on error or cancel. Returns the manifest dict.
     """
     import rasterio
     from rasterio.windows import Window
+
+    from . import outputs
 
     cb = ensure(callbacks)
     cfg = model.cfg
@@ -237,6 +241,8 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     try:
         prof = _profile(grid, T)
         dsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in files.items()}
+        dom, sm_range = outputs.DOMINANT_FILE, outputs.SmRange()
+        dsts[dom] = rasterio.open(os.path.join(tmp, dom), "w", **outputs.dominant_profile(prof))
         try:
             iso = [str(d) for d in out_dates]
             for ds in dsts.values():
@@ -256,21 +262,26 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                 dsts["sm"].write(np.nan_to_num(sm, nan=NODATA), indexes=idx, window=win)
                 for e, f in enumerate(names):
                     dsts[f].write(np.nan_to_num(wts[e], nan=NODATA), indexes=idx, window=win)
+                dsts[dom].write(outputs.dominant_factor(wts), indexes=idx, window=win)
+                sm_range.update(sm)
         finally:
             for ds in dsts.values():
                 ds.close()
         if cog:
-            _to_cog(tmp, files)
+            _to_cog(tmp, {**files, dom: dom})
+        sidecars = outputs.annotate_outputs(tmp, files, iso, names, dom, cog=cog)
         from .importance import importance_from_sums, write_importance_csv
         write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names),
                              os.path.join(tmp, "importance.csv"))
         manifest = {"factors": names, "dates": [str(d) for d in out_dates], "sm": files["sm"],
-                    "weights": {f: files[f] for f in names}, "importance": "importance.csv",
+                    "weights": {f: files[f] for f in names}, "dominant_factor": dom, "importance": "importance.csv",
+                    "sm_units": outputs.SM_UNIT, "sm_range": sm_range.display_range(),
                     "model_type": cfg.model_type, "mixture": model.mixture, "weights_meaning": model.weight_meaning,
                     "memory": warmup_record(cfg, dates, first_output), "nodata": NODATA, **(extra_meta or {})}
         with open(os.path.join(tmp, "prediction.json"), "w") as f:
             json.dump(manifest, f, indent=1)
-        for fn in list(files.values()) + ["importance.csv", "prediction.json"]:
+        outputs.drop_stale(out_dir, list(files.values()) + [dom])
+        for fn in list(files.values()) + [dom] + sidecars + ["importance.csv", "prediction.json"]:
             os.replace(os.path.join(tmp, fn), os.path.join(out_dir, fn))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
