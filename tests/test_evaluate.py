@@ -472,3 +472,45 @@ def test_model_builder_train_into_evaluate(evpipe, run_alg, tmp_path):
     rows = _csv_rows(tmp_path / "rep" / "metrics.csv")
     assert {r["model"] for r in rows} == {"chained", "climatology"}
     assert res
+
+
+def test_ensemble_trains_predicts_and_evaluates_through_processing(evpipe, demo_region, tmp_path):
+    """ENSEMBLE=2 through Processing: one model file with both members, predict writes the mean and the
+    spread rasters, evaluate scores the mean and each member on the same samples and reports the spread of
+    the metrics, spread-skill and the members' agreement on the top factor per region and season."""
+    import rasterio
+    from ismoe_qgis.model.io import load_model
+    model = str(tmp_path / "ens.pt")
+    _run("ismoe:train", {"DATASET": evpipe["ds"], "MODEL": 0, "ENSEMBLE": 2, "OUTPUT": model, **FAST_TRAIN})
+    m, cfg, info = load_model(model)
+    assert cfg.members == 2 and m.members == 2 and len(cfg.member_seeds) == 2
+    layers, _ = _factor_params(demo_region)
+    pred = tmp_path / "pred"
+    _run("ismoe:predict", {"MODEL_FILE": model, "FACTORS": layers, "DATE_FROM": "2018-12-20", "TILE_SIZE": 16,
+                           "LOAD_OUTPUTS": False, "OUTPUT": str(pred)})
+    man = json.loads((pred / "prediction.json").read_text())
+    assert man["ensemble"]["members"] == 2
+    with rasterio.open(pred / "sm_spread.tif") as ds:
+        sd = ds.read(masked=True)
+    assert sd.count() > 0 and float(sd.min()) >= 0 and float(sd.max()) > 0
+    for f in man["factors"]:
+        assert (pred / f"weight_spread_{f}.tif").exists()
+    ev = tmp_path / "eval"
+    res, fb = _run("ismoe:evaluate", {"MODELS": [model], "DATASET": evpipe["ds"], "REGIONS": evpipe["geojson"],
+                                      "REGION_FIELD": "name", "OUTPUT": str(ev), **YEAR})
+    rows = _csv_rows(ev / "metrics.csv")
+    names = {r["model"] for r in rows}
+    assert {"ens", "ens [member 1]", "ens [member 2]"} <= names
+    meta = json.loads((ev / "metrics.json").read_text())
+    es = meta["meta"]["ensemble"]["ens"] if "meta" in meta else meta["ensemble"]["ens"]
+    assert es["members"] == 2 and len(es["metric_spread"]["cc"]["members"]) == 2
+    overall = {r["model"]: float(r["cc"]) for r in rows if r["group_kind"] == "overall"}
+    assert abs(es["metric_spread"]["cc"]["members"][0] - overall["ens [member 1]"]) < 1e-3
+    assert abs(es["metric_spread"]["cc"]["ensemble"] - overall["ens"]) < 1e-3
+    assert 0.0 <= es["spread_skill"]["inside_2sd"] <= 1.0
+    ag = es["agreement"]
+    assert "all" in ag and all(v in (0.0, 0.5, 1.0) for row in ag.values() for v in row.values())
+    assert set(ag) - {"all"}                                   # the regions too
+    html_text = (ev / "report.html").read_text()
+    assert "Ensembles: how sure the model is" in html_text
+    assert "ensemble of 2" in fb.text

@@ -150,7 +150,7 @@ def test_csv_round_trip(tmp_path):
     path = imp.write_importance_csv(t, str(tmp_path / "sub" / "imp.csv"))
     with open(path) as fh:
         lines = fh.read().splitlines()
-    assert lines[0] == ",".join(imp.CSV_COLUMNS)
+    assert lines[0] == ",".join(imp.CSV_COLUMNS + ("spread",))     # spread: empty for a single model
     assert lines[1].startswith("NGARI,month,1,snow,0.900000,31")
     back = imp.read_importance_csv(path)
     assert back.factors == ["snow", "wind"] and back.regions == ["NGARI", "MAQU"]

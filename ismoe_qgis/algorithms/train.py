@@ -16,6 +16,7 @@ ROUTER_INPUTS = ["expert_states", "all_states", "inputs", "inputs_doy"]
 MIXTURES = ["additive", "convex", "scaled"]          # enum order: the default first
 SCHEDULES = ["onecycle", "constant"]
 MEMORIES = ["window", "stateful"]
+DEFAULT_ENSEMBLE = 1       # see the README's ensemble section for the measurements behind it
 
 
 class TrainAlgorithm(IsmoeAlgorithm):
@@ -24,6 +25,7 @@ class TrainAlgorithm(IsmoeAlgorithm):
     SAMPLES_PER_EPOCH, PATIENCE, VAL_START, TEST_START = "SAMPLES_PER_EPOCH", "PATIENCE", "VAL_START", "TEST_START"
     CONSECUTIVE_DAYS, MIXTURE, LR_SCHEDULE = "CONSECUTIVE_DAYS", "MIXTURE", "LR_SCHEDULE"
     MEMORY, SPIN_UP, SUPERVISED_DAYS, THREADS = "MEMORY", "SPIN_UP", "SUPERVISED_DAYS", "THREADS"
+    ENSEMBLE = "ENSEMBLE"
     GAP_POLICY, ROUTER_INPUT, HIDDEN, CONV_CHANNELS, DROPOUT = (
         "GAP_POLICY", "ROUTER_INPUT", "HIDDEN", "CONV_CHANNELS", "DROPOUT")
     EXPERT_LOSS, ROUTER_ENTROPY, MASK_SILENT, AMP = "EXPERT_LOSS", "ROUTER_ENTROPY", "MASK_SILENT", "AMP"
@@ -56,6 +58,12 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "SUPERVISED_DAYS days (BATCH_SIZE counts supervised days), and ismoe:predict streams it (one LSTM "
             "step per pixel-day, reading the SPIN_UP days before DATE_FROM as warm-up). SEQ_LEN still sets the "
             "window of the silent-factor mask.\n"
+            "ENSEMBLE: members trained together in one pass (member n's initial weights from SEED + n, the same "
+            "batches); one model file holds them all. ismoe:predict then writes the members' mean as sm.tif and "
+            "weight_<factor>.tif, and their standard deviation as sm_spread.tif and weight_spread_<factor>.tif; "
+            "ismoe:evaluate scores the mean and every member, the spread of each metric, spread-skill and the "
+            "members' agreement on the top factor. Early stopping and the best checkpoint follow the ensemble "
+            "mean's validation loss. 1 = a single model.\n"
             "THREADS: torch CPU threads; 0 (default) = the CPUs the load average leaves idle, at least 1 (on a "
             "busy machine more threads than idle CPUs make training many times slower).\n"
             "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU; cuda without a GPU falls back to "
@@ -100,6 +108,9 @@ class TrainAlgorithm(IsmoeAlgorithm):
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.MEMORY, self.tr("Expert memory"), MEMORIES,
                                                      defaultValue=0))
+        # no minimum: the core's message says what the number means
+        self.addParameter(QgsProcessingParameterNumber(self.ENSEMBLE, self.tr("Ensemble members"), NUMBER_INTEGER,
+                                                       DEFAULT_ENSEMBLE))
         # no minimum on the two below: the core's message says what the number means
         self.addParameter(add_param_flags(QgsProcessingParameterNumber(
             self.SPIN_UP, self.tr("Spin-up days (stateful memory)"), NUMBER_INTEGER, 365), adv))
@@ -193,7 +204,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
                        router_input=ROUTER_INPUTS[self.parameterAsEnum(p, self.ROUTER_INPUT, context)],
                        mask_silent=self.parameterAsBoolean(p, self.MASK_SILENT, context),
                        mixture=MIXTURES[self.parameterAsEnum(p, self.MIXTURE, context)],
-                       memory=MEMORIES[self.parameterAsEnum(p, self.MEMORY, context)])
+                       memory=MEMORIES[self.parameterAsEnum(p, self.MEMORY, context)],
+                       members=self.parameterAsInt(p, self.ENSEMBLE, context))
         if options["memory"] == "stateful":       # a windowed model has no spin-up
             options["spin_up"] = self.parameterAsInt(p, self.SPIN_UP, context)
         feedback.pushInfo(f"training {model_type} on {path}")

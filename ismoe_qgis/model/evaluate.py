@@ -49,7 +49,8 @@ import numpy as np
 from ..core_callbacks import ensure
 from ..data import rasters
 from ..data.cube import Cube, split_masks
-from .metrics import CLIMATOLOGY_WINDOW, MIN_LOCATION_DAYS, ClimatologyAccumulator, calendar_slot, doy_climatology
+from .metrics import (CLIMATOLOGY_WINDOW, MIN_LOCATION_DAYS, ClimatologyAccumulator, calendar_slot, doy_climatology,
+                      season_of)
 
 __all__ = [
     "BASELINES", "PERIODS", "evaluate", "persistence", "climatology", "resolve_period",
@@ -290,6 +291,55 @@ def model_names(models):
     return out
 
 
+# --------------------------------------------------------------------------- ensembles
+def ensemble_summary(obs, mean_est, d: dict, common, model_names=None) -> dict:
+    """What an ensemble's members say about its certainty, on the common scored samples:
+    - metric_spread: each metric (CC, RMSE, KGE, bias, ubRMSE) of every member, and their mean and standard
+      deviation over the members (the ensemble mean's own values beside them);
+    - spread_skill: the fraction of observations inside the ensemble mean +- 2 member standard deviations,
+      and the correlation of that standard deviation with the ensemble mean's absolute error;
+    - agreement (ISMoE): per region and season, the fraction of members whose top factor (largest mean
+      weight) is the ensemble's top factor."""
+    from .metrics import metrics
+    members = d["member_estimates"]                      # (M, T, N)
+    M = members.shape[0]
+    o = obs[common]
+    per = [metrics(o, members[k][common]) for k in range(M)]
+    ens = metrics(o, mean_est[common])
+    keys = [k for k in ("cc", "rmse", "kge", "bias", "ubrmse") if k in ens]
+    spread = {k: {"members": [float(p[k]) for p in per], "mean": float(np.nanmean([p[k] for p in per])),
+                  "std": float(np.nanstd([p[k] for p in per])), "ensemble": float(ens[k])} for k in keys}
+    sd = members.std(axis=0)[common]
+    err = np.abs(mean_est[common] - o)
+    inside = float(np.mean(err <= 2 * sd)) if len(o) else float("nan")
+    corr = float(np.corrcoef(sd, err)[0, 1]) if len(o) > 2 and np.std(sd) > 0 and np.std(err) > 0 else float("nan")
+    out = {"members": M, "seeds": d["seeds"], "member_names": d["members"], "metric_spread": spread,
+           "spread_skill": {"inside_2sd": inside, "corr_spread_abs_error": corr, "n": int(len(o)),
+                            "mean_spread": float(np.mean(sd)) if len(o) else float("nan")}}
+    agreement = None
+    ws = d.get("weight_sums")
+    if ws is not None:
+        agreement = {}
+        for r, rname in enumerate(d["regions"]):
+            row = {}
+            for k, season in enumerate(d["seasons"]):
+                m_w = ws[:, r, k]                              # (M, E) sums: the counts are the same for all
+                if not np.any(m_w):
+                    continue
+                top_ens = int(np.argmax(m_w.sum(0)))
+                row[season] = float(np.mean(np.argmax(m_w, axis=1) == top_ens))
+            if row:
+                agreement[rname] = row
+    out["agreement"] = agreement
+    cc = spread.get("cc", {})
+    out["describe"] = (f"CC {cc.get('ensemble', float('nan')):.3f} (members {cc.get('mean', float('nan')):.3f} +- "
+                       f"{cc.get('std', float('nan')):.3f}); {100 * inside:.0f}% of the observations inside +-2 "
+                       f"member sd; corr(spread, |error|) {corr:.2f}"
+                       + ("" if not agreement else "; top-factor agreement (all, by season) "
+                          + ", ".join(f"{s_} {v:.2f}" for s_, v in agreement.get("all", {}).items())))
+    return out
+
+
 # --------------------------------------------------------------------------- main entry
 def evaluate(cube, models, references: Optional[Dict[str, object]] = None, period="test",
              region_labels=None, out_dir=None, callbacks=None, *, baselines: Sequence[str] = BASELINES,
@@ -404,6 +454,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         return acc.table(climatology_window)[pslots].astype(np.float32)
 
     samplers = {}
+    ens_members = {}
     regions = None
     if region_labels is not None:
         labels = [None if (r is None or (isinstance(r, float) and np.isnan(r)) or str(r) == "") else str(r)
@@ -434,6 +485,14 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         est = np.full((len(pdates), N), np.nan, np.float32)
         E = len(model.output_names)
         is_moe = cfg.model_type == "ismoe"
+        M = model.members
+        ens = M > 1              # an ensemble: every member is scored too (its own estimate, "<name> [member k]")
+        member_est = np.full((M, len(pdates), N), np.nan, np.float32) if ens else None
+        seasons = season_of(pdates) if ens else None
+        season_names = [s_ for s_ in dict.fromkeys(seasons.tolist())] if ens else None
+        # per member, region (0 = all) and season: each factor's weight sum and count (agreement)
+        msums = (np.zeros((M, 1 + (len(set(r for r in regions if r is not None)) if regions is not None else 0),
+                           len(season_names), E)) if ens and is_moe else None)
         if is_moe:
             sums = np.zeros((len(pdates), E))
             counts = np.zeros((len(pdates), E), np.int64)
@@ -446,8 +505,24 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         for s in range(0, len(t_idx), chunk):
             cb.check_cancel()
             tt, nn = t_idx[s:s + chunk], n_idx[s:s + chunk]
-            y, w, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp)
             tp = t_of[tt]
+            if ens:
+                ym, wm, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp,
+                                            members=True)
+                member_est[:, tp, nn] = ym.T
+                y, w = ym.mean(1), wm.mean(1)
+                if msums is not None:
+                    sc = np.array([season_names.index(x) for x in seasons[tp]], np.int64)
+                    rc = (np.array([0 if regions[n] is None else 1 + rnames.index(regions[n]) for n in nn])
+                          if regions is not None else np.zeros(len(nn), np.int64))
+                    wz = np.where(np.isfinite(wm), wm, 0.0)
+                    for r_ in {0} | set(rc.tolist()):
+                        sel = np.ones(len(nn), bool) if r_ == 0 else rc == r_
+                        for k in range(len(season_names)):
+                            m_ = sel & (sc == k)
+                            msums[:, r_, k] += wz[m_].sum(0)
+            else:
+                y, w, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp)
             est[tp, nn] = y
             if is_moe:
                 ok = np.isfinite(w)
@@ -472,13 +547,24 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         for s in range(0, len(ct), chunk):
             cb.check_cancel()
             tt, nn = ct[s:s + chunk], cn[s:s + chunk]
-            y, _, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp)
-            acc_vals.append(np.asarray(y, np.float64).reshape(-1))
+            y, _, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp, members=ens)
+            acc_vals.append(np.asarray(y, np.float64).reshape(len(tt), -1))
             acc_t.append(cube.dates[tt])
             acc_n.append(nn)
             cb.progress(0.6 * (i + 1) / len(loaded) + 0.1 * min(1.0, (s + chunk) / len(ct)) / len(loaded))
-        extra = ((np.concatenate(acc_vals), np.concatenate(acc_t), np.concatenate(acc_n)) if acc_vals else None)
+        vals = np.concatenate(acc_vals) if acc_vals else None            # (S, members) or (S, 1)
+        at, an = (np.concatenate(acc_t), np.concatenate(acc_n)) if acc_vals else (None, None)
+        extra = (vals.mean(1), at, an) if acc_vals else None
         est_clims[name] = own_climatology(est, extra)
+        if ens:
+            for k in range(M):
+                mname = f"{name} [member {k + 1}]"
+                estimates[mname] = member_est[k]
+                est_clims[mname] = own_climatology(member_est[k], (vals[:, k], at, an) if acc_vals else None)
+            ens_members[name] = {"members": [f"{name} [member {k + 1}]" for k in range(M)],
+                                 "seeds": list(cfg.member_seeds or []), "member_estimates": member_est,
+                                 "weight_sums": msums, "seasons": season_names,
+                                 "regions": ["all"] + (list(rnames) if regions is not None and is_moe else [])}
         model.to("cpu")
         estimates[name] = est
         model_meta[name] = {"path": os.fspath(models[name]), "model_type": cfg.model_type,
@@ -572,7 +658,11 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                 cb.log(notes[-1])
     cb.progress(0.8)
 
-    result = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names,
+    ensemble = {name: ensemble_summary(obs, estimates[name], d, common, model_names=list(model_meta))
+                for name, d in ens_members.items()}
+    for name, es in ensemble.items():
+        cb.log(f"{name}: ensemble of {es['members']}: {es['describe']}")
+    result = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names, "ensemble": ensemble,
               "n_samples": n_common, "importance": tables, "period": (str(pdates[0]), str(pdates[-1])),
               "models": model_meta, "rows": None, "location_skill": None, "climatology": clim,
               "estimate_climatology": est_clims,
@@ -584,7 +674,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                "location_ids": cube.location_labels(), "regions": regions, "same_samples": True,
                "title": title or f"Soil moisture evaluation, {plabel} {span}",
                "notes": head_notes + notes, "climatology": clim, "estimate_climatology": est_clims,
-               "min_location_days": min_location_days,
+               "min_location_days": min_location_days, "ensemble": ensemble,
                **location_geometry(cube)}
     if clim is not None:
         tdates = cube.dates[tmask]

@@ -166,6 +166,7 @@ class PeriodSeries:
     mean: np.ndarray         # (P, E) float64, NaN where n == 0
     n: np.ndarray            # (P, E) int64, number of valid weights averaged
     factors: List[str]
+    spread: Optional[np.ndarray] = None   # (P, E): an ensemble's member standard deviation of `mean`
 
     def x(self) -> np.ndarray:
         """Numeric x positions: month/doy numbers, season 1..4."""
@@ -249,11 +250,13 @@ class ImportanceTable:
 
 # --------------------------------------------------------------------------- aggregation
 def importance_from_sums(dates, sums, counts, factors: Sequence[str], region: str = DEFAULT_REGION,
-                         kinds: Sequence[str] = PERIOD_KINDS) -> ImportanceTable:
+                         kinds: Sequence[str] = PERIOD_KINDS, member_sums=None) -> ImportanceTable:
     """Seasonal importance from per-date sums of weights and counts of valid weights.
 
     ``sums``/``counts``: (T, E), e.g. the spatial sum and pixel count of each factor's
     weight on each date over a region (what :mod:`ismoe_qgis.ui.chartdata` streams).
+    ``member_sums`` (N, T, E): an ensemble's members' sums over the same pixels; the spread of a period's
+    mean weight is then the standard deviation (ddof 0) of the members' means.
     """
     d = as_dates(dates)
     sums = np.asarray(sums, dtype=np.float64)
@@ -271,8 +274,16 @@ def importance_from_sums(dates, sums, counts, factors: Sequence[str], region: st
         np.add.at(n, codes, counts)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(n > 0, s / np.maximum(n, 1), np.nan)
+        spread = None
+        if member_sums is not None:
+            ms = np.asarray(member_sums, np.float64)
+            per = np.zeros((ms.shape[0], p, len(factors)))
+            for k in range(ms.shape[0]):
+                np.add.at(per[k], codes, np.where(counts > 0, ms[k], 0.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                spread = np.where(n > 0, (per / np.maximum(n, 1)).std(axis=0), np.nan)
         table.add(PeriodSeries(region=str(region), kind=kind, periods=list(labels), mean=mean, n=n,
-                               factors=factors))
+                               factors=factors, spread=spread))
     return table
 
 
@@ -335,9 +346,14 @@ def write_importance_csv(table: ImportanceTable, path: str) -> str:
     os.makedirs(folder, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         wr = csv.writer(fh)
-        wr.writerow(CSV_COLUMNS)
-        for region, kind, period, factor, mean, n in table.rows():
-            wr.writerow([region, kind, period, factor, "" if math.isnan(mean) else "{:.6f}".format(mean), n])
+        wr.writerow(CSV_COLUMNS + ("spread",))
+        for (region, kind), s in table._series.items():
+            for i, period in enumerate(s.periods):
+                for j, factor in enumerate(table.factors):
+                    mean, n = float(s.mean[i, j]), int(s.n[i, j])
+                    sp = float("nan") if s.spread is None else float(s.spread[i, j])
+                    wr.writerow([region, kind, period, factor, "" if math.isnan(mean) else "{:.6f}".format(mean), n,
+                                 "" if math.isnan(sp) else "{:.6f}".format(sp)])
     return path
 
 
@@ -364,23 +380,28 @@ def read_importance_csv(path: str) -> ImportanceTable:
                 p = _parse_period(kind, period)
                 mean = float(row["mean_weight"]) if row["mean_weight"].strip() else float("nan")
                 n = int(float(row["n"])) if row["n"].strip() else 0
+                sp = row.get("spread") or ""
+                sp = float(sp) if sp.strip() else float("nan")
             except ValueError as exc:
                 raise ImportanceError("{} line {}: {}".format(os.path.basename(path), lineno, exc))
             if factor not in factors:
                 factors.append(factor)
-            cells.setdefault((region, kind), {})[(p, factor)] = (mean, n)
+            cells.setdefault((region, kind), {})[(p, factor)] = (mean, n, sp)
     if not cells:
         raise ImportanceError("{} holds no importance rows".format(os.path.basename(path)))
     table = ImportanceTable(factors)
     for (region, kind), values in cells.items():
         periods = sorted({p for (p, _f) in values}, key=lambda p: _period_sort_key(kind, p))
         mean = np.full((len(periods), len(factors)), np.nan)
+        spread = np.full((len(periods), len(factors)), np.nan)
         n = np.zeros((len(periods), len(factors)), dtype=np.int64)
         pidx = {p: i for i, p in enumerate(periods)}
-        for (p, f), (m, c) in values.items():
+        for (p, f), (m, c, sp) in values.items():
             mean[pidx[p], factors.index(f)] = m
             n[pidx[p], factors.index(f)] = c
-        table.add(PeriodSeries(region=region, kind=kind, periods=periods, mean=mean, n=n, factors=factors))
+            spread[pidx[p], factors.index(f)] = sp
+        table.add(PeriodSeries(region=region, kind=kind, periods=periods, mean=mean, n=n, factors=factors,
+                               spread=None if np.isnan(spread).all() else spread))
     return table
 
 

@@ -62,12 +62,14 @@ def _tile_windows(model: SoilMoistureNet, xt: torch.Tensor, T: int):
 
 @torch.no_grad()
 def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = None,
-                 chunk_windows: int = None, amp_dtype=None, state=None, outputs: bool = True):
+                 chunk_windows: int = None, amp_dtype=None, state=None, outputs: bool = True,
+                 members: bool = False):
     """Predict every pixel and date of a tile.
 
     xt: normalised (Ttot, V, h + 2r, w + 2r) with r = k//2 (halo) and Ttot = T + L - 1.
     doy: (T,) day of year of the output dates (used only by the 'inputs_doy' router).
-    Returns sm (T, h, w) in normalised units and weights (E, T, h, w).
+    Returns sm (T, h, w) in normalised units and weights (E, T, h, w): an ensemble's means over its members,
+    or with members=True every member's: sm (N, T, h, w) and weights (N, E, T, h, w).
 
     Stateful models (MEMORY=stateful) stream: the LSTM steps once per output day from `state` (h, c)
     (E, h * w, H) each (None: zero state), and the return is (sm, weights, new state) to hand to the next
@@ -83,7 +85,7 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
     T, h, w = Ttot - L + 1, H2 - 2 * r, W2 - 2 * r
     if T < 1:
         raise ValueError(f"a tile needs at least SEQ_LEN={L} time steps, got {Ttot}")
-    E, P = bank.E, h * w
+    E, P = model.n_experts, h * w
     dev_type = xt.device.type
     if chunk_windows is None:
         # the LSTM's per-step temporaries are E x chunk x 4H floats: on a CPU they must stay in cache
@@ -92,17 +94,20 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
     with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         feats = bank.features(xt[L - 1:] if stateful else xt)        # Tf, E, C, h, w
     Tf = feats.shape[0]
-    feats = feats.float().permute(1, 0, 3, 4, 2).reshape(E, Tf, P, bank.C)   # E, Tf, P, C
+    EN = bank.E                                                     # experts of all members
+    feats = feats.float().permute(1, 0, 3, 4, 2).reshape(EN, Tf, P, bank.C)   # N*E, Tf, P, C
     if stateful:
-        new_h = torch.empty(E, P, bank.H, device=xt.device)
-        new_c = torch.empty(E, P, bank.H, device=xt.device)
+        new_h = torch.empty(EN, P, bank.H, device=xt.device)
+        new_c = torch.empty(EN, P, bank.H, device=xt.device)
 
     # Windows are ordered time-major within a pixel chunk: row = t * n + p.
     silent, centre = _tile_windows(model, xt, T) if outputs else (None, None)
     doy_tp = doy[:, None].expand(T, P) if doy is not None and outputs else None
 
-    sm = torch.empty(T, P, device=xt.device) if outputs else None
-    wts = torch.empty(E, T, P, device=xt.device) if outputs else None
+    N = model.members
+    M = (N,) if members else ()
+    sm = torch.empty(M + (T, P), device=xt.device) if outputs else None
+    wts = torch.empty(M + (E, T, P), device=xt.device) if outputs else None
     # a stateful model steps through the T days of a chunk of pixels: a quarter of chunk_windows pixels keeps a
     # step's gates in cache on a CPU (measured 256 against 1024 pixels: 0.79 against 0.91 s per 32 x 32 x 64 tile)
     px_chunk = max(1, chunk_windows // (4 if stateful else T))
@@ -120,13 +125,18 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
                 continue
             out = bank.head(hs)                                                    # T*n, E
         # mix runs outside autocast: give it fp32 (the router's baddbmm fails on bf16 states + fp32 weights)
-        y, wt, _ = model.mix(out.float(), hs.float(),
-                          None if silent is None else silent[:, p0:p1].reshape(T * n, E),
-                          None if centre is None else centre[:, p0:p1].reshape(T * n, L, V),
-                          None if doy_tp is None else doy_tp[:, p0:p1].reshape(T * n))
-        sm[:, p0:p1] = y.float().view(T, n)
-        wts[:, :, p0:p1] = wt.float().view(T, n, E).permute(2, 0, 1)
-    res = (sm.view(T, h, w), wts.view(E, T, h, w)) if outputs else (None, None)
+        mix = model.mix_members if members else model.mix
+        y, wt, _ = mix(out.float(), hs.float(),
+                       None if silent is None else silent[:, p0:p1].reshape(T * n, E),
+                       None if centre is None else centre[:, p0:p1].reshape(T * n, L, V),
+                       None if doy_tp is None else doy_tp[:, p0:p1].reshape(T * n))
+        if members:                   # y (T*n, N), wt (T*n, N, E)
+            sm[:, :, p0:p1] = y.float().view(T, n, N).permute(2, 0, 1)
+            wts[..., p0:p1] = wt.float().view(T, n, N, E).permute(2, 3, 0, 1)
+        else:
+            sm[:, p0:p1] = y.float().view(T, n)
+            wts[:, :, p0:p1] = wt.float().view(T, n, E).permute(2, 0, 1)
+    res = (sm.view(M + (T, h, w)), wts.view(M + (E, T, h, w))) if outputs else (None, None)
     return res + ((new_h, new_c),) if stateful else res
 
 
@@ -141,8 +151,11 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
     """The one tile loop behind every raster prediction.
 
     Output index o uses input indices [o, o + L - 1] of `read_block` (see predict_to_folder).
-    Yields (row_off, col_off, o0, o1, sm (o1-o0, h, w) in target units, weights (E, o1-o0, h, w)),
-    NaN where an input variable is missing at the pixel on the output date.
+    Yields (row_off, col_off, o0, o1, sm (o1-o0, h, w) in target units, weights (E, o1-o0, h, w), spread),
+    NaN where an input variable is missing at the pixel on the output date. For an ensemble sm and weights
+    are the members' means and spread is {"sm": member standard deviation (o1-o0, h, w), "weights": (E, ...)
+    likewise, "member_weight_sums": (N, o1-o0, E) each member's weights summed over the valid pixels}; None
+    for a single model.
 
     Tiles are independent; within a tile, time chunks run in order. A stateful model carries each pixel's
     LSTM state (h, c per expert: tile pixels x E x hidden x 2 floats) from one chunk to the next, starting
@@ -152,6 +165,7 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
     cb = ensure(callbacks)
     cfg = model.cfg
     L, r = cfg.seq_len, cfg.patch_size // 2
+    ensemble = model.members > 1
     start = out_from - cfg.spin_up if cfg.stateful else out_from
     tiles = [(r0, c0) for r0 in range(0, height, tile_size) for c0 in range(0, width, tile_size)]
     # chunk bounds: warm-up chunks end where the outputs start, so no chunk mixes the two
@@ -174,18 +188,28 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
                     raw = np.concatenate([np.full((V, -t0) + raw.shape[2:], np.nan, np.float32), raw], axis=1)
             xt = normalise_block(model, raw).to(device)
             doy = None if warm else torch.from_numpy(doy_out[o0:o1]).to(device)
-            res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm)
+            res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm,
+                               members=ensemble)
             if cfg.stateful:
                 sm, wts, state = res
             else:
                 sm, wts = res
             if not warm:
+                invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
                 sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
                 wts = wts.cpu().numpy()
-                invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
+                spread = None
+                if ensemble:       # members (N, T, h, w), (N, E, T, h, w): means, spreads, member sums
+                    sm_m, w_m = sm, wts
+                    sm, wts = sm_m.mean(0), w_m.mean(0)
+                    ok = ~invalid
+                    spread = {"sm": sm_m.std(0), "weights": w_m.std(0),
+                              "member_weight_sums": np.where(ok, w_m, 0.0).sum(axis=(3, 4)).transpose(0, 2, 1)}
+                    spread["sm"][invalid] = np.nan
+                    spread["weights"][:, invalid] = np.nan
                 sm[invalid] = np.nan
                 wts[:, invalid] = np.nan
-                yield r0, c0, o0, o1, sm, wts
+                yield r0, c0, o0, o1, sm, wts, spread
             cb.progress((i_tile * len(chunks) + i_chunk + 1) / n_steps)
 
 
@@ -238,19 +262,24 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".ismoe_predict_", dir=out_dir)
     files = {"sm": "sm.tif", **{f: f"weight_{f}.tif" for f in names}}
+    ensemble = model.members > 1
+    # an ensemble's member standard deviations, beside the means
+    spread_files = {"sm": "sm_spread.tif", **{f: f"weight_spread_{f}.tif" for f in names}} if ensemble else {}
     try:
         prof = _profile(grid, T)
         dsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in files.items()}
+        sdsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in spread_files.items()}
         dom, sm_range = outputs.DOMINANT_FILE, outputs.SmRange()
         dsts[dom] = rasterio.open(os.path.join(tmp, dom), "w", **outputs.dominant_profile(prof))
         try:
             iso = [str(d) for d in out_dates]
-            for ds in dsts.values():
+            for ds in list(dsts.values()) + list(sdsts.values()):
                 for i, d in enumerate(iso, start=1):
                     ds.set_band_description(i, d)
             w_sums = np.zeros((T, len(names)), np.float64)    # whole-area seasonal importance, same pass
             w_counts = np.zeros((T, len(names)), np.int64)
-            for r0, c0, o0, o1, sm, wts in iter_tile_predictions(
+            member_sums = np.zeros((model.members, T, len(names)), np.float64) if ensemble else None
+            for r0, c0, o0, o1, sm, wts, spread in iter_tile_predictions(
                     model, read_block, grid["height"], grid["width"], o_from, o_from + T,
                     day_of_year(dates[L - 1:]), tile_size, time_chunk, device, amp_dtype, cb):
                 o0, o1 = o0 - o_from, o1 - o_from
@@ -264,24 +293,37 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                     dsts[f].write(np.nan_to_num(wts[e], nan=NODATA), indexes=idx, window=win)
                 dsts[dom].write(outputs.dominant_factor(wts), indexes=idx, window=win)
                 sm_range.update(sm)
+                if spread is not None:
+                    sdsts["sm"].write(np.nan_to_num(spread["sm"], nan=NODATA), indexes=idx, window=win)
+                    for e, f in enumerate(names):
+                        sdsts[f].write(np.nan_to_num(spread["weights"][e], nan=NODATA), indexes=idx, window=win)
+                    member_sums[:, o0:o1] += spread["member_weight_sums"]
         finally:
-            for ds in dsts.values():
+            for ds in list(dsts.values()) + list(sdsts.values()):
                 ds.close()
         if cog:
-            _to_cog(tmp, {**files, dom: dom})
+            _to_cog(tmp, {**files, dom: dom, **{f"spread_{k}": v for k, v in spread_files.items()}})
         sidecars = outputs.annotate_outputs(tmp, files, iso, names, dom, cog=cog)
         from .importance import importance_from_sums, write_importance_csv
-        write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names),
+        write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names, member_sums=member_sums),
                              os.path.join(tmp, "importance.csv"))
         manifest = {"factors": names, "dates": [str(d) for d in out_dates], "sm": files["sm"],
                     "weights": {f: files[f] for f in names}, "dominant_factor": dom, "importance": "importance.csv",
                     "sm_units": outputs.SM_UNIT, "sm_range": sm_range.display_range(),
                     "model_type": cfg.model_type, "mixture": model.mixture, "weights_meaning": model.weight_meaning,
-                    "memory": warmup_record(cfg, dates, first_output), "nodata": NODATA, **(extra_meta or {})}
+                    "memory": warmup_record(cfg, dates, first_output),
+                    "ensemble": ({"members": model.members, "seeds": list(cfg.member_seeds or []),
+                                  "sm_spread": spread_files["sm"],
+                                  "weight_spread": {f: spread_files[f] for f in names},
+                                  "spread_meaning": "standard deviation over the ensemble's members (ddof 0); "
+                                                    "sm.tif and weight_<factor>.tif hold the members' means"}
+                                 if ensemble else None),
+                    "nodata": NODATA, **(extra_meta or {})}
         with open(os.path.join(tmp, "prediction.json"), "w") as f:
             json.dump(manifest, f, indent=1)
-        outputs.drop_stale(out_dir, list(files.values()) + [dom])
-        for fn in list(files.values()) + [dom] + sidecars + ["importance.csv", "prediction.json"]:
+        outputs.drop_stale(out_dir, list(files.values()) + [dom] + list(spread_files.values()))
+        for fn in (list(files.values()) + [dom] + list(spread_files.values()) + sidecars
+                   + ["importance.csv", "prediction.json"]):
             os.replace(os.path.join(tmp, fn), os.path.join(out_dir, fn))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -347,7 +389,7 @@ def predict_cube(model: SoilMoistureNet, cube, t_from: int = None, t_to: int = N
     sm = np.full((T, H, W), np.nan, np.float32)
     wts = np.full((model.n_experts, T, H, W), np.nan, np.float32)
     doy_out = day_of_year(cube.dates[L - 1:])
-    for r0, c0, o0, o1, y, wt in iter_tile_predictions(model, cube_block_reader(cube), H, W, t_from - L + 1,
+    for r0, c0, o0, o1, y, wt, _ in iter_tile_predictions(model, cube_block_reader(cube), H, W, t_from - L + 1,
                                                        t_to - L + 1, doy_out, tile_size, time_chunk, device,
                                                        amp_dtype, callbacks):
         a, b = o0 + L - 1 - t_from, o1 + L - 1 - t_from

@@ -87,6 +87,8 @@ class ModelConfig:
     mixture: str = "additive"
     memory: str = "window"
     spin_up: int = 0            # stateful: days the LSTM runs before the first supervised/output day
+    members: int = 1            # ENSEMBLE: members trained together, stacked on the experts' axis
+    member_seeds: List[int] = field(default_factory=list)
     x_mean: List[float] = field(default_factory=list)
     x_std: List[float] = field(default_factory=list)
     y_mean: float = 0.0
@@ -102,6 +104,8 @@ class ModelConfig:
             raise ValueError(f"MEMORY must be one of {', '.join(MEMORIES)}, got '{self.memory}'")
         if self.spin_up < 0:
             raise ValueError(f"SPIN_UP must be >= 0 days, got {self.spin_up}")
+        if int(self.members) != self.members or self.members < 1:
+            raise ValueError(f"ENSEMBLE must be a number of members >= 1, got {self.members}")
         if self.router_input not in ROUTER_INPUTS:
             raise ValueError(f"router input must be one of {', '.join(ROUTER_INPUTS)}, got '{self.router_input}'")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
@@ -388,37 +392,47 @@ class ExpertBank(nn.Module):
 
 
 class Router(nn.Module):
-    """Softmax weights over experts."""
+    """Router logits over experts, for N ensemble members at once (members stacked like the experts:
+    expert e of member n at n * E + e). The expert_states router's per-expert scoring networks are stacked
+    weights over the N * E experts; the other kinds have one small MLP per member."""
 
-    def __init__(self, cfg: ModelConfig, E: int):
+    def __init__(self, cfg: ModelConfig, E: int, members: int = 1):
         super().__init__()
         self.kind = cfg.router_input
+        self.E, self.N = E, members
         R = cfg.router_hidden
-        if self.kind == "expert_states":
-            s = 1.0 / math.sqrt(cfg.hidden)
-            self.w1 = nn.Parameter(torch.empty(E, cfg.hidden, R).uniform_(-s, s))
-            self.b1 = nn.Parameter(torch.zeros(E, 1, R))
-            self.w2 = nn.Parameter(torch.empty(E, R).uniform_(-1.0 / math.sqrt(R), 1.0 / math.sqrt(R)))
-            self.b2 = nn.Parameter(torch.zeros(E))
+        if self.kind != "expert_states":
+            self.mlps = nn.ModuleList(self._mlp(cfg, E) for _ in range(members))
+            return
+        E = E * members
+        s = 1.0 / math.sqrt(cfg.hidden)
+        self.w1 = nn.Parameter(torch.empty(E, cfg.hidden, R).uniform_(-s, s))
+        self.b1 = nn.Parameter(torch.zeros(E, 1, R))
+        self.w2 = nn.Parameter(torch.empty(E, R).uniform_(-1.0 / math.sqrt(R), 1.0 / math.sqrt(R)))
+        self.b2 = nn.Parameter(torch.zeros(E))
+
+    def _mlp(self, cfg, E):
+        if self.kind == "all_states":
+            n_in = E * cfg.hidden
         else:
-            if self.kind == "all_states":
-                n_in = E * cfg.hidden
-            else:
-                n_in = cfg.seq_len * len(cfg.variables) + (2 if self.kind == "inputs_doy" else 0)
-            self.mlp = nn.Sequential(nn.Linear(n_in, R), nn.ReLU(), nn.Linear(R, E))
+            n_in = cfg.seq_len * len(cfg.variables) + (2 if self.kind == "inputs_doy" else 0)
+        R = cfg.router_hidden
+        return nn.Sequential(nn.Linear(n_in, R), nn.ReLU(), nn.Linear(R, E))
 
     def forward(self, states, centre_seq=None, doy=None):
-        """states (E, B, H); centre_seq (B, L, V); doy (B,) -> logits (B, E)."""
+        """states (N * E, B, H); centre_seq (B, L, V); doy (B,) -> logits (B, N, E)."""
+        B = states.shape[1]
         if self.kind == "expert_states":
-            z = torch.relu(torch.baddbmm(self.b1, states, self.w1))        # E, B, R
-            return (torch.einsum("ebr,er->eb", z, self.w2) + self.b2[:, None]).t()
+            z = torch.relu(torch.baddbmm(self.b1, states, self.w1))        # N*E, B, R
+            return (torch.einsum("ebr,er->eb", z, self.w2) + self.b2[:, None]).t().reshape(B, self.N, self.E)
         if self.kind == "all_states":
-            return self.mlp(states.permute(1, 0, 2).flatten(1))
+            st = states.view(self.N, self.E, B, -1)
+            return torch.stack([mlp(st[n].permute(1, 0, 2).flatten(1)) for n, mlp in enumerate(self.mlps)], 1)
         z = centre_seq.flatten(1)
         if self.kind == "inputs_doy":
             ang = 2 * math.pi * doy.float() / 365.25
             z = torch.cat([z, torch.sin(ang)[:, None], torch.cos(ang)[:, None]], dim=1)
-        return self.mlp(z)
+        return torch.stack([mlp(z) for mlp in self.mlps], 1)
 
 
 class SoilMoistureNet(nn.Module):
@@ -442,16 +456,26 @@ class SoilMoistureNet(nn.Module):
             self.output_names = cfg.factor_names
         self.factor_index = index
         self.mixture = cfg.effective_mixture
-        self.experts = ExpertBank(index, len(cfg.variables), cfg.patch_size, cfg.conv_channels,
+        N = self.members = int(cfg.members)
+        # ENSEMBLE: the N members' experts are stacked on the experts' axis (expert e of member n at n * E + e),
+        # so one pass trains and runs them all, the way the experts of one model are already batched
+        self.experts = ExpertBank(index * N, len(cfg.variables), cfg.patch_size, cfg.conv_channels,
                                   cfg.hidden, cfg.dropout)
         routed = cfg.model_type == "ismoe" and self.mixture in ("convex", "scaled")
-        self.router = Router(cfg, len(index)) if routed else None
+        self.router = Router(cfg, len(index), N) if routed else None
+        shape = () if N == 1 else (N,)          # one member keeps the shapes of files from before ENSEMBLE
         if self.mixture in ("scaled", "additive"):
-            self.mu = nn.Parameter(torch.zeros(()))            # the intercept, never an expert's
+            self.mu = nn.Parameter(torch.zeros(shape))          # the intercept, never an expert's
         if self.mixture == "additive":
             # each expert's mean contribution where it has signal (set after training): weights are
             # shares of the departures from it
-            self.register_buffer("contrib_ref", torch.zeros(len(index)))
+            self.register_buffer("contrib_ref", torch.zeros(shape + (len(index),)))
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kw):
+        """Also reads files from before ENSEMBLE, whose MLP routers were one module 'router.mlp'."""
+        state_dict = {(k.replace("router.mlp.", "router.mlps.0.", 1) if k.startswith("router.mlp.") else k): v
+                      for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, **kw)
 
     @property
     def n_experts(self):
@@ -467,36 +491,54 @@ class SoilMoistureNet(nn.Module):
         return WEIGHT_MEANING[self.mixture]
 
     def mix(self, expert_out, states, silent=None, centre_seq=None, doy=None):
-        """Combine expert outputs (B, E) into (y (B,), weights (B, E), contributions (B, E)): the
+        """Combine expert outputs (B, N * E) into (y (B,), weights (B, E), contributions (B, E)): the
         mixture's estimate, the per-factor weights (their meaning: ``WEIGHT_MEANING``) and what each
         expert put in (its SM estimate in the convex form, its contribution c_e otherwise, 0 where a
-        factor is left out as silent)."""
-        B, E = expert_out.shape
-        out = expert_out.float()
-        leave_out = silent if silent is not None and self.masks_silent else None
+        factor is left out as silent), as the means over the ensemble's members (``mix_members``)."""
+        y, w, c = self.mix_members(expert_out, states, silent, centre_seq, doy)
+        if self.members == 1:
+            return y[:, 0], w[:, 0], c[:, 0]
+        return y.mean(1), w.mean(1), c.mean(1)
+
+    def mix_members(self, expert_out, states, silent=None, centre_seq=None, doy=None):
+        """``mix`` per member: (y (B, N), weights (B, N, E), contributions (B, N, E)). silent (B, E) is the
+        same for every member (it depends on the input only)."""
+        B = expert_out.shape[0]
+        N, E = self.members, self.n_experts
+        out = expert_out.float().view(B, N, E)
+        leave_out = silent[:, None, :] if silent is not None and self.masks_silent else None
         if leave_out is not None and self.mixture != "additive":
-            leave_out = leave_out & ~leave_out.all(dim=1, keepdim=True)     # a softmax needs one expert
+            leave_out = leave_out & ~leave_out.all(dim=2, keepdim=True)     # a softmax needs one expert
         if self.mixture == "additive":
-            d = out - self.contrib_ref
+            d = out - self.contrib_ref.view(-1, E)
             if leave_out is not None:
                 out, d = out.masked_fill(leave_out, 0.0), d.masked_fill(leave_out, 0.0)
             d2 = d * d
-            return self.mu + out.sum(dim=1), d2 / d2.sum(dim=1, keepdim=True).clamp_min(1e-12), out
+            return self.mu.view(-1) + out.sum(dim=2), d2 / d2.sum(dim=2, keepdim=True).clamp_min(1e-12), out
         if self.router is None:
-            w = out.new_full((B, E), 1.0 / E)
+            w = out.new_full((B, N, E), 1.0 / E)
         else:
             logits = self.router(states, centre_seq, doy).float()
             if leave_out is not None:
                 logits = logits.masked_fill(leave_out, float("-inf"))
-            w = torch.softmax(logits, dim=1)
+            w = torch.softmax(logits, dim=2)
         if self.mixture == "scaled":
             if leave_out is not None:
                 out = out.masked_fill(leave_out, 0.0)
-            return self.mu + E * (w * out).sum(dim=1), w, out
-        return (w * out).sum(dim=1), w, out
+            return self.mu.view(-1) + E * (w * out).sum(dim=2), w, out
+        return (w * out).sum(dim=2), w, out
 
     def forward(self, x, doy=None):
-        """x (G, S, V, k, k) with S >= seq_len: the m = S - seq_len + 1 windows of every patch sequence
+        """The ensemble mean (one member: the model) of ``forward_members``: (y (B,), weights (B, E),
+        expert outputs (B, E))."""
+        y, w, c = self.forward_members(x, doy)
+        if self.members == 1:
+            return y[:, 0], w[:, 0], c[:, 0]
+        return y.mean(1), w.mean(1), c.mean(1)
+
+    def forward_members(self, x, doy=None):
+        """Per member: (y (B, N), weights (B, N, E), expert outputs (B, N, E)).
+        x (G, S, V, k, k) with S >= seq_len: the m = S - seq_len + 1 windows of every patch sequence
         (m = 1 for single windows). Stateful memory: the m = S - context_days last days of every sequence
         are outputs, the LSTM starting from zero state SPIN_UP days before the first. doy (m * G,) the day of year of each window's last day (router
         input 'inputs_doy' only). Rows are time-major, j * G + g (see ``window_rows``)."""
@@ -516,4 +558,78 @@ class SoilMoistureNet(nn.Module):
         k = self.cfg.patch_size
         centre = (window_rows(x[:, :, :, k // 2, k // 2], L)
                   if self.router is not None and self.cfg.router_input.startswith("inputs") else None)
-        return self.mix(out, states, silent, centre, doy)
+        return self.mix_members(out, states, silent, centre, doy)
+
+
+def _member_rule(name: str):
+    """How parameter/buffer `name` of an ensemble holds its members: ('experts', None) stacked N * E on
+    dim 0; ('member', None) indexed by member on dim 0 (mu, contrib_ref); ('mlp', rest) one router MLP
+    per member ('router.mlps.<n>.<rest>')."""
+    if name.startswith("experts.") or name in ("router.w1", "router.b1", "router.w2", "router.b2"):
+        return "experts", None
+    if name in ("mu", "contrib_ref"):
+        return "member", None
+    if name.startswith("router.mlps."):
+        return "mlp", name.split(".", 3)[3]
+    raise ValueError(f"no member rule for parameter '{name}'")
+
+
+def member_model(model: "SoilMoistureNet", n: int) -> "SoilMoistureNet":
+    """Member n of an ensemble as a model of its own (members = 1), weights copied."""
+    import dataclasses
+    N, E = model.members, model.n_experts
+    if not 0 <= n < N:
+        raise ValueError(f"the ensemble has members 0..{N - 1}, got {n}")
+    seeds = list(model.cfg.member_seeds or [])
+    cfg = dataclasses.replace(model.cfg, members=1, member_seeds=seeds[n:n + 1])
+    single = SoilMoistureNet(cfg)
+    state = {}
+    for k, v in model.state_dict().items():
+        rule, rest = _member_rule(k)
+        if rule == "experts":
+            state[k] = v[n * E:(n + 1) * E]
+        elif rule == "member":
+            state[k] = v if N == 1 else v[n]
+        elif k.startswith(f"router.mlps.{n}."):
+            state[f"router.mlps.0.{rest}"] = v
+    single.load_state_dict(state)
+    return single.to(next(model.parameters()).device).train(model.training)
+
+
+def stack_members(models: List["SoilMoistureNet"]) -> "SoilMoistureNet":
+    """One ensemble model (members = len(models)) holding the given single models' weights, in order."""
+    import dataclasses
+    first = models[0]
+    if any(m.members != 1 for m in models):
+        raise ValueError("stack_members takes single models (members = 1)")
+    seeds = [s for m in models for s in (m.cfg.member_seeds or [None])]
+    cfg = dataclasses.replace(first.cfg, members=len(models),
+                              member_seeds=seeds if all(s is not None for s in seeds) else [])
+    ens = SoilMoistureNet(cfg)
+    states = [m.state_dict() for m in models]
+    out = {}
+    for k in ens.state_dict():
+        rule, rest = _member_rule(k)
+        if rule == "experts":
+            out[k] = torch.cat([st[k] for st in states], 0)
+        elif rule == "member":
+            out[k] = states[0][k] if len(models) == 1 else torch.stack([st[k] for st in states], 0)
+        else:
+            n = int(k.split(".")[2])
+            out[k] = states[n][f"router.mlps.0.{rest}"]
+    ens.load_state_dict(out)
+    return ens.to(next(first.parameters()).device).train(first.training)
+
+
+def build_model(cfg: ModelConfig, seed: int) -> "SoilMoistureNet":
+    """A new model, its weights drawn from `seed`; an ensemble's member n from seed + n (so member n starts
+    as the single model of seed + n would, and the members differ). Sets cfg.member_seeds."""
+    import dataclasses
+    seeds = [int(seed) + n for n in range(int(cfg.members))]
+    singles = []
+    for s in seeds:
+        torch.manual_seed(s)
+        singles.append(SoilMoistureNet(dataclasses.replace(cfg, members=1, member_seeds=[s])))
+    model = singles[0] if len(singles) == 1 else stack_members(singles)
+    model.cfg.member_seeds = seeds
+    return model

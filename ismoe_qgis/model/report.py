@@ -184,6 +184,7 @@ class _Eval:
         self.units = str(results.get("units") or "m³/m³")
         self.notes = [str(n) for n in (results.get("notes") or [])]
         self.importance = results.get("seasonal_importance")
+        self.ensemble = results.get("ensemble") or {}
         clim = results.get("climatology")
         if clim is not None:
             clim = np.asarray(clim, dtype=np.float64)
@@ -406,6 +407,7 @@ def _meta(ev):
                           "with at least min_days days where the climatology is defined)",
             "estimates": {name: location_skill_summary(sk) for name, sk in skills.items()},
         },
+        "ensemble": {name: {k: v for k, v in es.items() if k != "describe"} for name, es in ev.ensemble.items()},
     }
 
 
@@ -917,6 +919,36 @@ def _importance_html(imp, images, notes):
     return "\n".join(parts)
 
 
+def _ensemble_html(ev):
+    """Per ensemble: the ensemble mean's metrics beside the members' mean +- sd, spread-skill, agreement."""
+    e = html.escape
+    p = ['<h2 id="ensemble">Ensembles: how sure the model is</h2>',
+         "<p>Each member is scored on the same samples as every other estimate (rows '&lt;model&gt; [member k]' "
+         "below). Spread = the members' standard deviation. A well-calibrated ensemble has about 95% of the "
+         "observations inside ±2 spread and a positive correlation of spread with the error. Agreement = the "
+         "fraction of members whose most-weighted factor is the ensemble's, per region and season.</p>"]
+    for name, es in ev.ensemble.items():
+        ms = es["metric_spread"]
+        p.append(f"<h3>{e(name)}: {es['members']} members (seeds {e(', '.join(map(str, es.get('seeds') or [])))})</h3>")
+        p.append("<table><tr><th>metric</th><th>ensemble mean</th><th>members: mean ± sd</th></tr>")
+        for k, v in ms.items():
+            p.append(f"<tr><td>{e(METRIC_LABELS.get(k, k))}</td><td>{_fmt(k, v['ensemble'])}</td>"
+                     f"<td>{_fmt(k, v['mean'])} ± {_fmt(k, v['std'])}</td></tr>")
+        p.append("</table>")
+        sk = es["spread_skill"]
+        p.append(f"<p>Observations inside ±2 spread: {100 * sk['inside_2sd']:.1f}% of {sk['n']}; correlation of "
+                 f"spread with |error|: {sk['corr_spread_abs_error']:.2f}; mean spread {sk['mean_spread']:.4f}.</p>")
+        ag = es.get("agreement")
+        if ag:
+            seasons = list(dict.fromkeys(s for row in ag.values() for s in row))
+            p.append("<table><tr><th>region</th>" + "".join(f"<th>{e(s)}</th>" for s in seasons) + "</tr>")
+            for rname, row in ag.items():
+                p.append(f"<tr><td>{e(rname)}</td>" + "".join(
+                    f"<td>{row[s]:.2f}</td>" if s in row else "<td>–</td>" for s in seasons) + "</tr>")
+            p.append("</table>")
+    return "\n".join(p)
+
+
 def _html(ev, rows, images, imp, notes):
     e = html.escape
     n_common = int(ev.mask.sum())
@@ -944,6 +976,8 @@ def _html(ev, rows, images, imp, notes):
         p.append(f'<p class="note">{e(n)}</p>')
 
     p.append(_location_html(ev, images))
+    if ev.ensemble:
+        p.append(_ensemble_html(ev))
     p.append('<h2 id="pooled">Overall, pooled over all samples</h2>')
     p.append("<p>Every scored sample (date × location) in one set. With several locations this CC "
              "mostly measures whether the estimate ranks the locations' mean levels right; see the "

@@ -23,7 +23,7 @@ from ..core_callbacks import Callbacks, Cancelled, ensure
 from ..data.cube import Cube, split_masks
 from ..version import __version__
 from .io import save_model
-from .networks import ModelConfig, SoilMoistureNet
+from .networks import ModelConfig, SoilMoistureNet, build_model
 
 
 @dataclass
@@ -196,21 +196,24 @@ def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig
 def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None):
     """The training loss over the windows of x (see module doc). valid (bool, one per window):
     the windows that count (runs of consecutive days may hold days without a valid sample;
-    their targets may be NaN). Default: all."""
-    pred, w, experts = model(x, doy)
+    their targets may be NaN). Default: all. An ensemble's loss is the mean of its members' losses: the
+    members share no weight, so each gets exactly its own gradient. Returns (loss, ensemble-mean estimate)."""
+    pred, w, experts = model.forward_members(x, doy)            # (B, N), (B, N, E), (B, N, E)
     pred, experts = pred.float(), experts.float()
+    N = pred.shape[1]
     if valid is None:
         wn = torch.full_like(y, 1.0 / y.numel())
     else:
         y = torch.where(valid, y, torch.zeros_like(y))
         wn = valid.float() / valid.sum().clamp_min(1)
-    loss = (wn * (pred - y) ** 2).sum()
+    wn = wn[:, None] / N                                        # and the mean over members
+    loss = (wn * (pred - y[:, None]) ** 2).sum()
     if cfg.expert_loss and model.cfg.model_type != "cnn_lstm" and model.mixture == "convex":
-        loss = loss + cfg.expert_loss * (wn[:, None] * (experts - y[:, None]) ** 2).sum() / experts.shape[1]
+        loss = loss + cfg.expert_loss * (wn[..., None] * (experts - y[:, None, None]) ** 2).sum() / experts.shape[2]
     if cfg.router_entropy and model.router is not None:
-        ent = -(w * torch.log(w.clamp_min(1e-8))).sum(dim=1)
+        ent = -(w * torch.log(w.clamp_min(1e-8))).sum(dim=2)
         loss = loss + cfg.router_entropy * (wn * ent).sum()
-    return loss, pred
+    return loss, pred.mean(1)
 
 
 def select_samples(rng: np.random.Generator, t_idx: np.ndarray, n_idx: np.ndarray, count: int,
@@ -281,18 +284,20 @@ def sample_runs(model, n_dates: int, t_idx, n_idx, run_days: int = STATEFUL_RUN_
 
 @torch.no_grad()
 def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048, amp_dtype=None,
-                    with_silent: bool = False, run_days: int = STATEFUL_RUN_DAYS):
+                    with_silent: bool = False, run_days: int = STATEFUL_RUN_DAYS, members: bool = False):
     """Run the model on samples (t, n). Returns SM in target units (N,), weights (N, E), experts (N, E):
     SM estimates in target units (convex mixture) or contributions in target units (scaled, additive),
     and with `with_silent` the silent-factor mask (N, E) as well. Stateful models run over runs of
-    consecutive days with their spin-up (``sample_runs``)."""
+    consecutive days with their spin-up (``sample_runs``). members=True: every ensemble member's outputs,
+    SM (N, M), weights and experts (N, M, E) for M members, instead of their means."""
     from .networks import silent_factor_mask
     model.eval()
     E, L = model.n_experts, model.cfg.seq_len
+    M = (model.members,) if members else ()
     m, context, ends, locs, run_of, day_of = sample_runs(model, sampler.y.shape[0], t_idx, n_idx, run_days)
-    ys = np.zeros(len(t_idx), np.float32)
-    ws = np.zeros((len(t_idx), E), np.float32)
-    es = np.zeros((len(t_idx), E), np.float32)
+    ys = np.zeros((len(t_idx),) + M, np.float32)
+    ws = np.zeros((len(t_idx),) + M + (E,), np.float32)
+    es = np.zeros((len(t_idx),) + M + (E,), np.float32)
     sil = np.zeros((len(t_idx), E), bool)
     per = max(1, batch_size // m)          # runs per batch
     order = np.argsort(run_of, kind="stable")
@@ -301,7 +306,7 @@ def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048
         g1 = min(len(ends), g0 + per)
         xb, _, db = sampler.batch(ends[g0:g1], locs[g0:g1], m, context)
         with torch.autocast(sampler.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            y, w, e = model(xb, db)
+            y, w, e = model.forward_members(xb, db) if members else model(xb, db)
         samples = order[bounds[bi]:bounds[bi + 1]]
         rows = torch.from_numpy(day_of[samples] * (g1 - g0) + run_of[samples] - g0)
         ys[samples] = y.float().cpu()[rows].numpy()
@@ -325,12 +330,13 @@ def set_contribution_reference(model, sampler: WindowSampler, t_idx, n_idx, rng,
     the contributions), only the reference the weights measure departures from. Returns it (list)."""
     model.eval()
     sel = rng.choice(len(t_idx), min(n, len(t_idx)), replace=False)
-    _, _, c, silent = predict_samples(model, sampler, t_idx[sel], n_idx[sel], batch_size, with_silent=True)
-    c = c / model.cfg.y_std                                   # back to normalised units
-    has = ~silent
-    ref = torch.from_numpy(np.where(has, c, 0.0).sum(0) / np.maximum(has.sum(0), 1)).float()
-    model.contrib_ref.copy_(ref.to(model.contrib_ref.device))
-    return ref.tolist()
+    _, _, c, silent = predict_samples(model, sampler, t_idx[sel], n_idx[sel], batch_size, with_silent=True,
+                                      members=True)
+    c = c / model.cfg.y_std                                   # back to normalised units, (S, members, E)
+    has = np.broadcast_to(~silent[:, None, :], c.shape)
+    ref = torch.from_numpy(np.where(has, c, 0.0).sum(0) / np.maximum(has.sum(0), 1)).float()   # members, E
+    model.contrib_ref.copy_(ref.view(model.contrib_ref.shape).to(model.contrib_ref.device))
+    return ref.mean(0).tolist()
 
 
 CANCEL_SAMPLES = 512   # training windows for the additive mixture's reference after a cancel
@@ -401,10 +407,13 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     cb.log(f"samples: train {len(tr_t)}, validation {len(va_t)}, test {len(te_t)}; split {json.dumps(split)}")
     split["per_location"] = per_location
 
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     mcfg = model_config_for(cube, model_type, **(model_options or {}))
-    model = SoilMoistureNet(mcfg).to(device)
+    model = build_model(mcfg, cfg.seed).to(device)      # member n's weights from seed + n
+    if mcfg.members > 1:
+        cb.log(f"ensemble of {mcfg.members} members (initial weights from seeds {mcfg.member_seeds}), trained "
+               f"together in one pass (stacked like the experts, the same batches); early stopping and the best "
+               f"checkpoint follow the ensemble mean's validation loss")
     if cfg.expert_loss and model_type == "ismoe" and model.mixture != "convex":
         cb.log(f"EXPERT_LOSS applies to the convex mixture only (its experts estimate SM); the {model.mixture} "
                "mixture's experts output contributions, so it is not used")
