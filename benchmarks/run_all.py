@@ -15,6 +15,9 @@ Parts (see benchmarks/README.md):
            (the same reads and same-size writes, no model).
   scaling  training step and tile prediction time vs experts (1, 3, 6, 9), patch size (3, 7, 11)
            and sequence length (7, 14, 30).
+  ensemble one training step (fwd + bwd + AdamW) of an ENSEMBLE of N members (stacked on the experts'
+           axis, one pass) against N times a single model's step, N = 3 and 5, train()'s batch (64) and
+           a bigger one (256); and tile prediction of N members against one.
   memory   MEMORY=stateful against MEMORY=window (L = 14), same experts: streaming tile prediction
            (pixel-days/s, one LSTM step per pixel-day against L), end-to-end predict_to_folder on the
            same GeoTIFFs, and training throughput counted as supervised days/s (stateful: sequences of
@@ -67,6 +70,8 @@ SIZES = {
                     "cuda": {"rounds": 5, "naive_pixel_days": 32768}},
         "e2e": {"size": 128, "days": 30, "tile_size": 64, "time_chunk": 64},
         "memory": {"tile": 32, "days": 64, "e2e_size": 96, "e2e_days": 64, "rounds": 3, "train_steps": 3},
+        "ensemble": {"T": 64, "H": 40, "W": 40, "targets": 600, "members": [3, 5], "batches": [64, 256],
+                     "rounds": 3, "steps": 3, "tile": 24, "days": 30},
         "scaling": {"T": 64, "H": 24, "W": 24, "targets": 300, "batch": 256, "tile": 24, "days": 8,
                     "cpu": {"warmup": 1, "rounds": 2, "steps": 1},
                     "cuda": {"warmup": 5, "rounds": 3, "steps": 10}},
@@ -81,6 +86,8 @@ SIZES = {
                     "cuda": {"rounds": 5, "naive_pixel_days": 131072}},
         "e2e": {"size": 1024, "days": 30, "tile_size": 128, "time_chunk": 64},
         "memory": {"tile": 128, "days": 128, "e2e_size": 512, "e2e_days": 128, "rounds": 3, "train_steps": 5},
+        "ensemble": {"T": 365, "H": 128, "W": 128, "targets": 4000, "members": [3, 5], "batches": [64, 256],
+                     "rounds": 5, "steps": 5, "tile": 64, "days": 30},
         "scaling": {"T": 120, "H": 48, "W": 48, "targets": 1000, "batch": 256, "tile": 64, "days": 30,
                     "cpu": {"warmup": 2, "rounds": 3, "steps": 2},
                     "cuda": {"warmup": 10, "rounds": 5, "steps": 20}},
@@ -93,6 +100,8 @@ TARGETS = {   # (part, comparison, device type) -> minimum ratio (issue 6)
     ("train", "ours/naive", "cuda"): 3.0,
     ("train", "gpu/cpu", "cuda"): 20.0,
     ("memory", "stateful/window predict_tile", "cpu"): 7.0,
+    # an N-member step must cost at most 0.6 N single steps: the ratio N * single / ensemble >= 1 / 0.6
+    ("ensemble", "N*single/ensemble train", "cpu"): 1 / 0.6,
     ("memory", "stateful/window e2e", "cpu"): 5.0,
 }
 
@@ -667,6 +676,87 @@ def bench_e2e(S, device, args):
     return res
 
 
+# ----------------------------------------------------------------------------- ensembles
+
+def bench_ensemble(S, device, args):
+    """One training step of N stacked members against N single steps (same batch, same settings)."""
+    from ismoe_qgis.model.networks import build_model
+    cfg = S["ensemble"]
+    k, L = 7, 14
+    cube = make_cube(DEMO_FACTORS, cfg["T"], cfg["H"], cfg["W"], cfg["targets"], k, L, seed=5)
+    sampler = WindowSampler(cube, device)
+    mask = cube.sample_mask(np.ones(cube.n_dates, bool))
+    t_idx, n_idx = np.nonzero(mask)
+    tc = TrainConfig()
+    rows, ratios = [], []
+    for batch in cfg["batches"]:
+        rng = np.random.default_rng(0)
+        sel = rng.choice(len(t_idx), batch)
+        xb, yb, db = sampler.batch(t_idx[sel], n_idx[sel])
+        models = {}
+        for n in [1] + list(cfg["members"]):
+            mc = model_config_for(cube, "ismoe", conv_channels=CONV_CHANNELS, hidden=HIDDEN,
+                                  router_hidden=ROUTER_HIDDEN, members=n)
+            m = build_model(mc, 0).to(device).train()
+            models[n] = (m, torch.optim.AdamW(m.parameters(), lr=1e-3))
+
+        def step(n):
+            m, opt = models[n]
+            loss, _ = loss_terms(m, xb, yb, db, tc)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for n in models:
+            step(n)                                              # warm-up
+        times = {n: [] for n in models}
+        for _ in range(cfg["rounds"]):
+            for n in models:
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(cfg["steps"]):
+                    step(n)
+                sync(device)
+                times[n].append((time.perf_counter() - t0) / cfg["steps"])
+        single = median(times[1])
+        for n, ts in times.items():
+            rows.append({"name": f"train step, {n} member{'s' if n > 1 else ''}, batch {batch}", "device": str(device),
+                         "members": n, "batch": batch, "step_ms": 1000 * median(ts),
+                         "step_ms_rounds": [round(1000 * t, 1) for t in ts]})
+            if n > 1:
+                rv = n * single / median(ts)
+                tgt, v = verdict("ensemble", "N*single/ensemble train", device.type, rv)
+                ratios.append({"comparison": "N*single/ensemble train", "ratio": rv, "target": tgt, "verdict": v,
+                               "what": f"{n} x single step / {n}-member step, batch {batch} (ensemble step = "
+                                       f"{median(ts) / single:.2f} single steps = {median(ts) / single / n:.2f} N)"})
+        log(f"  batch {batch}: " + ", ".join(f"N={n} {1000 * median(v):.0f} ms" for n, v in times.items()))
+    # prediction: one tile, N members against one
+    tile, T = cfg["tile"], cfg["days"]
+    r = k // 2
+    pc = make_cube(DEMO_FACTORS, T + L - 1, tile + 2 * r, tile + 2 * r, 4, k, L, seed=6)
+    xt = inference.normalise_block(models[1][0], pc.x).to(device)
+    doy = torch.from_numpy(inference.day_of_year(pc.dates[L - 1:])).to(device)
+    ptimes = {}
+    for n, (m, _) in models.items():
+        m.eval()
+        inference.predict_tile(m, xt, doy)
+        ts = []
+        for _ in range(2):
+            sync(device)
+            t0 = time.perf_counter()
+            inference.predict_tile(m, xt, doy, members=n > 1)
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+        ptimes[n] = median(ts)
+        rows.append({"name": f"predict_tile, {n} member{'s' if n > 1 else ''}", "device": str(device), "members": n,
+                     "seconds": ptimes[n], "pixel_days_per_s": tile * tile * T / ptimes[n]})
+        if n > 1:
+            ratios.append({"comparison": "N*single/ensemble predict", "ratio": n * ptimes[1] / ptimes[n], "target": None,
+                           "verdict": "", "what": f"{n} x single tile prediction / {n}-member tile prediction"})
+    log("  predict_tile: " + ", ".join(f"N={n} {v:.2f}s" for n, v in ptimes.items()))
+    return {"sizes": {"cube": [cfg["T"], cfg["H"], cfg["W"]], "experts": len(DEMO_FACTORS), "tile": [tile, tile, T]},
+            "rows": rows, "ratios": ratios}
+
+
 # ----------------------------------------------------------------------------- memory modes
 
 def bench_memory(S, device, args):
@@ -928,6 +1018,17 @@ def report(results):
                                  fmt(r["train_step_ms"]), fmt(r["naive_train_step_ms"]),
                                  f"{fmt(r['train_ours_over_naive'], 2)}x", fmt(r["predict_ms"]),
                                  fmt(r["predict_pixel_days_per_s"])] for r in t["rows"]]))
+    if "ensemble" in P:
+        t = P["ensemble"]
+        if "error" in t:
+            lines += ["", f"[6] ensembles: ERROR {t['error']}"]
+        else:
+            lines += ["", f"[6] ENSEMBLE: N members stacked on the experts' axis vs one model "
+                          f"(E={t['sizes']['experts']}, train()'s settings; tile {t['sizes']['tile']})"]
+            lines.append(table(["run", "device", "step ms", "seconds", "pixel-days/s"],
+                               [[r["name"], r["device"], fmt(r.get("step_ms")), fmt(r.get("seconds"), 3),
+                                 fmt(r.get("pixel_days_per_s"))] for r in t["rows"]]))
+            lines.append(table(["ratio", "value", "target", "verdict"], ratio_rows(t["ratios"])))
     if "memory" in P:
         t = P["memory"]
         if "error" in t:
@@ -950,7 +1051,7 @@ def main(argv=None):
     ap.add_argument("--full", action="store_true", help="issue sizes (1024x1024 end-to-end, bigger cube, more steps)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "performance.json"))
-    ap.add_argument("--only", default="train,predict,e2e,scaling,memory", help="comma list of parts")
+    ap.add_argument("--only", default="train,predict,e2e,scaling,memory,ensemble", help="comma list of parts")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (default: the CPUs available, or 1 when the load average already "
                          "fills them: OpenMP threads that wait on each other under contention are far slower)")
@@ -963,9 +1064,10 @@ def main(argv=None):
                     help="on the CPU, also time predict_tile with this chunk_windows (tuning row; 0 = off)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    bad = [p for p in parts if p not in ("train", "predict", "e2e", "scaling", "memory")]
+    known = ("train", "predict", "e2e", "scaling", "memory", "ensemble")
+    bad = [p for p in parts if p not in known]
     if bad:
-        ap.error(f"unknown part(s) {bad}: choose from train, predict, e2e, scaling, memory")
+        ap.error(f"unknown part(s) {bad}: choose from {', '.join(known)}")
     try:
         avail = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -994,7 +1096,7 @@ def main(argv=None):
         f"{threads} threads ({why})")
     t_all = time.perf_counter()
     fns = {"train": bench_train, "predict": bench_predict, "e2e": bench_e2e, "scaling": bench_scaling,
-           "memory": bench_memory}
+           "memory": bench_memory, "ensemble": bench_ensemble}
     for p in parts:
         log(f"[{p}] ...")
         t0 = time.perf_counter()
