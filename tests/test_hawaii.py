@@ -297,3 +297,45 @@ def test_station_evaluation_per_location_skill(stations, hawaii, run, tmp_path):
               f"ubRMSE {s['ubrmse']['median']}, {s['n_qualified']} of {s['n_locations']} stations")
     pooled = {r["model"]: r["cc"] for r in csv.DictReader(open(res["METRICS_CSV"])) if r["group_kind"] == "overall"}
     print("  pooled CC:", pooled, "; train TEST_CC", stations["res_t"]["TEST_CC"], "TEST_CC_MEDIAN_LOCATION", med)
+
+
+def test_stations_held_out_by_a_fold_field_and_scored_out_of_fold(stations, hawaii, run, tmp_path):
+    """SPLIT=locations with FOLD_LAYER/FOLD_FIELD through Processing: the folds come from the station
+    layer's field, every station is held out by exactly one fold model, the log names each fold's stations,
+    and evaluate scores every station with the model of its fold (out of fold). A field that does not form
+    FOLDS folds is refused by name, and no model is written."""
+    from osgeo import ogr
+    from ismoe_qgis.data.cube import Cube
+    from ismoe_qgis.model.io import load_model
+    cube = Cube.load(stations["ds"])
+    # a copy of the station layer with a fold field: stations alternate between folds A and B
+    src = ogr.Open(str(hawaii / "ismn_stations.gpkg"))
+    drv = ogr.GetDriverByName("GPKG")
+    path = str(tmp_path / "stations_folds.gpkg")
+    dst = drv.CopyDataSource(src, path)
+    lyr = dst.GetLayer(0)
+    lyr.CreateField(ogr.FieldDefn("fold", ogr.OFTString))
+    ids = []
+    for i, f in enumerate(lyr):
+        f.SetField("fold", "A" if i % 2 == 0 else "B")
+        lyr.SetFeature(f)
+        ids.append(f.GetField("station_id"))
+    dst = None
+    want = {sid: ("A" if i % 2 == 0 else "B") for i, sid in enumerate(ids)}
+    model = str(tmp_path / "cv.pt")
+    res, fb = run("ismoe:train", {"DATASET": stations["ds"], "OUTPUT": model, "SPLIT": 1, "FOLDS": 2,
+                                  "FOLD_LAYER": path, "FOLD_ID_FIELD": "station_id", "FOLD_FIELD": "fold", **FAST})
+    m, cfg, info = load_model(model)
+    assert cfg.member_kind == "folds" and cfg.members == 2
+    cv = info["cv"]
+    assert cv["locations"] == cube.station_ids
+    assert [sorted({want[s] for s, f in zip(cv["locations"], cv["fold_of"]) if f == k}) for k in (0, 1)] == [["A"], ["B"]]
+    assert "fold 1 holds out: " in fb.text and "out of fold" in fb.text
+    out = tmp_path / "ev"
+    res, fb = run("ismoe:evaluate", {"MODELS": [model], "DATASET": stations["ds"], "DEVICE": 2, "OUTPUT": str(out)})
+    assert "out-of-fold estimates" in fb.text
+    bad = tmp_path / "bad.pt"
+    with pytest.raises(Exception) as e:
+        run("ismoe:train", {"DATASET": stations["ds"], "OUTPUT": str(bad), "SPLIT": 1, "FOLDS": 3,
+                            "FOLD_LAYER": path, "FOLD_ID_FIELD": "station_id", "FOLD_FIELD": "fold", **FAST})
+    assert "FOLDS is 3" in str(e.value) and not bad.exists()

@@ -2,12 +2,14 @@
 import os
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingOutputFile)
 
+from . import presentation
 from .base import IsmoeAlgorithm
 from .common import check_writable, optional_date
-from .qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, PARAM_FLAG_ADVANCED, add_param_flags, optional
+from .qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, PARAM_FLAG_ADVANCED, SOURCE_VECTOR_ANY, add_param_flags, optional
 
 MODEL_TYPES = ["ismoe", "cnn_lstm", "mean_expert"]
 DEVICES = ["auto", "cuda", "cpu"]
@@ -16,6 +18,7 @@ ROUTER_INPUTS = ["expert_states", "all_states", "inputs", "inputs_doy"]
 MIXTURES = ["additive", "convex", "scaled"]          # enum order: the default first
 SCHEDULES = ["onecycle", "constant"]
 MEMORIES = ["window", "stateful"]
+SPLITS = ["time", "locations", "blocks"]
 DEFAULT_ENSEMBLE = 1       # see the README's ensemble section for the measurements behind it
 
 
@@ -26,6 +29,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
     CONSECUTIVE_DAYS, MIXTURE, LR_SCHEDULE = "CONSECUTIVE_DAYS", "MIXTURE", "LR_SCHEDULE"
     MEMORY, SPIN_UP, SUPERVISED_DAYS, THREADS = "MEMORY", "SPIN_UP", "SUPERVISED_DAYS", "THREADS"
     ENSEMBLE = "ENSEMBLE"
+    SPLIT, FOLDS, BLOCK_SIZE = "SPLIT", "FOLDS", "BLOCK_SIZE"
+    FOLD_LAYER, FOLD_ID_FIELD, FOLD_FIELD = "FOLD_LAYER", "FOLD_ID_FIELD", "FOLD_FIELD"
     GAP_POLICY, ROUTER_INPUT, HIDDEN, CONV_CHANNELS, DROPOUT = (
         "GAP_POLICY", "ROUTER_INPUT", "HIDDEN", "CONV_CHANNELS", "DROPOUT")
     EXPERT_LOSS, ROUTER_ENTROPY, MASK_SILENT, AMP = "EXPERT_LOSS", "ROUTER_ENTROPY", "MASK_SILENT", "AMP"
@@ -37,8 +42,26 @@ class TrainAlgorithm(IsmoeAlgorithm):
     def displayName(self):  # noqa: N802
         return self.tr("Train model")
 
+    def group(self):
+        return self.tr(presentation.group(self))
+
+    def groupId(self):  # noqa: N802
+        return presentation.group_id(self)
+
+    def tags(self):
+        return presentation.tags(self)
+
+    def icon(self):
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return presentation.help_url(self)
+
     def shortHelpString(self):  # noqa: N802
-        return self.tr(
+        return presentation.labelled_help(self, self.tr(
             "Trains a soil-moisture model on a dataset from ismoe:preparedataset and writes the best model "
             "(lowest validation loss). Training windows are cut from the cube on the fly.\n\n"
             "DATASET: the dataset file (.npz).\n"
@@ -64,6 +87,14 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "ismoe:evaluate scores the mean and every member, the spread of each metric, spread-skill and the "
             "members' agreement on the top factor. Early stopping and the best checkpoint follow the ensemble "
             "mean's validation loss. 1 = a single model.\n"
+            "SPLIT: time (default): train before VAL_START, test after TEST_START, at every location. locations: "
+            "cross-validation over the locations (stations or target pixels): FOLDS folds, one model per fold "
+            "trained without its locations (all folds in one pass, in one model file); the test score, and "
+            "ismoe:evaluate, use each location's out-of-fold estimate (from the model that never saw it). "
+            "blocks (grids): folds of BLOCK_SIZE x BLOCK_SIZE pixel blocks (0 = 4 x PATCH_SIZE, at least 8), and "
+            "no training location within PATCH_SIZE pixels of a held-out one, so no training patch overlaps a "
+            "held-out pixel. FOLD_LAYER / FOLD_ID_FIELD / FOLD_FIELD: a station layer whose FOLD_FIELD names each "
+            "station's fold (exactly FOLDS distinct values), instead of random folds.\n"
             "THREADS: torch CPU threads; 0 (default) = the CPUs the load average leaves idle, at least 1 (on a "
             "busy machine more threads than idle CPUs make training many times slower).\n"
             "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU; cuda without a GPU falls back to "
@@ -98,7 +129,7 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "Outputs: TEST_CC is pooled over all test samples (with several locations it mostly rewards each "
             "location's mean level); TEST_CC_MEDIAN_LOCATION is the median over the locations (at least 30 test "
             "days) of each location's CC over time, the skill ismoe:evaluate leads with.\n"
-            "Cancel stops within one batch and keeps the best model so far.")
+            "Cancel stops within one batch and keeps the best model so far."))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         adv = PARAM_FLAG_ADVANCED
@@ -155,6 +186,19 @@ class TrainAlgorithm(IsmoeAlgorithm):
             self.AMP, self.tr("bf16 autocast on CUDA"), True), adv))
         self.addParameter(add_param_flags(QgsProcessingParameterNumber(
             self.THREADS, self.tr("CPU threads (0 = from the load)"), NUMBER_INTEGER, 0, False, 0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterEnum(
+            self.SPLIT, self.tr("Held-out split"), SPLITS, defaultValue=0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.FOLDS, self.tr("Folds (SPLIT locations/blocks)"), NUMBER_INTEGER, 5), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterNumber(
+            self.BLOCK_SIZE, self.tr("Block size in pixels (SPLIT blocks; 0 = automatic)"), NUMBER_INTEGER, 0,
+            False, 0), adv))
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterFeatureSource(
+            self.FOLD_LAYER, self.tr("Station layer with a fold field"), [SOURCE_VECTOR_ANY])), adv))
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterField(
+            self.FOLD_ID_FIELD, self.tr("Fold layer: station id field"), "station_id", self.FOLD_LAYER)), adv))
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterField(
+            self.FOLD_FIELD, self.tr("Fold layer: fold field"), None, self.FOLD_LAYER)), adv))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Model file"),
                                                                 self.tr("ISMoE model (*.pt)")))
         self.addParameter(optional(QgsProcessingParameterFileDestination(
@@ -163,6 +207,26 @@ class TrainAlgorithm(IsmoeAlgorithm):
                            ("TEST_CC", "Test CC (pooled)"), ("TEST_RMSE", "Test RMSE"),
                            ("TEST_CC_MEDIAN_LOCATION", "Test CC, median over locations")):
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(desc)))
+
+    def fold_labels(self, p, context, cube):
+        """The fold of every station of the cube from FOLD_LAYER's FOLD_FIELD (None without a fold layer)."""
+        src = self.parameterAsSource(p, self.FOLD_LAYER, context)
+        if src is None:
+            return None
+        if not cube.station_ids:
+            raise QgsProcessingException(f"{self.FOLD_LAYER}: the dataset has gridded targets, not stations: folds "
+                                         f"from a station layer need a station dataset (use SPLIT=blocks for grids)")
+        id_field = self.parameterAsString(p, self.FOLD_ID_FIELD, context) or "station_id"
+        fold_field = self.parameterAsString(p, self.FOLD_FIELD, context)
+        names = src.fields().names()
+        for par, f in ((self.FOLD_ID_FIELD, id_field), (self.FOLD_FIELD, fold_field)):
+            if not f or f not in names:
+                raise QgsProcessingException(f"{par}: the fold layer has no field '{f}' (fields: {', '.join(names)})")
+        folds = {}
+        for feat in src.getFeatures():
+            folds[str(feat[id_field])] = feat[fold_field]
+        return [None if folds.get(str(s)) in (None, "") or str(folds.get(str(s))) == "NULL" else folds.get(str(s))
+                for s in cube.station_ids]
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_torch()
@@ -196,7 +260,11 @@ class TrainAlgorithm(IsmoeAlgorithm):
             amp=self.parameterAsBoolean(p, self.AMP, context),
             schedule=SCHEDULES[self.parameterAsEnum(p, self.LR_SCHEDULE, context)],
             supervised_days=self.parameterAsInt(p, self.SUPERVISED_DAYS, context),
-            threads=self.parameterAsInt(p, self.THREADS, context))
+            threads=self.parameterAsInt(p, self.THREADS, context),
+            split=SPLITS[self.parameterAsEnum(p, self.SPLIT, context)],
+            folds=self.parameterAsInt(p, self.FOLDS, context),
+            block_size=self.parameterAsInt(p, self.BLOCK_SIZE, context),
+            fold_labels=self.fold_labels(p, context, cube))
         model_type = MODEL_TYPES[self.parameterAsEnum(p, self.MODEL, context)]
         options = dict(hidden=self.parameterAsInt(p, self.HIDDEN, context),
                        conv_channels=self.parameterAsInt(p, self.CONV_CHANNELS, context),
@@ -208,6 +276,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
                        members=self.parameterAsInt(p, self.ENSEMBLE, context))
         if options["memory"] == "stateful":       # a windowed model has no spin-up
             options["spin_up"] = self.parameterAsInt(p, self.SPIN_UP, context)
+        from ..data.cube import check_split
+        self.run_core(check_split, cube, cfg.val_start, cfg.test_start, self.VAL_START, self.TEST_START)
         feedback.pushInfo(f"training {model_type} on {path}")
         res = self.run_core(train, cube, out, model_type, cfg, options, self.callbacks(feedback), log_path)
         if res["cancelled"]:

@@ -486,7 +486,18 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         E = len(model.output_names)
         is_moe = cfg.model_type == "ismoe"
         M = model.members
-        ens = M > 1              # an ensemble: every member is scored too (its own estimate, "<name> [member k]")
+        folds = cfg.member_kind == "folds"       # cross-validation: each location by its fold's model
+        fold_idx = None
+        if folds:
+            cvi = (info or {}).get("cv") or {}
+            fmap = dict(zip(cvi.get("locations") or [], cvi.get("fold_of") or []))
+            fold_idx = np.array([fmap.get(lab, -1) for lab in view.location_labels()], np.int64)
+            n_known = int((fold_idx >= 0).sum())
+            notes.append(f"{name}: cross-validation ({cvi.get('split')}, {M} folds): out-of-fold estimates, every "
+                         f"location by the model of its fold, which never trained on it ({n_known} of {N} locations "
+                         f"are in the model's folds; any other by the mean of the fold models)")
+            cb.log(notes[-1])
+        ens = M > 1 and not folds  # an ensemble: every member is scored too (its own estimate, "<name> [member k]")
         member_est = np.full((M, len(pdates), N), np.nan, np.float32) if ens else None
         seasons = season_of(pdates) if ens else None
         season_names = [s_ for s_ in dict.fromkeys(seasons.tolist())] if ens else None
@@ -521,6 +532,13 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                         for k in range(len(season_names)):
                             m_ = sel & (sc == k)
                             msums[:, r_, k] += wz[m_].sum(0)
+            elif folds:
+                ym, wm, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp,
+                                            members=True)
+                f_ = fold_idx[nn]
+                r_ = np.arange(len(nn))
+                y = np.where(f_ >= 0, ym[r_, np.maximum(f_, 0)], ym.mean(1))
+                w = np.where((f_ >= 0)[:, None], wm[r_, np.maximum(f_, 0)], wm.mean(1))
             else:
                 y, w, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp)
             est[tp, nn] = y
@@ -547,7 +565,11 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         for s in range(0, len(ct), chunk):
             cb.check_cancel()
             tt, nn = ct[s:s + chunk], cn[s:s + chunk]
-            y, _, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp, members=ens)
+            y, _, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp,
+                                      members=ens or folds)
+            if folds:
+                f_ = fold_idx[nn]
+                y = np.where(f_ >= 0, y[np.arange(len(nn)), np.maximum(f_, 0)], y.mean(1))
             acc_vals.append(np.asarray(y, np.float64).reshape(len(tt), -1))
             acc_t.append(cube.dates[tt])
             acc_n.append(nn)

@@ -89,6 +89,10 @@ class ModelConfig:
     spin_up: int = 0            # stateful: days the LSTM runs before the first supervised/output day
     members: int = 1            # ENSEMBLE: members trained together, stacked on the experts' axis
     member_seeds: List[int] = field(default_factory=list)
+    # "ensemble": the members are an ensemble (estimate = their mean); "folds": cross-validation (SPLIT=
+    # locations|blocks), member k = the model of fold k, trained without fold k's locations (the model
+    # file's info["cv"] maps locations to folds; evaluate scores each location with its fold's model)
+    member_kind: str = "ensemble"
     x_mean: List[float] = field(default_factory=list)
     x_std: List[float] = field(default_factory=list)
     y_mean: float = 0.0
@@ -106,6 +110,8 @@ class ModelConfig:
             raise ValueError(f"SPIN_UP must be >= 0 days, got {self.spin_up}")
         if int(self.members) != self.members or self.members < 1:
             raise ValueError(f"ENSEMBLE must be a number of members >= 1, got {self.members}")
+        if self.member_kind not in ("ensemble", "folds"):
+            raise ValueError(f"member kind must be ensemble or folds, got '{self.member_kind}'")
         if self.router_input not in ROUTER_INPUTS:
             raise ValueError(f"router input must be one of {', '.join(ROUTER_INPUTS)}, got '{self.router_input}'")
         if self.patch_size < 1 or self.patch_size % 2 == 0:

@@ -61,6 +61,15 @@ class TrainConfig:
     supervised_days: int = 32
     # torch CPU threads: 0 = the CPUs the load average leaves idle (at least 1), see ismoe_qgis/threads.py
     threads: int = 0
+    # held-out locations (model/folds.py): "time" (the time split only), "locations" (K folds of locations) or
+    # "blocks" (K folds of block_size x block_size pixel blocks, training kept `buffer` pixels away from
+    # held-out ones; 0 = automatic: block 4 x PATCH_SIZE (>= 8), buffer PATCH_SIZE). fold_labels: the user's
+    # fold per location (e.g. a station field), instead of random folds.
+    split: str = "time"
+    folds: int = 5
+    block_size: int = 0
+    buffer: int = -1
+    fold_labels: Optional[list] = None
 
 
 SCHEDULES = ("onecycle", "constant")
@@ -193,11 +202,13 @@ def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig
                        **overrides)
 
 
-def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None):
+def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None):
     """The training loss over the windows of x (see module doc). valid (bool, one per window):
     the windows that count (runs of consecutive days may hold days without a valid sample;
     their targets may be NaN). Default: all. An ensemble's loss is the mean of its members' losses: the
-    members share no weight, so each gets exactly its own gradient. Returns (loss, ensemble-mean estimate)."""
+    members share no weight, so each gets exactly its own gradient. member_mask (B, N) bool: the windows
+    each member may train on (cross-validation folds: not its held-out locations). Returns (loss,
+    ensemble-mean estimate)."""
     pred, w, experts = model.forward_members(x, doy)            # (B, N), (B, N, E), (B, N, E)
     pred, experts = pred.float(), experts.float()
     N = pred.shape[1]
@@ -206,7 +217,11 @@ def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None):
     else:
         y = torch.where(valid, y, torch.zeros_like(y))
         wn = valid.float() / valid.sum().clamp_min(1)
-    wn = wn[:, None] / N                                        # and the mean over members
+    if member_mask is None:
+        wn = wn[:, None] / N                                    # and the mean over members
+    else:
+        keep = member_mask.float() * (wn[:, None] > 0).float()
+        wn = keep / keep.sum(0, keepdim=True).clamp_min(1) / N     # each member over its own windows
     loss = (wn * (pred - y[:, None]) ** 2).sum()
     if cfg.expert_loss and model.cfg.model_type != "cnn_lstm" and model.mixture == "convex":
         loss = loss + cfg.expert_loss * (wn[..., None] * (experts - y[:, None, None]) ** 2).sum() / experts.shape[2]
@@ -234,6 +249,50 @@ def select_samples(rng: np.random.Generator, t_idx: np.ndarray, n_idx: np.ndarra
         sel = sel[np.argsort(t_idx[sel], kind="stable")][:count]
     sel = np.sort(sel)
     return t_idx[sel], n_idx[sel]
+
+
+def setup_folds(cube: Cube, cfg: TrainConfig, options: dict, cb) -> dict:
+    """Folds of SPLIT=locations|blocks: {"split", "folds", "fold_of" (list per location), "locations"
+    (labels), "block_size", "buffer", "excluded" (K, N) bool: the locations fold k may not train on}."""
+    from .folds import assign_folds, training_exclusion
+    if int(options.get("members", 1)) > 1:
+        raise ValueError(f"SPLIT={cfg.split} trains one model per fold (FOLDS={cfg.folds}) in the places of "
+                         f"ensemble members: use ENSEMBLE=1 with it")
+    k = cube.patch_size
+    block = cfg.block_size or max(8, 4 * k)
+    buffer = k if cfg.buffer is None or cfg.buffer < 0 else int(cfg.buffer)
+    labels = cube.location_labels()
+    fold_of = assign_folds(cube.target_rows, cube.target_cols, cfg.split, cfg.folds, cfg.seed, block,
+                           cfg.fold_labels, labels)
+    buf = buffer if cfg.split == "blocks" else 0
+    excluded = training_exclusion(cube.target_rows, cube.target_cols, fold_of, int(cfg.folds), buf)
+    sizes = np.bincount(fold_of, minlength=cfg.folds)
+    cb.log(f"SPLIT={cfg.split}: {cfg.folds} folds of {', '.join(str(int(x)) for x in sizes)} locations"
+           + (f" (blocks of {block} x {block} px, training kept {buf} px away from held-out pixels)"
+              if cfg.split == "blocks" else "")
+           + "; one model per fold, trained together; early stopping on each fold's own training locations")
+    if cube.station_ids:
+        for f in range(int(cfg.folds)):
+            cb.log(f"fold {f + 1} holds out: " + ", ".join(labels[i] for i in np.nonzero(fold_of == f)[0]))
+    return {"split": cfg.split, "folds": int(cfg.folds), "fold_of": fold_of.tolist(), "locations": labels,
+            "block_size": block if cfg.split == "blocks" else None, "buffer": buf, "excluded": excluded}
+
+
+def cv_fold_index(cv: dict, n_idx) -> np.ndarray:
+    return np.asarray(cv["fold_of"], np.int64)[np.asarray(n_idx, np.int64)]
+
+
+def fold_validation(model, sampler, t_idx, n_idx, obs, cv, y_std, amp_dtype=None):
+    """Cross-validation folds on samples of their own training locations: (estimate per sample = the mean of
+    the folds' models allowed there (NaN where none is), loss = mean over folds of each one's MSE in
+    normalised units)."""
+    ym, _, _ = predict_samples(model, sampler, t_idx, n_idx, amp_dtype=amp_dtype, members=True)     # S, K
+    allowed = ~cv["excluded"][:, np.asarray(n_idx, np.int64)].T
+    err = ((ym - np.asarray(obs)[:, None]) / y_std) ** 2
+    per = [(err[allowed[:, k], k]).mean() for k in range(ym.shape[1]) if allowed[:, k].any()]
+    with np.errstate(invalid="ignore"):
+        est = np.where(allowed.any(1), (ym * allowed).sum(1) / np.maximum(allowed.sum(1), 1), np.nan)
+    return est.astype(np.float32), float(np.mean(per)) if per else float("nan")
 
 
 def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_idx: np.ndarray,
@@ -356,6 +415,9 @@ def autocast_cc_check(obs, est_amp, est_fp32, amp_dtype, tol: float = None) -> d
 
 
 def _cc_rmse(obs, est):
+    ok = np.isfinite(est)
+    if not ok.all():
+        obs, est = np.asarray(obs)[ok], np.asarray(est)[ok]
     if len(obs) < 3 or np.std(obs) == 0 or np.std(est) == 0:
         cc = float("nan")
     else:
@@ -380,6 +442,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
     if cfg.consecutive_days < 1:
         raise ValueError(f"CONSECUTIVE_DAYS must be >= 1, got {cfg.consecutive_days}")
+    from .folds import SPLITS
+    if cfg.split not in SPLITS:
+        raise ValueError(f"SPLIT must be one of {', '.join(SPLITS)}, got '{cfg.split}'")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"LR_SCHEDULE must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
     device = resolve_device(cfg.device, cb.log)
@@ -408,9 +473,17 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     split["per_location"] = per_location
 
     rng = np.random.default_rng(cfg.seed)
-    mcfg = model_config_for(cube, model_type, **(model_options or {}))
+    options = dict(model_options or {})
+    cv = None
+    if cfg.split != "time":
+        cv = setup_folds(cube, cfg, options, cb)
+        options.update(members=cv["folds"], member_kind="folds")
+    mcfg = model_config_for(cube, model_type, **options)
     model = build_model(mcfg, cfg.seed).to(device)      # member n's weights from seed + n
-    if mcfg.members > 1:
+    excluded_t = None if cv is None else torch.from_numpy(cv["excluded"]).to(device)    # K, locations
+    if cv is not None:
+        info_cv = {k: v for k, v in cv.items() if k != "excluded"}
+    if mcfg.members > 1 and cv is None:
         cb.log(f"ensemble of {mcfg.members} members (initial weights from seeds {mcfg.member_seeds}), trained "
                f"together in one pass (stacked like the experts, the same batches); early stopping and the best "
                f"checkpoint follow the ensemble mean's validation loss")
@@ -471,7 +544,11 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             n_valid = int(valid.sum())
             valid = torch.from_numpy(valid.reshape(-1)).to(yb.device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid)
+                mm = None
+                if excluded_t is not None:       # rows j * G + g: location run_loc[g0 + g]
+                    locs = torch.as_tensor(run_loc[g0:g1], device=excluded_t.device).repeat(m)
+                    mm = ~excluded_t[:, locs].t()
+                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid, mm)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -485,8 +562,11 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         if cancelled:           # the partial epoch is not validated: cancel returns within seconds
             cb.log("cancelled: keeping the best model so far" if best_state is not None else "cancelled")
             break
-        est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
-        val_loss = float(np.mean(((est - v_obs) / cube.y_std) ** 2))
+        if cv is None:
+            est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
+            val_loss = float(np.mean(((est - v_obs) / cube.y_std) ** 2))
+        else:               # each fold's model on its own training locations (never a held-out one)
+            est, val_loss = fold_validation(model, sampler, vt, vn, v_obs, cv, cube.y_std, amp_dtype)
         cc, rmse = _cc_rmse(v_obs, est)
         row = {"epoch": epoch, "train_loss": tot / max(cnt, 1), "val_loss": val_loss, "val_cc": cc,
                "val_rmse": rmse, "seconds": round(time.time() - t0, 2)}
@@ -518,6 +598,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                + ", ".join(f"{f} {v:+.3f}" for f, v in zip(model.output_names, ref)))
     result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
               "split": split, "model_type": model_type}
+    if cv is not None:
+        info_base["cv"] = result["cv"] = info_cv
     if cancelled:
         best_row = next(r for r in history if r["epoch"] == best_epoch)
         result["val_cc"], result["val_rmse"] = best_row["val_cc"], best_row["val_rmse"]
@@ -527,9 +609,13 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                                      "val_cc": result["val_cc"], "test_cc": None})
         cb.progress(1.0)
         return result
-    est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
+    def scored(t_, n_, amp_):
+        if cv is None:
+            return predict_samples(model, sampler, t_, n_, amp_dtype=amp_)[0]
+        return fold_validation(model, sampler, t_, n_, cube.y[t_, n_], cv, cube.y_std, amp_)[0]
+    est = scored(vt, vn, amp_dtype)
     if amp_dtype is not None:
-        est_fp32, _, _ = predict_samples(model, sampler, vt, vn)
+        est_fp32 = scored(vt, vn, None)
         check = autocast_cc_check(v_obs, est, est_fp32, amp_dtype)
         result["amp_check"] = info_base["amp_check"] = check
         info_base["amp_ok"] = check["ok"]
@@ -542,7 +628,13 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
     if len(te_t):
         tt, tn = select_samples(rng, te_t, te_n, 50000, stateful)
-        est, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=amp_dtype)
+        if cv is None:
+            est, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=amp_dtype)
+        else:   # out of fold: each location by the model of its fold, which never saw it
+            ym, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=amp_dtype, members=True)
+            est = ym[np.arange(len(tn)), cv_fold_index(cv, tn)]
+            cb.log(f"test period, out of fold ({cfg.split}, {cv['folds']} folds): every location estimated by the "
+                   f"model that never trained on it")
         result["test_cc"], result["test_rmse"] = _cc_rmse(cube.y[tt, tn], est)
         from .metrics import describe_location_skill, location_skill_samples, location_skill_summary
         # per-location test skill (CC over time, bias, ubRMSE; the anomaly CC needs the model's own
