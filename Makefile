@@ -4,6 +4,8 @@
 #   make demo      synthetic demo region -> prepare -> train -> predict, via qgis_process
 #   make test      the test suite (what .ci/run runs)
 #   make bench     benchmarks/run_all.py
+#   make zip       dist/ismoe_qgis-<version>.zip for the Plugin Manager's "Install from ZIP" (help pages first)
+#   make helppages regenerate the help pages shipped in ismoe_qgis/help/ (each algorithm's helpUrl)
 #   make env       print the environment for QGIS / qgis_process (eval "$(make -s env)")
 #
 # Every target is idempotent; a second `make install` checks and changes nothing.
@@ -32,10 +34,10 @@ QGIS_ENV := source $(ROOT)/scripts/env.sh &&
 # The profile folder QGIS desktop and a plain qgis_process use by default.
 QGIS_PROFILE_PLUGINS = $${QGIS_CUSTOM_CONFIG_PATH:-$${XDG_DATA_HOME:-$$HOME/.local/share}/QGIS/QGIS3}/profiles/default/python/plugins
 
-.PHONY: install apt venv constraints torch plugin link demo test bench env clean distclean help
+.PHONY: install apt venv constraints torch plugin link demo test bench env clean distclean help zip helppages
 
 help:
-	@sed -n '3,8p' $(ROOT)/Makefile | sed 's/^# *//'
+	@sed -n '3,10p' $(ROOT)/Makefile | sed 's/^# *//'
 
 install: apt venv constraints torch plugin link
 	@echo "install: done. QGIS environment: eval \"\$$(make -s env)\"; qgis_process: scripts/qgis_process"
@@ -110,11 +112,23 @@ test:
 bench:
 	@$(QGIS_ENV) cd $(ROOT) && $(PY) benchmarks/run_all.py
 
+# --- the plugin zip: ismoe_qgis/ at the zip root (metadata.txt, icon, LICENSE, README, docs, help,
+# styles, models); needs only QGIS's Python (no torch): the help pages are built with QGIS first --------
+ZIP ?= $(ROOT)/dist/ismoe_qgis-$(shell sed -n 's/^version=//p' $(ROOT)/ismoe_qgis/metadata.txt).zip
+HELP_PY := $(shell [ -x "$(PY)" ] && echo "$(PY)" || echo "$(SYS_PYTHON)")
+
+helppages:
+	@$(QGIS_ENV) cd $(ROOT) && $(HELP_PY) scripts/build_help.py 2>&1 | grep -v -e XDG_RUNTIME_DIR -e DeprecationWarning; \
+	  test "$${PIPESTATUS[0]}" = 0
+
+zip: helppages
+	@$(SYS_PYTHON) $(ROOT)/scripts/make_zip.py "$(ZIP)"
+
 env:
 	@$(ROOT)/scripts/env.sh --print
 
 clean:
-	rm -rf $(ROOT)/out $(ROOT)/.pytest_cache
+	rm -rf $(ROOT)/out $(ROOT)/.pytest_cache $(ROOT)/dist
 	find $(ROOT)/ismoe_qgis $(ROOT)/tests -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

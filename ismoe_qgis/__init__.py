@@ -13,7 +13,9 @@ def classFactory(iface):  # noqa: N802 (QGIS API name)
     from .threads import passive_openmp_wait
 
     passive_openmp_wait()         # before torch is first imported: waiting OpenMP threads sleep, not spin
-    add_plugin_venv_to_path()
-    from .plugin import IsmoePlugin
+    from .plugin import IsmoePlugin, add_dependency_paths
+
+    add_dependency_paths()        # <profile>/python/ismoe_deps/pyX.Y: where ismoe:installdependencies puts torch
+    add_plugin_venv_to_path()     # a clone's .venv (make install), when torch is still missing
 
     return IsmoePlugin(iface)

@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Build the Model Builder model models/ismoe_prepare_train_predict.model3 with the PyQGIS API.
+"""Build the Model Builder model ismoe_qgis/models/ismoe_prepare_train_predict.model3 (PyQGIS API).
+
+The provider offers every .model3 in ismoe_qgis/models/ as ismoe:<file stem without ismoe_>, so this one
+is ismoe:prepare_train_predict in the Toolbox (group 5 Model chains); models/ at the root is a link.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/make_model3.py [OUT.model3]
 
@@ -36,7 +39,7 @@ import os
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO_ROOT, "models", "ismoe_prepare_train_predict.model3")
+DEFAULT_OUT = os.path.join(REPO_ROOT, "ismoe_qgis", "models", "ismoe_prepare_train_predict.model3")  # shipped in the plugin
 
 MODEL_NAME = "ISMoE: prepare, train, predict"
 MODEL_GROUP = "ISMoE"

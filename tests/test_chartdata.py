@@ -359,3 +359,101 @@ def test_zone_regions_from_a_label_raster(pred, tmp_path):
         cd.parse_zone_names("1 arid")
     with pytest.raises(cd.ChartDataError, match="could not be read"):
         cd.zone_regions(f, str(tmp_path / "none.tif"))
+
+
+# --------------------------------------------------------------------------- ensemble spread
+def make_ensemble(arrays, members=3):
+    """Turn a prediction folder into an ensemble's: prediction.json "ensemble" and an importance.csv with
+    the members' spread (members = the mean weights scaled by 0.9, 1.0, 1.1, ...)."""
+    folder = arrays["path"]
+    w = arrays["weights"].astype(float)
+    w[w == NODATA] = np.nan
+    sums, counts = np.nansum(w, axis=(2, 3)), np.isfinite(w).sum(axis=(2, 3))
+    scale = 1.0 + 0.1 * (np.arange(members) - (members - 1) / 2)
+    t = imp.importance_from_sums(arrays["dates"], sums, counts, arrays["factors"],
+                                 member_sums=scale[:, None, None] * sums[None])
+    imp.write_importance_csv(t, os.path.join(folder, "importance.csv"))
+    meta = json.loads(Path(folder, "prediction.json").read_text())
+    meta["ensemble"] = {"members": members, "seeds": list(range(members)), "sm_spread": "sm_spread.tif",
+                        "weight_spread": {f: "weight_spread_%s.tif" % f for f in arrays["factors"]},
+                        "spread_meaning": "standard deviation over the ensemble's members (ddof 0)"}
+    meta["importance"] = "importance.csv"
+    Path(folder, "prediction.json").write_text(json.dumps(meta))
+    return t
+
+
+def test_ensemble_spread_becomes_a_band_around_each_line(pred):
+    single = cd.open_prediction(pred["path"])
+    assert single.ensemble is None and single.members is None
+    assert all(not c.has_band for c in cd.chart_series(cd.whole_area_importance(single).get("all", "month")))
+    ref = make_ensemble(pred)
+    f = cd.open_prediction(pred["path"])
+    assert f.members == 3 and f.ensemble["weight_spread"]["snow"] == "weight_spread_snow.tif"
+    assert cd.ensemble_members(f.importance_path) == 3 and cd.ensemble_members(pred["path"]) == 3
+    for kind in ("month", "season", "doy"):
+        s = cd.whole_area_importance(f).get("all", kind)    # from importance.csv, spread included
+        want = ref.get("all", kind)
+        assert s.spread is not None and (s.spread > 0).all()
+        np.testing.assert_allclose(s.spread, want.spread, atol=2e-6)
+        lines = cd.chart_series(s)
+        assert [c.factor for c in lines] == f.factors and all(c.has_band for c in lines)
+        for j, c in enumerate(lines):
+            np.testing.assert_allclose(c.band_lower, s.mean[:, j] - s.spread[:, j])
+            np.testing.assert_allclose(c.band_upper, s.mean[:, j] + s.spread[:, j])
+        assert not any(c.has_band for c in cd.chart_series(s, stacked=True))
+    # a region streamed from the rasters has no member spread: no band
+    s = cd.region_importance(f, cd.BBox(X0, Y0 - 2000, X0 + 2000, Y0)).get("all", "month")
+    assert s.spread is None and not any(c.has_band for c in cd.chart_series(s))
+    assert cd.spread_label(3) == "± member sd (3 members)" and cd.spread_label(None) == "± member sd"
+
+
+def test_matplotlib_chart_draws_the_spread_band(pred, tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from ismoe_qgis.ui import mplchart
+
+    make_ensemble(pred)
+    f = cd.open_prediction(pred["path"])
+    t = cd.whole_area_importance(f)
+    s = t.get("all", "month")
+    fig = mplchart.importance_figure(t, "month", members=3)
+    ax = fig.axes[0]
+    bands = {c.get_gid(): c for c in ax.collections if isinstance(c, PolyCollection) and c.get_gid()}
+    assert sorted(bands) == sorted("spread-" + x for x in f.factors)
+    for j, name in enumerate(f.factors):
+        verts = bands["spread-" + name].get_paths()[0].vertices
+        assert verts[:, 1].max() == pytest.approx(np.nanmax(s.mean[:, j] + s.spread[:, j]), abs=1e-9)
+        assert verts[:, 1].min() == pytest.approx(np.nanmin(s.mean[:, j] - s.spread[:, j]), abs=1e-9)
+        assert bands["spread-" + name].get_alpha() == pytest.approx(cd.BAND_ALPHA)
+    legend = [tx.get_text() for lg in fig.legends for tx in lg.get_texts()]
+    assert "± member sd (3 members)" in legend
+    assert Path(mplchart.save_figure(fig, str(tmp_path / "band.png"))).stat().st_size > 1000
+    # stacked areas and a table without spread: no band, no legend entry
+    for fig in (mplchart.importance_figure(t, "month", stacked=True),
+                mplchart.importance_figure(cd.region_importance(f), "month")):
+        assert not [c for c in fig.axes[0].collections if c.get_gid()]
+        assert not any("member sd" in tx.get_text() for lg in fig.legends for tx in lg.get_texts())
+
+
+def test_date_positions_on_the_chart_axes():
+    d = np.datetime64("2019-07-16")
+    assert cd.date_position("month", d) == pytest.approx(7.0, abs=0.02)      # mid-July = 7
+    assert cd.date_position("month", "2019-07-01") == pytest.approx(6.5 + 0.5 / 31)
+    assert cd.date_position("doy", d) == 197
+    assert cd.date_position("season", "2019-07-16") == pytest.approx(3.0, abs=0.02)   # JJA, its middle month
+    assert 0.5 < cd.date_position("season", "2019-12-01") < 1.0 < cd.date_position("season", "2019-02-10") < 1.5
+    assert cd.date_position("time", d) == float(np.datetime64("2019-07-16T00:00:00", "s").astype(np.int64))
+    with pytest.raises(cd.ChartDataError):
+        cd.date_position("week", d)
+    # inverse: every day of a year comes back from its position
+    days = np.arange(np.datetime64("2019-01-01"), np.datetime64("2020-01-01"))
+    for kind in ("month", "season", "doy", "time"):
+        back = [cd.date_at_position(kind, cd.date_position(kind, x), near="2019-05-05") for x in days[::7]]
+        assert back == list(days[::7]), kind
+    # snapped to the prediction's dates in the same period, in the year of `near`
+    two_years = np.arange(np.datetime64("2019-01-01"), np.datetime64("2021-01-01"), 10)
+    assert cd.date_at_position("month", 3.0, two_years, near="2020-08-01").astype(object).month == 3
+    assert str(cd.date_at_position("month", 3.0, two_years, near="2020-08-01"))[:4] == "2020"
+    assert str(cd.date_at_position("doy", 100, None, near="2020-08-01")) == "2020-04-09"
+    assert cd.date_at_position("time", cd.date_position("time", "2019-01-04"), two_years) == np.datetime64(
+        "2019-01-01")

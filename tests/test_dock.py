@@ -379,3 +379,216 @@ def test_screenshot_script(pred, tmp_path, repo_root):
                           "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300,
                          env=env, cwd=str(repo_root))
     assert bad.returncode == 2 and "No weight rasters" in bad.stderr
+
+
+# --------------------------------------------------------------------------- ensemble spread band
+def make_ensemble(arrays, members=3):
+    """An ensemble's prediction folder: prediction.json "ensemble" and importance.csv with a spread column."""
+    import json
+
+    folder = arrays["path"]
+    w = arrays["weights"].astype(float)
+    sums, counts = w.sum(axis=(2, 3)), np.full(w.shape[:2], w.shape[2] * w.shape[3])
+    scale = 1.0 + 0.1 * (np.arange(members) - (members - 1) / 2)
+    t = imp.importance_from_sums(arrays["dates"], sums, counts, FACTORS, member_sums=scale[:, None, None] * sums[None])
+    imp.write_importance_csv(t, os.path.join(folder, "importance.csv"))
+    path = os.path.join(folder, "prediction.json")
+    with open(path) as fh:
+        meta = json.load(fh)
+    meta["ensemble"] = {"members": members, "seeds": list(range(members)), "sm_spread": "sm_spread.tif",
+                        "weight_spread": {f: "weight_spread_%s.tif" % f for f in FACTORS},
+                        "spread_meaning": "standard deviation over the ensemble's members (ddof 0)"}
+    with open(path, "w") as fh:
+        json.dump(meta, fh)
+    return imp.read_importance_csv(os.path.join(folder, "importance.csv"))
+
+
+def visible_bands(dock):
+    import pyqtgraph as pg
+
+    return [it for it in dock.importance_plot.getPlotItem().items
+            if isinstance(it, pg.FillBetweenItem) and it.isVisible()]
+
+
+def test_ensemble_spread_band_around_each_line(dock, pred, tmp_path, capfd):
+    # a single model: lines, no band
+    assert dock.load_source(pred["path"]) and dock.wait(60)
+    assert dock.series_names() == FACTORS and visible_bands(dock) == []
+    assert "member sd" not in dock.importance_legend.text()
+
+    ref = make_ensemble(pred)
+    assert dock.load_source(pred["path"]) and dock.wait(60)
+    assert dock.message_level() == "success", dock.message()
+    assert "ensemble of 3 members" in dock.info_label.text()
+    for kind in ("month", "season", "doy"):
+        dock.set_period(kind)
+        s = ref.get("all", kind)
+        assert len(visible_bands(dock)) == len(FACTORS), kind
+        assert sorted(dock.importance_curves.visible_bands) == sorted(FACTORS)
+        for j, f in enumerate(FACTORS):
+            x, lo, hi = dock.importance_curves.band_data(f)
+            np.testing.assert_allclose(x, s.x())
+            np.testing.assert_allclose(lo, s.mean[:, j] - s.spread[:, j], atol=1e-6)
+            np.testing.assert_allclose(hi, s.mean[:, j] + s.spread[:, j], atol=1e-6)
+            np.testing.assert_allclose(dock.series_data(f)[1], s.mean[:, j], atol=1e-6)
+    assert "± member sd (3 members)" in dock.importance_legend.text()
+    assert "3 members" in dock.importance_legend.toolTip()
+    assert "Band: ± member sd (3 members)" in dock.message()
+    dock.set_period("month")
+    png = str(tmp_path / "band.png")
+    assert dock.grab().save(png)
+    # the band: the factor's colour at BAND_ALPHA over white
+    from ismoe_qgis.ui.dock import BAND_ALPHA
+    c = np.array([int(imp.factor_colour("snow")[i:i + 2], 16) for i in (1, 3, 5)])
+    blended = np.round(c * BAND_ALPHA + 255 * (1 - BAND_ALPHA)).astype(int)
+    assert colour_pixels(image_stats(png), "#%02X%02X%02X" % tuple(blended), tol=12) > 50
+
+    # stacked areas: no band
+    dock.set_stacked(True)
+    assert dock.importance_curves.visible_bands == [] and "member sd" not in dock.importance_legend.text()
+    dock.set_stacked(False)
+    assert len(visible_bands(dock)) == len(FACTORS)
+
+    # a region the dock computes itself: no band, and the status says why
+    dock.set_region_mode("extent")
+    dock.compute()
+    assert dock.wait(60) and dock.message_level() == "success", dock.message()
+    assert dock.series_names() == FACTORS and visible_bands(dock) == []
+    assert "whole-area member spread from importance.csv only" in dock.message()
+
+    # the CSV itself (beside its prediction.json) charts with the band too
+    assert dock.load_source(os.path.join(pred["path"], "importance.csv"))
+    assert len(visible_bands(dock)) == len(FACTORS) and "(3 members)" in dock.importance_legend.text()
+    assert_no_python_errors(capfd)
+
+
+# --------------------------------------------------------------------------- Temporal Controller
+def navigation_2019():
+    """A real QgsTemporalNavigationObject over 2019 in one-day frames (what predict's project time gives)."""
+    from qgis.core import QgsDateTimeRange, QgsInterval, QgsTemporalNavigationObject, QgsUnitTypes
+    from qgis.PyQt.QtCore import QDate, QDateTime, QTime
+
+    nav = QgsTemporalNavigationObject()
+    nav.setTemporalExtents(QgsDateTimeRange(QDateTime(QDate(2019, 1, 1), QTime(0, 0)),
+                                            QDateTime(QDate(2020, 1, 1), QTime(0, 0)), True, False))
+    nav.setFrameDuration(QgsInterval(1, QgsUnitTypes.TemporalDays))
+    return nav
+
+
+def frame_holds(nav, iso):
+    from qgis.PyQt.QtCore import QDate, QDateTime, QTime
+
+    rng = nav.dateTimeRangeForFrameNumber(nav.currentFrameNumber())
+    return rng.contains(QDateTime(QDate.fromString(iso, "yyyy-MM-dd"), QTime(12, 0)))
+
+
+def test_date_cursor_follows_the_temporal_controller(canvas, pred, qgis_app, capfd):
+    from qgis.core import QgsDateTimeRange, QgsProject
+    from qgis.PyQt.QtCore import QDate, QDateTime, QTime
+
+    from ismoe_qgis.ui import chartdata as cd
+    from ismoe_qgis.ui.dock import ImportanceDock
+
+    nav = navigation_2019()
+    nav.setNavigationMode(nav.Animated)
+    nav.setCurrentFrameNumber(nav.findBestFrameNumberForFrameStart(QDateTime(QDate(2019, 2, 3), QTime(12, 0))))
+    canvas.setTemporalController(nav)
+    d = ImportanceDock(canvas, project=QgsProject())
+    try:
+        assert d.temporal_controller is nav
+        assert d.cursor_date() == np.datetime64("2019-02-03")   # starts on the map's date
+        assert d.load_source(pred["path"]) and d.wait(60)
+        assert d.cursor_position("importance") == pytest.approx(cd.date_position("month", "2019-02-03"))
+
+        # the controller moves (a frame step): the cursor follows, on every chart
+        nav.setCurrentFrameNumber(nav.findBestFrameNumberForFrameStart(QDateTime(QDate(2019, 7, 16), QTime(12, 0))))
+        assert d.cursor_date() == np.datetime64("2019-07-16")
+        assert d.cursor_position("importance") == pytest.approx(7.0, abs=0.02)
+        t = float(np.datetime64("2019-07-16T00:00:00", "s").astype(np.int64))
+        assert d.cursor_position("sm") == t and d.cursor_position("weight") == t
+        d.set_period("doy")
+        assert d.cursor_position("importance") == 197
+        d.set_period("season")
+        assert d.cursor_position("importance") == pytest.approx(3.0, abs=0.02)
+        # a range emitted by the controller itself
+        nav.updateTemporalRange.emit(QgsDateTimeRange(QDateTime(QDate(2019, 10, 2), QTime(0, 0)),
+                                                      QDateTime(QDate(2019, 10, 3), QTime(0, 0)), True, False))
+        assert d.cursor_date() == np.datetime64("2019-10-02")
+        # time navigation off: no cursor
+        nav.setNavigationMode(nav.NavigationOff)
+        assert d.cursor_date() is None and d.cursor_position("importance") is None
+
+        # clicking the chart moves the controller (and switches animated navigation on)
+        assert d.set_map_date("2019-08-20")
+        assert nav.navigationMode() == nav.Animated and frame_holds(nav, "2019-08-20")
+        assert d.cursor_date() == np.datetime64("2019-08-20") and d.message_level() == "success"
+        d.set_period("month")
+        assert d.chart_clicked("month", 3.0)                   # March, in the year of the cursor
+        rng = nav.dateTimeRangeForFrameNumber(nav.currentFrameNumber())
+        assert rng.begin().date().month() == 3 and rng.begin().date().year() == 2019
+        assert d.cursor_position("importance") == pytest.approx(cd.date_position("month", str(d.cursor_date())))
+        assert d.chart_clicked("time", cd.date_position("time", "2019-11-05") + 3000)
+        assert frame_holds(nav, "2019-11-05")
+        assert d.set_map_date(QDate(2019, 12, 31)) and frame_holds(nav, "2019-12-31")
+        # a date outside the controller's range: a message, the frame stays
+        frame = nav.currentFrameNumber()
+        assert not d.set_map_date("2021-05-01")
+        assert d.message_level() == "warning" and "outside the Temporal Controller's range" in d.message()
+        assert nav.currentFrameNumber() == frame
+
+        # a real mouse click on the chart
+        _click_chart(d, d.importance_plot, 5.0)
+        rng = nav.dateTimeRangeForFrameNumber(nav.currentFrameNumber())
+        assert rng.begin().date().month() == 5, d.message()
+    finally:
+        d.cleanup()
+        canvas.setTemporalController(None)
+        d.deleteLater()
+        flush_deletes()
+    nav.setCurrentFrameNumber(10)   # after cleanup the dock no longer listens
+    assert_no_python_errors(capfd)
+
+
+def _click_chart(dock, plot, x):
+    from qgis.PyQt.QtCore import QPointF, Qt
+    from qgis.PyQt.QtTest import QTest
+
+    dock.resize(620, 760)
+    dock.show()
+    dock.tabs.setCurrentIndex(0)
+    vb = plot.getPlotItem().getViewBox()
+    ylo, yhi = vb.viewRange()[1]
+    scene_pt = vb.mapViewToScene(QPointF(x, (ylo + yhi) / 2))
+    QTest.mouseClick(plot.viewport(), Qt.LeftButton, Qt.NoModifier, plot.mapFromScene(scene_pt))
+
+
+def test_no_temporal_controller_moves_only_the_cursor(pred, canvas, qgis_app):
+    from qgis.core import QgsProject
+
+    from ismoe_qgis.ui.dock import ImportanceDock
+
+    for c in (None, canvas):      # no canvas (no iface), and a canvas without a temporal controller
+        d = ImportanceDock(c, project=QgsProject())
+        try:
+            assert d.temporal_controller is None
+            assert d.load_source(pred["path"]) and d.wait(60)
+            assert d.cursor_position("importance") is None
+            assert not d.set_map_date("2019-04-10")
+            assert d.cursor_date() == np.datetime64("2019-04-10") and d.message_level() == "warning"
+            assert "no Temporal Controller" in d.message()
+            assert d.cursor_position("importance") == pytest.approx(3.5 + 9.5 / 30)   # 10 April on the month axis
+        finally:
+            d.cleanup()
+            d.deleteLater()
+            flush_deletes()
+    # a controller the canvas gets after the dock was made is found at the next click
+    nav = navigation_2019()
+    d = ImportanceDock(canvas, project=QgsProject())
+    try:
+        canvas.setTemporalController(nav)
+        assert d.set_map_date("2019-04-10") and frame_holds(nav, "2019-04-10")
+    finally:
+        d.cleanup()
+        canvas.setTemporalController(None)
+        d.deleteLater()
+        flush_deletes()

@@ -27,10 +27,13 @@ def read_metadata(path):
     return parser["general"]
 
 
-def ismoe_algorithms():
+def ismoe_algorithms(models=False):
+    """The provider's algorithms; without the shipped Model Builder models unless models=True."""
+    from qgis.core import QgsProcessingModelAlgorithm
+
     provider = register_ismoe_provider()
     assert provider is not None, "provider 'ismoe' is not registered"
-    return provider.algorithms()
+    return [a for a in provider.algorithms() if models or not isinstance(a, QgsProcessingModelAlgorithm)]
 
 
 # --------------------------------------------------------------------------- metadata
@@ -47,9 +50,13 @@ def test_metadata_fields():
     meta = read_metadata(PLUGIN_DIR / "metadata.txt")
     assert meta["hasProcessingProvider"].strip().lower() == "yes"
     assert meta["qgisMinimumVersion"].strip() == "3.22"
-    for key in ("name", "description", "about", "version", "author", "email",
-                "repository", "tracker", "category"):
+    for key in ("name", "description", "about", "version", "author", "category", "icon", "tags"):
         assert meta.get(key, "").strip(), "metadata.txt lacks %s" % key
+    assert (PLUGIN_DIR / meta["icon"].strip()).is_file()
+    # no invented addresses: empty until a publisher fills them in (README, Publishing)
+    for key in ("email", "repository", "tracker", "homepage"):
+        assert key in meta
+        assert "example" not in meta[key].lower(), "%s is a placeholder: %s" % (key, meta[key])
     assert re.fullmatch(r"\d+\.\d+\.\d+", meta["version"].strip())
     assert len(meta["about"]) > len(meta["description"]) > 20
 
@@ -78,16 +85,17 @@ def test_provider_registered(qgis_app):
     provider = register_ismoe_provider()
     assert provider.id() == PROVIDER_ID
     assert provider.name()
+    assert "ismoe:prepare_train_predict" in [a.id() for a in provider.algorithms()], "model chain not offered"
     algs = provider.algorithms()
     assert len(algs) >= 1, "the provider has no algorithms (see the QGIS message log)"
-    for alg in algs:
+    for alg in algs:  # the shipped model chain too: ismoe:prepare_train_predict
         assert re.fullmatch(r"ismoe:[a-z0-9_]+", alg.id()), alg.id()
         assert alg.name() == alg.name().lower() and " " not in alg.name()
         assert alg.provider() is not None and alg.provider().id() == PROVIDER_ID
 
 
 def test_algorithms_document_every_parameter(qgis_app):
-    algs = ismoe_algorithms()
+    algs = ismoe_algorithms()  # the model chain's parameters are Model Builder's (lower case)
     assert len(algs) >= 1
     for alg in algs:
         assert alg.displayName().strip(), alg.id()
@@ -244,7 +252,8 @@ def test_algorithm_modules_do_not_import_torch():
         provider = IsmoeProvider()
         QgsApplication.processingRegistry().addProvider(provider)
         ids = [a.id() for a in provider.algorithms()]
-        print(json.dumps({"warnings": warnings, "classes": len(classes), "ids": ids,
+        from ismoe_qgis.algorithms.provider import model_files
+        print(json.dumps({"warnings": warnings, "classes": len(classes), "ids": ids, "models": len(model_files()),
                           "torch_loaded": any(m == "torch" or m.startswith("torch.")
                                               for m, v in sys.modules.items() if v is not None)}))
     """
@@ -253,7 +262,7 @@ def test_algorithm_modules_do_not_import_torch():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not [w for w in out["warnings"] if "torch" in w], out["warnings"]
     assert out["torch_loaded"] is False
-    assert len(out["ids"]) == out["classes"]
+    assert len(out["ids"]) == out["classes"] + out["models"]
 
 
 def _core_module_names():
@@ -332,5 +341,179 @@ def test_qgis_process_help_for_each_algorithm(qgis_process, qgis_app):
     for alg in algs:
         res = qgis_process("help", alg.id())
         assert res.returncode == 0, res.stderr
+        description = res.stdout.split("Arguments\n")[0]
         for param in alg.parameterDefinitions():
             assert param.name() in res.stdout
+            # plain text for a terminal: labels and ids, no HTML tags or entities
+            assert param.description().rstrip(".:") in description, \
+                "%s: help does not name %s by its label" % (alg.id(), param.name())
+        assert "&lt;" not in res.stdout and "<b>" not in res.stdout
+    assert "weight_<factor>.tif" in qgis_process("help", "ismoe:predict").stdout
+
+
+# --------------------------------------------------------------------------- found and understood (issue 11 item 6)
+WORKFLOW_GROUPS = ["0 Setup", "1 Prepare data", "2 Train", "3 Predict", "4 Evaluate and interpret", "5 Model chains"]
+
+
+def test_groups_follow_the_workflow(qgis_app):
+    groups = {a.name(): a.group() for a in ismoe_algorithms(models=True)}
+    assert groups["installdependencies"].startswith("0 ")
+    assert groups["preparedataset"].startswith("1 ") and groups["train"].startswith("2 ")
+    assert groups["predict"].startswith("3 ") and groups["evaluate"].startswith("4 ")
+    assert groups["seasonalimportance"] == groups["evaluate"]
+    assert groups["prepare_train_predict"].startswith("5 ")
+    assert sorted(set(groups.values())) == [g for g in WORKFLOW_GROUPS if g in groups.values()]
+    ids = {a.groupId() for a in ismoe_algorithms(models=True)}
+    assert all(re.fullmatch(r"[a-z]+", i) for i in ids) and len(ids) == len(set(groups.values()))
+
+
+@pytest.mark.parametrize("query,expected", [("deep learning", "train"), ("lstm", "train"),
+                                            ("mixture of experts", "predict"), ("soil moisture", "evaluate"),
+                                            ("interpretability", "seasonalimportance"),
+                                            ("pytorch", "installdependencies")])
+def test_tags_find_the_algorithms(qgis_app, query, expected):
+    hits = [a.name() for a in ismoe_algorithms(models=True) if query in [t.lower() for t in a.tags()]]
+    assert expected in hits, (query, hits)
+    for alg in ismoe_algorithms(models=True):
+        assert "soil moisture" in alg.tags() and "mixture of experts" in alg.tags(), alg.id()
+
+
+def test_icons_for_plugin_provider_and_algorithms(qgis_app):
+    icon = PLUGIN_DIR / "icons" / "ismoe.svg"
+    assert icon.is_file() and b"<svg" in icon.read_bytes()
+    provider = register_ismoe_provider()
+    assert provider.svgIconPath() == str(icon) and not provider.icon().isNull()
+    for alg in ismoe_algorithms(models=True):
+        assert alg.svgIconPath() == str(icon), alg.id()
+        assert not alg.icon().isNull()
+
+
+def test_help_names_parameters_by_label_and_keeps_angle_brackets(qgis_app):
+    for alg in ismoe_algorithms():
+        text = alg.shortHelpString()
+        for param in alg.parameterDefinitions():
+            label = html_escape(param.description().rstrip(".:"))
+            assert "<b>%s</b>" % label in text or "<i>%s</i> (%s" % (label, param.name()) in text, \
+                "%s: the help does not name %s by its label %r" % (alg.id(), param.name(), param.description())
+        # HTML for the help panel: a literal '<' would start a tag and swallow text
+        assert not re.search(r"<(?!/?(b|i)>)", text), alg.id()
+    predict = [a for a in ismoe_algorithms() if a.name() == "predict"][0]
+    assert "weight_&lt;factor&gt;.tif" in predict.shortHelpString()
+
+
+def html_escape(text):
+    import html
+    return html.escape(text, quote=False)
+
+
+def test_labelled_help_plain_and_html(qgis_app):
+    from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterNumber
+
+    from ismoe_qgis.algorithms.presentation import labelled_help
+
+    class Probe(QgsProcessingAlgorithm):
+        def initAlgorithm(self, config=None):  # noqa: N802
+            self.addParameter(QgsProcessingParameterNumber("EPOCHS", "Epochs"))
+            self.addParameter(QgsProcessingParameterNumber("EPOCHS_MAX", "Most epochs"))
+
+    alg = Probe()
+    alg.initAlgorithm()
+    text = "EPOCHS: at most EPOCHS_MAX; files a_<x>.tif.\nEPOCHS_MAX (cap): see EPOCHS."
+    assert labelled_help(alg, text, as_html=True) == (
+        "<b>Epochs</b> (EPOCHS): at most <i>Most epochs</i>; files a_&lt;x&gt;.tif.\n"
+        "<b>Most epochs</b> (EPOCHS_MAX, cap): see <i>Epochs</i>.")
+    assert labelled_help(alg, text, as_html=False) == (
+        "Epochs (EPOCHS): at most EPOCHS_MAX; files a_<x>.tif.\nMost epochs (EPOCHS_MAX, cap): see EPOCHS.")
+    # a parameter without its own line is labelled where it first appears
+    assert labelled_help(alg, "Runs EPOCHS_MAX times; EPOCHS_MAX is a cap.", as_html=False) == \
+        "Runs Most epochs (EPOCHS_MAX) times; EPOCHS_MAX is a cap."
+    assert labelled_help(alg, "Runs EPOCHS_MAX times; EPOCHS_MAX.", as_html=True) == \
+        "Runs <i>Most epochs</i> (EPOCHS_MAX) times; <i>Most epochs</i>."
+
+
+def test_help_url_points_into_the_plugin(qgis_app):
+    from qgis.PyQt.QtCore import QUrl
+
+    for alg in ismoe_algorithms(models=True):
+        url = alg.helpUrl()
+        assert url.startswith("file://"), alg.id()
+        assert QUrl(url).toLocalFile().startswith(str(PLUGIN_DIR / "help")), url
+
+
+# --------------------------------------------------------------------------- enum names (MODEL=cnn_lstm)
+def test_enum_names_map_to_indices(qgis_app):
+    from ismoe_qgis.algorithms.enums import map_enum_names, option_index
+
+    train = [a for a in ismoe_algorithms() if a.name() == "train"][0]
+    params = {"MODEL": "cnn_lstm", "DEVICE": "CPU", "MIXTURE": 1, "MEMORY": "2", "EPOCHS": "5"}
+    mapped = map_enum_names(train, params)
+    assert mapped == {"MODEL": 1, "DEVICE": 2, "MIXTURE": 1, "MEMORY": "2", "EPOCHS": "5"}
+    assert params["MODEL"] == "cnn_lstm"  # a copy
+    assert map_enum_names(train, {"MODEL": "gru"}) == {"MODEL": "gru"}  # unknown: QGIS refuses it
+    evaluate = [a for a in ismoe_algorithms() if a.name() == "evaluate"][0]
+    assert map_enum_names(evaluate, {"BASELINES": "persistence,climatology"})["BASELINES"] == [0, 1]
+    assert map_enum_names(evaluate, {"BASELINES": ["climatology"]})["BASELINES"] == [1]
+    assert option_index(["Month", "Day of year"], "day_of_year") == 1
+
+
+def test_enum_mixin_accepts_names_and_indices(qgis_app):
+    from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback,
+                           QgsProcessingParameterEnum)
+
+    from ismoe_qgis.algorithms.enums import EnumNamesMixin
+
+    class Probe(EnumNamesMixin, QgsProcessingAlgorithm):
+        def name(self):
+            return "probe"
+
+        def createInstance(self):  # noqa: N802
+            return Probe()
+
+        def initAlgorithm(self, config=None):  # noqa: N802
+            self.addParameter(QgsProcessingParameterEnum("MODEL", "Model", ["ismoe", "cnn_lstm"], defaultValue=0))
+
+        def checkParameterValues(self, parameters, context):  # noqa: N802 - an override, as predict has
+            return QgsProcessingAlgorithm.checkParameterValues(self, parameters, context)
+
+        def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+            return {"MODEL": self.parameterAsEnum(parameters, "MODEL", context)}
+
+    alg = Probe()
+    alg.initAlgorithm()
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    for value, want in (("cnn_lstm", 1), ("CNN-LSTM", 1), (1, 1), ("1", 1), ("ismoe", 0)):
+        assert alg.checkParameterValues({"MODEL": value}, context)[0], value
+        results, ok = alg.run({"MODEL": value}, context, feedback)
+        assert ok and results["MODEL"] == want, value
+    assert not alg.checkParameterValues({"MODEL": "gru"}, context)[0]
+
+
+def test_all_algorithms_accept_enum_names(qgis_app):
+    """Needs the mixin in the base class: ``class IsmoeAlgorithm(EnumNamesMixin, QgsProcessingAlgorithm)``."""
+    from qgis.core import QgsProcessingContext
+
+    from ismoe_qgis.algorithms.base import IsmoeAlgorithm
+    from ismoe_qgis.algorithms.enums import EnumNamesMixin
+
+    assert issubclass(IsmoeAlgorithm, EnumNamesMixin), "base.py: IsmoeAlgorithm must mix in EnumNamesMixin"
+    context = QgsProcessingContext()
+    for alg in ismoe_algorithms():
+        for param in alg.parameterDefinitions():
+            if param.type() != "enum":
+                continue
+            last = len(param.options()) - 1
+            assert alg.parameterAsEnum({param.name(): param.options()[last]}, param.name(), context) == last
+            assert alg.parameterAsEnum({param.name(): last}, param.name(), context) == last
+
+
+@pytest.mark.qgis_process
+def test_qgis_process_takes_enum_names(qgis_process, tmp_path):
+    ok = qgis_process.run("ismoe:installdependencies", {"VARIANT": "cuda", "CHECK_ONLY": True,
+                                                         "TARGET": str(tmp_path / "d")})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "PyTorch build: cuda (chosen" in ok.stdout
+    by_index = qgis_process.run("ismoe:installdependencies", {"VARIANT": 1, "CHECK_ONLY": True,
+                                                               "TARGET": str(tmp_path / "d")})
+    assert by_index.returncode == 0 and "PyTorch build: cpu (chosen" in by_index.stdout
+    bad = qgis_process.run("ismoe:installdependencies", {"VARIANT": "rocm", "CHECK_ONLY": True})
+    assert bad.returncode != 0 and "VARIANT" in bad.stdout + bad.stderr

@@ -97,6 +97,7 @@ def test_bad_inputs_are_clear_errors(run_alg, pred, tmp_path):
         run_alg(ALG, {"INPUT": str(empty), **outs})
     with pytest.raises(QgsProcessingException, match="give a prediction folder"):
         run_alg(ALG, dict(outs))
+    (tmp_path / "a.csv").write_text("region\n")       # exists: a missing file is refused by name first
     with pytest.raises(QgsProcessingException, match="not both"):
         run_alg(ALG, {"INPUT": pred["path"], "INPUT_CSV": str(tmp_path / "a.csv"), **outs})
     far = regions_layer({"far": (0, 0, 1000, 1000)})

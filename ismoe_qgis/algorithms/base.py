@@ -6,63 +6,15 @@ call through ``self.run_core(fn, ..., callbacks=self.callbacks(feedback))``.
 Never import torch at module level in an algorithm module: call ``self.require_torch()``
 in processAlgorithm (or let the core import it inside ``run_core``).
 """
-import os
-import sys
-
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core_callbacks import Callbacks, Cancelled
-
-TORCH_VERSION = "2.13.0"
-_PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_REPO_DIR = os.path.dirname(_PLUGIN_DIR)
+from ..deps import torch_missing_message  # one owner of the install advice
+from .enums import EnumNamesMixin
 
 
-def _numpy_pin():
-    try:
-        import numpy
-    except Exception:  # noqa: BLE001
-        return None
-    return "numpy==%s" % numpy.__version__
-
-
-def torch_install_command():
-    """The shell command(s) that install torch for this plugin, as one string."""
-    pin = _numpy_pin()
-    pin_arg = ' "%s"' % pin if pin else ""
-    if sys.platform.startswith("win"):
-        return 'python -m pip install torch==%s%s   (in the OSGeo4W Shell)' % (TORCH_VERSION, pin_arg)
-    if os.path.exists(os.path.join(_REPO_DIR, "Makefile")):
-        venv = os.path.join(_REPO_DIR, ".venv")
-    else:
-        venv = os.path.join(os.path.expanduser("~"), ".local", "share", "ismoe_qgis", "venv")
-    cmd = ""
-    if not os.path.exists(os.path.join(venv, "bin", "pip")):
-        cmd = "/usr/bin/python3 -m venv --system-site-packages %s && " % venv
-    return "%s%s/bin/pip install torch==%s%s" % (cmd, venv, TORCH_VERSION, pin_arg)
-
-
-def torch_missing_message(exc=None):
-    """A user-facing explanation of how to install torch (no traceback)."""
-    reason = " (%s)" % exc if exc is not None else ""
-    pin = _numpy_pin()
-    lines = [
-        "ISMoE needs PyTorch (torch %s), which QGIS's Python cannot import%s." % (TORCH_VERSION, reason),
-        "Install it with:",
-        "    " + torch_install_command(),
-    ]
-    if pin:
-        lines.append("The %s constraint keeps the system's numpy: a pip-upgraded numpy 2.x "
-                     "breaks the GDAL/rasterio that QGIS uses." % pin)
-    if not sys.platform.startswith("win"):
-        site = "<venv>/lib/python%d.%d/site-packages" % sys.version_info[:2]
-        lines.append("Then restart QGIS with PYTHONPATH=%s (the repository's .venv is found "
-                     "automatically; from a clone, `make install` does all of this)." % site)
-    return "\n".join(lines)
-
-
-class IsmoeAlgorithm(QgsProcessingAlgorithm):
+class IsmoeAlgorithm(EnumNamesMixin, QgsProcessingAlgorithm):
     """Common behaviour of the ISMoE algorithms."""
 
     GROUP = "ISMoE"
@@ -79,6 +31,28 @@ class IsmoeAlgorithm(QgsProcessingAlgorithm):
 
     def tr(self, text):
         return QCoreApplication.translate(type(self).__name__, text)
+
+    # -- parameter checks ---------------------------------------------------------------
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        """Our words first, then QGIS's check (which also accepts NETCDF:"f.nc":var strings as rasters).
+
+        Every rejected value says what is allowed (the range, the choices) or which file is missing or
+        unreadable (common.parameter_problems), instead of QGIS's bare 'Incorrect parameter value for X'.
+        Layers are loaded with GDAL's PAM off, so checking an input writes no .aux.xml beside it.
+        Subclasses add their own checks with ``self.extra_parameter_problems``."""
+        from .common import check_values_with_gdal_strings, parameter_problems
+        from ..data.rasters import pam_disabled
+        with pam_disabled():
+            problems = parameter_problems(self, parameters, context)
+            if not problems:
+                problems = self.extra_parameter_problems(parameters, context)
+        if problems:
+            return False, "\n".join(problems)
+        return check_values_with_gdal_strings(self, parameters, context)
+
+    def extra_parameter_problems(self, parameters, context):
+        """Algorithm-specific checks before processAlgorithm: a list of 'NAME: message' (default none)."""
+        return []
 
     # -- helpers for processAlgorithm -------------------------------------------------
     @staticmethod

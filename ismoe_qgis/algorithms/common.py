@@ -1,4 +1,5 @@
 """Parameter helpers shared by the ISMoE algorithms (QGIS glue only)."""
+import math
 import os
 import re
 import tempfile
@@ -36,7 +37,9 @@ def gdal_string_layer(value):
     m = _SUBDATASET.match(text)
     name = (f"{os.path.splitext(os.path.basename(m.group('path')))[0]}_{m.group('var')}" if m
             else os.path.splitext(os.path.basename(text))[0])
-    layer = QgsRasterLayer(text, name, "gdal")
+    from ..data.rasters import pam_disabled
+    with pam_disabled():     # a QGIS raster layer computes statistics: no .aux.xml beside the input
+        layer = QgsRasterLayer(text, name, "gdal")
     return layer if layer.isValid() else None
 
 
@@ -56,7 +59,191 @@ def _with_gdal_layers(alg, parameters):
 
 def check_values_with_gdal_strings(alg, parameters, context):
     """checkParameterValues that also accepts GDAL dataset strings (NETCDF:"f.nc":var) as raster layers."""
-    return QgsProcessingAlgorithm.checkParameterValues(alg, _with_gdal_layers(alg, parameters), context)
+    from ..data.rasters import pam_disabled
+    with pam_disabled():     # QGIS loads the layers here (statistics): no .aux.xml beside the inputs
+        return QgsProcessingAlgorithm.checkParameterValues(alg, _with_gdal_layers(alg, parameters), context)
+
+
+# --------------------------------------------------------------------------- parameter pre-validation
+def _fmt_num(x, integer):
+    return str(int(x)) if integer else f"{x:g}"
+
+
+def _number_problem(p, value):
+    from qgis.core import QgsProcessingParameterNumber
+    if isinstance(value, bool) or value is None:
+        return None
+    integer = p.dataType() == QgsProcessingParameterNumber.Integer
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            x = float(value.strip())
+        except ValueError:
+            return f"'{value}' is not {kind}"
+    elif isinstance(value, (int, float)):
+        x = float(value)
+    else:
+        return None                        # a QgsProperty (data-defined) or the like: QGIS checks it
+    lo, hi = p.minimum(), p.maximum()
+    lo_set, hi_set = lo > -1e300, hi < 1e300
+    if lo_set and hi_set:
+        allowed = f"from {_fmt_num(lo, integer)} to {_fmt_num(hi, integer)}"
+    elif lo_set:
+        allowed = f"{_fmt_num(lo, integer)} or more"
+    elif hi_set:
+        allowed = f"at most {_fmt_num(hi, integer)}"
+    else:
+        allowed = "any value"
+    default = p.defaultValue()
+    tail = f"{kind}, {allowed}" + (f"; default {default}" if default is not None else "")
+    if not math.isfinite(x):
+        return f"{value} is not a finite number: give {tail}"
+    if integer and x != int(x):
+        return f"{value} is not a whole number: give {tail}"
+    if (lo_set and x < lo) or (hi_set and x > hi):
+        return f"{_fmt_num(x, integer) if not integer or x == int(x) else value} is out of range: give {tail}"
+    return None
+
+
+def _enum_problem(p, value):
+    if value is None or isinstance(value, bool):
+        return None
+    opts = list(p.options())
+    choices = ", ".join(f"{i} = {o}" for i, o in enumerate(opts))
+    values = value if isinstance(value, (list, tuple)) else (
+        [v for v in value.split(",")] if isinstance(value, str) and p.allowMultiple() else [value])
+    static = p.usesStaticStrings() if hasattr(p, "usesStaticStrings") else False
+    for v in values:
+        if isinstance(v, str):
+            t = v.strip()
+            if not t:
+                continue
+            if t.lstrip("-").isdigit():
+                v = int(t)
+            elif t in opts and static:
+                continue
+            else:
+                return f"'{t}' is not one of the choices: give the number of one of {choices}"
+        if isinstance(v, float) and v == int(v):
+            v = int(v)
+        if isinstance(v, int):
+            if not 0 <= v < len(opts):
+                return f"{v} is not one of the choices: give the number of one of {choices}"
+        else:
+            return None
+    return None
+
+
+def _file_problem(p, value):
+    from .qgis_compat import FILE_BEHAVIOR_FOLDER
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = value.strip()
+    if p.behavior() == FILE_BEHAVIOR_FOLDER:
+        if not os.path.exists(path):
+            return f"folder not found: '{path}'"
+        if not os.path.isdir(path):
+            return f"'{path}' is a file, not a folder"
+        return None
+    if not os.path.exists(path):
+        return f"file not found: '{path}'"
+    if os.path.isdir(path):
+        return f"'{path}' is a folder, not a file"
+    ext = (p.extension() or "").lstrip(".")
+    if ext and not path.lower().endswith("." + ext.lower()):
+        return f"'{path}' is not a .{ext} file"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        return f"'{path}' cannot be read ({err.strerror or err})"
+    return None
+
+
+def _layer_values(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _source_problem(value, context, raster: bool):
+    """Why a layer given as text cannot be used: the file is missing, or (rasters) GDAL cannot read it.
+    None when it is a layer of the project, a layer object, or fine."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    project = context.project() if context is not None else None
+    if project is not None and (project.mapLayer(text) is not None or project.mapLayersByName(text)):
+        return None
+    if _GDAL_STRING.match(text):
+        if raster and gdal_string_layer(text) is None:
+            m = _SUBDATASET.match(text)
+            f = m.group("path") if m else None
+            if f and not os.path.exists(f):
+                return f"file not found: '{f}' (in {text})"
+            return f"GDAL cannot open '{text}' as a raster: check the file and the variable name"
+        return None
+    path = text.split("|")[0]
+    if not os.path.exists(path):
+        if re.match(r"^[A-Za-z][\w+.-]*:", path) and not re.match(r"^[A-Za-z]:[\\/]", path):
+            return None                  # another provider's URI (wms:, postgres:, ...): QGIS decides
+        return f"file not found: '{path}'"
+    if os.path.isdir(path) and raster:
+        return f"'{path}' is a folder, not a raster file"
+    if raster:
+        import rasterio
+        from rasterio.errors import RasterioError, RasterioIOError
+        from ..data.rasters import pam_disabled
+        try:
+            with pam_disabled(), rasterio.open(path):
+                pass
+        except (RasterioIOError, RasterioError) as err:
+            reason = (str(err) or type(err).__name__).replace(f"'{path}'", "").replace(f"`{path}'", "").strip()
+            return f"'{path}' is not a raster GDAL can read ({reason.rstrip('.')})"
+        except OSError as err:
+            return f"'{path}' cannot be read ({err.strerror or err})"
+    return None
+
+
+def parameter_problems(alg, parameters, context):
+    """Every rejected parameter value of `alg`, each as 'NAME: what is wrong and what is allowed' (the
+    range or the choices, the file that is missing or unreadable). An empty list when QGIS's own check
+    may run. Called by IsmoeAlgorithm.checkParameterValues before QGIS's check, whose message is a bare
+    'Incorrect parameter value for NAME'."""
+    problems = []
+    for p in alg.parameterDefinitions():
+        name = p.name()
+        if name not in parameters:
+            continue
+        value = parameters[name]
+        t = p.type()
+        try:
+            if t == "number":
+                msg = _number_problem(p, value)
+            elif t == "enum":
+                msg = _enum_problem(p, value)
+            elif t == "file":
+                msg = _file_problem(p, value)
+            elif t == "raster":
+                msg = _source_problem(value, context, raster=True)
+            elif t == "multilayer":
+                raster = p.layerType() == _raster_type()
+                msg = next((m for m in (_source_problem(v, context, raster) for v in _layer_values(value)) if m),
+                           None)
+            elif t in ("source", "vector"):
+                msg = _source_problem(value, context, raster=False)
+            else:
+                msg = None
+        except Exception:  # noqa: BLE001 - a value we cannot judge is left to QGIS's own check
+            msg = None
+        if msg:
+            problems.append(f"{name}: {msg}")
+    return problems
+
+
+def _raster_type():
+    from .qgis_compat import SOURCE_RASTER
+    return SOURCE_RASTER
 
 
 def raster_layer_list(alg, parameters, name, context):
@@ -64,15 +251,19 @@ def raster_layer_list(alg, parameters, name, context):
     value = parameters.get(name)
     values = value if isinstance(value, (list, tuple)) else ([] if value is None else [value])
     layers = []
-    for v in values:
-        lyr = gdal_string_layer(v)
-        layers.extend([lyr] if lyr is not None else alg.parameterAsLayerList({name: v}, name, context))
+    from ..data.rasters import pam_disabled
+    with pam_disabled():     # a QGIS raster layer computes statistics: no .aux.xml beside the input
+        for v in values:
+            lyr = gdal_string_layer(v)
+            layers.extend([lyr] if lyr is not None else alg.parameterAsLayerList({name: v}, name, context))
     return layers
 
 
 def raster_layer(alg, parameters, name, context):
     """parameterAsRasterLayer that also understands GDAL dataset strings (NETCDF:"f.nc":var)."""
-    return gdal_string_layer(parameters.get(name)) or alg.parameterAsRasterLayer(parameters, name, context)
+    from ..data.rasters import pam_disabled
+    with pam_disabled():     # a QGIS raster layer computes statistics: no .aux.xml beside the input
+        return gdal_string_layer(parameters.get(name)) or alg.parameterAsRasterLayer(parameters, name, context)
 
 
 def parse_groups(text: str, param: str = "FACTOR_GROUPS"):

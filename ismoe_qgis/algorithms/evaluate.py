@@ -8,6 +8,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterString)
 
+from . import presentation
 from .base import IsmoeAlgorithm
 from .common import check_writable, layer_source, optional_date
 from .qgis_compat import PARAM_FLAG_ADVANCED, SOURCE_FILE, SOURCE_RASTER, add_param_flags, optional
@@ -35,8 +36,26 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
     def displayName(self):  # noqa: N802
         return self.tr("Evaluate models and reference products")
 
+    def group(self):
+        return self.tr(presentation.group(self))
+
+    def groupId(self):  # noqa: N802
+        return presentation.group_id(self)
+
+    def tags(self):
+        return presentation.tags(self)
+
+    def icon(self):
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return presentation.help_url(self)
+
     def shortHelpString(self):  # noqa: N802
-        return self.tr(
+        return presentation.labelled_help(self, self.tr(
             "Scores trained models, reference soil-moisture products and simple baselines against the target of "
             "a dataset: CC (Pearson r), RMSE, ubRMSE, bias and KGE (2009), overall, per location, per region and "
             "per season (DJF/MAM/JJA/SON). Every model and product is scored on exactly the same samples (dates "
@@ -66,7 +85,7 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
             "series, scatter with the 1:1 line, metrics by season and region, routing weights by month) and "
             "seasonal_importance.csv (mean routing weight of each factor by month, season and day of year, per "
             "region, of the first ISMoE model; further ISMoE models get seasonal_importance_<name>.csv). Files "
-            "are written to a temporary folder first: a failed or cancelled run leaves nothing behind.")
+            "are written to a temporary folder first: a failed or cancelled run leaves nothing behind."))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(self.MODELS, self.tr("Model files (.pt)"),

@@ -8,8 +8,9 @@ from qgis.core import (QgsCoordinateTransform, QgsProcessingException, QgsProces
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsCoordinateReferenceSystem)
 
+from . import presentation
 from .base import IsmoeAlgorithm
-from .common import (check_values_with_gdal_strings, check_writable, layer_source, layers_by_name, optional_date,
+from .common import (check_writable, layer_source, layers_by_name, optional_date,
                      raster_layer, raster_layer_list)
 from .qgis_compat import NUMBER_INTEGER, PARAM_FLAG_ADVANCED, SOURCE_RASTER, add_param_flags, optional
 
@@ -28,10 +29,28 @@ class PredictAlgorithm(IsmoeAlgorithm):
     def displayName(self):  # noqa: N802
         return self.tr("Predict soil moisture and factor weights")
 
+    def group(self):
+        return self.tr(presentation.group(self))
+
+    def groupId(self):  # noqa: N802
+        return presentation.group_id(self)
+
+    def tags(self):
+        return presentation.tags(self)
+
+    def icon(self):
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return presentation.help_url(self)
+
     def shortHelpString(self):  # noqa: N802
-        return self.tr(
-            "Runs a trained model over factor raster layers, tile by tile (bounded memory), and writes into the "
-            "OUTPUT folder: sm.tif (daily soil moisture, one band per date, band descriptions = ISO dates), "
+        return presentation.labelled_help(self, self.tr(
+            "Runs a trained model over factor raster layers, tile by tile (bounded memory), and writes into "
+            "OUTPUT: sm.tif (daily soil moisture, one band per date, band descriptions = ISO dates), "
             "weight_<factor>.tif (the routing weight of each factor's expert, same bands), dominant_factor.tif "
             "(the top-weighted factor per pixel and date, 1..E in prediction.json's factor order, 0 = nodata) and "
             "prediction.json. Band metadata: DATE=YYYY-MM-DD, unit m3 m-3 on sm.tif; beside each raster a "
@@ -53,7 +72,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
             "with the Temporal Controller (QGIS < 3.38: SM and the dominant factor as groups of one layer per "
             "date, VRT views in by_date/).\n"
             "OUTPUT: the prediction folder. Outputs are written to a temporary folder and moved in at the end: "
-            "a cancelled or failed run leaves nothing behind.")
+            "a cancelled or failed run leaves nothing behind."))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(self.MODEL_FILE, self.tr("Model file"), extension="pt"))
@@ -77,9 +96,6 @@ class PredictAlgorithm(IsmoeAlgorithm):
             self.LOAD_OUTPUTS, self.tr("Add the outputs to the project (styled, time-navigable)"), True)))
         self.addOutput(QgsProcessingOutputRasterLayer("SM", self.tr("Soil moisture")))
         self.addOutput(QgsProcessingOutputNumber("N_DATES", self.tr("Output dates")))
-
-    def checkParameterValues(self, parameters, context):  # noqa: N802 - accepts NETCDF:"f.nc":var strings
-        return check_values_with_gdal_strings(self, parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_torch()

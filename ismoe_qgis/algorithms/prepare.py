@@ -7,8 +7,9 @@ from qgis.core import (QgsProcessingException, QgsProcessingParameterEnum, QgsPr
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsProcessingParameterBoolean,
                        QgsProcessingOutputNumber, QgsProcessingOutputFile)
 
+from . import presentation
 from .base import IsmoeAlgorithm
-from .common import (check_values_with_gdal_strings, check_writable, group_layers, layer_source, optional_date,
+from .common import (check_writable, group_layers, layer_source, optional_date,
                      raster_layer, raster_layer_list)
 from .qgis_compat import NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POINT, optional, add_param_flags, \
     PARAM_FLAG_ADVANCED
@@ -41,6 +42,7 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
     DROP_OUTSIDE = "DROP_OUTSIDE"
     REFERENCE, START_DATE, STEP_DAYS = "REFERENCE", "START_DATE", "STEP_DAYS"
     PATCH_SIZE, SEQ_LEN, RESAMPLING, OUTPUT = "PATCH_SIZE", "SEQ_LEN", "RESAMPLING", "OUTPUT"
+    STRICT = "STRICT"
 
     def name(self):
         return "preparedataset"
@@ -48,8 +50,26 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
     def displayName(self):  # noqa: N802
         return self.tr("Prepare dataset")
 
+    def group(self):
+        return self.tr(presentation.group(self))
+
+    def groupId(self):  # noqa: N802
+        return presentation.group_id(self)
+
+    def tags(self):
+        return presentation.tags(self)
+
+    def icon(self):
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return presentation.help_url(self)
+
     def shortHelpString(self):  # noqa: N802
-        return self.tr(
+        return presentation.labelled_help(self, self.tr(
             "Aligns factor raster layers and a soil-moisture target into a dataset cube (one grid, one daily "
             "calendar) for ismoe:train. Windows are cut from the cube while training; nothing is pre-cut.\n\n"
             "FACTORS: raster layers (GeoTIFF, NetCDF variable, ...), each band one day. Dates come from the band "
@@ -68,7 +88,11 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
             "START_DATE / STEP_DAYS: dates for layers whose files carry none.\n"
             "PATCH_SIZE: odd k, the k x k pixel neighbourhood each expert sees (default 7). "
             "SEQ_LEN: days of input per estimate (default 14).\n"
-            "OUTPUT: the dataset file (.npz).")
+            "STRICT: off (default): values that cannot be data (inf, fill values such as 3.4e38) and values "
+            "outside the variable's plausible physical range (e.g. soil moisture outside 0..1 m3/m3, a "
+            "temperature outside 150..350 K) are read as nodata, with a warning naming the layer, the dates and "
+            "the count; on: they are an error.\n"
+            "OUTPUT: the dataset file (.npz)."))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(self.FACTORS, self.tr("Factor layers"),
@@ -101,12 +125,12 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         self.addParameter(add_param_flags(QgsProcessingParameterEnum(self.RESAMPLING, self.tr("Resampling"),
                                                                      RESAMPLINGS, defaultValue=0),
                                           PARAM_FLAG_ADVANCED))
+        self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
+            self.STRICT, self.tr("Strict: implausible or non-finite values are an error"), False),
+            PARAM_FLAG_ADVANCED))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Dataset file"),
                                                                 self.tr("ISMoE dataset (*.npz)")))
         self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", self.tr("Target values")))
-
-    def checkParameterValues(self, parameters, context):  # noqa: N802 - accepts NETCDF:"f.nc":var strings
-        return check_values_with_gdal_strings(self, parameters, context)
 
     def _stations(self, parameters, context):
         points = self.parameterAsSource(parameters, self.STATIONS, context)
@@ -178,7 +202,8 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
             prepare_dataset, factors, layer_source(target_layer) if target_layer else None, stations=stations,
             reference=layer_source(ref) if ref else None, start=start,
             step_days=self.parameterAsInt(parameters, self.STEP_DAYS, context), patch_size=patch, seq_len=seq,
-            resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.RESAMPLING, context)], callbacks=cb)
+            resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.RESAMPLING, context)],
+            strict=self.parameterAsBoolean(parameters, self.STRICT, context), callbacks=cb)
         self.run_core(cube.save, out)
         import numpy as np
         n = int(np.isfinite(cube.y).sum())

@@ -3,11 +3,12 @@ import importlib
 import os
 import traceback
 
-from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProcessingProvider
-from qgis.PyQt.QtGui import QIcon
+import glob
+
+from qgis.core import Qgis, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProcessingProvider
 
 from ..version import __version__
-from . import registry
+from . import presentation, registry
 
 LOG_TAG = "ISMoE"
 _PACKAGE_ROOT = __name__.split(".")[0]  # 'ismoe_qgis', whatever the folder is called
@@ -53,6 +54,57 @@ def load_algorithm_classes(entries=None, warn=None):
     return classes
 
 
+def model_files(folder=None):
+    """The .model3 files the plugin ships (``<plugin>/models``), sorted."""
+    folder = folder or os.path.join(presentation.PLUGIN_DIR, registry.MODELS_DIR)
+    return sorted(glob.glob(os.path.join(folder, "*.model3")))
+
+
+def model_id_name(path):
+    """'ismoe_prepare_train_predict.model3' -> 'prepare_train_predict' (the part after 'ismoe:')."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = stem[len("ismoe_"):] if stem.startswith("ismoe_") else stem
+    return "".join(c if c.isalnum() else "_" for c in stem.lower()).strip("_") or "model"
+
+
+class IsmoeModelAlgorithm(QgsProcessingModelAlgorithm):
+    """A shipped Model Builder model, offered by the provider: id ``ismoe:<file stem>``, display name
+    the model's own name, group '5 Model chains', the plugin's icon."""
+
+    def __init__(self, path=None):
+        super().__init__()
+        self._path = path
+        if path is not None and not self.fromFile(path):
+            raise ValueError("cannot read the model %s" % path)
+
+    def name(self):
+        return model_id_name(self._path or "model")
+
+    def displayName(self):  # noqa: N802
+        return super().name() or self.name()
+
+    def group(self):
+        return presentation.GROUPS["models"]
+
+    def groupId(self):  # noqa: N802
+        return "models"
+
+    def tags(self):
+        return ["model", "model builder", "chain", "workflow"] + presentation.tags("train")
+
+    def icon(self):
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return presentation.help_url(self)
+
+    def createInstance(self):  # noqa: N802
+        return IsmoeModelAlgorithm(self._path)
+
+
 class IsmoeProvider(QgsProcessingProvider):
     """Processing provider for the ISMoE soil-moisture algorithms."""
 
@@ -69,10 +121,10 @@ class IsmoeProvider(QgsProcessingProvider):
         return __version__
 
     def icon(self):
-        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icon.png")
-        if os.path.exists(path):
-            return QIcon(path)
-        return QgsApplication.getThemeIcon("/processingAlgorithm.svg")
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
 
     def loadAlgorithms(self):  # noqa: N802
         for cls in load_algorithm_classes():
@@ -82,3 +134,9 @@ class IsmoeProvider(QgsProcessingProvider):
                 QgsMessageLog.logMessage(
                     "ISMoE: cannot create algorithm %s\n%s" % (cls.__name__, traceback.format_exc()),
                     LOG_TAG, Qgis.Warning)
+        for path in model_files():
+            try:
+                self.addAlgorithm(IsmoeModelAlgorithm(path))
+            except Exception:  # noqa: BLE001 - a broken model must not break the provider
+                QgsMessageLog.logMessage("ISMoE: cannot load the model %s\n%s" % (path, traceback.format_exc()),
+                                         LOG_TAG, Qgis.Warning)

@@ -12,4 +12,9 @@ ALGORITHMS = [
     ("ismoe_qgis.algorithms.predict", "PredictAlgorithm"),
     ("ismoe_qgis.algorithms.seasonal_importance", "SeasonalImportanceAlgorithm"),
     ("ismoe_qgis.algorithms.evaluate", "EvaluateAlgorithm"),
+    ("ismoe_qgis.algorithms.install_deps", "InstallDependenciesAlgorithm"),
 ]
+
+# Model Builder models (.model3) in this folder of the plugin are offered by the provider too
+# (ids 'ismoe:<file name without .model3 and a leading ismoe_>').
+MODELS_DIR = "models"

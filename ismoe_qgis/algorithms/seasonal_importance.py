@@ -12,6 +12,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
+from . import presentation
 from .base import IsmoeAlgorithm
 from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER, optional
 
@@ -38,8 +39,26 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
     def displayName(self):  # noqa: N802
         return self.tr("Seasonal expert importance chart")
 
+    def group(self):
+        return self.tr(presentation.group(self))
+
+    def groupId(self):  # noqa: N802
+        return presentation.group_id(self)
+
+    def tags(self):
+        return presentation.tags(self)
+
+    def icon(self):
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return presentation.help_url(self)
+
     def shortHelpString(self):  # noqa: N802
-        return self.tr(
+        return presentation.labelled_help(self, self.tr(
             "Charts which environmental factor drives soil moisture when: the mean routing weight of each "
             "factor's expert by month (or day of year, or season), the same chart as the ISMoE dock, written "
             "as files so Model Builder chains and qgis_process users get it too.\n\n"
@@ -64,7 +83,7 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             "OUTPUT_HTML: optional; .html writes a page with the chart (SVG) and tables of the mean weights "
             "(dominant factor in bold); .svg writes the chart as SVG.\n"
             "OUTPUT_CSV: mean weight per region, period kind, period and factor, with n = number of valid "
-            "pixel-days averaged.")
+            "pixel-days averaged."))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(optional(QgsProcessingParameterFile(
@@ -93,6 +112,22 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             self.OUTPUT_CSV, self.tr("Seasonal importance table (CSV)"), self.tr("CSV files (*.csv)")))
         self.addOutput(QgsProcessingOutputNumber("N_REGIONS", self.tr("Regions charted")))
         self.addOutput(QgsProcessingOutputString("DOMINANT", self.tr("Dominant factor per season (JSON)")))
+
+    def extra_parameter_problems(self, parameters, context):
+        """A prediction folder's prediction.json is validated before use (model.outputs.read_manifest): its
+        file names must stay inside the folder."""
+        folder = parameters.get(self.INPUT)
+        if isinstance(folder, str) and folder.strip():
+            folder = os.path.abspath(os.path.expanduser(folder.strip()))
+            if os.path.basename(folder).lower() == "prediction.json":
+                folder = os.path.dirname(folder)
+            if os.path.isfile(os.path.join(folder, "prediction.json")):
+                from ..model.outputs import read_manifest
+                try:
+                    read_manifest(folder)
+                except (ValueError, OSError) as exc:
+                    return ["%s: %s" % (self.INPUT, exc)]
+        return []
 
     # ------------------------------------------------------------------ helpers
     def _source(self, parameters, context):
@@ -216,7 +251,9 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             feedback.pushWarning("%d regions: the chart shows the first %d, the CSV holds all"
                                  % (len(regions_shown), mplchart.MAX_PANELS))
         imp.write_importance_csv(table, out_csv)
-        fig = self.run_core(mplchart.importance_figure, table, kind, stacked, regions_shown)
+        from ..ui.chartdata import ensemble_members
+        fig = self.run_core(mplchart.importance_figure, table, kind, stacked, regions_shown,
+                            members=ensemble_members(path))
         mplchart.save_figure(fig, png)
         results = {self.OUTPUT_PNG: png, self.OUTPUT_CSV: out_csv}
         if page:

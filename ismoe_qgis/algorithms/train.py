@@ -276,8 +276,9 @@ class TrainAlgorithm(IsmoeAlgorithm):
                        members=self.parameterAsInt(p, self.ENSEMBLE, context))
         if options["memory"] == "stateful":       # a windowed model has no spin-up
             options["spin_up"] = self.parameterAsInt(p, self.SPIN_UP, context)
-        from ..data.cube import check_split
-        self.run_core(check_split, cube, cfg.val_start, cfg.test_start, self.VAL_START, self.TEST_START)
+        if getattr(cfg, "split", "time") == "time":     # SPLIT=locations|blocks tests held-out places
+            from ..data.cube import check_split
+            self.run_core(check_split, cube, cfg.val_start, cfg.test_start, self.VAL_START, self.TEST_START)
         feedback.pushInfo(f"training {model_type} on {path}")
         res = self.run_core(train, cube, out, model_type, cfg, options, self.callbacks(feedback), log_path)
         if res["cancelled"]:

@@ -5,6 +5,8 @@ File format: see docs/architecture.md ("Dataset cube file").
 """
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -14,6 +16,44 @@ from ..fileutil import atomic_output
 from ..version import __version__
 
 GAP_POLICIES = ("skip", "fill")
+_ARRAYS = ("x", "y", "target_rows", "target_cols", "dates")
+
+
+class DatasetFileError(ValueError):
+    """A dataset file that cannot be used; the message names the file and what is wrong with it."""
+
+
+def _zip_reason(e) -> str:
+    text = str(e) or type(e).__name__
+    if "pickle" in text.lower():
+        return "it holds pickled Python objects, which are not read (they could run code)"
+    return text
+
+
+def _finite_mean_std(a: np.ndarray, chunk: int = 1 << 22):
+    """(mean, std) in float64 over the finite values of a, by chunks (bounded extra memory); (0, 1)
+    without finite values; std 1 when it is ~0 or not finite."""
+    flat = np.asarray(a).reshape(-1)
+    n, total = 0, 0.0
+    for i in range(0, flat.size, chunk):
+        c = flat[i:i + chunk]
+        c = c[np.isfinite(c)].astype(np.float64)
+        n += c.size
+        total += float(c.sum())
+    if n == 0:
+        return 0.0, 1.0
+    mean = total / n
+    sq = 0.0
+    for i in range(0, flat.size, chunk):
+        c = flat[i:i + chunk]
+        c = c[np.isfinite(c)].astype(np.float64)
+        sq += float(((c - mean) ** 2).sum())
+    std = (sq / n) ** 0.5
+    if not np.isfinite(mean):
+        mean = 0.0
+    if not np.isfinite(std) or std <= 1e-12:
+        std = 1.0
+    return float(mean), float(std)
 
 
 @dataclass
@@ -58,21 +98,20 @@ class Cube:
         return self.x.shape[1]
 
     def compute_stats(self):
-        """Normalisation statistics: per-variable mean/std over all valid cells, target mean/std."""
+        """Normalisation statistics: per-variable mean/std over all finite cells, target mean/std.
+
+        Computed in float64 over the finite values only (inf is ignored like NaN), so float32 values
+        near its limit cannot overflow; a statistic that still is not finite is never stored (mean 0,
+        std 1: the variable is then used unscaled)."""
         means, stds = [], []
         for v in range(self.x.shape[0]):
-            xv = self.x[v]
-            m = float(np.nanmean(xv)) if np.isfinite(xv).any() else 0.0
-            s = float(np.nanstd(xv)) if np.isfinite(xv).any() else 1.0
+            m, s = _finite_mean_std(self.x[v])
             means.append(m)
-            stds.append(s if s > 1e-12 else 1.0)
+            stds.append(s)
         self.x_mean, self.x_std = means, stds
-        finite = np.isfinite(self.y)
-        if not finite.any():
+        if not np.isfinite(self.y).any():
             raise ValueError("the target has no valid value: check the TARGET layer, its nodata and its dates")
-        self.y_mean = float(self.y[finite].mean())
-        s = float(self.y[finite].std())
-        self.y_std = s if s > 1e-12 else 1.0
+        self.y_mean, self.y_std = _finite_mean_std(self.y)
 
     def meta(self) -> dict:
         return {
@@ -91,20 +130,80 @@ class Cube:
 
     @classmethod
     def load(cls, path: str) -> "Cube":
+        """Read a dataset file, validated before use: a missing, truncated or corrupt file, a file of
+        another kind, missing arrays or header items, inconsistent shapes, target locations outside the
+        grid, and non-finite statistics or inf values are all a DatasetFileError naming the file and
+        what is wrong (never a numpy/zipfile traceback)."""
+        path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"dataset file not found: {path}")
+        if os.path.isdir(path):
+            raise DatasetFileError(f"{path} is a folder, not a dataset file: give the .npz file written by "
+                                   f"'ismoe:preparedataset'")
+        hint = "; create it again with 'ismoe:preparedataset'"
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head.startswith(b"PK\x03\x04"):
+            what = "the file is empty" if not head else "its bytes are not a .npz archive"
+            raise DatasetFileError(f"{path} is not an ismoe dataset file: {what}{hint}")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                arrays = {k: z[k] for k in ("x", "y", "target_rows", "target_cols", "dates")}
-        except (KeyError, ValueError, OSError) as e:
-            raise ValueError(f"{path} is not an ismoe dataset file ({e}); create one with 'ismoe:preparedataset'")
-        return cls(x=arrays["x"], y=arrays["y"], target_rows=arrays["target_rows"],
-                   target_cols=arrays["target_cols"], dates=arrays["dates"].astype("datetime64[D]"),
-                   factors=meta["factors"], variables=meta["variables"], grid=meta["grid"],
-                   patch_size=meta["patch_size"], seq_len=meta["seq_len"],
-                   target_kind=meta.get("target_kind", "grid"), station_ids=meta.get("station_ids"),
-                   x_mean=meta["x_mean"], x_std=meta["x_std"], y_mean=meta["y_mean"], y_std=meta["y_std"])
+            z = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise DatasetFileError(f"{path} is truncated or damaged ({_zip_reason(e)}){hint}") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DatasetFileError(f"{path} is not an ismoe dataset file: it holds a single array, not the "
+                                   f"dataset arrays and header{hint}")
+        try:
+            with z:
+                missing = [k for k in _ARRAYS + ("meta",) if k not in z.files]
+                if missing:
+                    raise DatasetFileError(f"{path} is not an ismoe dataset file: it lacks "
+                                           f"{', '.join(missing)}{hint}")
+                try:
+                    meta = json.loads(str(z["meta"]))
+                    arrays = {k: z[k] for k in _ARRAYS}
+                except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+                    raise DatasetFileError(f"{path} is truncated or damaged ({_zip_reason(e)}){hint}") from None
+        except zipfile.BadZipFile as e:  # pragma: no cover - closing a damaged archive
+            raise DatasetFileError(f"{path} is truncated or damaged ({e}){hint}") from None
+        if not isinstance(meta, dict):
+            raise DatasetFileError(f"{path}: its header is not a JSON object{hint}")
+        need = ("factors", "variables", "grid", "patch_size", "seq_len", "x_mean", "x_std", "y_mean", "y_std")
+        lacking = [k for k in need if k not in meta]
+        if lacking:
+            raise DatasetFileError(f"{path}: its header lacks {', '.join(lacking)}{hint}")
+        x = arrays["x"]
+        if x.ndim != 4 or arrays["y"].ndim != 2 or arrays["dates"].ndim != 1:
+            raise DatasetFileError(f"{path}: array shapes x {x.shape}, y {arrays['y'].shape}, dates "
+                                   f"{arrays['dates'].shape} are not (V, T, H, W), (T, N), (T,){hint}")
+        V = x.shape[0]
+        for k in ("x_mean", "x_std"):
+            vals = meta[k]
+            if not isinstance(vals, list) or len(vals) != V or not all(
+                    isinstance(v, (int, float)) and np.isfinite(v) for v in vals):
+                raise DatasetFileError(f"{path}: its statistics '{k}' are not {V} finite numbers ({vals!r:.80})"
+                                       f"{hint}")
+        for k in ("y_mean", "y_std"):
+            if not isinstance(meta[k], (int, float)) or not np.isfinite(meta[k]):
+                raise DatasetFileError(f"{path}: its statistic '{k}' is {meta[k]!r}, not a finite number{hint}")
+        for k in ("x", "y"):
+            if np.isinf(arrays[k]).any():
+                raise DatasetFileError(f"{path}: array '{k}' holds inf values (written by an older version of "
+                                       f"the plugin){hint} (it reads them as nodata)")
+        rows, cols = arrays["target_rows"], arrays["target_cols"]
+        H, W = x.shape[2:]
+        if rows.shape != cols.shape or (rows.size and (rows.min() < 0 or rows.max() >= H or cols.min() < 0
+                                                       or cols.max() >= W)):
+            raise DatasetFileError(f"{path}: its target locations lie outside its {H} x {W} grid{hint}")
+        try:
+            return cls(x=x, y=arrays["y"], target_rows=rows, target_cols=cols,
+                       dates=arrays["dates"].astype("datetime64[D]"),
+                       factors=meta["factors"], variables=meta["variables"], grid=meta["grid"],
+                       patch_size=meta["patch_size"], seq_len=meta["seq_len"],
+                       target_kind=meta.get("target_kind", "grid"), station_ids=meta.get("station_ids"),
+                       x_mean=meta["x_mean"], x_std=meta["x_std"], y_mean=meta["y_mean"], y_std=meta["y_std"])
+        except (ValueError, TypeError) as e:
+            raise DatasetFileError(f"{path} is inconsistent: {e}{hint}") from None
 
     def normalised_x(self) -> np.ndarray:
         """(V, T, H, W) normalised, NaN kept (callers decide how to fill)."""
@@ -189,4 +288,25 @@ def split_masks(dates: np.ndarray, val_start=None, test_start=None, val_fraction
     train = dates < val_start
     val = (dates >= val_start) & (dates < test_start)
     test = dates >= test_start
+    return train, val, test
+
+
+def check_split(cube: "Cube", val_start=None, test_start=None, param_val: str = "VAL_START",
+                param_test: str = "TEST_START"):
+    """Before training: the split must leave data in every period. Raises ValueError naming the parameter
+    when VAL_START/TEST_START lie outside the dataset's dates, or when the test period holds no target value
+    (a test period after the data would train and then report no test score). Returns the masks."""
+    d0, d1 = cube.dates[0], cube.dates[-1]
+    span = f"the dataset covers {d0}..{d1}"
+    for name, value in ((param_val, val_start), (param_test, test_start)):
+        if value is not None and not (d0 <= np.datetime64(value, "D") <= d1):
+            raise ValueError(f"{name} ({np.datetime64(value, 'D')}) is outside the dataset's dates: {span}; "
+                             f"choose a date after {d0} and not after {d1}")
+    train, val, test = split_masks(cube.dates, val_start, test_start)
+    usable = test.copy()
+    usable[:cube.seq_len - 1] = False          # the first SEQ_LEN-1 days have no full input window
+    if not np.isfinite(cube.y[usable]).any():
+        when = f"{cube.dates[test][0]}..{cube.dates[test][-1]}" if test.any() else "empty"
+        raise ValueError(f"{param_test}: the test period ({when}) holds no soil-moisture value ({span}): "
+                         f"choose a {param_test} before the last observations")
     return train, val, test

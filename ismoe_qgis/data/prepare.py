@@ -4,6 +4,10 @@ Everything is aligned to ONE reference grid (by default the first factor layer's
 warp (see rasters.py for the resampling rules) and to ONE daily calendar: the days from the
 latest first date to the earliest last date over all inputs. A day a layer lacks is NaN in the
 cube (an explicit gap), handled at training time by the gap policy; duplicated dates are an error.
+
+Every factor and target layer passes through one validation layer (validate.py): non-finite values,
+fill values and values outside the variable's plausible physical range become nodata with a warning
+naming the layer, the dates and the count (or an error with ``strict=True``).
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -11,6 +15,7 @@ import numpy as np
 
 from ..core_callbacks import Callbacks, ensure
 from . import rasters
+from . import validate
 from .cube import Cube
 
 
@@ -39,7 +44,7 @@ def daily_calendar(series: Sequence[rasters.SeriesInfo]) -> np.ndarray:
 def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *,
                     stations: Optional[dict] = None, reference=None, start=None, step_days: int = 1,
                     patch_size: int = 7, seq_len: int = 14, resampling: str = "auto",
-                    callbacks: Callbacks = None) -> Cube:
+                    strict: bool = False, callbacks: Callbacks = None) -> Cube:
     """Align factor layers and the target into a Cube.
 
     factors:  {factor name: [(variable name, source), ...]}; a source is anything
@@ -50,6 +55,7 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
               the target is the station series at their pixels.
     reference: a rasters.Grid, a source whose grid is used, or None (first factor layer).
     start/step_days: dates for layers whose files carry none.
+    strict:   non-finite or implausible values in a layer are an error instead of nodata with a warning.
     """
     cb = ensure(callbacks)
     _check_shape_params(patch_size, seq_len)
@@ -79,6 +85,12 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
     else:
         grid = infos[0].grid
     cb.log(f"reference grid: {grid.width} x {grid.height} pixels, {grid.crs.to_string() if grid.crs else '?'}")
+    if patch_size > min(grid.width, grid.height):
+        biggest = min(grid.width, grid.height)
+        biggest -= 1 - biggest % 2
+        raise PrepareError(f"PATCH_SIZE ({patch_size}) is larger than the reference grid ({grid.width} x "
+                           f"{grid.height} pixels): every patch would be mostly padding; choose PATCH_SIZE <= "
+                           f"{biggest} (odd), or a larger REFERENCE grid")
     for info in infos:
         rasters.check_overlap(grid, info.grid, info.name)
 
@@ -104,16 +116,22 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
     x = np.empty((V, len(dates), grid.height, grid.width), np.float32)
     for v, info in enumerate(infos):
         cb.check_cancel()
+        screen = validate.ValueScreen.for_layer(info.name, info.units, param="FACTORS", dates=info.dates,
+                                                strict=strict)
         x[v] = rasters.read_aligned(info, grid, dates, resampling, allow_missing=True, name=info.name,
-                                    log=cb.log)
+                                    log=cb.log, screen=screen)
+        screen.report(cb.log)
         missing = len(dates) - len(np.intersect1d(info.dates, dates))
         if missing:
             cb.log(f"'{info.name}' lacks {missing} of the {len(dates)} days: they are gaps (NaN)")
         cb.progress(0.9 * (v + 1) / (V + 1))
 
     if tinfo is not None:
+        screen = validate.ValueScreen.for_layer("TARGET", tinfo.units, param="TARGET", dates=tinfo.dates,
+                                                strict=strict, target=True)
         y_grid = rasters.read_aligned(tinfo, grid, dates, resampling, allow_missing=True, name="TARGET",
-                                      log=cb.log)
+                                      log=cb.log, screen=screen)
+        screen.report(cb.log)
         has = np.isfinite(y_grid).any(axis=0)
         if not has.any():
             raise PrepareError("TARGET: no valid soil-moisture value on the reference grid in the common "
@@ -128,6 +146,9 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
                                             name=stations.get("points_name", "stations"))
         y = st.stations_to_target(stations["table"], ids, dates, log=cb.log,
                                   name=stations.get("table_name", "station table"))
+        validate.screen_array(y, validate.ValueScreen.for_layer(
+            stations.get("table_name", "STATION_TABLE"), param=stations.get("table_name", "STATION_TABLE"),
+            strict=strict, target=True, labels=[str(i) for i in ids]), cb.log)
         if not np.isfinite(y).any():
             raise PrepareError("STATIONS: no station has a valid value in the common period "
                                f"{dates[0]}..{dates[-1]}")

@@ -40,6 +40,7 @@ names the layer and says what to do.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import math
@@ -650,6 +651,7 @@ class SeriesInfo:
     date_source: str = ""  # where the dates came from
     scales: tuple = field(default_factory=tuple)
     offsets: tuple = field(default_factory=tuple)
+    units: str = ""      # the unit the file gives (band unit type, or a 'units' metadata item); '' if none
 
     def band_of(self, date) -> Optional[int]:
         """1-based band index of ``date``, or None."""
@@ -686,8 +688,47 @@ def open_series(source, start=None, step_days: int = 1, *, variable: Optional[st
                           nodata=None if nodata is None else float(nodata), count=ds.count,
                           dtype=ds.dtypes[0], date_source=how,
                           scales=tuple(float(s) for s in ds.scales),
-                          offsets=tuple(float(o) for o in ds.offsets))
+                          offsets=tuple(float(o) for o in ds.offsets), units=_units_of(ds))
     return info
+
+
+def _units_of(ds) -> str:
+    """The unit of a dataset's values: band 1's unit type, else a 'units' item of band 1 or of the dataset
+    (NetCDF: '<variable>#units'), else ''."""
+    try:
+        u = (ds.units or ("",))[0] or ""
+        if u:
+            return str(u)
+        for tags in (ds.tags(1), ds.tags()):
+            for k, v in tags.items():
+                if k.lower() == "units" or (k.lower().endswith("#units") and not k.lower().startswith(
+                        ("time#", "lat", "lon", "x#", "y#", "crs#", "spatial_ref#"))):
+                    return str(v)
+    except Exception:  # noqa: BLE001 - a unit we cannot read only widens the plausible range
+        return ""
+    return ""
+
+
+@contextlib.contextmanager
+def pam_disabled():
+    """GDAL's PAM off (GDAL_PAM_ENABLED=NO, thread-local) while the block runs: opening and reading a
+    raster then writes no <file>.aux.xml beside it. QGIS's raster layers compute statistics and
+    histograms when they are created, which GDAL keeps in such sidecars; the Processing algorithms load
+    their input layers inside this (see algorithms/base.py), so reading an input never writes next to it
+    (shared or read-only data folders stay as they are). Our own reads (rasterio, below) do not write
+    sidecars: they keep PAM on so that metadata a user keeps in an existing .aux.xml is still read."""
+    try:
+        from osgeo import gdal
+    except ImportError:  # pragma: no cover - rasterio without the GDAL bindings
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+            yield
+        return
+    old = gdal.GetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "NO")
+    try:
+        yield
+    finally:
+        gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", old)
 
 
 # --------------------------------------------------------------------------- overlap / dates
@@ -893,8 +934,13 @@ def _as_window(window):
     return r, c, h, w
 
 
-def _read_block(ds, bands, window, info: SeriesInfo) -> np.ndarray:
-    """Read bands in a source window as float32 with NaN for nodata/masked, scale/offset applied."""
+def _read_block(ds, bands, window, info: SeriesInfo, screen=None) -> np.ndarray:
+    """Read bands in a source window as float32 with NaN for nodata/masked, scale/offset applied.
+
+    Values that are never data (inf, -inf, |x| >= 1e30: float32 fill values) become NaN too. With a
+    ``screen`` (validate.ValueScreen) values outside its plausible range do as well, and the screen
+    counts them per band (prepare reports them); this happens before warping, so a bad source pixel
+    never leaks into its neighbours through the resampling kernel."""
     arr = ds.read(indexes=[int(b) for b in bands], window=window, masked=True, out_dtype="float32")
     out = np.ma.filled(arr, np.nan).astype(np.float32, copy=False)
     if info.scales or info.offsets:
@@ -902,8 +948,17 @@ def _read_block(ds, bands, window, info: SeriesInfo) -> np.ndarray:
             s = info.scales[b - 1] if info.scales else 1.0
             o = info.offsets[b - 1] if info.offsets else 0.0
             if s != 1.0 or o != 0.0:
-                out[k] = out[k] * np.float32(s) + np.float32(o)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    out[k] = out[k] * np.float32(s) + np.float32(o)
+    if screen is not None:
+        screen.apply(out, bands)
+    else:
+        with np.errstate(invalid="ignore"):
+            out[~(np.abs(out) < _ABS_LIMIT)] = np.nan
     return out
+
+
+_ABS_LIMIT = 1e30      # validate.ABS_LIMIT: at or above it a value is a fill value, not data
 
 
 def _source_window(ds, src_grid: Grid, dst_grid: Grid, plan: AlignPlan):
@@ -960,7 +1015,7 @@ def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "au
                         step_days: int = 1, block_bands: int = 64, *, allow_missing: bool = False,
                         kind: str = "continuous", variable: Optional[str] = None, name: Optional[str] = None,
                         log: Optional[Callable[[str], None]] = None, callbacks=None,
-                        return_plan: bool = False):
+                        return_plan: bool = False, screen=None):
     """Read the bands of ``source`` for ``dates`` on a pixel window of ``grid``.
 
     ``window`` = ``(row_off, col_off, height, width)`` in grid pixels (or a rasterio Window);
@@ -970,7 +1025,7 @@ def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "au
     time from the part of the source that covers the window, so memory stays bounded.
     ``allow_missing=True`` fills dates the source lacks with NaN instead of raising
     :class:`MissingDatesError`. ``callbacks`` (core_callbacks.Callbacks) gets progress per block
-    and is asked for cancel between blocks.
+    and is asked for cancel between blocks. ``screen`` (validate.ValueScreen): see :func:`_read_block`.
     """
     log = log or (callbacks.log if callbacks is not None else _noop_log)
     info = source if (isinstance(source, SeriesInfo) and variable is None) else \
@@ -1009,7 +1064,7 @@ def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "au
                     if callbacks is not None:
                         callbacks.check_cancel()
                     sel = valid[bi * block_bands:(bi + 1) * block_bands]
-                    src = _read_block(ds, bands[sel], swin, info)
+                    src = _read_block(ds, bands[sel], swin, info, screen)
                     if offset is not None:
                         dst[sel, sr0 - sr:sr1 - sr, sc0 - sc:sc1 - sc] = src
                     else:
@@ -1024,7 +1079,8 @@ def read_window_aligned(source, grid: Grid, dates, window, resampling: str = "au
 def read_aligned(source, grid: Grid, dates, resampling: str = "auto", start=None, step_days: int = 1,
                  block_bands: int = 64, *, allow_missing: bool = False, kind: str = "continuous",
                  variable: Optional[str] = None, name: Optional[str] = None,
-                 log: Optional[Callable[[str], None]] = None, callbacks=None, return_plan: bool = False):
+                 log: Optional[Callable[[str], None]] = None, callbacks=None, return_plan: bool = False,
+                 screen=None):
     """Read ``source`` for ``dates`` aligned on the whole ``grid``: float32 ``(T, H, W)``.
 
     Checks that the source overlaps the grid (:class:`NoOverlapError` otherwise); see
@@ -1036,7 +1092,7 @@ def read_aligned(source, grid: Grid, dates, resampling: str = "auto", start=None
     check_overlap(grid, info.grid, name or info.name)
     return read_window_aligned(info, grid, dates, (0, 0, grid.height, grid.width), resampling,
                                block_bands=block_bands, allow_missing=allow_missing, kind=kind,
-                               name=name, log=log, callbacks=callbacks, return_plan=return_plan)
+                               name=name, log=log, callbacks=callbacks, return_plan=return_plan, screen=screen)
 
 
 # --------------------------------------------------------------------------- writing

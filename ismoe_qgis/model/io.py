@@ -1,6 +1,8 @@
 """Model file I/O: a torch file holding only tensors and a JSON string, never pickled objects.
 
-Loaded with ``torch.load(path, weights_only=True)``, so opening a model file cannot run code.
+Loaded with ``torch.load(path, weights_only=True)``, so opening a model file cannot run code; then
+validated (header, tensor names and shapes against the model the header's config builds) before the
+weights are loaded: every problem is a ModelFileError naming the file and, where it applies, the parameter.
 """
 import json
 import os
@@ -28,28 +30,113 @@ def save_model(path, model: SoilMoistureNet, info: dict = None):
         torch.save({"header": json.dumps(header), "state_dict": state}, tmp)
 
 
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message names the file and what is wrong with it."""
+
+
+def _not_ours(path, reason):
+    return ModelFileError(f"{path} is not a model file of this plugin (not an ismoe model file: {reason}); "
+                          f"train one with 'ismoe:train', and do not load files you do not trust any other way")
+
+
+def _load_reason(path, e: Exception) -> str:
+    """Why torch.load (weights_only=True) refused a file, in our words: torch's own message is not repeated
+    (it suggests weights_only=False, which would run whatever code a crafted file holds)."""
+    try:
+        with open(str(path), "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror or err})"
+    low = str(e).lower()
+    refused = "unsupported global" in low or "unsupported operand" in low or "weights_only" in low and \
+        "global" in low
+    if head.startswith(b"PK\x03\x04"):                   # a torch (zip) file
+        if refused:
+            return ("it holds Python objects other than tensors (a pickle with classes or code); it was refused "
+                    "unread, nothing in it was run")
+        return "the file is truncated or damaged"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):   # a bare pickle
+        if refused:
+            return ("it is a pickle of Python objects other than tensors; it was refused unread, nothing in it "
+                    "was run")
+        return "it is a plain pickle, not a torch file"
+    if not head:
+        return "the file is empty"
+    return "its bytes are neither a torch file nor a pickle"
+
+
 def read_header(path) -> dict:
+    """Read and validate a model file's header and weights: (header dict, state_dict of tensors)."""
     if not os.path.exists(str(path)):
         raise FileNotFoundError(f"model file not found: {path}")
+    if os.path.isdir(str(path)):
+        raise ModelFileError(f"{path} is a folder, not a model file: give the .pt file written by 'ismoe:train'")
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever a foreign or damaged file makes torch raise
+        raise _not_ours(path, _load_reason(path, e)) from None
+    if not isinstance(blob, dict) or "header" not in blob or "state_dict" not in blob:
+        raise _not_ours(path, "it is a torch file without the plugin's header and weights")
+    try:
         header = json.loads(blob["header"])
-    except Exception as e:  # a file that is not ours, or corrupt
-        raise ValueError(f"{path} is not an ismoe model file ({e}); train one with 'ismoe:train'")
+    except (TypeError, ValueError):
+        raise _not_ours(path, "its header is not JSON") from None
+    state = blob["state_dict"]
+    if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
+        raise _not_ours(path, "its header has no model configuration")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise _not_ours(path, "its weights are not a mapping of names to tensors")
     if header.get("format") not in FORMATS:
         raise ValueError(f"{path} has model format {header.get('format')!r}; this plugin version reads "
                          f"{' and '.join(FORMATS)} (windowed and stateful models): update the plugin")
     if header.get("format") == FORMAT and (header.get("config") or {}).get("memory", "window") != "window":
         raise ValueError(f"{path} says format {FORMAT!r} (windowed models) but holds a "
                          f"MEMORY={header['config']['memory']!r} model: the file is inconsistent; train it again")
-    return header, blob["state_dict"]
+    return header, state
+
+
+def _shape(t) -> str:
+    return "(" + ", ".join(str(int(n)) for n in t) + ")"
+
+
+def check_state(path, model: SoilMoistureNet, state: dict):
+    """Compare the file's tensors with the model its header's config builds, before load_state_dict:
+    every parameter present, none extra, each of the expected shape and finite. Raises ModelFileError
+    naming the file and the parameter (instead of torch's 'size mismatch' / 'Missing key(s)')."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    fix = "the file is damaged or was edited; train the model again"
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lacks parameter(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        if extra:
+            parts.append(f"has parameter(s) {', '.join(extra[:5])} that its configuration does not use"
+                         + (" ..." if len(extra) > 5 else ""))
+        raise ModelFileError(f"model file {path} {' and '.join(parts)}: {fix}")
+    for k, t in want.items():
+        got = state[k]
+        if tuple(got.shape) != tuple(t.shape):
+            raise ModelFileError(f"model file {path}: parameter '{k}' has shape {_shape(got.shape)} but the "
+                                 f"configuration in its header needs {_shape(t.shape)}: {fix}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise ModelFileError(f"model file {path}: parameter '{k}' holds NaN or inf values: {fix}")
 
 
 def load_model(path, device="cpu"):
-    """Return (model in eval mode on `device`, ModelConfig, info dict)."""
+    """Return (model in eval mode on `device`, ModelConfig, info dict). The file is validated first
+    (read_header, check_state): a file that is not ours or does not match its own header is a
+    ModelFileError naming the file (and the parameter), never a torch traceback."""
     header, state = read_header(path)
-    cfg = ModelConfig.from_dict(header["config"])
-    model = SoilMoistureNet(cfg)
+    try:
+        cfg = ModelConfig.from_dict(header["config"])
+        model = SoilMoistureNet(cfg)
+    except Exception as e:  # noqa: BLE001 - a header config this version cannot build
+        raise ModelFileError(f"model file {path}: the model configuration in its header cannot be built "
+                             f"({type(e).__name__}: {str(e)[:200]}): train the model again") from None
+    check_state(path, model, state)
     model.load_state_dict(state)
     model.to(device).eval()
     return model, cfg, header.get("info", {})

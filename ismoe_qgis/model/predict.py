@@ -110,12 +110,30 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
     L = cfg.seq_len
     context = cfg.context_days            # input days before the first output: SEQ_LEN - 1, or the spin-up
     first_output = L - 1
-    if date_from is not None:
-        d0 = np.datetime64(str(date_from), "D")
+    earliest = dates[min(L - 1, len(dates) - 1)]      # the first day with SEQ_LEN - 1 input days before it
+    span = f"the layers' common days are {dates[0]}..{dates[-1]}"
+    d0 = np.datetime64(str(date_from), "D") if date_from is not None else None
+    d1 = np.datetime64(str(date_to), "D") if date_to is not None else None
+    if d0 is not None and d1 is not None and d0 > d1:
+        raise ValueError(f"DATE_FROM ({d0}) is after DATE_TO ({d1}): give the first output date first")
+    if d0 is not None and d0 > dates[-1]:
+        raise ValueError(f"DATE_FROM ({d0}) is after the last day the factor layers have in common ({dates[-1]}; "
+                         f"{span}): choose an earlier DATE_FROM or layers that cover it")
+    if d1 is not None and d1 < earliest:
+        raise ValueError(f"DATE_TO ({d1}) is before the first day that can be predicted ({earliest}: {span}, and "
+                         f"the model needs the {L - 1} days before an output date as input): choose a later DATE_TO")
+    if d0 is not None:
         dates = dates[dates >= d0 - np.timedelta64(context, "D")]
         first_output = max(L - 1, int((dates < d0).sum()))
-    if date_to is not None:
-        dates = dates[dates <= np.datetime64(str(date_to), "D")]
+        if dates[first_output:first_output + 1].size and dates[first_output] > d0:
+            cb.log(f"warning: DATE_FROM {d0} is before the first day that can be predicted: the outputs start on "
+                   f"{dates[first_output]} ({span}; the model needs the {L - 1} days before an output date as "
+                   f"input)")
+    if d1 is not None:
+        if d1 > dates[-1]:
+            cb.log(f"warning: DATE_TO {d1} is after the last day the factor layers have in common: the outputs end "
+                   f"on {dates[-1]} ({span})")
+        dates = dates[dates <= d1]
     if len(dates) <= first_output:
         raise ValueError(f"the layers have {len(dates)} common day(s) in the chosen period; the model needs at "
                          f"least SEQ_LEN={L} (the {L - 1} days before the first output date are its input)")

@@ -4,13 +4,18 @@ Reads a prediction folder (the output of ``ismoe:predict``, see docs/architectur
 
     prediction.json              {"factors": [...], "dates": [...], "sm": "sm.tif",
                                   "weights": {factor: "weight_<factor>.tif"}, "nodata": -9999,
-                                  optional "observations": "observations.csv"}
+                                  optional "observations": "observations.csv",
+                                  "ensemble": {"members": N, ...} or null (single model)}
     sm.tif                       one band per date
     weight_<factor>.tif          one band per date, same grid
     observations.csv (optional)  station observations, see :func:`read_observations`
     importance.csv (optional)    whole-area seasonal importance precomputed by predict
                                  (region "all", :mod:`ismoe_qgis.model.importance` CSV);
-                                 used by :func:`whole_area_importance` instead of a full read
+                                 used by :func:`whole_area_importance` instead of a full read;
+                                 an ensemble's has a "spread" column (members' sd of each mean),
+                                 the band of the charts. Importance computed here from the weight
+                                 rasters (any other region) has no spread: the members' spread of
+                                 a region's mean cannot be had from per-pixel spreads.
 
 and turns it into the numbers the charts show:
 
@@ -78,10 +83,16 @@ class PredictionFolder:
     observations_path: Optional[str] = None
     importance_path: Optional[str] = None   # precomputed whole-area importance CSV, if any
     warnings: List[str] = field(default_factory=list)
+    ensemble: Optional[dict] = None         # prediction.json "ensemble" (None for a single model)
 
     @property
     def n_dates(self) -> int:
         return len(self.dates)
+
+    @property
+    def members(self) -> Optional[int]:
+        """Number of ensemble members (None for a single model)."""
+        return _members_of(self.ensemble)
 
     @property
     def crs_wkt(self) -> str:
@@ -122,20 +133,18 @@ def open_prediction(path: str) -> PredictionFolder:
     on_disk: Dict[str, str] = {}
     for p in sorted(glob.glob(os.path.join(path, "weight_*"))):
         m = _WEIGHT_RE.match(os.path.basename(p))
-        if m:
+        if m and not os.path.basename(p).lower().startswith("weight_spread_"):   # an ensemble's spreads
             on_disk[m.group(1)] = p
 
     meta: dict = {}
     json_path = os.path.join(path, PREDICTION_JSON)
     warnings: List[str] = []
     if os.path.isfile(json_path):
+        from ..model.outputs import read_manifest      # the one validating reader (paths stay in the folder)
         try:
-            with open(json_path, encoding="utf-8") as fh:
-                meta = json.load(fh)
+            meta = read_manifest(path)
         except (OSError, ValueError) as exc:
-            raise ChartDataError("{} could not be read: {}".format(json_path, exc))
-        if not isinstance(meta, dict):
-            raise ChartDataError("{} does not hold a JSON object".format(json_path))
+            raise ChartDataError(str(exc))
     else:
         warnings.append("no {} in the folder: factors taken from the weight_<factor>.tif names, "
                         "dates from the band descriptions".format(PREDICTION_JSON))
@@ -152,7 +161,7 @@ def open_prediction(path: str) -> PredictionFolder:
         missing = []
         for f in factors:
             rel = weights_map.get(f, "weight_{}.tif".format(f))
-            p = rel if os.path.isabs(rel) else os.path.join(path, rel)
+            p = os.path.join(path, rel)
             if os.path.isfile(p):
                 weight_paths[f] = p
             else:
@@ -238,7 +247,28 @@ def open_prediction(path: str) -> PredictionFolder:
                             model_type=str(meta.get("model_type", "ismoe")),
                             observations_path=obs_path if os.path.isfile(obs_path) else None,
                             importance_path=imp_path if os.path.isfile(imp_path) else None,
-                            warnings=warnings)
+                            warnings=warnings,
+                            ensemble=meta.get("ensemble") if isinstance(meta.get("ensemble"), dict) else None)
+
+
+def _members_of(ensemble) -> Optional[int]:
+    try:
+        n = int((ensemble or {}).get("members") or 0)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return n if n > 0 else None
+
+
+def ensemble_members(path: str) -> Optional[int]:
+    """Members of the ensemble whose prediction.json is in the folder ``path`` or beside the file ``path``
+    (e.g. a prediction's importance.csv); None for a single model or without a readable prediction.json."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    try:
+        with open(os.path.join(folder, PREDICTION_JSON), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return _members_of(meta.get("ensemble")) if isinstance(meta, dict) else None
 
 
 def _no_weights_message(path):
@@ -694,23 +724,44 @@ class ChartSeries:
     x: np.ndarray
     lower: Optional[np.ndarray]   # None for lines; the stack below for stacked areas
     upper: np.ndarray             # the line / top of the area
+    band_lower: Optional[np.ndarray] = None   # lines of an ensemble: mean - member sd (else None)
+    band_upper: Optional[np.ndarray] = None   # lines of an ensemble: mean + member sd
+
+    @property
+    def has_band(self) -> bool:
+        return self.band_lower is not None
+
+
+BAND_ALPHA = 0.22   # opacity of the spread band (the factor's colour), both charts
+
+
+def spread_label(members: Optional[int] = None) -> str:
+    """Legend text of the spread band."""
+    return "± member sd ({} members)".format(members) if members else "± member sd"
 
 
 def chart_series(series: imp.PeriodSeries, stacked: bool = False) -> List[ChartSeries]:
     """What to draw for one region/period kind: one entry per factor (same colour everywhere).
 
-    Lines: ``upper`` is the mean weight (NaN gaps kept). Stacked areas: factors stacked
-    in their order, missing values counted as 0, so the top edge is the weight sum (~1).
+    Lines: ``upper`` is the mean weight (NaN gaps kept); when the series carries an ensemble's
+    ``spread`` (importance.csv of an ensemble prediction), ``band_lower``/``band_upper`` are
+    mean -/+ spread (the members' standard deviation of the period's mean weight).
+    Stacked areas: factors stacked in their order, missing values counted as 0, so the top
+    edge is the weight sum (~1); no band (a stack of member spreads means nothing).
     """
     x = series.x()
     out = []
     base = np.zeros(len(x))
+    spread = getattr(series, "spread", None)
     for j, f in enumerate(series.factors):
         y = series.mean[:, j].astype(float)
         if stacked:
             top = base + np.nan_to_num(y, nan=0.0)
             out.append(ChartSeries(f, imp.factor_colour(f), x, base.copy(), top))
             base = top
+        elif spread is not None:
+            sd = np.asarray(spread, dtype=float)[:, j]
+            out.append(ChartSeries(f, imp.factor_colour(f), x, None, y, y - sd, y + sd))
         else:
             out.append(ChartSeries(f, imp.factor_colour(f), x, None, y))
     return out
@@ -735,6 +786,82 @@ def period_range(kind: str) -> Tuple[float, float]:
 
 
 PERIOD_TITLES = {"month": "month", "doy": "day of year", "season": "season"}
+
+# --------------------------------------------------------------------------- date cursor
+# "time": a real time axis in seconds since 1970-01-01 UTC (the pixel inspector's DateAxisItem,
+# a date plotted at its 00:00 UTC). The period kinds place a date inside its period: month m
+# spans m - 0.5 .. m + 0.5 (m itself mid-month), season s (1..4) spans s - 0.5 .. s + 0.5 over
+# its three months in the order D J F / M A M / J J A / S O N, day of year d is at d.
+_SEASON_MONTHS = ((12, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11))
+
+
+def _day(date) -> np.datetime64:
+    return np.datetime64(str(date)[:10], "D") if not isinstance(date, np.datetime64) else date.astype("datetime64[D]")
+
+
+def _month_len(year: int, month: int) -> int:
+    m = np.datetime64("{:04d}-{:02d}".format(year, month), "M")
+    return int(((m + 1).astype("datetime64[D]") - m.astype("datetime64[D]")).astype(int))
+
+
+def date_position(kind: str, date) -> float:
+    """x of a date on a chart axis: ``kind`` month | season | doy | time (see above)."""
+    d = _day(date)
+    if kind == "time":
+        return float(d.astype("datetime64[s]").astype(np.int64))
+    if kind == "doy":
+        return float(imp.doy_of([d])[0])
+    year = int(str(d)[:4])
+    month = int(imp.months_of([d])[0])
+    frac = (int(str(d)[8:10]) - 0.5) / _month_len(year, month)   # 0..1 within the month
+    if kind == "month":
+        return month - 0.5 + frac
+    if kind == "season":
+        s = int(imp.seasons_of([d])[0])
+        k = _SEASON_MONTHS[s].index(month)
+        return s + 1 - 0.5 + (k + frac) / 3.0
+    raise ChartDataError("unknown axis kind {!r}".format(kind))
+
+
+def date_at_position(kind: str, x: float, dates=None, near=None) -> np.datetime64:
+    """The date at ``x`` on a chart axis (the inverse of :func:`date_position`).
+
+    On a period axis the day is placed in the year of ``near`` (a date, e.g. the current
+    Temporal Controller date; else the first of ``dates``; else 1970) and then snapped to the
+    nearest of ``dates`` (the prediction's dates) in the same period, when there is one. On the
+    time axis it is the nearest of ``dates`` (else the day at x).
+    """
+    dd = None if dates is None or len(dates) == 0 else np.asarray(dates).astype("datetime64[D]")
+    x = float(x)
+    if kind == "time":
+        day = np.datetime64(int(math.floor(x / 86400.0 + 0.5)), "D")
+        return dd[int(np.argmin(np.abs((dd - day).astype(np.int64))))] if dd is not None else day
+    ref = _day(near) if near is not None else (dd[0] if dd is not None else np.datetime64("1970-01-01"))
+    year = int(str(ref)[:4])
+    if kind == "doy":
+        doy = int(min(max(round(x), 1), 366))
+        start = np.datetime64("{:04d}-01-01".format(year), "D")
+        day = min(start + (doy - 1), np.datetime64("{:04d}-12-31".format(year), "D"))
+    elif kind in ("month", "season"):
+        if kind == "month":
+            month = int(min(max(round(x), 1), 12))
+            frac = x - (month - 0.5)
+        else:
+            s = int(min(max(round(x), 1), 4))
+            pos = min(max((x - (s - 0.5)) * 3.0, 0.0), 2.999999)
+            month = _SEASON_MONTHS[s - 1][int(pos)]
+            frac = pos - int(pos)
+        n = _month_len(year, month)
+        day = np.datetime64("{:04d}-{:02d}-{:02d}".format(year, month, int(min(max(frac, 0.0), 0.999999) * n) + 1),
+                            "D")
+    else:
+        raise ChartDataError("unknown axis kind {!r}".format(kind))
+    if dd is not None:
+        codes = {"doy": imp.doy_of, "month": imp.months_of, "season": imp.seasons_of}[kind]
+        same = dd[codes(dd) == codes([day])[0]]
+        if same.size:
+            return same[int(np.argmin(np.abs((same - day).astype(np.int64))))]
+    return day
 
 
 # --------------------------------------------------------------------------- pixels

@@ -18,7 +18,7 @@ from qgis.core import (Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsCo
                        QgsExpression, QgsExpressionContext, QgsExpressionContextUtils, QgsFeatureRequest,
                        QgsMapLayerProxyModel, QgsMessageLog, QgsPointXY, QgsProject, QgsTask, QgsWkbTypes)
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsMapToolEmitPoint, QgsVertexMarker
-from qgis.PyQt.QtCore import QCoreApplication, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, Qt, QTime, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                                  QPushButton, QSizePolicy, QTabWidget, QToolButton, QVBoxLayout, QWidget)
@@ -36,6 +36,8 @@ MODE_WHOLE, MODE_EXTENT, MODE_FEATURE, MODE_ZONE = "whole", "extent", "feature",
 MAX_FEATURES = 5000
 PERIODS = (("Month", "month"), ("Day of year", "doy"), ("Season", "season"))
 FILL_ALPHA = 190  # stacked areas
+BAND_ALPHA = cd.BAND_ALPHA  # ensemble spread band (0..1)
+CURSOR_COLOUR = "#333333"
 
 
 def crs_for_core(qcrs):
@@ -75,14 +77,47 @@ class _CurvePool:
     def __init__(self, plot):
         self.plot = plot
         self.items = {}          # name -> (curve, lower curve, fill)
+        self.bands = {}          # name -> (band lower curve, band upper curve, fill): an ensemble's spread
         self.visible = []        # names shown, in drawing order
+        self.visible_bands = []  # names whose band is shown
 
     def hide_all(self):
         for curve, lower, fill in self.items.values():
             curve.setVisible(False)
             lower.setVisible(False)
             fill.setVisible(False)
+        for items in self.bands.values():
+            for item in items:
+                item.setVisible(False)
         self.visible = []
+        self.visible_bands = []
+
+    def show_band(self, name, x, lower, upper, colour, alpha=BAND_ALPHA):
+        """A translucent band lower..upper in ``colour`` behind curve ``name`` (mean +- spread)."""
+        if name not in self.bands:
+            lo, hi = pg.PlotDataItem(), pg.PlotDataItem()
+            fill = pg.FillBetweenItem(lo, hi)
+            fill.setZValue(-5)
+            for item in (fill, lo, hi):
+                self.plot.addItem(item)
+            self.bands[name] = (lo, hi, fill)
+        lo, hi, fill = self.bands[name]
+        x = np.asarray(x, dtype=float)
+        for item, y in ((lo, lower), (hi, upper)):
+            item.setData(x, np.asarray(y, dtype=float), pen=pg.mkPen(None), connect="finite")
+            item.setVisible(True)
+        brush = QColor(colour)
+        brush.setAlpha(int(round(255 * alpha)))
+        fill.setBrush(pg.mkBrush(brush))
+        fill.setVisible(True)
+        self.visible_bands.append(name)
+        return fill
+
+    def band_data(self, name):
+        """(x, lower, upper) of a shown band."""
+        lo, hi, _fill = self.bands[name]
+        x, ylo = lo.getData()
+        return x, ylo, hi.getData()[1]
 
     def show(self, name, x, y, colour, width=2.0, symbol=None, symbol_size=6, lower=None, line=True):
         if name not in self.items:
@@ -177,6 +212,9 @@ class ImportanceDock(QgsDockWidget):
         self._message = ("", "info")
         self._chart_title = ""
         self._marker = None
+        self._members = None          # ensemble members of the source (None: single model / unknown)
+        self._cursor_date = None      # np.datetime64[D] of the date cursor (Temporal Controller), or None
+        self.temporal_controller = None
         self._build_ui()
         self.map_tool = None
         if canvas is not None:
@@ -184,6 +222,7 @@ class ImportanceDock(QgsDockWidget):
             self.map_tool.canvasClicked.connect(self._on_canvas_clicked)
             self.map_tool.deactivated.connect(lambda: self.pick_button.setChecked(False))
         self.project().readProject.connect(self._on_project_read)
+        self.set_temporal_controller(self._canvas_temporal_controller())
         self._update_region_widgets()
         self.show_message("Choose a prediction folder (output of ismoe:predict) or a seasonal-importance CSV.")
 
@@ -295,6 +334,7 @@ class ImportanceDock(QgsDockWidget):
         self.importance_plot.setMenuEnabled(False)
         self.importance_plot.setMinimumHeight(220)
         self.importance_curves = _CurvePool(self.importance_plot)
+        self.importance_plot.setToolTip("Click to move the map's Temporal Controller to that date")
         tl.addWidget(self.importance_plot, 1)
         self.importance_legend = QLabel("", tab)
         self.importance_legend.setWordWrap(True)
@@ -337,6 +377,18 @@ class ImportanceDock(QgsDockWidget):
         self.weight_legend.setWordWrap(True)
         pl.addWidget(self.weight_legend)
         self.tabs.addTab(tab, "Pixel inspector")
+
+        # date cursors (the Temporal Controller's date) and clicks that move it; created once, never removed
+        self._cursors = {}
+        for name, plot in (("importance", self.importance_plot), ("sm", self.sm_plot), ("weight", self.weight_plot)):
+            line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen(CURSOR_COLOUR, width=1, style=Qt.DashLine),
+                                   label="", labelOpts={"position": 0.93, "color": CURSOR_COLOUR,
+                                                        "fill": (255, 255, 255, 200)})
+            line.setZValue(20)
+            line.setVisible(False)
+            plot.addItem(line, ignoreBounds=True)
+            self._cursors[name] = line
+            plot.scene().sigMouseClicked.connect(self._click_handler(name, plot))
 
         self.setWidget(root)
         self.setMinimumWidth(340)
@@ -395,6 +447,8 @@ class ImportanceDock(QgsDockWidget):
         self.source_edit.setText(path)
         self.cancel()
         self.folder = self.csv_table = self.table = self.pixel = None
+        self._members = None
+        self._cache = {}   # a (re)load reads the folder again: it may have been predicted anew
         self._zones = {}
         self._clear_importance_plot()
         self._clear_pixel_plots()
@@ -409,6 +463,7 @@ class ImportanceDock(QgsDockWidget):
         self.source_path = os.path.abspath(path)
         if isinstance(source, imp.ImportanceTable):
             self.csv_table = source
+            self._members = cd.ensemble_members(self.source_path)   # a prediction's importance.csv
             self.info_label.setText("CSV: {} regions ({}), factors {}".format(
                 len(source.regions), ", ".join(source.regions[:6]) + ("…" if len(source.regions) > 6 else ""),
                 ", ".join(source.factors)))
@@ -416,7 +471,9 @@ class ImportanceDock(QgsDockWidget):
                 os.path.basename(path)), "success")
         else:
             self.folder = source
-            self.info_label.setText(source.describe())
+            self._members = source.members
+            self.info_label.setText(source.describe() + (", ensemble of {} members".format(source.members)
+                                                         if source.members else ""))
             note = (" Note: " + "; ".join(source.warnings)) if source.warnings else ""
             self.show_message("Loaded {}.{}".format(os.path.basename(self.source_path), note),
                               "warning" if source.warnings else "success")
@@ -606,8 +663,9 @@ class ImportanceDock(QgsDockWidget):
             else:
                 self._cache[key] = task.result
                 self._show_table(task.result, name)
-                self.show_message("Importance of the {} ({} dates).".format(name, self.folder.n_dates
-                                                                            if self.folder else "?"), "success")
+                self.show_message("Importance of the {} ({} dates).{}".format(
+                    name, self.folder.n_dates if self.folder else "?", self._spread_note(region, task.result)),
+                    "success")
         self._start_task("importance", "ISMoE: seasonal importance of the {}".format(name), fn, done)
         self.show_message("Computing the importance of the {}…".format(name))
 
@@ -691,10 +749,17 @@ class ImportanceDock(QgsDockWidget):
         plot = self.importance_plot
         symbol = "o" if kind != "doy" and not stacked else None
         entries = []
+        banded = False
         for it in cd.chart_series(series, stacked):
+            if it.has_band:
+                self.importance_curves.show_band(it.factor, it.x, it.band_lower, it.band_upper, it.colour)
+                banded = True
             self.importance_curves.show(it.factor, it.x, it.upper, it.colour, symbol=symbol, lower=it.lower)
             entries.append((it.factor, it.colour, "■" if stacked else "━"))
+        if banded:
+            entries.append((cd.spread_label(self._members), "#999999", "▒"))
         self.importance_legend.setText(legend_html(entries))
+        self.importance_legend.setToolTip(self._band_tooltip() if banded else "")
         ax = plot.getAxis("bottom")
         ax.setTicks([cd.period_ticks(kind), []])
         lo, hi = cd.period_range(kind)
@@ -706,7 +771,26 @@ class ImportanceDock(QgsDockWidget):
         plot.setLabel("bottom", cd.PERIOD_TITLES[kind])
         plot.setTitle(region if self.csv_table is not None else self._chart_title, color="k", size="9pt")
         self.summary_label.setText(self._summary(region))
+        self._update_cursors()
         self.chartUpdated.emit()
+
+    def _band_tooltip(self):
+        return ("Band: the line's mean weight ± the standard deviation of that mean over the ensemble's {}members "
+                "(the 'spread' column of importance.csv, whole area)".format(
+                    "{} ".format(self._members) if self._members else ""))
+
+    def _spread_note(self, region, table):
+        """Status text about the spread band for a computed table ('' when nothing to say)."""
+        if self.folder is None or self.folder.ensemble is None:
+            return ""
+        if any(getattr(s, "spread", None) is not None for s in
+               (table.get(r, k) for r in table.regions for k in table.kinds(r))):
+            return " Band: ± member sd ({} members).".format(self.folder.members or "?")
+        if region is not None:
+            return (" No spread band for this region: the band is the whole-area member spread from importance.csv "
+                    "only (a region's member spread cannot be computed from the per-pixel spread rasters).")
+        return (" No spread band: the folder's importance.csv with the ensemble's 'spread' column is missing or "
+                "does not match the factors.")
 
     def _summary(self, region):
         if "season" not in self.table.kinds(region):
@@ -718,6 +802,7 @@ class ImportanceDock(QgsDockWidget):
 
     def _clear_importance_plot(self):
         self.importance_curves.hide_all()
+        self._cursors["importance"].setVisible(False)
         self.importance_legend.setText("")
         self.summary_label.setText("")
 
@@ -851,10 +936,166 @@ class ImportanceDock(QgsDockWidget):
                 out[name] = pool.data(name)
         return out
 
+    # ------------------------------------------------------------------ time: the Temporal Controller
+    def _canvas_temporal_controller(self):
+        """The canvas's temporal controller (QGIS desktop: the Temporal Controller panel's
+        QgsTemporalNavigationObject); None without a canvas or controller."""
+        getter = getattr(self.canvas, "temporalController", None) if self.canvas is not None else None
+        try:
+            return getter() if getter is not None else None
+        except RuntimeError:   # canvas already deleted
+            return None
+
+    def set_temporal_controller(self, controller):
+        """Follow ``controller`` (a QgsTemporalController, e.g. QgsTemporalNavigationObject; None = none):
+        its updateTemporalRange moves the date cursor, and chart clicks move its frame."""
+        old = self.temporal_controller
+        if old is controller:
+            return
+        if old is not None:
+            try:
+                old.updateTemporalRange.disconnect(self._on_temporal_range)
+            except (TypeError, RuntimeError):
+                pass
+        self.temporal_controller = controller
+        if controller is None:
+            return
+        controller.updateTemporalRange.connect(self._on_temporal_range)
+        # start on the date the map shows now
+        rng = None
+        if self.canvas is not None and hasattr(self.canvas, "temporalRange"):
+            rng = self.canvas.temporalRange()
+        if (rng is None or not rng.begin().isValid()) and hasattr(controller, "navigationMode"):
+            if controller.navigationMode() == controller.Animated:
+                rng = controller.dateTimeRangeForFrameNumber(controller.currentFrameNumber())
+        if rng is not None and rng.begin().isValid():
+            self._on_temporal_range(rng)
+
+    def _navigation(self):
+        """The QgsTemporalNavigationObject to move (looked up again when the canvas got one later)."""
+        if self.temporal_controller is None:
+            self.set_temporal_controller(self._canvas_temporal_controller())
+        ctrl = self.temporal_controller
+        return ctrl if ctrl is not None and hasattr(ctrl, "setCurrentFrameNumber") else None
+
+    def _on_temporal_range(self, rng):
+        """Slot of updateTemporalRange: the cursor goes to the frame's date (none when time is off)."""
+        try:
+            self.set_cursor_date(self._range_date(rng))
+        except Exception:  # noqa: BLE001 - never let a slot exception reach Qt
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Warning)
+
+    def _range_date(self, rng):
+        """The day a temporal range stands for: its first day (a cumulative range: its last day);
+        None for an infinite range (the Temporal Controller off)."""
+        if rng is None:
+            return None
+        begin, end = rng.begin(), rng.end()
+        ctrl = self.temporal_controller
+        cumulative = bool(getattr(ctrl, "temporalRangeCumulative", lambda: False)())
+        if cumulative and end.isValid():
+            dt = end.addSecs(-1) if not rng.includeEnd() else end
+        elif begin.isValid():
+            dt = begin
+        else:
+            return None
+        return np.datetime64(dt.date().toString("yyyy-MM-dd"), "D")
+
+    def set_cursor_date(self, date):
+        """Put the date cursor of every chart on ``date`` (ISO string / datetime64; None hides it)."""
+        self._cursor_date = None if date is None else np.datetime64(str(date)[:10], "D")
+        self._update_cursors()
+
+    def cursor_date(self):
+        """The date of the cursor (np.datetime64[D]) or None."""
+        return self._cursor_date
+
+    def cursor_position(self, name="importance"):
+        """x of the cursor line on chart ``name`` (importance | sm | weight), None when hidden (tests)."""
+        line = self._cursors[name]
+        return float(line.value()) if line.isVisible() else None
+
+    def _update_cursors(self):
+        d = self._cursor_date
+        for name, line in self._cursors.items():
+            if d is None or (name == "importance" and self.table is None):
+                line.setVisible(False)
+                continue
+            kind = self.current_kind() if name == "importance" else "time"
+            line.setValue(cd.date_position(kind, d))
+            line.label.setFormat(str(d))
+            line.setVisible(True)
+
+    def _click_handler(self, name, plot):
+        def handler(ev):
+            try:
+                if ev.button() != Qt.LeftButton or ev.double():
+                    return
+                vb = plot.getPlotItem().getViewBox()
+                pos = ev.scenePos()
+                if not vb.sceneBoundingRect().contains(pos):
+                    return
+                if name == "importance" and self.table is None:
+                    return
+                if name != "importance" and self.pixel is None:
+                    return
+                x = vb.mapSceneToView(pos).x()
+            except Exception:  # noqa: BLE001
+                QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Warning)
+                return
+            self._safe(self.chart_clicked, self.current_kind() if name == "importance" else "time", x)
+        return handler
+
+    def chart_clicked(self, kind, x):
+        """A click at ``x`` on a chart axis of ``kind`` (month | season | doy | time): move the map there.
+
+        On a period axis the date is taken in the year of the cursor (else of the Temporal
+        Controller's range) and snapped to the prediction's nearest date in that period."""
+        near = self._cursor_date
+        nav = self._navigation()
+        if near is None and nav is not None and nav.temporalExtents().begin().isValid():
+            near = nav.temporalExtents().begin().date().toString("yyyy-MM-dd")
+        dates = self.folder.dates if self.folder is not None else None
+        date = cd.date_at_position(kind, x, dates, near)
+        return self.set_map_date(date)
+
+    def set_map_date(self, date):
+        """Move the Temporal Controller to the frame holding ``date`` (ISO string / datetime64 / QDate);
+        True when it moved there. Without a controller only the chart's cursor moves."""
+        if isinstance(date, QDate):
+            date = date.toString("yyyy-MM-dd")
+        day = np.datetime64(str(date)[:10], "D")
+        nav = self._navigation()
+        if nav is None:
+            self.set_cursor_date(day)
+            self.show_message("{}: the map has no Temporal Controller, so only the chart's cursor moved.".format(day),
+                              "warning")
+            return False
+        qdate = QDate.fromString(str(day), "yyyy-MM-dd")
+        noon = QDateTime(qdate, QTime(12, 0))     # local time, like the layers' day ranges (algorithms/layers.py)
+        ext = nav.temporalExtents()
+        if not (ext.begin().isValid() and ext.end().isValid()):
+            self.show_message("The Temporal Controller has no time range: load the prediction's layers (ismoe:predict "
+                              "does) or set the project's time range, then click again.", "warning")
+            return False
+        frame = nav.findBestFrameNumberForFrameStart(noon)
+        if not nav.dateTimeRangeForFrameNumber(frame).contains(noon):
+            self.show_message("{} is outside the Temporal Controller's range {} .. {}.".format(
+                day, ext.begin().toString("yyyy-MM-dd"), ext.end().toString("yyyy-MM-dd")), "warning")
+            return False
+        note = ""
+        if nav.navigationMode() != nav.Animated:
+            nav.setNavigationMode(nav.Animated)   # the panel follows (navigationModeChanged)
+            note = " (Temporal Controller switched to animated navigation)"
+        nav.setCurrentFrameNumber(frame)
+        self.show_message("Map date {}{}.".format(day, note), "success")
+        return True
+
     # ------------------------------------------------------------------ teardown
     def cleanup(self):
         """Cancel tasks, release the map tool and the marker (call before deleting)."""
         self.cancel()
+        self.set_temporal_controller(None)
         try:
             self.project().readProject.disconnect(self._on_project_read)
         except (TypeError, RuntimeError):

@@ -34,8 +34,13 @@ def _y_top(values: List[np.ndarray], stacked: bool) -> float:
 
 def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: bool = False,
                       regions: Optional[Sequence[str]] = None, title: Optional[str] = None,
-                      max_panels: int = MAX_PANELS, dpi: int = 110) -> Figure:
-    """One panel per region (at most ``max_panels``), one line/area per factor, shared legend."""
+                      max_panels: int = MAX_PANELS, dpi: int = 110, members: Optional[int] = None) -> Figure:
+    """One panel per region (at most ``max_panels``), one line/area per factor, shared legend.
+
+    Lines of a series with an ensemble spread (importance.csv of an ensemble) get a translucent
+    band mean ± spread in the factor's colour (``fill_between``), and the legend an entry
+    "± member sd (``members`` members)", as in the dock.
+    """
     regions = list(regions) if regions is not None else table.regions
     regions = [r for r in regions if kind in table.kinds(r)]
     if not regions:
@@ -48,6 +53,7 @@ def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: 
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     handles = {}
+    band_handle = None
     for i, region in enumerate(shown):
         ax = axes[i // ncols][i % ncols]
         series = table.get(region, kind)
@@ -57,13 +63,20 @@ def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: 
                 h = ax.fill_between(it.x, it.lower, it.upper, color=it.colour, alpha=0.85, linewidth=0.6,
                                     edgecolor="white", label=it.factor, step=None)
             else:
-                (h,) = ax.plot(it.x, it.upper, color=it.colour, linewidth=2.0,
+                if it.has_band:
+                    ok = np.isfinite(it.band_lower) & np.isfinite(it.band_upper)
+                    b = ax.fill_between(it.x, it.band_lower, it.band_upper, where=ok, color=it.colour,
+                                        alpha=cd.BAND_ALPHA, linewidth=0, zorder=1)
+                    b.set_gid("spread-" + it.factor)
+                    band_handle = band_handle or b
+                (h,) = ax.plot(it.x, it.upper, color=it.colour, linewidth=2.0, zorder=2,
                                marker="o" if kind != "doy" else None, markersize=3.5, label=it.factor)
             handles.setdefault(it.factor, h)
         ax.set_xticks([t for t, _ in cd.period_ticks(kind)])
         ax.set_xticklabels([lab for _, lab in cd.period_ticks(kind)], fontsize=8)
         ax.set_xlim(*cd.period_range(kind))
-        ax.set_ylim(0.0, _y_top([it.upper for it in items], stacked))
+        ax.set_ylim(0.0, _y_top([it.upper for it in items] + [it.band_upper for it in items if it.has_band],
+                                stacked))
         ax.grid(True, alpha=0.3, linewidth=0.6)
         if n > 1 or region != imp.DEFAULT_REGION:
             ax.set_title(str(region), fontsize=10)
@@ -79,8 +92,13 @@ def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: 
         if len(regions) > n:
             title += " - first {} of {} regions".format(n, len(regions))
     fig.suptitle(title, fontsize=11)
-    fig.legend([handles[f] for f in table.factors if f in handles], [f for f in table.factors if f in handles],
-               loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+    names = [f for f in table.factors if f in handles]
+    hs = [handles[f] for f in names]
+    if band_handle is not None:
+        from matplotlib.patches import Patch
+        hs.append(Patch(facecolor="#555555", alpha=cd.BAND_ALPHA * 1.5, linewidth=0))
+        names.append(cd.spread_label(members))
+    fig.legend(hs, names, loc="lower center", ncol=min(len(hs), 6), frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 0.95))
     return fig
 

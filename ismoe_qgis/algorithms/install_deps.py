@@ -1,0 +1,138 @@
+"""ismoe:installdependencies: pip-install PyTorch for QGIS's own Python into the plugin-private folder.
+
+Thin glue over ismoe_qgis.deps.install (subprocess pip, progress, cancel, numpy kept, nothing
+half-installed). On success the folder is added to sys.path at once (no restart) and at every load.
+"""
+import os
+import sys
+
+from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutputFolder,
+                       QgsProcessingOutputString, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
+                       QgsProcessingParameterString)
+
+from .. import deps
+from ..core_callbacks import Cancelled
+from . import presentation
+from .base import IsmoeAlgorithm
+from .qgis_compat import PARAM_FLAG_ADVANCED, add_param_flags, optional
+
+VARIANT_LABELS = ["auto", "cpu", "cuda"]  # auto: CUDA when nvidia-smi finds an NVIDIA GPU, else CPU
+
+
+def default_target():
+    return deps.deps_dir(QgsApplication.qgisSettingsDirPath())
+
+
+class InstallDependenciesAlgorithm(IsmoeAlgorithm):  # enum names via the base class: VARIANT=cpu or 1
+    VARIANT, PACKAGES, PIP_ARGS, TARGET = "VARIANT", "PACKAGES", "PIP_ARGS", "TARGET"
+    CHECK_ONLY = "CHECK_ONLY"
+
+    def name(self):
+        return "installdependencies"
+
+    def displayName(self):  # noqa: N802
+        return self.tr("Install PyTorch (dependencies)")
+
+    def group(self):
+        return self.tr(presentation.group(self))
+
+    def groupId(self):  # noqa: N802
+        return presentation.group_id(self)
+
+    def tags(self):
+        return presentation.tags(self)
+
+    def icon(self):
+        return presentation.icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return presentation.ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return presentation.help_url(self)
+
+    # No FlagHideFromModeler: in 3.22 FlagDeprecated is HideFromToolbox | HideFromModeler, and
+    # `qgis_process list` leaves out every algorithm with either bit set.
+
+    def shortHelpString(self):  # noqa: N802
+        if os.environ.get("ISMOE_HELP_GENERIC"):  # scripts/build_help.py: pages that fit every machine
+            folder = "QGIS profile folder/python/ismoe_deps/py%d.%d" % sys.version_info[:2]
+            variant, why = "shown when this runs in QGIS", "nvidia-smi decides"
+        else:
+            folder = default_target() or "the profile folder"
+            variant, why = deps.recommended_variant()
+        return presentation.labelled_help(self, self.tr(
+            "Installs PyTorch (torch %s) for QGIS's own Python with pip, into a folder of your QGIS profile "
+            "that only this plugin uses (%s). The plugin adds that folder to Python's path at every load, and "
+            "at once when this ends: no restart needed. QGIS's numpy is never replaced (pip is constrained to "
+            "the numpy QGIS has, and any numpy pip brings is removed again). Nothing is half-installed: pip "
+            "installs into a temporary folder next to it, which replaces the old folder only when pip "
+            "succeeded and the packages import. Cancel stops pip. Needs an internet connection (about 200 MB "
+            "for the CPU wheel, several GB for CUDA) unless PIP_ARGS point at local wheels.\n\n"
+            "VARIANT: auto (CUDA when nvidia-smi finds an NVIDIA GPU, else CPU), cpu or cuda. For this machine: %s (%s). The CUDA wheel only helps with an NVIDIA "
+            "GPU and its driver; on Linux it is PyPI's torch, the CPU wheel comes from PyTorch's CPU index.\n"
+            "PACKAGES: the pip requirements, separated by spaces (default %s).\n"
+            "PIP_ARGS: more pip arguments, e.g. '--no-index --find-links /path/to/wheels' for an offline "
+            "install, or '--proxy http://host:port'. An --index-url or --no-index here replaces the VARIANT's "
+            "index.\n"
+            "TARGET: the folder to install into (default: the profile folder above). Replaced as a whole.\n"
+            "CHECK_ONLY: only report what is installed and which variant fits; install nothing.\n\n"
+            "Outputs: FOLDER (the dependency folder) and INSTALLED (name==version of what is in it)."
+        ) % (deps.TORCH_VERSION, folder, variant, why, deps.TORCH_SPEC))
+
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterEnum(self.VARIANT, self.tr("PyTorch build"), VARIANT_LABELS,
+                                                     defaultValue=0))
+        self.addParameter(add_param_flags(QgsProcessingParameterString(
+            self.PACKAGES, self.tr("Packages (pip requirements)"), deps.TORCH_SPEC), PARAM_FLAG_ADVANCED))
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterString(
+            self.PIP_ARGS, self.tr("Extra pip arguments"), "")), PARAM_FLAG_ADVANCED))
+        # a string, not a folder parameter: the folder need not exist yet
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterString(
+            self.TARGET, self.tr("Dependency folder (empty: the profile's)"), "")), PARAM_FLAG_ADVANCED))
+        self.addParameter(optional(QgsProcessingParameterBoolean(
+            self.CHECK_ONLY, self.tr("Only check, install nothing"), False)))
+        self.addOutput(QgsProcessingOutputFolder("FOLDER", self.tr("Dependency folder")))
+        self.addOutput(QgsProcessingOutputString("INSTALLED", self.tr("Installed packages")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        target = self.parameterAsString(parameters, self.TARGET, context) or default_target()
+        specs = (self.parameterAsString(parameters, self.PACKAGES, context) or deps.TORCH_SPEC).split()
+        extra = self.parameterAsString(parameters, self.PIP_ARGS, context)
+        choice = deps.VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)]
+        recommended, why = deps.recommended_variant()
+        variant = recommended if choice == "auto" else choice
+        feedback.pushInfo("PyTorch build: %s (%s; fits this machine: %s, %s)"
+                          % (variant, "chosen" if choice != "auto" else "auto", recommended, why))
+        if choice == "cuda" and recommended != "cuda":
+            feedback.pushWarning("warning: the CUDA build was asked for but %s; it will run on the CPU" % why)
+        feedback.pushInfo("Dependency folder: %s" % target)
+        if self.parameterAsBool(parameters, self.CHECK_ONLY, context):
+            have = deps.installed_dists(target) if target else {}
+            listing = ", ".join("%s==%s" % (n, v) for n, (v, _) in sorted(have.items()))
+            feedback.pushInfo("Installed there: %s" % (listing or "nothing"))
+            feedback.pushInfo("torch importable now: %s" % ("yes" if _torch_spec() else "no"))
+            return {"FOLDER": target, "INSTALLED": listing}
+        try:
+            result = deps.install(target, specs, variant=variant, extra_args=extra,
+                                  callbacks=self.callbacks(feedback))
+        except deps.InstallError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        except Cancelled as exc:
+            raise QgsProcessingException(str(exc)) from None
+        added = deps.add_deps_to_path(folder=result["target"])
+        listing = ", ".join("%s==%s" % kv for kv in sorted(result["installed"].items()))
+        feedback.pushInfo("Installed into %s: %s" % (result["target"], listing))
+        if result["removed"]:
+            feedback.pushInfo("Kept QGIS's own %s" % ", ".join(result["removed"]))
+        if added:
+            feedback.pushInfo("Added %s to Python's path: ISMoE can use it now" % added)
+        if "torch" in sys.modules and any(s.split("=")[0].strip().lower() == "torch" for s in specs):
+            feedback.pushWarning("warning: torch was already loaded in this QGIS; restart QGIS to use the new one")
+        return {"FOLDER": result["target"], "INSTALLED": listing}
+
+
+def _torch_spec():
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None

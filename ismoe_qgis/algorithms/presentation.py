@@ -1,0 +1,174 @@
+"""How the ISMoE algorithms present themselves in QGIS: groups, tags, icon, help URL, help text.
+
+One table per concern, keyed by the algorithm's name(); each algorithm's methods call these:
+
+    def group(self):     return presentation.group(self)
+    def groupId(self):   return presentation.group_id(self)
+    def tags(self):      return presentation.tags(self)
+    def icon(self):      return presentation.icon()
+    def svgIconPath(self): return presentation.ICON_PATH
+    def helpUrl(self):   return presentation.help_url(self)
+    def shortHelpString(self): return presentation.labelled_help(self, self.tr("..."))
+
+Groups are numbered in workflow order (the Toolbox sorts groups by name): 0 Setup, 1 Prepare,
+2 Train, 3 Predict, 4 Evaluate and interpret, 5 Model chains.
+
+``labelled_help`` escapes the text for the help panel (HTML: '<factor>' would be dropped as an
+unknown tag) and names each parameter by the label the form shows, with its id for qgis_process
+and processing.run: 'FACTORS: ...' becomes '<b>Factor layers</b> (FACTORS): ...', and 'FACTORS' in the
+running text '<i>Factor layers</i>'. qgis_process prints the help to a terminal: plain text there,
+'Factor layers (FACTORS): ...', ids kept in the running text.
+"""
+import html
+import os
+import re
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QUrl
+from qgis.PyQt.QtGui import QIcon
+
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ICON_PATH = os.path.join(PLUGIN_DIR, "icons", "ismoe.svg")
+HELP_DIR = os.path.join(PLUGIN_DIR, "help")
+
+# (groupId, group name) in workflow order.
+GROUPS = {
+    "setup": "0 Setup",
+    "prepare": "1 Prepare data",
+    "train": "2 Train",
+    "predict": "3 Predict",
+    "evaluate": "4 Evaluate and interpret",
+    "models": "5 Model chains",
+}
+ALGORITHM_GROUP = {
+    "installdependencies": "setup",
+    "preparedataset": "prepare",
+    "train": "train",
+    "predict": "predict",
+    "evaluate": "evaluate",
+    "seasonalimportance": "evaluate",
+}
+
+COMMON_TAGS = ["ismoe", "soil moisture", "hydrology", "mixture of experts", "moe", "deep learning",
+               "machine learning", "neural network", "interpretable", "interpretability", "xai"]
+TAGS = {
+    "installdependencies": ["install", "dependencies", "pytorch", "torch", "pip", "cuda", "gpu", "setup"],
+    "preparedataset": ["dataset", "prepare", "align", "resample", "raster", "time series", "stations",
+                       "in situ", "training data", "cube", "netcdf"],
+    "train": ["train", "training", "lstm", "cnn", "cnn-lstm", "convolutional", "recurrent", "router",
+              "routing", "gating", "pytorch", "torch", "model"],
+    "predict": ["predict", "prediction", "inference", "map", "raster", "weights", "routing weight",
+                "dominant factor", "temporal", "lstm", "cnn-lstm"],
+    "evaluate": ["evaluate", "evaluation", "validation", "metrics", "skill", "rmse", "ubrmse", "correlation",
+                 "bias", "baseline", "persistence", "climatology", "report", "seasonal importance"],
+    "seasonalimportance": ["seasonal", "importance", "season", "month", "chart", "plot", "weights",
+                           "routing weight", "factor", "drivers", "attribution"],
+}
+
+
+def _name(alg):
+    return alg if isinstance(alg, str) else alg.name()
+
+
+def group_id(alg):
+    return ALGORITHM_GROUP.get(_name(alg), "models")
+
+
+def group(alg):
+    return GROUPS[group_id(alg)]
+
+
+def tags(alg):
+    seen, out = set(), []
+    for tag in TAGS.get(_name(alg), []) + COMMON_TAGS:
+        if tag not in seen:
+            seen.add(tag)
+            out.append(tag)
+    return out
+
+
+_ICON = None
+
+
+def icon():
+    """The plugin's icon (icons/ismoe.svg), or QGIS's generic algorithm icon when it is missing."""
+    global _ICON
+    if _ICON is None:
+        _ICON = QIcon(ICON_PATH) if os.path.exists(ICON_PATH) else \
+            QgsApplication.getThemeIcon("/processingAlgorithm.svg")
+    return _ICON
+
+
+def help_path(alg):
+    return os.path.join(HELP_DIR, "%s.html" % _name(alg))
+
+
+def help_url(alg):
+    """file:// URL of the algorithm's page in the plugin's help/ folder ('' when it is missing)."""
+    path = help_path(alg)
+    if not os.path.exists(path):
+        path = os.path.join(HELP_DIR, "index.html")
+    return QUrl.fromLocalFile(path).toString() if os.path.exists(path) else ""
+
+
+_PARAM_AT = r"(?:^|(?<=\n)|(?<=\. )|(?<=: ))"
+
+
+def help_is_html():
+    """The dialog's help panel renders shortHelpString as HTML; qgis_process (platform 'qgis_process')
+    prints it as it is to a terminal, so it gets plain text there."""
+    try:
+        return QgsApplication.platform() != "qgis_process"
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def labelled_help(alg, text, as_html=None):
+    """Help text with parameters named by label (with their id), HTML-escaped for the help panel.
+
+    'NAME: ...', 'NAME (note): ...' and 'NAME / OTHER: ...' at the start of a line or a sentence become
+    '<b>Label</b> (NAME): ...'; in HTML other mentions of a parameter id become '<i>Label</i>'. A parameter
+    without such a line is named 'Label (NAME)' where it first appears.
+    as_html: escape and use <b> (default: unless run by qgis_process, see help_is_html)."""
+    as_html = help_is_html() if as_html is None else as_html
+    esc = (lambda t: html.escape(t, quote=False)) if as_html else (lambda t: t)
+    bold = "<b>%s</b>" if as_html else "%s"
+    labels = {p.name(): p.description() for p in alg.parameterDefinitions()}
+    out = esc(text)
+    if not labels:
+        return out
+    names = sorted(labels, key=len, reverse=True)
+    name_re = "|".join(re.escape(n) for n in names)
+    head = re.compile(r"%s((?:%s)(?:\s*/\s*(?:%s))*)(?: \(([^()]*)\))?:" % (_PARAM_AT, name_re, name_re))
+
+    def label_of(name):
+        return esc(labels[name].rstrip(".:"))
+
+    def heading(m):
+        ids = [s.strip() for s in m.group(1).split("/")]
+        note = ", %s" % m.group(2) if m.group(2) else ""
+        return "%s (%s%s):" % (" / ".join(bold % label_of(n) for n in ids), " / ".join(ids), note)
+
+    parts, headed = [], set()
+    pos = 0
+    for m in head.finditer(out):
+        parts.append(("text", out[pos:m.start()]))
+        parts.append(("head", heading(m)))
+        headed.update(s.strip() for s in m.group(1).split("/"))
+        pos = m.end()
+    parts.append(("text", out[pos:]))
+    mention = re.compile(r"(?<![A-Za-z0-9_/])(%s)(=[^\s,;)]+)?(?![A-Za-z0-9_])" % name_re)
+    introduced = set(headed)
+
+    def inline(m):
+        name, value = m.group(1), m.group(2)
+        first = name not in introduced  # a parameter without its own line: label it where it first appears
+        introduced.add(name)
+        if value:  # 'MODEL=cnn_lstm' is what one types: keep it, labelled the first time
+            return "%s (%s%s)" % (("<i>%s</i>" if as_html else "%s") % label_of(name), name, value) \
+                if first else name + value
+        if as_html:
+            return "<i>%s</i>%s" % (label_of(name), " (%s)" % name if first else "")
+        return "%s (%s)" % (label_of(name), name) if first else name  # a terminal user types the ids
+
+    return "".join(mention.sub(inline, chunk) if kind == "text" else chunk for kind, chunk in parts)
