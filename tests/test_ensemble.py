@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.importance import importance_from_sums, read_importance_csv  # noqa: E402
 from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
-from ismoe_qgis.model.networks import (ModelConfig, SoilMoistureNet, build_model, member_model,  # noqa: E402
-                                       stack_members)
+from ismoe_qgis.model.networks import (ModelConfig, SoilMoistureNet, build_model, copy_members,  # noqa: E402
+                                       member_model, member_seeds, stack_members)
 from ismoe_qgis.model.train import TrainConfig, WindowSampler, loss_terms, model_config_for, train  # noqa: E402
 
 from test_model import small_cube  # noqa: E402
@@ -64,19 +64,31 @@ def test_ensemble_output_is_the_mean_of_its_members(model_type, mixture, router)
     assert (ym[:, 0] - ym[:, 1]).abs().max() > 1e-3
 
 
-def test_member_n_starts_as_the_single_model_of_seed_plus_n_and_stacking_round_trips():
+def test_member_n_starts_as_the_single_model_of_its_seed_and_stacking_round_trips():
     cube = small_cube()
     cfg = model_config_for(cube, "ismoe", conv_channels=4, hidden=8, mixture="convex", members=3)
     ens = build_model(cfg, 11)
-    assert ens.cfg.member_seeds == [11, 12, 13]
-    single = build_model(model_config_for(cube, "ismoe", conv_channels=4, hidden=8, mixture="convex"), 12)
+    seeds = member_seeds(11, 3)
+    assert ens.cfg.member_seeds == seeds and len(set(seeds)) == 3
+    # ensembles of neighbouring seeds share no member (seed + n would: 11 -> 11, 12, 13; 12 -> 12, 13, 14)
+    assert not set(seeds) & set(member_seeds(12, 3)) and member_seeds(11, 1) == [11]
+    single = build_model(model_config_for(cube, "ismoe", conv_channels=4, hidden=8, mixture="convex"), seeds[1])
     m1 = member_model(ens, 1)
     for (k, a), (_, b) in zip(m1.state_dict().items(), single.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
     back = stack_members([member_model(ens, n) for n in range(3)])
     for k, v in ens.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v, msg=k)
-    assert back.cfg.member_seeds == [11, 12, 13]
+    assert back.cfg.member_seeds == seeds
+    # copy_members replaces exactly the chosen members' weights
+    other = build_model(cfg, 99)
+    dst = {k: v.clone() for k, v in ens.state_dict().items()}
+    copy_members(dst, other.state_dict(), [1], 3, 3)
+    mixed = build_model(cfg, 0)
+    mixed.load_state_dict(dst)
+    for n, src in ((0, ens), (1, other), (2, ens)):
+        for (k, a), (_, b) in zip(member_model(mixed, n).state_dict().items(), member_model(src, n).state_dict().items()):
+            torch.testing.assert_close(a, b, msg=f"member {n} {k}")
 
 
 @pytest.mark.parametrize("model_type,mixture,router", [SETTINGS[0], SETTINGS[2], SETTINGS[4]])
@@ -111,7 +123,7 @@ def test_spread_rasters_and_importance(tmp_path):
     out = tmp_path / "pred"
     man = inference.predict_to_folder(ens, inference.cube_block_reader(cube), cube.grid, cube.dates, str(out),
                                       tile_size=5, time_chunk=7)
-    assert man["ensemble"]["members"] == 3 and man["ensemble"]["seeds"] == [7, 8, 9]
+    assert man["ensemble"]["members"] == 3 and man["ensemble"]["seeds"] == member_seeds(7, 3)
     sm_cube, w_cube = inference.predict_cube(ens, cube)
     with rasterio.open(out / "sm.tif") as ds:
         sm = ds.read()
@@ -186,11 +198,27 @@ def test_ensemble_trains_and_saves_all_members(tmp_path):
                                                  device="cpu", seed=5),
                 model_options={"members": 2, "conv_channels": 4, "hidden": 8})
     model, cfg, info = load_model(path)
-    assert cfg.members == 2 and cfg.member_seeds == [5, 6] and model.members == 2
+    assert cfg.members == 2 and cfg.member_seeds == member_seeds(5, 2) and model.members == 2
     assert np.isfinite(res["val_cc"])
+    # early stopping and the best checkpoint per member
+    assert len(info["member_best_epochs"]) == 2 and all(1 <= e <= 2 for e in info["member_best_epochs"])
+    assert len(info["history"][0]["member_val_loss"]) == 2
     assert model.contrib_ref.shape == (2, 3) and model.mu.shape == (2,)
     a, b = member_model(model, 0), member_model(model, 1)
     assert not torch.equal(a.experts.w_hh, b.experts.w_hh)
+
+
+def test_bootstrap_weights_give_each_member_its_weighted_loss():
+    cube = small_cube()
+    cfg = model_config_for(cube, "ismoe", conv_channels=4, hidden=8, mixture="additive", members=2, dropout=0.0)
+    ens = build_model(cfg, 3).train()
+    xb, yb, db = batch(cube)
+    w = torch.from_numpy(np.random.default_rng(0).poisson(1.0, (len(yb), 2)).astype(np.float32))
+    loss, _ = loss_terms(ens, xb, yb, db, TrainConfig(), None, w)
+    with torch.no_grad():
+        pred, _, _ = ens.forward_members(xb, db)
+    want = sum(float((w[:, k] * (pred[:, k] - yb) ** 2).sum() / w[:, k].sum()) for k in range(2)) / 2
+    assert abs(float(loss) - want) < 1e-5
 
 
 def test_bad_ensemble_size():

@@ -17,15 +17,16 @@ FORMAT_STATEFUL = "ismoe-model/2"    # stateful models: a reader that only knows
 FORMATS = (FORMAT, FORMAT_STATEFUL)
 
 
-def save_model(path, model: SoilMoistureNet, info: dict = None):
+def save_model(path, model: SoilMoistureNet, info: dict = None, state: dict = None):
     """Write the model (config + weights + optional training info) atomically. The header names the memory
     mode and spin-up; a stateful model gets format ismoe-model/2, which plugin versions that only know
-    windowed models refuse by name instead of running it as a windowed model."""
+    windowed models refuse by name instead of running it as a windowed model. state: weights to write
+    instead of the model's own (e.g. an ensemble's per-member best checkpoint)."""
     cfg = model.cfg
     header = {"format": FORMAT_STATEFUL if cfg.stateful else FORMAT, "config": cfg.to_dict(), "info": info or {},
               "memory": {"mode": cfg.memory, "spin_up": cfg.spin_up if cfg.stateful else None,
                          "seq_len": cfg.seq_len}}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
     with atomic_output(path, ".pt") as tmp:
         torch.save({"header": json.dumps(header), "state_dict": state}, tmp)
 

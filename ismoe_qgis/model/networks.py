@@ -627,11 +627,37 @@ def stack_members(models: List["SoilMoistureNet"]) -> "SoilMoistureNet":
     return ens.to(next(first.parameters()).device).train(first.training)
 
 
+def member_seeds(seed: int, members: int) -> List[int]:
+    """The initial-weight seeds of an ensemble's members: `seed` for a single model; for N > 1, N seeds
+    spawned from `seed` (numpy SeedSequence), so that ensembles of neighbouring seeds share no member."""
+    if members == 1:
+        return [int(seed)]
+    import numpy as np
+    return [int(s.generate_state(1)[0] % (2 ** 31 - 1)) for s in np.random.SeedSequence(int(seed)).spawn(members)]
+
+
+def copy_members(dst: dict, src: dict, members, n_members: int, n_experts: int):
+    """In the state dict `dst`, replace the weights of the given members by those in `src` (same layout)."""
+    E = n_experts
+    for k, v in src.items():
+        rule, _ = _member_rule(k)
+        for n in members:
+            if rule == "experts":
+                dst[k][n * E:(n + 1) * E] = v[n * E:(n + 1) * E]
+            elif rule == "member":
+                if n_members == 1:
+                    dst[k] = v.clone()
+                else:
+                    dst[k][n] = v[n]
+            elif k.startswith(f"router.mlps.{n}."):
+                dst[k] = v.clone()
+
+
 def build_model(cfg: ModelConfig, seed: int) -> "SoilMoistureNet":
-    """A new model, its weights drawn from `seed`; an ensemble's member n from seed + n (so member n starts
-    as the single model of seed + n would, and the members differ). Sets cfg.member_seeds."""
+    """A new model, its weights drawn from `seed`; an ensemble's member n from ``member_seeds(seed, N)[n]``
+    (member n starts as the single model of that seed would). Sets cfg.member_seeds."""
     import dataclasses
-    seeds = [int(seed) + n for n in range(int(cfg.members))]
+    seeds = member_seeds(seed, int(cfg.members))
     singles = []
     for s in seeds:
         torch.manual_seed(s)

@@ -23,7 +23,7 @@ from ..core_callbacks import Callbacks, Cancelled, ensure
 from ..data.cube import Cube, split_masks
 from ..version import __version__
 from .io import save_model
-from .networks import ModelConfig, SoilMoistureNet, build_model
+from .networks import ModelConfig, SoilMoistureNet, build_model, copy_members
 
 
 @dataclass
@@ -65,6 +65,9 @@ class TrainConfig:
     # "blocks" (K folds of block_size x block_size pixel blocks, training kept `buffer` pixels away from
     # held-out ones; 0 = automatic: block 4 x PATCH_SIZE (>= 8), buffer PATCH_SIZE). fold_labels: the user's
     # fold per location (e.g. a station field), instead of random folds.
+    # ENSEMBLE > 1: each member weighs every training window by its own Poisson(1) draw (an online bootstrap:
+    # the members see different resamples of the data within the same stacked batches); 0 = off
+    bootstrap: bool = True
     split: str = "time"
     folds: int = 5
     block_size: int = 0
@@ -219,7 +222,7 @@ def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None)
         wn = valid.float() / valid.sum().clamp_min(1)
     if member_mask is None:
         wn = wn[:, None] / N                                    # and the mean over members
-    else:
+    else:                                  # bool (allowed) or float (a bootstrap's weights), (B, N)
         keep = member_mask.float() * (wn[:, None] > 0).float()
         wn = keep / keep.sum(0, keepdim=True).clamp_min(1) / N     # each member over its own windows
     loss = (wn * (pred - y[:, None]) ** 2).sum()
@@ -282,17 +285,18 @@ def cv_fold_index(cv: dict, n_idx) -> np.ndarray:
     return np.asarray(cv["fold_of"], np.int64)[np.asarray(n_idx, np.int64)]
 
 
-def fold_validation(model, sampler, t_idx, n_idx, obs, cv, y_std, amp_dtype=None):
-    """Cross-validation folds on samples of their own training locations: (estimate per sample = the mean of
-    the folds' models allowed there (NaN where none is), loss = mean over folds of each one's MSE in
-    normalised units)."""
+def member_validation(model, sampler, t_idx, n_idx, obs, cv, y_std, amp_dtype=None):
+    """Every member on the validation samples; cross-validation folds only on their own training locations.
+    Returns (estimate per sample: the mean of the members allowed there (NaN where none is), the mean of the
+    members' losses, each member's MSE in normalised units (K,))."""
     ym, _, _ = predict_samples(model, sampler, t_idx, n_idx, amp_dtype=amp_dtype, members=True)     # S, K
-    allowed = ~cv["excluded"][:, np.asarray(n_idx, np.int64)].T
+    allowed = (np.ones(ym.shape, bool) if cv is None else ~cv["excluded"][:, np.asarray(n_idx, np.int64)].T)
     err = ((ym - np.asarray(obs)[:, None]) / y_std) ** 2
-    per = [(err[allowed[:, k], k]).mean() for k in range(ym.shape[1]) if allowed[:, k].any()]
+    per = np.array([(err[allowed[:, k], k]).mean() if allowed[:, k].any() else np.inf for k in range(ym.shape[1])])
     with np.errstate(invalid="ignore"):
         est = np.where(allowed.any(1), (ym * allowed).sum(1) / np.maximum(allowed.sum(1), 1), np.nan)
-    return est.astype(np.float32), float(np.mean(per)) if per else float("nan")
+    fin = per[np.isfinite(per)]
+    return est.astype(np.float32), float(fin.mean()) if len(fin) else float("nan"), per
 
 
 def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_idx: np.ndarray,
@@ -485,8 +489,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         info_cv = {k: v for k, v in cv.items() if k != "excluded"}
     if mcfg.members > 1 and cv is None:
         cb.log(f"ensemble of {mcfg.members} members (initial weights from seeds {mcfg.member_seeds}), trained "
-               f"together in one pass (stacked like the experts, the same batches); early stopping and the best "
-               f"checkpoint follow the ensemble mean's validation loss")
+               f"together in one pass (stacked like the experts, the same batches"
+               + (", each member weighing every window by its own Poisson(1) bootstrap draw" if cfg.bootstrap else "")
+               + "); early stopping and the best checkpoint per member")
     if cfg.expert_loss and model_type == "ismoe" and model.mixture != "convex":
         cb.log(f"EXPERT_LOSS applies to the convex mixture only (its experts estimate SM); the {model.mixture} "
                "mixture's experts output contributions, so it is not used")
@@ -524,6 +529,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
 
     history, best, best_state, bad_epochs, cancelled = [], float("inf"), None, 0, False
     best_epoch = 0
+    K = model.members
+    boot = cv is None and K > 1 and cfg.bootstrap
+    best_m, best_epoch_m, bad_m = np.full(K, np.inf), np.zeros(K, np.int64), np.zeros(K, np.int64)
     t0 = time.time()
     step = 0
     info_base = {"model_type": model_type, "train": asdict(cfg), "split": split,
@@ -548,6 +556,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                 if excluded_t is not None:       # rows j * G + g: location run_loc[g0 + g]
                     locs = torch.as_tensor(run_loc[g0:g1], device=excluded_t.device).repeat(m)
                     mm = ~excluded_t[:, locs].t()
+                elif boot:
+                    mm = torch.from_numpy(rng.poisson(1.0, (len(yb), model.members)).astype(np.float32)).to(yb.device)
                 loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid, mm)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -562,11 +572,12 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         if cancelled:           # the partial epoch is not validated: cancel returns within seconds
             cb.log("cancelled: keeping the best model so far" if best_state is not None else "cancelled")
             break
-        if cv is None:
+        if cv is None and K == 1:
             est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
             val_loss = float(np.mean(((est - v_obs) / cube.y_std) ** 2))
-        else:               # each fold's model on its own training locations (never a held-out one)
-            est, val_loss = fold_validation(model, sampler, vt, vn, v_obs, cv, cube.y_std, amp_dtype)
+            member_loss = np.array([val_loss])
+        else:               # per member; a fold's model on its own training locations (never a held-out one)
+            est, val_loss, member_loss = member_validation(model, sampler, vt, vn, v_obs, cv, cube.y_std, amp_dtype)
         cc, rmse = _cc_rmse(v_obs, est)
         row = {"epoch": epoch, "train_loss": tot / max(cnt, 1), "val_loss": val_loss, "val_cc": cc,
                "val_rmse": rmse, "seconds": round(time.time() - t0, 2)}
@@ -576,14 +587,36 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         if log_path:
             with open(log_path, "a" if epoch > 1 else "w") as f:
                 f.write(json.dumps(row) + "\n")
-        if val_loss < best:
-            best, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-            save_model(out_path, model, {**info_base, "best_epoch": epoch, "history": history})
-        else:
-            bad_epochs += 1
-        if bad_epochs >= cfg.patience:
-            cb.log(f"early stop: no validation improvement for {cfg.patience} epochs")
+        if K == 1:
+            if val_loss < best:
+                best, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+                save_model(out_path, model, {**info_base, "best_epoch": epoch, "history": history})
+            else:
+                bad_epochs += 1
+            stop = bad_epochs >= cfg.patience
+        else:               # early stopping and the best checkpoint per member
+            better = [k for k in range(K) if member_loss[k] < best_m[k]]
+            if best_state is None:
+                best_state = copy.deepcopy(model.state_dict())
+            elif better:
+                copy_members(best_state, {k: v.detach().clone() for k, v in model.state_dict().items()}, better,
+                             K, model.n_experts)
+            for k in range(K):
+                if k in better:
+                    best_m[k], best_epoch_m[k], bad_m[k] = member_loss[k], epoch, 0
+                else:
+                    bad_m[k] += 1
+            row["member_val_loss"] = [float(v) for v in member_loss]
+            best_epoch = int(best_epoch_m.max())
+            if better:
+                save_model(out_path, model, {**info_base, "best_epoch": best_epoch,
+                                             "member_best_epochs": best_epoch_m.tolist(), "history": history},
+                           state=best_state)
+            stop = bool((bad_m >= cfg.patience).all())
+        if stop:
+            cb.log(f"early stop: no validation improvement for {cfg.patience} epochs"
+                   + (" in any member" if K > 1 else ""))
             break
 
     if best_state is None:
@@ -598,6 +631,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                + ", ".join(f"{f} {v:+.3f}" for f, v in zip(model.output_names, ref)))
     result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
               "split": split, "model_type": model_type}
+    if K > 1:
+        info_base["member_best_epochs"] = result["member_best_epochs"] = best_epoch_m.tolist()
+        cb.log("best epoch per member: " + ", ".join(str(int(e)) for e in best_epoch_m))
     if cv is not None:
         info_base["cv"] = result["cv"] = info_cv
     if cancelled:
@@ -611,8 +647,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         return result
     def scored(t_, n_, amp_):
         if cv is None:
-            return predict_samples(model, sampler, t_, n_, amp_dtype=amp_)[0]
-        return fold_validation(model, sampler, t_, n_, cube.y[t_, n_], cv, cube.y_std, amp_)[0]
+            return predict_samples(model, sampler, t_, n_, amp_dtype=amp_)[0]   # the ensemble mean
+        return member_validation(model, sampler, t_, n_, cube.y[t_, n_], cv, cube.y_std, amp_)[0]
     est = scored(vt, vn, amp_dtype)
     if amp_dtype is not None:
         est_fp32 = scored(vt, vn, None)
