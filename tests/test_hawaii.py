@@ -339,3 +339,54 @@ def test_stations_held_out_by_a_fold_field_and_scored_out_of_fold(stations, hawa
         run("ismoe:train", {"DATASET": stations["ds"], "OUTPUT": str(bad), "SPLIT": 1, "FOLDS": 3,
                             "FOLD_LAYER": path, "FOLD_ID_FIELD": "station_id", "FOLD_FIELD": "fold", **FAST})
     assert "FOLDS is 3" in str(e.value) and not bad.exists()
+
+
+def test_station_table_columns_as_factors(hawaii, run, tmp_path):
+    """STATION_FACTORS: the station table's measured rain and soil temperature become factor variables
+    beside a gridded one, known at the station pixels only; a model trains on them; a column that is absent
+    or not numeric, or station columns with a gridded target, are refused by name with no dataset written."""
+    from ismoe_qgis.data.cube import Cube
+    factors = [nc(hawaii, "era5land.nc", "stl1")]
+    ds = str(tmp_path / "ds.npz")
+    base = {"FACTORS": factors, "STATIONS": str(hawaii / "ismn_stations.gpkg"),
+            "STATION_TABLE": str(hawaii / "ismn_daily.csv"), "PATCH_SIZE": 3, "SEQ_LEN": 7}
+    res, fb = run("ismoe:preparedataset", {**base, "STATION_FACTORS": "station_rain=precip_mm;"
+                                                                        "soil_temperature=soil_temp_c",
+                                           "OUTPUT": ds})
+    cube = Cube.load(ds)
+    assert cube.factors["station_rain"] == ["precip_mm"] and cube.factors["soil_temperature"] == ["soil_temp_c"]
+    v = cube.variables.index("precip_mm")
+    rows, cols = cube.target_rows, cube.target_cols
+    at = cube.x[v][:, rows, cols]
+    assert np.isfinite(at).any()
+    off = np.ones(cube.x.shape[2:], bool)
+    off[rows, cols] = False
+    assert not np.isfinite(cube.x[v][:, off]).any()            # known at the station pixels only
+    table = {}
+    with open(hawaii / "ismn_daily.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["precip_mm"]:
+                table[(row["station_id"], row["date"])] = float(row["precip_mm"])
+    n_checked = 0
+    for j, sid in enumerate(cube.station_ids):
+        for t in range(0, cube.n_dates, 37):
+            key = (sid, str(cube.dates[t]))
+            if key in table:
+                assert at[t, j] == pytest.approx(table[key], rel=1e-5)
+                n_checked += 1
+    assert n_checked > 20
+    assert "station-table column, values at" in fb.text
+    model = str(tmp_path / "m.pt")
+    res, fb = run("ismoe:train", {"DATASET": ds, "OUTPUT": model, "GAP_POLICY": 1, **FAST})
+    assert np.isfinite(res["VAL_CC"])
+    for bad, words in (("rain=no_such_column", "no column 'no_such_column'"),
+                       ("rain=station_id", "is not a number"), ("rain", "is not factor=column")):
+        out = tmp_path / "bad.npz"
+        with pytest.raises(Exception) as e:
+            run("ismoe:preparedataset", {**base, "STATION_FACTORS": bad, "OUTPUT": str(out)})
+        assert words in str(e.value), str(e.value)
+        assert not out.exists()
+    with pytest.raises(Exception) as e:
+        run("ismoe:preparedataset", {"FACTORS": factors, "TARGET": str(hawaii / "era5land_swvl1.tif"),
+                                     "STATION_FACTORS": "rain=precip_mm", "OUTPUT": str(tmp_path / "g.npz")})
+    assert "only with station targets" in str(e.value)

@@ -34,12 +34,31 @@ def _plain(value):
     return value
 
 
+def parse_station_factors(text: str, param: str) -> dict:
+    """'precipitation=precip_mm;soil_temperature=soil_temp_c,other' -> {factor: [columns]}."""
+    out = {}
+    for part in (text or "").replace("\n", ";").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise QgsProcessingException(f"{param}: '{part}' is not factor=column[,column...] (e.g. "
+                                         f"precipitation=precip_mm;soil_temperature=soil_temp_c)")
+        fname, cols = (t.strip() for t in part.split("=", 1))
+        cols = [c.strip() for c in cols.split(",") if c.strip()]
+        if not fname or not cols:
+            raise QgsProcessingException(f"{param}: '{part}' needs a factor name and at least one column")
+        out.setdefault(fname, []).extend(cols)
+    return out
+
+
 class PrepareDatasetAlgorithm(IsmoeAlgorithm):
     FACTORS, FACTOR_GROUPS, TARGET = "FACTORS", "FACTOR_GROUPS", "TARGET"
     STATIONS, STATION_ID_FIELD = "STATIONS", "STATION_ID_FIELD"
     STATION_TABLE, TABLE_ID_FIELD, TABLE_DATE_FIELD, TABLE_VALUE_FIELD = (
         "STATION_TABLE", "TABLE_ID_FIELD", "TABLE_DATE_FIELD", "TABLE_VALUE_FIELD")
     DROP_OUTSIDE = "DROP_OUTSIDE"
+    STATION_FACTORS = "STATION_FACTORS"
     REFERENCE, START_DATE, STEP_DAYS = "REFERENCE", "START_DATE", "STEP_DAYS"
     PATCH_SIZE, SEQ_LEN, RESAMPLING, OUTPUT = "PATCH_SIZE", "SEQ_LEN", "RESAMPLING", "OUTPUT"
     STRICT = "STRICT"
@@ -82,6 +101,10 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
             "STATION_TABLE with TABLE_ID_FIELD, TABLE_DATE_FIELD, TABLE_VALUE_FIELD holds their daily soil "
             "moisture (a CSV or a table layer). DROP_OUTSIDE drops stations outside the grid (with a warning) "
             "instead of failing.\n"
+            "STATION_FACTORS: numeric columns of the station table measured at the stations (rain, soil "
+            "temperature) as factor variables, e.g. 'station_rain=precip_mm;soil_temperature=soil_temp_c' "
+            "(a factor of that name may also hold raster layers). They are known at the station pixels only, so "
+            "such a model predicts at the stations (ismoe:evaluate), not whole rasters; stations only.\n"
             "REFERENCE: the layer whose grid everything is aligned to (default: the first factor layer). "
             "Continuous inputs are resampled bilinearly, or averaged when coarsened more than 1.5x; RESAMPLING "
             "overrides this.\n"
@@ -109,6 +132,8 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.TABLE_ID_FIELD, self.tr("Table: station id field"),
                                                        "station_id"))
         self.addParameter(QgsProcessingParameterString(self.TABLE_DATE_FIELD, self.tr("Table: date field"), "date"))
+        self.addParameter(optional(QgsProcessingParameterString(
+            self.STATION_FACTORS, self.tr("Station-table columns as factors (factor=column,...;...)"))))
         self.addParameter(QgsProcessingParameterString(self.TABLE_VALUE_FIELD, self.tr("Table: soil moisture field"),
                                                        "sm"))
         self.addParameter(QgsProcessingParameterBoolean(self.DROP_OUTSIDE, self.tr("Drop stations outside the grid"),
@@ -168,10 +193,22 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
                 raise QgsProcessingException(f"{k}: the station table has no field '{v}' (fields: {', '.join(names)})")
         fid, fdate, fval = (lower[fields[k].lower()] for k in
                             (self.TABLE_ID_FIELD, self.TABLE_DATE_FIELD, self.TABLE_VALUE_FIELD))
-        rows = [(_plain(f[fid]), _plain(f[fdate]), _plain(f[fval])) for f in table.getFeatures()]
+        feats = list(table.getFeatures())
+        rows = [(_plain(f[fid]), _plain(f[fdate]), _plain(f[fval])) for f in feats]
         from ..data import stations as st
         tbl = self.run_core(st.read_station_table, rows, name=self.STATION_TABLE)
-        return {"points": pts, "crs_wkt": points.sourceCrs().toWkt(), "table": tbl,
+        columns = {}
+        for fname, cols in parse_station_factors(self.parameterAsString(parameters, self.STATION_FACTORS, context),
+                                                 self.STATION_FACTORS).items():
+            for col in cols:
+                if col.lower() not in lower:
+                    raise QgsProcessingException(f"{self.STATION_FACTORS}: the station table has no column '{col}' "
+                                                 f"(fields: {', '.join(names)})")
+                real = lower[col.lower()]
+                crow = [(_plain(f[fid]), _plain(f[fdate]), _plain(f[real])) for f in feats]
+                columns.setdefault(fname, {})[real] = self.run_core(
+                    st.read_station_table, crow, name=f"{self.STATION_FACTORS} column '{real}'", on_duplicate="mean")
+        return {"points": pts, "crs_wkt": points.sourceCrs().toWkt(), "table": tbl, "columns": columns,
                 "drop_outside": self.parameterAsBoolean(parameters, self.DROP_OUTSIDE, context),
                 "points_name": self.STATIONS, "table_name": self.STATION_TABLE}
 
@@ -189,6 +226,10 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
             raise QgsProcessingException(f"{self.SEQ_LEN}: must be >= 1, got {seq}")
         target_layer = raster_layer(self, parameters, self.TARGET, context)
         stations = self._stations(parameters, context)
+        if stations is None and (self.parameterAsString(parameters, self.STATION_FACTORS, context) or "").strip():
+            raise QgsProcessingException(f"{self.STATION_FACTORS}: columns of a station table can be factors only "
+                                         f"with station targets ({self.STATIONS} + {self.STATION_TABLE}); with a "
+                                         f"{self.TARGET} raster there is no station to measure them at")
         if target_layer is None and stations is None:
             raise QgsProcessingException(f"{self.TARGET}: give a soil-moisture raster series, or {self.STATIONS} "
                                          f"with a {self.STATION_TABLE}")

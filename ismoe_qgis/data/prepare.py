@@ -52,7 +52,10 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
     target:   a gridded SM series source (band = date), or None when `stations` is given.
     stations: {"points": [(id, x, y), ...], "crs_wkt": str, "table": {id: (dates, values)},
               "drop_outside": bool, "points_name"/"table_name": names used in messages} (see stations.py);
-              the target is the station series at their pixels.
+              the target is the station series at their pixels. Optional "columns": {factor: {column: table}}
+              with tables like "table": numeric columns of the station table measured at the stations (rain,
+              soil temperature) that become factor variables, known at the station pixels only (NaN elsewhere,
+              so a patch sees them at its centre pixel); a factor of that name may also hold raster layers.
     reference: a rasters.Grid, a source whose grid is used, or None (first factor layer).
     start/step_days: dates for layers whose files carry none.
     strict:   non-finite or implausible values in a layer are an error instead of nodata with a warning.
@@ -63,6 +66,10 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
         raise PrepareError("FACTORS: no factor layers given: add at least one raster layer per factor")
     if target is None and stations is None:
         raise PrepareError("TARGET: give a soil-moisture raster series or stations")
+    columns = (stations or {}).get("columns") or {}
+    if columns and target is not None:
+        raise PrepareError("STATION_FACTORS: columns of a station table can be factors only with station targets "
+                           "(STATIONS + STATION_TABLE); with a TARGET raster there is no station to measure them at")
     variables, infos, factor_vars = [], [], {}
     for fname, layers in factors.items():
         if not layers:
@@ -153,6 +160,8 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
             raise PrepareError("STATIONS: no station has a valid value in the common period "
                                f"{dates[0]}..{dates[-1]}")
         station_ids, kind = list(ids), "stations"
+        if columns:
+            x = _with_station_columns(x, variables, factor_vars, columns, ids, rows, cols, dates, strict, cb)
     cube = Cube(x=x, y=y, target_rows=rows, target_cols=cols, dates=dates, factors=factor_vars,
                 variables=variables, grid=grid.to_dict(), patch_size=int(patch_size), seq_len=int(seq_len),
                 target_kind=kind, station_ids=station_ids)
@@ -161,3 +170,29 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
            f"{int(np.isfinite(y).sum())} target values")
     cb.progress(1.0)
     return cube
+
+
+def _with_station_columns(x, variables, factor_vars, columns, ids, rows, cols, dates, strict, cb):
+    """x (V, T, H, W) with one more variable per station-table column: its daily values at the station
+    pixels, NaN elsewhere. Extends `variables` and `factor_vars` in place."""
+    from . import stations as st
+    extra = []
+    for fname, cols_of in columns.items():
+        for col, table in cols_of.items():
+            if col in variables:
+                raise PrepareError(f"STATION_FACTORS: variable name '{col}' is used twice; give each its own name")
+            vals = st.stations_to_target(table, ids, dates, log=cb.log, name=f"station column '{col}'")
+            validate.screen_array(vals, validate.ValueScreen.for_layer(
+                col, param="STATION_FACTORS", strict=strict, labels=[str(i) for i in ids]), cb.log)
+            if not np.isfinite(vals).any():
+                raise PrepareError(f"STATION_FACTORS: column '{col}' has no value at any station in the common "
+                                   f"period {dates[0]}..{dates[-1]}")
+            grid = np.full(x.shape[1:], np.nan, np.float32)
+            grid[:, rows, cols] = vals
+            extra.append(grid)
+            variables.append(col)
+            factor_vars.setdefault(fname, []).append(col)
+            n_st = int(np.isfinite(vals).any(axis=0).sum())
+            cb.log(f"factor '{fname}' variable '{col}': station-table column, values at {n_st} of {len(ids)} "
+                   f"stations ({int(np.isfinite(vals).sum())} station-days); no value elsewhere on the grid")
+    return np.concatenate([x, np.stack(extra)], axis=0) if extra else x
