@@ -281,7 +281,12 @@ def test_station_evaluation_per_location_skill(stations, hawaii, run, tmp_path):
     doc = json.load(open(res["METRICS_JSON"]))
     summary = doc["location_skill"]["estimates"]
     for name in models:
-        assert summary[name]["n_qualified"] == len(qualified)
+        # climatology is scored where it is defined (months without a training observation are not), so it
+        # can qualify at fewer stations; every other estimate is scored on the same samples as the model
+        if name == "climatology":
+            assert 0 < summary[name]["n_qualified"] <= len(qualified)
+        else:
+            assert summary[name]["n_qualified"] == len(qualified)
     ccs = [float(r["cc"]) for r in qualified]
     assert summary["model"]["cc"]["median"] == pytest.approx(float(np.median(ccs)), rel=1e-9)
     html = open(res["REPORT"], encoding="utf-8").read()
@@ -390,3 +395,28 @@ def test_station_table_columns_as_factors(hawaii, run, tmp_path):
         run("ismoe:preparedataset", {"FACTORS": factors, "TARGET": str(hawaii / "era5land_swvl1.tif"),
                                      "STATION_FACTORS": "rain=precip_mm", "OUTPUT": str(tmp_path / "g.npz")})
     assert "only with station targets" in str(e.value)
+
+
+def test_references_as_netcdf_strings_and_climatology_scored_where_defined(stations, hawaii, run, tmp_path):
+    """REFERENCES accepts NETCDF:"file.nc":var as FACTORS does; the climatology baseline no longer removes
+    the samples where it is undefined from every other estimate: it is scored where it is defined and its
+    coverage is reported."""
+    from ismoe_qgis.model.evaluate import evaluate
+    out = tmp_path / "ev"
+    smap = nc(hawaii, "smap_l3_am.nc", "soil_moisture")
+    res, fb = run("ismoe:evaluate", {"MODELS": [stations["model"]], "DATASET": stations["ds"], "DEVICE": 2,
+                                     "REFERENCES": [str(hawaii / "era5land_swvl1.tif"), smap], "OUTPUT": str(out)})
+    with open(res["METRICS_CSV"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = {r["model"] for r in rows}
+    assert "soil_moisture" in names or any("smap" in n for n in names), names
+    assert "climatology: defined on" in fb.text and "coverage" in fb.text
+    # the same evaluation with and without the climatology baseline scores the model on the same samples
+    a = evaluate(stations["ds"], {"m": stations["model"]}, period="test", baselines=("climatology",))
+    b = evaluate(stations["ds"], {"m": stations["model"]}, period="test", baselines=())
+    assert a["n_samples"] == b["n_samples"]
+    ra = [r for r in a["rows"] if r["model"] == "m" and r["group_kind"] == "overall"][0]
+    rb = [r for r in b["rows"] if r["model"] == "m" and r["group_kind"] == "overall"][0]
+    assert ra["n"] == rb["n"] and ra["cc"] == pytest.approx(rb["cc"])
+    rc = [r for r in a["rows"] if r["model"] == "climatology" and r["group_kind"] == "overall"][0]
+    assert 0 < rc["n"] <= ra["n"]

@@ -10,7 +10,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
 
 from . import presentation
 from .base import IsmoeAlgorithm
-from .common import check_writable, layer_source, optional_date
+from .common import check_writable, layer_source, optional_date, raster_layer_list
 from .qgis_compat import PARAM_FLAG_ADVANCED, SOURCE_FILE, SOURCE_RASTER, add_param_flags, optional
 
 try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
@@ -129,7 +129,7 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
         return model_names(files)
 
     def _references(self, parameters, context):
-        layers = self.parameterAsLayerList(parameters, self.REFERENCES, context) or []
+        layers = raster_layer_list(self, parameters, self.REFERENCES, context)    # NETCDF:"f.nc":var too
         refs = {}
         for lyr in layers:
             name = lyr.name() or os.path.splitext(os.path.basename(layer_source(lyr)))[0]

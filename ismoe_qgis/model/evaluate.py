@@ -655,9 +655,18 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     # --- same samples: say what each estimate costs --------------------------------------------
     obs_ok = np.isfinite(obs)
     common = obs_ok.copy()
+    # the climatology baseline is scored where it is defined, inside the common samples: a location whose
+    # evaluation months have no training observation must not be removed from every other estimate's score
+    partial = [n for n in ("climatology",) if n in estimates]
     for name, e in estimates.items():
-        common &= np.isfinite(e)
+        if name not in partial:
+            common &= np.isfinite(e)
     n_common = int(common.sum())
+    for name in partial:
+        n_def = int((common & np.isfinite(estimates[name])).sum())
+        notes.append(f"{name}: defined on {n_def} of the {n_common} common samples ({100 * n_def / max(n_common, 1):.0f}% "
+                     f"coverage; it is scored there, and the others on all {n_common})")
+        cb.log(notes[-1])
     for name, e in estimates.items():
         own = int((obs_ok & np.isfinite(e)).sum())
         if own == 0:
@@ -696,7 +705,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                "location_ids": cube.location_labels(), "regions": regions, "same_samples": True,
                "title": title or f"Soil moisture evaluation, {plabel} {span}",
                "notes": head_notes + notes, "climatology": clim, "estimate_climatology": est_clims,
-               "min_location_days": min_location_days, "ensemble": ensemble,
+               "min_location_days": min_location_days, "ensemble": ensemble, "partial_estimates": partial,
                **location_geometry(cube)}
     if clim is not None:
         tdates = cube.dates[tmask]

@@ -226,13 +226,16 @@ class _Eval:
         if not obs_ok.any():
             raise ValueError("the observations have no valid value")
         self.mask = obs_ok.copy()
+        # estimates scored where they are defined inside the common samples, without restricting them
+        self.partial = {str(n) for n in (results.get("partial_estimates") or [])}
         for name, a in self.estimates.items():
             ok = np.isfinite(a)
             if not (ok & obs_ok).any():
                 raise ValueError(
                     f"estimate {name!r} has no valid value on any date/location with a valid "
                     "observation (no overlapping dates or locations?)")
-            self.mask &= ok
+            if name not in self.partial:
+                self.mask &= ok
         self._obs_common = None
         if self.same_samples and not self.mask.any():
             raise ValueError(
