@@ -35,10 +35,9 @@ Rows
   no quality mask, see the README of the data).
 - leave-stations-out: TrainConfig(split="locations", folds=4): 4 fold models (2 stations held out
   each) trained together, scored out of fold (every station by the model that never saw it).
-- station drivers [bench-side]: the issue's item 6 (a station-table column as a factor) is not in the
-  core, so this row adds soil_temp_c and precip_mm of ismn_daily.csv to the cube here, at the stations'
-  pixels only (NaN elsewhere, i.e. the mean after normalisation; KemoleGulch and ManaHouse have no rain
-  gauge), as two more factors beside the gridded ones.
+- station drivers: the issue's item 6 through the core's STATION_FACTORS: soil_temp_c and precip_mm of
+  ismn_daily.csv become two more factors beside the gridded ones, at the stations' pixels only (NaN
+  elsewhere, i.e. the mean after normalisation; KemoleGulch and ManaHouse have no rain gauge).
 - climatology (the training period's day-of-year mean of the observations) and persistence (yesterday's
   observation) are context rows: they use the target, so they are scored on the common station-days
   where they are defined and do not restrict them.
@@ -83,6 +82,7 @@ REFERENCES = {"ERA5-Land": ("era5land.nc", "swvl1"), "ESA CCI": ("esacci_sm.nc",
 SETS = {"daily": ("ERA5-Land", "ESA CCI", "GLDAS"), "era5land": ("ERA5-Land",), "smap": ("ERA5-Land", "SMAP L3")}
 SET_MIN_DAYS = {"daily": 30, "era5land": 30, "smap": 15}
 CONTEXT = ("climatology", "persistence")
+STATION_COLUMNS = ("soil_temp_c", "precip_mm")  # ismn_daily.csv columns for the station-drivers row
 
 
 def nc(data, fname, var):
@@ -114,35 +114,18 @@ class Log:
         return Callbacks(log=self)
 
 
-def prepare(data, factors, patch, seq_len, log):
+def prepare(data, factors, patch, seq_len, log, station_columns=()):
+    """The stations' cube; `station_columns` (columns of ismn_daily.csv) become factors through the core's
+    station-table factors (STATION_FACTORS): one factor per column, known at the stations' pixels only."""
     from ismoe_qgis.data import stations as st
     from ismoe_qgis.data.prepare import prepare_dataset
     pts, wkt = st.read_points_vector(os.path.join(data, "ismn_stations.gpkg"))
-    table = st.read_station_table(os.path.join(data, "ismn_daily.csv"), log=log)
-    return prepare_dataset(factors, stations={"points": pts, "crs_wkt": wkt, "table": table,
+    table_path = os.path.join(data, "ismn_daily.csv")
+    table = st.read_station_table(table_path, log=log)
+    columns = {f"station_{c}": {c: st.read_station_table(table_path, value_field=c)} for c in station_columns}
+    return prepare_dataset(factors, stations={"points": pts, "crs_wkt": wkt, "table": table, "columns": columns,
                                               "points_name": "ismn_stations", "table_name": "ismn_daily.csv"},
                            patch_size=patch, seq_len=seq_len, callbacks=log.callbacks())
-
-
-def with_station_drivers(cube, data, columns=("soil_temp_c", "precip_mm")):
-    """Bench-side stand-in for issue 14 item 6 (absent from the core): each station-table column becomes a
-    factor variable holding the station's value at its pixel (NaN elsewhere and where the table is empty)."""
-    from ismoe_qgis.data import stations as st
-    from ismoe_qgis.data.cube import Cube
-    extra, factors, variables = [], dict(cube.factors), list(cube.variables)
-    for col in columns:
-        table = st.read_station_table(os.path.join(data, "ismn_daily.csv"), value_field=col)
-        vals = st.stations_to_target(table, cube.station_ids, cube.dates)          # T, N
-        layer = np.full(cube.x.shape[1:], np.nan, np.float32)
-        layer[:, cube.target_rows, cube.target_cols] = vals
-        extra.append(layer)
-        name = f"station_{col}"
-        factors[name] = [name]
-        variables.append(name)
-    return Cube(x=np.concatenate([cube.x, np.stack(extra)]), y=cube.y, target_rows=cube.target_rows,
-                target_cols=cube.target_cols, dates=cube.dates, factors=factors, variables=variables,
-                grid=cube.grid, patch_size=cube.patch_size, seq_len=cube.seq_len, target_kind=cube.target_kind,
-                station_ids=cube.station_ids)
 
 
 def with_sm_input(cube, data, log):
@@ -267,7 +250,7 @@ def row_groups(res):
     if res["names"].get("lso"):
         g.append((f"ISMoE leave-stations-out ({res['config']['folds']} folds, out of fold)", [res["names"]["lso"]]))
     if res["names"].get("station_drivers"):
-        g.append(("ISMoE ensemble + station drivers [bench-side item 6]", [res["names"]["station_drivers"]]))
+        g.append(("ISMoE ensemble + station drivers [STATION_FACTORS]", [res["names"]["station_drivers"]]))
     if res["names"].get("sm_informed"):
         g.append(("ISMoE ensemble [SM input: ERA5-Land swvl1 as factor]", [res["names"]["sm_informed"]]))
     return g
@@ -485,7 +468,7 @@ def main(argv=None):
     ens_eval = dict(ev["ensemble"])
 
     if not a.no_station_drivers:
-        cube_s = with_station_drivers(cube, a.data)
+        cube_s = prepare(a.data, factors, a.patch, a.seq_len, log, station_columns=STATION_COLUMNS)
         n = f"ismoe_ens_stationdrv_s{seeds[0]}"
         trained[n] = train_one(cube_s, mp(n), "ismoe", seeds[0], a, log, members=a.members)
         ev_s = run_evaluate(cube_s, {n: mp(n)}, log, baselines=())
