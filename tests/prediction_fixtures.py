@@ -84,3 +84,43 @@ def make_prediction_folder(folder, factors=("snow", "radiation", "wind"), dates=
         with open(os.path.join(folder, "prediction.json"), "w") as fh:
             json.dump(meta, fh)
     return {"dates": dates, "weights": weights, "sm": sm, "transform": transform, "factors": list(factors)}
+
+
+# --------------------------------------------------------------------------- a tiny random model
+TINY_DAYS, TINY_SIZE, TINY_SEQ = 12, 10, 4
+TINY_START = np.datetime64("2019-03-01")
+TINY_FACTORS = {"snow": ["sd"], "wind": ["u10"], "rain": ["tp"]}
+TINY_NODATA_COLS = 3        # the left columns are nodata in every layer
+
+
+def write_tiny_series(path, data):
+    """A TINY_DAYS-band EPSG:4326 GeoTIFF (0.1 deg pixels), band descriptions = dates from TINY_START."""
+    prof = dict(driver="GTiff", width=TINY_SIZE, height=TINY_SIZE, count=TINY_DAYS, dtype="float32",
+                crs="EPSG:4326", transform=rasterio.Affine(0.1, 0.0, 10.0, 0.0, -0.1, 50.0), nodata=-9999.0)
+    with rasterio.open(path, "w", **prof) as ds:
+        ds.write(np.where(np.isnan(data), -9999.0, data).astype(np.float32))
+        for i in range(TINY_DAYS):
+            ds.set_band_description(i + 1, str(TINY_START + i))
+    return str(path)
+
+
+def make_tiny_model(folder):
+    """A random (untrained) 3-factor model (patch 3, SEQ_LEN 4) saved as <folder>/tiny.pt and its three
+    10 x 10 x 12-day layers (left TINY_NODATA_COLS columns nodata). Returns (model path, [layer paths])."""
+    import torch
+    from ismoe_qgis.model.io import save_model
+    from ismoe_qgis.model.networks import ModelConfig, SoilMoistureNet
+    folder = str(folder)
+    variables = [v for vs in TINY_FACTORS.values() for v in vs]
+    cfg = ModelConfig(factors=TINY_FACTORS, variables=variables, patch_size=3, seq_len=TINY_SEQ, conv_channels=2,
+                      hidden=4, router_hidden=4, x_mean=[0.5] * 3, x_std=[0.3] * 3, y_mean=0.25, y_std=0.05)
+    torch.manual_seed(3)
+    model = os.path.join(folder, "tiny.pt")
+    save_model(model, SoilMoistureNet(cfg).eval())
+    rng = np.random.default_rng(11)
+    layers = []
+    for v in variables:
+        data = rng.random((TINY_DAYS, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+        data[:, :, :TINY_NODATA_COLS] = np.nan
+        layers.append(write_tiny_series(os.path.join(folder, f"{v}.tif"), data))
+    return model, layers

@@ -22,42 +22,14 @@ from qgis.core import (Qgis, QgsApplication, QgsLayerTreeGroup,  # noqa: E402
 from ismoe_qgis.model import importance as imp  # noqa: E402
 from ismoe_qgis.model import outputs  # noqa: E402
 
-DAYS, SIZE, SEQ = 12, 10, 4
-START = np.datetime64("2019-03-01")
-FACTORS = {"snow": ["sd"], "wind": ["u10"], "rain": ["tp"]}
-NODATA_COLS = 3        # the left columns are nodata in every layer
-
-
-def write_series(path, data):
-    prof = dict(driver="GTiff", width=SIZE, height=SIZE, count=DAYS, dtype="float32", crs="EPSG:4326",
-                transform=rasterio.Affine(0.1, 0.0, 10.0, 0.0, -0.1, 50.0), nodata=-9999.0)
-    with rasterio.open(path, "w", **prof) as ds:
-        ds.write(np.where(np.isnan(data), -9999.0, data).astype(np.float32))
-        for i in range(DAYS):
-            ds.set_band_description(i + 1, str(START + i))
-    return str(path)
+from prediction_fixtures import TINY_DAYS as DAYS, TINY_FACTORS as FACTORS, TINY_NODATA_COLS as NODATA_COLS  # noqa: E402,F401
+from prediction_fixtures import TINY_SIZE as SIZE, TINY_START as START, make_tiny_model, write_tiny_series  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random 3-factor model (patch 3, SEQ_LEN 4) and its three 10 x 10 x 12-day layers."""
-    import torch
-    from ismoe_qgis.model.io import save_model
-    from ismoe_qgis.model.networks import ModelConfig, SoilMoistureNet
-    d = tmp_path_factory.mktemp("layers_model")
-    variables = [v for vs in FACTORS.values() for v in vs]
-    cfg = ModelConfig(factors=FACTORS, variables=variables, patch_size=3, seq_len=SEQ, conv_channels=2, hidden=4,
-                      router_hidden=4, x_mean=[0.5] * 3, x_std=[0.3] * 3, y_mean=0.25, y_std=0.05)
-    torch.manual_seed(3)
-    model = str(d / "tiny.pt")
-    save_model(model, SoilMoistureNet(cfg).eval())
-    rng = np.random.default_rng(11)
-    layers = []
-    for v in variables:
-        data = rng.random((DAYS, SIZE, SIZE)).astype(np.float32)
-        data[:, :, :NODATA_COLS] = np.nan
-        layers.append(write_series(d / f"{v}.tif", data))
-    return model, layers
+    return make_tiny_model(tmp_path_factory.mktemp("layers_model"))
 
 
 def run_and_load(tmp_path, tiny, params=None, name="pred"):

@@ -22,11 +22,10 @@ charts them). The project's time range is set to the prediction's dates, steppin
 """
 import bisect
 import collections
-import json
 import os
 
 from qgis.core import (Qgis, QgsColorRampShader, QgsDateTimeRange, QgsLayerTreeLayer, QgsPalettedRasterRenderer,
-                       QgsProcessingContext, QgsProcessingLayerPostProcessorInterface, QgsProcessingUtils,
+                       QgsProcessingContext, QgsProcessingLayerPostProcessorInterface, QgsProcessingUtils, QgsProject,
                        QgsRasterLayer, QgsRasterShader, QgsSingleBandPseudoColorRenderer)
 from qgis.PyQt.QtCore import QDate, QDateTime, QTime
 from qgis.PyQt.QtGui import QColor
@@ -283,19 +282,22 @@ class PredictionLoad:
         self.group = parent.insertGroup(idx, self.group_name)
         return self.group
 
-    def _take(self, layer):
-        """The layer's tree node, removed from where Processing put it (a clone to insert elsewhere)."""
+    def _move(self, layer, parent, index):
+        """Put the layer's tree node at parent[index], moved from where Processing put it. The copy is inserted
+        before the original node is removed: a project's layer-tree bridge (QgsProject.instance() in the
+        desktop) removes a layer from the project when its last tree node goes."""
         node = self.project.layerTreeRoot().findLayer(layer.id())
         if node is None:
-            return QgsLayerTreeLayer(layer)
+            return parent.insertLayer(index, layer)
         clone = node.clone()
-        node.parent().removeChildNode(node)
+        old_parent = node.parent()
+        parent.insertChildNode(index, clone)
+        old_parent.removeChildNode(node)
         return clone
 
     def place(self, layer, rank, visible=True):
         group = self._ensure_group(layer)
-        node = self._take(layer)
-        group.insertChildNode(self._slot(rank), node)
+        node = self._move(layer, group, self._slot(rank))
         node.setItemVisibilityChecked(visible)
         return node
 
@@ -314,7 +316,7 @@ class PredictionLoad:
             sub.insertLayer(0, lyr)
         layer.setName(self.dates[-1])
         set_fixed_range(layer, self.dates[-1])
-        sub.insertChildNode(0, self._take(layer))
+        self._move(layer, sub, 0)
         return sub
 
 
@@ -340,6 +342,9 @@ class PredictionLayerStyler(QgsProcessingLayerPostProcessorInterface):
                 ld.place(layer, self.rank, self.visible)
             if ld.per_band or self.views:
                 extend_project_time(ld.project, ld.dates)
+            if self.kind == "sm" and ld.project is QgsProject.instance():   # desktop: Temporal Controller, dock
+                from ..ui.integration import follow_prediction
+                follow_prediction(ld.folder, ld.dates)
         except Exception as exc:  # noqa: BLE001 - a styling failure must not lose the loaded layer
             _warn(feedback, f"warning: could not style '{layer.name()}': {type(exc).__name__}: {exc}")
         finally:
@@ -373,8 +378,7 @@ def queue_prediction_layers(context, folder, manifest=None, feedback=None, per_b
     if project is None:
         return 0
     if manifest is None:
-        with open(os.path.join(folder, "prediction.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = outputs.read_manifest(folder)
     load = PredictionLoad(folder, manifest, per_band)
     n = 0
     for kind, rank, name, path, views, visible in prediction_layer_specs(folder, manifest, per_band):

@@ -65,6 +65,23 @@ def legend_html(entries):
         "<span style='color:{}; font-size:13pt'>{}</span>&nbsp;{}".format(c, m, n) for n, c, m in entries)
 
 
+def _plot_item():
+    """A pyqtgraph PlotDataItem that draws its line as one path: pyqtgraph 0.13.1 (Debian 12) draws pens wider
+    than 1 px as line segments and raises TypeError in paint() for a curve without a segment (one point, or
+    no two neighbouring finite points), which QGIS then logs on every repaint."""
+    item = pg.PlotDataItem()
+    curve = getattr(item, "curve", None)
+    if curve is not None and hasattr(curve, "setSegmentedLineMode"):
+        curve.setSegmentedLineMode("off")
+    return item
+
+
+def _has_segment(y) -> bool:
+    """Whether a line through y has at least one segment (two neighbouring finite values)."""
+    ok = np.isfinite(np.asarray(y, dtype=float))
+    return bool((ok[1:] & ok[:-1]).any())
+
+
 class _CurvePool:
     """Named curves on one pyqtgraph plot that are reused, never removed.
 
@@ -95,7 +112,7 @@ class _CurvePool:
     def show_band(self, name, x, lower, upper, colour, alpha=BAND_ALPHA):
         """A translucent band lower..upper in ``colour`` behind curve ``name`` (mean +- spread)."""
         if name not in self.bands:
-            lo, hi = pg.PlotDataItem(), pg.PlotDataItem()
+            lo, hi = _plot_item(), _plot_item()
             fill = pg.FillBetweenItem(lo, hi)
             fill.setZValue(-5)
             for item in (fill, lo, hi):
@@ -121,8 +138,8 @@ class _CurvePool:
 
     def show(self, name, x, y, colour, width=2.0, symbol=None, symbol_size=6, lower=None, line=True):
         if name not in self.items:
-            curve = pg.PlotDataItem()
-            low = pg.PlotDataItem()
+            curve = _plot_item()
+            low = _plot_item()
             fill = pg.FillBetweenItem(low, curve)
             fill.setZValue(-10)
             for item in (fill, low, curve):
@@ -132,6 +149,8 @@ class _CurvePool:
         colour = QColor(colour)
         x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
+        if line and symbol is None and not _has_segment(y):   # a lone point (e.g. one month): draw it as a dot
+            symbol = "o"
         curve.setData(x, y, pen=pg.mkPen(colour, width=width) if line else None, connect="finite",
                       symbol=symbol, symbolSize=symbol_size, symbolBrush=pg.mkBrush(colour) if symbol else None,
                       symbolPen=None)

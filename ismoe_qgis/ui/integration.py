@@ -64,3 +64,51 @@ def unload_dock(plugin):
         action.deleteLater()
     plugin.dock = None
     plugin.dock_action = None
+
+
+def follow_prediction(folder, dates, plugin=None, iface=None):
+    """In the QGIS desktop, once ismoe:predict's layers are loaded (called by their post-processor):
+
+    - the Temporal Controller spans the prediction's dates in one-day frames and stands on the last date
+      (the date the layers show); navigation is switched to "animated" when it was off, so stepping through
+      the frames steps through the dates; a user's own range that already covers the dates is kept;
+    - the importance dock opens on the prediction folder (shown, chart computed in the background).
+
+    No-op outside the desktop (qgis_process, processing.run in a script: no ``iface``). Returns what it
+    did ({"temporal": bool, "dock": bool})."""
+    done = {"temporal": False, "dock": False}
+    if iface is None or plugin is None:
+        try:
+            import qgis.utils as qu
+        except ImportError:
+            return done
+        iface = iface or qu.iface
+        plugin = plugin or qu.plugins.get("ismoe_qgis")
+    if iface is None or not dates:
+        return done
+    canvas = iface.mapCanvas()
+    tc = canvas.temporalController() if canvas is not None and hasattr(canvas, "temporalController") else None
+    if tc is not None and hasattr(tc, "setTemporalExtents"):
+        from qgis.core import QgsDateTimeRange, QgsInterval, QgsTemporalNavigationObject, QgsUnitTypes
+        from qgis.PyQt.QtCore import QDate, QDateTime, QTime
+        first = QDate.fromString(str(dates[0])[:10], "yyyy-MM-dd")
+        last = QDate.fromString(str(dates[-1])[:10], "yyyy-MM-dd")
+        want = QgsDateTimeRange(QDateTime(first, QTime(0, 0)), QDateTime(last.addDays(1), QTime(0, 0)), True, False)
+        old = tc.temporalExtents()
+        day = QgsInterval(1, QgsUnitTypes.TemporalDays)
+        covered = (old.begin().isValid() and old.end().isValid() and old.begin() <= want.begin()
+                   and old.end() >= want.end() and abs(tc.frameDuration().seconds() - day.seconds()) < 1)
+        if not covered:
+            tc.setTemporalExtents(want)
+            tc.setFrameDuration(day)
+        if tc.navigationMode() == QgsTemporalNavigationObject.NavigationOff:
+            tc.setNavigationMode(QgsTemporalNavigationObject.Animated)
+        ext = tc.temporalExtents()
+        tc.setCurrentFrameNumber(max(0, ext.begin().date().daysTo(last)))
+        done["temporal"] = True
+    dock = getattr(plugin, "dock", None)
+    if dock is not None:
+        dock.show()
+        dock.raise_()
+        done["dock"] = bool(dock.load_source(folder))
+    return done
