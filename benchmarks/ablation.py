@@ -32,6 +32,8 @@ Variants (each switches ONE choice of the base; base = the core's defaults, mixt
   stateful           MEMORY=stateful, SPIN_UP 365, 32 supervised days per sequence, batch 256 supervised
                      days (8 sequences); stateful_spin90: SPIN_UP 90; stateful_n8: 8 supervised days (32
                      sequences a batch); stateful_cnn_lstm, stateful_mean_expert: the baselines so
+  ensemble3          ENSEMBLE=3 (members trained together, scored as their mean); stateful_ensemble3 the
+                     same in MEMORY=stateful
 Every (case, variant) runs once per seed; the tables show mean +- std over seeds and the
 difference of the mean to base ('*' where it exceeds twice the standard error of the per-seed
 paired differences). A variant that raises is reported as an error and the rest still runs.
@@ -88,6 +90,9 @@ VARIANTS = {
     "stateful_n8": ("ismoe", STATEFUL, {**STATEFUL_TRAIN, "supervised_days": 8}),
     "stateful_cnn_lstm": ("cnn_lstm", STATEFUL, STATEFUL_TRAIN),
     "stateful_mean_expert": ("mean_expert", STATEFUL, STATEFUL_TRAIN),
+    # ENSEMBLE=3: three members trained together (issue 14's Caravan check: CC >= cnn_lstm, alpha 0.95-1.05)
+    "ensemble3": ("ismoe", {"members": 3}, {}),
+    "stateful_ensemble3": ("ismoe", {**STATEFUL, "members": 3}, STATEFUL_TRAIN),
 }
 
 # per-case sizes: full and --quick

@@ -239,14 +239,19 @@ def checks(results):
 
 
 # --------------------------------------------------------------------------- seeds x variants
-def expand_variants(models, mixtures):
-    """[(row name, model type, model options)]: 'ismoe' becomes one row per mixture (if given)."""
+def expand_variants(models, mixtures, ensemble=1):
+    """[(row name, model type, model options)]: 'ismoe' becomes one row per mixture (if given); with
+    ensemble > 1 the ISMoE rows are ensembles of that many members (ENSEMBLE), named '<row>+ens<N>'
+    (cnn_lstm, the reference, stays one model)."""
     rows = []
     for mt in models:
         if mt == "ismoe" and mixtures:
             rows += [(variant_name(mt, mx), mt, {"mixture": mx}) for mx in mixtures]
         else:
             rows.append((mt, mt, {}))
+    if ensemble > 1:
+        rows = [(f"{n}+ens{ensemble}", mt, {**mo, "members": ensemble}) if mt == "ismoe" else (n, mt, mo)
+                for n, mt, mo in rows]
     return rows
 
 
@@ -305,7 +310,7 @@ def variant_checks(agg, ref, n_regions, n_seeds):
 
 def run_seeds(region_dir=None, size=48, years=3, region_seed=42, seeds=(42,), epochs=10, samples=8192, patch=7,
               seq=14, device="auto", models=MODELS, mixtures=None, log=print, val_samples=8000, batch_size=64,
-              lr=4e-3, train_overrides=None):
+              lr=4e-3, train_overrides=None, ensemble=1):
     """The demo region once (region_seed), prepared once; every variant trained per seed."""
     import torch
     from ismoe_qgis.model.train import resolve_device
@@ -314,11 +319,12 @@ def run_seeds(region_dir=None, size=48, years=3, region_seed=42, seeds=(42,), ep
     dev = resolve_device(device, log)
     cube = demo["cube"]
     rnames = list(demo["man"]["region_names"].values())
-    variants = expand_variants(models, mixtures)
+    variants = expand_variants(models, mixtures, ensemble)
     results = {"config": {"size": int(cube.x.shape[2]), "days": int(cube.n_dates), "epochs": epochs,
                           "samples_per_epoch": samples, "patch_size": patch, "seq_len": seq,
                           "region_seed": region_seed, "seeds": list(seeds), "models": list(models),
-                          "mixtures": list(mixtures) if mixtures else None, "val_samples": val_samples,
+                          "mixtures": list(mixtures) if mixtures else None, "ensemble": ensemble,
+                          "val_samples": val_samples,
                           "batch_size": batch_size, "lr": lr, "train_overrides": train_overrides or {},
                           "device": str(dev), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                           "test_start": str(demo["test_start"]), "val_start": str(demo["val_start"]),
@@ -488,6 +494,8 @@ def main(argv=None):
     ap.add_argument("--mixture", default=None,
                     help=f"ISMoE mixture forms, comma-separated ({', '.join(MIXTURES)}): one row ismoe[<form>] "
                          "each (default: one row 'ismoe' with the model's default)")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="ENSEMBLE members of the ISMoE rows (default 1; cnn_lstm stays one model)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--samples", type=int, default=8192, help="training windows per epoch")
     ap.add_argument("--val-samples", type=int, default=8000)
@@ -512,7 +520,7 @@ def main(argv=None):
     threads, why = pick_threads(a.threads)
     t0 = time.time()
     res = run_seeds(a.region, a.size, a.years, a.region_seed, seeds, a.epochs, a.samples, device=a.device,
-                    models=models, mixtures=mixtures, val_samples=a.val_samples)
+                    models=models, mixtures=mixtures, val_samples=a.val_samples, ensemble=a.ensemble)
     res["seconds"] = round(time.time() - t0, 1)
     res["loadavg_start"], res["loadavg_end"] = la0, _loadavg()
     res["config"]["torch_threads_reason"] = why
