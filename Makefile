@@ -4,6 +4,7 @@
 #   make demo      synthetic demo region -> prepare -> train -> predict, via qgis_process
 #   make test      the test suite (what .ci/run runs)
 #   make bench     benchmarks/run_all.py
+#   make gpu-check the CUDA tests (pytest -m cuda) + the GPU benchmarks, one table (skips without a GPU)
 #   make zip       dist/ismoe_qgis-<version>.zip for the Plugin Manager's "Install from ZIP" (help pages first)
 #   make helppages regenerate the help pages shipped in ismoe_qgis/help/ (each algorithm's helpUrl)
 #   make env       print the environment for QGIS / qgis_process (eval "$(make -s env)")
@@ -34,10 +35,10 @@ QGIS_ENV := source $(ROOT)/scripts/env.sh &&
 # The profile folder QGIS desktop and a plain qgis_process use by default.
 QGIS_PROFILE_PLUGINS = $${QGIS_CUSTOM_CONFIG_PATH:-$${XDG_DATA_HOME:-$$HOME/.local/share}/QGIS/QGIS3}/profiles/default/python/plugins
 
-.PHONY: install apt venv constraints torch plugin link demo test bench env clean distclean help zip helppages
+.PHONY: install apt venv constraints torch plugin link demo test bench gpu-check env clean distclean help zip helppages
 
 help:
-	@sed -n '3,10p' $(ROOT)/Makefile | sed 's/^# *//'
+	@sed -n '3,11p' $(ROOT)/Makefile | sed 's/^# *//'
 
 install: apt venv constraints torch plugin link
 	@echo "install: done. QGIS environment: eval \"\$$(make -s env)\"; qgis_process: scripts/qgis_process"
@@ -111,6 +112,16 @@ test:
 
 bench:
 	@$(QGIS_ENV) cd $(ROOT) && $(PY) benchmarks/run_all.py
+
+# --- GPU check (issue 15 item 7): the CUDA-marked tests, then benchmarks/run_all.py --gpu-check (device cuda,
+# minutes on one H100/H200; out/bench/performance.json and one table of the GPU targets). Without a CUDA device
+# both say so and skip, exit status 0. A machine with torch but no QGIS: make gpu-check PY=python3
+# CUDA_TESTS=tests/test_cuda.py
+CUDA_TESTS ?= tests
+gpu-check:
+	@$(QGIS_ENV) cd $(ROOT) && $(PY) -m pytest -q -p no:cacheprovider -rs -m cuda $(CUDA_TESTS) $(PYTEST_ARGS); \
+	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc
+	@$(QGIS_ENV) cd $(ROOT) && $(PY) benchmarks/run_all.py --gpu-check
 
 # --- the plugin zip: ismoe_qgis/ at the zip root (metadata.txt, icon, LICENSE, README, docs, help,
 # styles, models); needs only QGIS's Python (no torch): the help pages are built with QGIS first --------

@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/run_all.py [--full] [--device auto|cpu|cuda]
         [--out out/bench/performance.json] [--only train,predict,e2e,scaling]
+    .venv/bin/python benchmarks/run_all.py --gpu-check     # make gpu-check: the GPU targets, one table
 
 Parts (see benchmarks/README.md):
   train    training throughput (samples/s; forward + backward + optimizer step) of WindowSampler +
@@ -93,6 +94,14 @@ SIZES = {
                     "cuda": {"warmup": 10, "rounds": 5, "steps": 20}},
     },
 }
+# --gpu-check (make gpu-check): the parts with GPU targets, sized to finish in a few minutes on one H100/H200
+# (train: 5 trainers x 250 steps of batch 256 + 6 CPU steps; predict: a 128 x 128 x 30-day tile; e2e: the
+# issue's 1024 x 1024 x 30-day grid in 256-pixel tiles, 11 input GeoTIFFs of 43 bands written first)
+SIZES["gpu"] = {**SIZES["full"],
+                "train": {**SIZES["full"]["train"], "T": 200, "H": 96, "W": 96,
+                          "cpu_ref_on_gpu": {"warmup": 1, "rounds": 2, "steps": 3}},
+                "e2e": {"size": 1024, "days": 30, "tile_size": 256, "time_chunk": 64}}
+GPU_CHECK_PARTS = ("train", "predict", "e2e")
 REF_TOL = 1e-4   # naive reference vs ours, same weights: larger means naive.py no longer follows networks.py
 TARGETS = {   # (part, comparison, device type) -> minimum ratio (issue 6)
     ("train", "ours/naive", "cpu"): 2.0,
@@ -103,7 +112,9 @@ TARGETS = {   # (part, comparison, device type) -> minimum ratio (issue 6)
     # an N-member step must cost at most 0.6 N single steps: the ratio N * single / ensemble >= 1 / 0.6
     ("ensemble", "N*single/ensemble train", "cpu"): 1 / 0.6,
     ("memory", "stateful/window e2e", "cpu"): 5.0,
+    ("e2e", "e2e/floor", "cuda"): 2.0,        # at most: end-to-end predict within 2x of the I/O floor (issue 15)
 }
+AT_MOST = {("e2e", "e2e/floor", "cuda")}      # targets that are a maximum (lower is better)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -240,6 +251,8 @@ def verdict(part, comp, dev_type, value):
     t = TARGETS.get((part, comp, dev_type))
     if t is None:
         return None, ""
+    if (part, comp, dev_type) in AT_MOST:
+        return t, ("PASS" if value <= t else "FAIL")
     return t, ("PASS" if value >= t else "FAIL")
 
 
@@ -673,10 +686,25 @@ def bench_e2e(S, device, args):
                      "seconds_rounds": [round(t, 3) for t in runs["floor"]]}],
            "ratios": [{"comparison": "e2e/floor", "what": "predict_to_folder time / I/O floor time (1.0 = at the floor)",
                        "ratio": ours / floor, "target": None, "verdict": ""}]}
+    r = res["ratios"][0]
+    r["target"], r["verdict"] = verdict("e2e", "e2e/floor", device.type, r["ratio"])
+    r["at_most"] = ("e2e", "e2e/floor", device.type) in AT_MOST
     return res
 
 
 # ----------------------------------------------------------------------------- ensembles
+
+def bench_chunked(S, device, args):
+    """Issue 15: training from a Zarr cube 4x larger than an RLIMIT_AS cap (benchmarks/chunked.py, subprocesses;
+    CPU only, small sizes unless --full). Part of --only chunked, not of the default parts (it writes GBs)."""
+    import chunked as _chunked
+    out = os.path.join(os.path.dirname(os.path.abspath(args.out)), "chunked.json")
+    rc = _chunked.main((["--full"] if args.full else []) + ["--out", out])
+    with open(out) as fh:
+        res = json.load(fh)
+    return {"ratios": res.get("ratios"), "checks": res.get("checks"), "big_over_cap": res.get("big_over_cap"),
+            "json": out, "rc": rc}
+
 
 def bench_ensemble(S, device, args):
     """One training step of N stacked members against N single steps (same batch, same settings)."""
@@ -945,8 +973,30 @@ def table(headers, rows):
 
 
 def ratio_rows(ratios):
-    return [[r["what"], f"{fmt(r['ratio'], 2)}x", f">= {r['target']:g}x" if r["target"] else "-", r["verdict"] or "-"]
+    return [[r["what"], f"{fmt(r['ratio'], 2)}x",
+             f"{'<=' if r.get('at_most') else '>='} {r['target']:g}x" if r["target"] else "-", r["verdict"] or "-"]
             for r in ratios]
+
+
+def target_summary(results):
+    """One table: every ratio that has a target for this device (and a row for a target not measured)."""
+    dev = "cuda" if str(results["machine"]["device"]).startswith("cuda") else "cpu"
+    rows, seen = [], set()
+    for part, res in results["parts"].items():
+        for r in res.get("ratios", []):
+            if r.get("target"):
+                seen.add((part, r["comparison"]))
+                rows.append([part, r["what"], f"{fmt(r['ratio'], 2)}x",
+                             f"{'<=' if r.get('at_most') else '>='} {r['target']:g}x", r["verdict"]])
+    for (part, comp, d), t in TARGETS.items():
+        if d == dev and part in results["parts"] and (part, comp) not in seen:
+            err = results["parts"][part].get("error")
+            rows.append([part, comp, "-", f"{'<=' if (part, comp, d) in AT_MOST else '>='} {t:g}x",
+                         f"NOT MEASURED{': ' + err[:80] if err else ''}"])
+    m = results["machine"]
+    head = (f"targets on {m['device']}" + (f" ({m['gpu']['name']})" if m.get("gpu") else "")
+            + f", {results['size_preset']} sizes, {results['run_seconds']:.0f} s")
+    return head + "\n" + table(["part", "comparison", "value", "target", "verdict"], rows)
 
 
 def report(results):
@@ -1062,9 +1112,22 @@ def main(argv=None):
                          "glibc's defaults (timings then depend on what ran before, see set_malloc)")
     ap.add_argument("--cpu-chunk-windows", type=int, default=1024,
                     help="on the CPU, also time predict_tile with this chunk_windows (tuning row; 0 = off)")
+    ap.add_argument("--gpu-check", action="store_true",
+                    help="make gpu-check: --device cuda, parts " + ",".join(GPU_CHECK_PARTS) + ", the 'gpu' sizes "
+                         "(minutes on one H100/H200); prints one table of the GPU targets (the full report goes "
+                         "beside the JSON, .txt); without a CUDA device: says so, writes nothing, exit status 0")
     args = ap.parse_args(argv)
+    if args.gpu_check:
+        if not torch.cuda.is_available():
+            print(f"gpu-check: no CUDA device visible to torch {torch.__version__} (CUDA build: "
+                  f"{torch.version.cuda}): GPU benchmark skipped, {args.out} not written")
+            return 0
+        if args.device == "auto":
+            args.device = "cuda"
+        if args.only == ap.get_default("only"):
+            args.only = ",".join(GPU_CHECK_PARTS)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    known = ("train", "predict", "e2e", "scaling", "memory", "ensemble")
+    known = ("train", "predict", "e2e", "scaling", "memory", "ensemble", "chunked")   # chunked: issue 15, not default
     bad = [p for p in parts if p not in known]
     if bad:
         ap.error(f"unknown part(s) {bad}: choose from {', '.join(known)}")
@@ -1082,9 +1145,10 @@ def main(argv=None):
         threads, why = avail, "CPUs available"
     torch.set_num_threads(threads)
     device = resolve_device(args.device, log)
-    S = SIZES["full" if args.full else "small"]
+    preset = "gpu" if args.gpu_check else "full" if args.full else "small"
+    S = SIZES[preset]
     results = {"issue": 6, "created": _dt.datetime.now().isoformat(timespec="seconds"),
-               "size_preset": "full" if args.full else "small", "argv": sys.argv[1:],
+               "size_preset": preset, "argv": sys.argv[1:],
                "machine": {**describe_machine(device, threads), "torch_threads_reason": why, "malloc": malloc},
                "loadavg_start": la0, "parts": {},
                "targets": {f"{p}:{c}:{d}": v for (p, c, d), v in TARGETS.items()}}
@@ -1096,7 +1160,7 @@ def main(argv=None):
         f"{threads} threads ({why})")
     t_all = time.perf_counter()
     fns = {"train": bench_train, "predict": bench_predict, "e2e": bench_e2e, "scaling": bench_scaling,
-           "memory": bench_memory, "ensemble": bench_ensemble}
+           "memory": bench_memory, "ensemble": bench_ensemble, "chunked": bench_chunked}
     for p in parts:
         log(f"[{p}] ...")
         t0 = time.perf_counter()
@@ -1111,9 +1175,17 @@ def main(argv=None):
     results["run_seconds"] = time.perf_counter() - t_all
     results["loadavg_end"] = loadavg()
     text = report(results)
-    print()
-    print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if args.gpu_check:         # one table; the per-part report beside the JSON
+        txt = os.path.splitext(args.out)[0] + ".txt"
+        with open(txt, "w") as f:
+            f.write(text + "\n\n" + target_summary(results) + "\n")
+        print()
+        print(target_summary(results))
+        print(f"\nper-part report: {txt}")
+    else:
+        print()
+        print(text)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1, default=str)
     print(f"\nwrote {args.out}")

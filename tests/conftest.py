@@ -50,6 +50,7 @@ _PROVIDER = None
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "qgis_process: runs the qgis_process binary")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skips without one); make gpu-check runs them")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -6,6 +6,9 @@ call through ``self.run_core(fn, ..., callbacks=self.callbacks(feedback))``.
 Never import torch at module level in an algorithm module: call ``self.require_torch()``
 in processAlgorithm (or let the core import it inside ``run_core``).
 """
+import contextlib
+import functools
+
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -14,11 +17,159 @@ from ..deps import torch_missing_message  # one owner of the install advice
 from .enums import EnumNamesMixin
 
 
+# --------------------------------------------------------------------------- signals
+SIGNALS = ("SIGINT", "SIGTERM")
+
+
+class _SignalState:
+    def __init__(self):
+        self.name = None          # the first signal received, e.g. 'SIGTERM'
+        self.count = 0
+
+
+def _c_action(signum):
+    """The process's C-level action of `signum` (an opaque struct sigaction), to put back what Python cannot
+    (a handler that QGIS installed in C, such as qgis_process's SIGINT watcher). None where unavailable."""
+    import os
+    if os.name != "posix":
+        return None
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(1024)
+        return (libc, buf) if libc.sigaction(int(signum), None, buf) == 0 else None
+    except Exception:  # noqa: BLE001 - no libc sigaction: leave that signal alone
+        return None
+
+
+@contextlib.contextmanager
+def signals_as_cancel(feedback):
+    """While the block runs in the main thread: SIGINT (Ctrl+C) and SIGTERM (kill, timeout) cancel
+    `feedback`, so the core stops within one batch or tile (train keeps the best model, predict removes its
+    temporaries); a second signal raises KeyboardInterrupt (stop at once; the staging is still cleaned on the
+    way out). The previous handlers (Python's or a C one) are put back at the end. Outside the main thread
+    (the QGIS desktop runs algorithms in worker threads) nothing is changed."""
+    import signal
+    import threading
+    state = _SignalState()
+    if feedback is None or threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, _frame):
+        state.count += 1
+        name = signal.Signals(signum).name
+        if state.count == 1:
+            state.name = name
+            try:
+                feedback.pushWarning(f"{name} received: stopping like Cancel, within one batch or tile (send it "
+                                     f"again to stop at once)")
+            except Exception:  # noqa: BLE001 - reporting must not break the handler
+                pass
+            feedback.cancel()
+        else:
+            raise KeyboardInterrupt(name)
+
+    saved = []
+    try:
+        for name in SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            old = signal.getsignal(signum)
+            c_old = _c_action(signum) if old is None else None
+            if old is None and c_old is None:
+                continue                          # a C handler we could not put back: leave it
+            try:
+                signal.signal(signum, handler)
+            except (ValueError, OSError):
+                continue
+            saved.append((signum, old, c_old))
+        yield state
+    finally:
+        for signum, old, c_old in reversed(saved):
+            try:
+                if old is not None:
+                    signal.signal(signum, old)
+                else:
+                    signal.signal(signum, signal.SIG_DFL)
+                    libc, buf = c_old
+                    libc.sigaction(int(signum), buf, None)
+            except (ValueError, OSError):
+                pass
+
+
 class IsmoeAlgorithm(EnumNamesMixin, QgsProcessingAlgorithm):
     """Common behaviour of the ISMoE algorithms."""
 
     GROUP = "ISMoE"
     GROUP_ID = "ismoe"
+
+    # -- every run: signals like Cancel, output locks (issue 13) ---------------------------
+    def __init_subclass__(cls, **kwargs):
+        """Wrap each subclass's processAlgorithm in ``_guarded_run``: SIGINT/SIGTERM act like Cancel while it
+        runs (qgis_process, processing.run in a script), and the output locks it takes (``lock_output``) are
+        released when it ends, however it ends."""
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("processAlgorithm")
+        if fn is not None and not getattr(fn, "_ismoe_guarded", False):
+            @functools.wraps(fn)
+            def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+                return self._guarded_run(fn, parameters, context, feedback)
+            processAlgorithm._ismoe_guarded = True
+            cls.processAlgorithm = processAlgorithm
+
+    #: what an interrupted run left, for the message (an algorithm that keeps something says so)
+    interrupt_note = None
+    _locks = None
+    _signals = None
+
+    def _guarded_run(self, fn, parameters, context, feedback):
+        self.interrupt_note = None
+        with contextlib.ExitStack() as locks, signals_as_cancel(feedback) as sig:
+            self._locks, self._signals = locks, sig
+            try:
+                result = fn(self, parameters, context, feedback)
+            except KeyboardInterrupt:      # a second signal: stopped at once (the staging is cleaned on the way out)
+                raise QgsProcessingException(self._interrupted_message(sig, forced=True)) from None
+            except QgsProcessingException as exc:
+                if sig.name:
+                    raise QgsProcessingException(self._interrupted_message(sig, detail=str(exc))) from None
+                raise
+            finally:
+                self._locks = None
+            if sig.name:
+                raise QgsProcessingException(self._interrupted_message(sig))
+            return result
+
+    def _interrupted_message(self, sig, detail=None, forced=False):
+        how = (f"interrupted by {sig.name} twice: stopped at once" if forced else
+               f"interrupted by {sig.name}: stopped like Cancel")
+        note = self.interrupt_note
+        if not note:
+            note = "no output was written (the outputs are as before the run) and its temporary files were removed"
+            if detail and "cancel" not in detail.lower():
+                note = detail
+        return f"{how}; {note}"
+
+    @property
+    def interrupted_by(self):
+        """'SIGINT' / 'SIGTERM' when a signal stopped the current run, else None."""
+        sig = getattr(self, "_signals", None)
+        return sig.name if sig is not None else None
+
+    def lock_output(self, path, param, feedback=None):
+        """Take the one-writer lock of output `path` (parameter `param`) until processAlgorithm ends
+        (fileutil.output_lock): another run writing it makes this one fail at once, naming that run."""
+        if not path:
+            return None
+        from ..fileutil import OutputBusyError, output_lock
+        log = (feedback.pushInfo if feedback is not None else None)
+        try:
+            return self._locks.enter_context(output_lock(path, param, f"ismoe:{self.name()}", log))
+        except OSError as exc:
+            raise QgsProcessingException(str(exc) if isinstance(exc, OutputBusyError) or str(exc).startswith(param)
+                                         else f"{param}: cannot lock '{path}' ({exc.strerror or exc})") from None
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()

@@ -90,7 +90,8 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(self.MODELS, self.tr("Model files (.pt)"),
                                                                SOURCE_FILE))
-        self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"), extension="npz"))
+        self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"),     # issue 15: or .zarr
+                                                     fileFilter=self.tr("ISMoE dataset (*.npz *.zarr *.zmetadata)")))
         self.addParameter(optional(QgsProcessingParameterMultipleLayers(
             self.REFERENCES, self.tr("Reference soil-moisture products (raster series)"), SOURCE_RASTER)))
         self.addParameter(optional(QgsProcessingParameterEnum(
@@ -188,6 +189,7 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
                                          f"ismoe:preparedataset)")
         out = self.parameterAsString(p, self.OUTPUT, context)
         check_writable(os.path.join(out, "x"), self.OUTPUT)
+        self.lock_output(out, self.OUTPUT, feedback)          # issue 13: one writer per output
         refs = self._references(p, context)
         baselines = [BASELINES[i] for i in (self.parameterAsEnums(p, self.BASELINES, context) or [])]
         date_from = optional_date(self.parameterAsString(p, self.DATE_FROM, context), self.DATE_FROM)

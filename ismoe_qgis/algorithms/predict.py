@@ -112,6 +112,11 @@ class PredictAlgorithm(IsmoeAlgorithm):
         sources = layers_by_name(layers, self.FACTORS)
         out = self.parameterAsString(p, self.OUTPUT, context)
         check_writable(os.path.join(out, "x"), self.OUTPUT)
+        # issue 13: one writer per folder, and a folder holding files not of a prediction is refused, at once
+        self.lock_output(out, self.OUTPUT, feedback)
+        from ..fileutil import check_replaceable
+        from ..model.outputs import is_prediction_file
+        self.run_core(check_replaceable, out, is_prediction_file, self.OUTPUT, "outputs of ismoe:predict")
         ref = raster_layer(self, p, self.REFERENCE, context)
         grid = None
         if ref is not None:

@@ -115,7 +115,9 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
             "outside the variable's plausible physical range (e.g. soil moisture outside 0..1 m3/m3, a "
             "temperature outside 150..350 K) are read as nodata, with a warning naming the layer, the dates and "
             "the count; on: they are an error.\n"
-            "OUTPUT: the dataset file (.npz)."))
+            "OUTPUT: the dataset file: .npz (one file, loaded whole), or a name ending in .zarr: a chunked Zarr "
+            "folder written block by block with bounded memory whatever the region size, which ismoe:train reads "
+            "lazily (for cubes larger than the memory; xarray.open_zarr opens it with named dimensions)."))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(self.FACTORS, self.tr("Factor layers"),
@@ -154,7 +156,8 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
             self.STRICT, self.tr("Strict: implausible or non-finite values are an error"), False),
             PARAM_FLAG_ADVANCED))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Dataset file"),
-                                                                self.tr("ISMoE dataset (*.npz)")))
+                                                                self.tr("ISMoE dataset (*.npz);;ISMoE Zarr dataset "
+                                                                        "folder (*.zarr)")))
         self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", self.tr("Target values")))
 
     def _stations(self, parameters, context):
@@ -218,6 +221,7 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         factors = group_layers(layers, groups)
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         check_writable(out, self.OUTPUT)
+        self.lock_output(out, self.OUTPUT, feedback)          # issue 13: one writer per output
         patch = self.parameterAsInt(parameters, self.PATCH_SIZE, context)
         if patch < 1 or patch % 2 == 0:
             raise QgsProcessingException(f"{self.PATCH_SIZE}: must be odd and >= 1 (e.g. 3, 5, 7), got {patch}")
@@ -239,13 +243,19 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         start = optional_date(self.parameterAsString(parameters, self.START_DATE, context), self.START_DATE)
         cb = self.callbacks(feedback)
         from ..data.prepare import prepare_dataset
+        zarr_out = out.rstrip("/\\").lower().endswith(".zarr")     # issue 15: written block by block by the core
         cube = self.run_core(
             prepare_dataset, factors, layer_source(target_layer) if target_layer else None, stations=stations,
             reference=layer_source(ref) if ref else None, start=start,
             step_days=self.parameterAsInt(parameters, self.STEP_DAYS, context), patch_size=patch, seq_len=seq,
             resampling=RESAMPLINGS[self.parameterAsEnum(parameters, self.RESAMPLING, context)],
-            strict=self.parameterAsBoolean(parameters, self.STRICT, context), callbacks=cb)
-        self.run_core(cube.save, out)
+            strict=self.parameterAsBoolean(parameters, self.STRICT, context), callbacks=cb,
+            out_path=out if zarr_out else None)
+        if not zarr_out:        # a .zarr cube is written (and its folder moved in place) by prepare_dataset
+            from ..fileutil import check_free_space    # issue 13: the disk first; a write error names the file
+            self.run_core(check_free_space, out, int(cube.x.nbytes + cube.y.nbytes) + (1 << 20), self.OUTPUT,
+                          "the dataset")
+            self.run_core(cube.save, out)
         import numpy as np
         n = int(np.isfinite(cube.y).sum())
         feedback.pushInfo(f"dataset written to {out}")

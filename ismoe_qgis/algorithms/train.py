@@ -19,6 +19,8 @@ MIXTURES = ["additive", "convex", "scaled"]          # enum order: the default f
 SCHEDULES = ["onecycle", "constant"]
 MEMORIES = ["window", "stateful"]
 SPLITS = ["time", "locations", "blocks"]
+CUBE_MODES = ["auto", "memory", "chunked"]     # issue 15 item 2: the window sampler (data/chunked.py)
+DATASET_FILTER = "ISMoE dataset (*.npz *.zarr *.zmetadata)"    # a .zarr cube is a folder: its path, or its .zmetadata
 DEFAULT_ENSEMBLE = 1       # see the README's ensemble section for the measurements behind it
 
 
@@ -29,12 +31,14 @@ class TrainAlgorithm(IsmoeAlgorithm):
     CONSECUTIVE_DAYS, MIXTURE, LR_SCHEDULE = "CONSECUTIVE_DAYS", "MIXTURE", "LR_SCHEDULE"
     MEMORY, SPIN_UP, SUPERVISED_DAYS, THREADS = "MEMORY", "SPIN_UP", "SUPERVISED_DAYS", "THREADS"
     ENSEMBLE = "ENSEMBLE"
+    CUBE_IN_MEMORY = "CUBE_IN_MEMORY"
     SPLIT, FOLDS, BLOCK_SIZE = "SPLIT", "FOLDS", "BLOCK_SIZE"
     FOLD_LAYER, FOLD_ID_FIELD, FOLD_FIELD = "FOLD_LAYER", "FOLD_ID_FIELD", "FOLD_FIELD"
     GAP_POLICY, ROUTER_INPUT, HIDDEN, CONV_CHANNELS, DROPOUT = (
         "GAP_POLICY", "ROUTER_INPUT", "HIDDEN", "CONV_CHANNELS", "DROPOUT")
     EXPERT_LOSS, ROUTER_ENTROPY, MASK_SILENT, AMP = "EXPERT_LOSS", "ROUTER_ENTROPY", "MASK_SILENT", "AMP"
     OUTPUT, LOG = "OUTPUT", "LOG"
+    RESUME, RESUME_FILE, INIT_MODEL, REFIT_NORMALISATION = "RESUME", "RESUME_FILE", "INIT_MODEL", "REFIT_NORMALISATION"
 
     def name(self):
         return "train"
@@ -64,7 +68,11 @@ class TrainAlgorithm(IsmoeAlgorithm):
         return presentation.labelled_help(self, self.tr(
             "Trains a soil-moisture model on a dataset from ismoe:preparedataset and writes the best model "
             "(lowest validation loss). Training windows are cut from the cube on the fly.\n\n"
-            "DATASET: the dataset file (.npz).\n"
+            "DATASET: the dataset file (.npz), or a .zarr dataset folder (its path, or the .zmetadata file in it), "
+            "which is read lazily.\n"
+            "CUBE_IN_MEMORY: auto (default) holds the cube in memory when its normalised copies fit in the memory "
+            "available, and otherwise draws the training windows chunk by chunk from the cube (blocks shuffled, "
+            "many windows per block, the next block read in the background); memory or chunked force one.\n"
             "MODEL: ismoe (one CNN-LSTM expert per factor, combined by MIXTURE; the per-factor weights are the "
             "interpretation), cnn_lstm (one CNN-LSTM on all factors, the standard baseline) or mean_expert (the "
             "same per-factor experts with equal weights).\n"
@@ -129,11 +137,24 @@ class TrainAlgorithm(IsmoeAlgorithm):
             "Outputs: TEST_CC is pooled over all test samples (with several locations it mostly rewards each "
             "location's mean level); TEST_CC_MEDIAN_LOCATION is the median over the locations (at least 30 test "
             "days) of each location's CC over time, the skill ismoe:evaluate leads with.\n"
-            "Cancel stops within one batch and keeps the best model so far."))
+            "Cancel stops within one batch and keeps the best model so far.\n\n"
+            "RESUME: training writes a checkpoint at the end of every epoch beside the model file (OUTPUT with "
+            "'.resume' appended: model, optimizer, learning-rate schedule, random-number states, epoch, best so far "
+            "and early-stopping counters); it is removed when training completes and kept when it is cancelled or "
+            "killed. With RESUME, training continues from it and ends as the uninterrupted run with the same SEED "
+            "would have; without a checkpoint it starts at epoch 1. RESUME_FILE: a checkpoint elsewhere (implies "
+            "RESUME). A checkpoint of another dataset or with other parameters is refused, naming what differs "
+            "(DEVICE and THREADS may change).\n"
+            "INIT_MODEL: a trained model file to fine-tune on DATASET (e.g. another region): the same factors and "
+            "variables, PATCH_SIZE and SEQ_LEN; its architecture (MODEL, MIXTURE, HIDDEN, ..., ENSEMBLE) is kept. "
+            "Its normalisation is kept (the new data are scaled as the model was trained), or with "
+            "REFIT_NORMALISATION re-fitted to DATASET. Another factor set is refused, naming the factors that "
+            "differ."))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         adv = PARAM_FLAG_ADVANCED
-        self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"), extension="npz"))
+        self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"),
+                                                     fileFilter=self.tr(DATASET_FILTER)))
         self.addParameter(QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), MODEL_TYPES, defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.MIXTURE, self.tr("Mixture (ismoe)"), MIXTURES,
                                                      defaultValue=0))
@@ -187,6 +208,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
         self.addParameter(add_param_flags(QgsProcessingParameterNumber(
             self.THREADS, self.tr("CPU threads (0 = from the load)"), NUMBER_INTEGER, 0, False, 0), adv))
         self.addParameter(add_param_flags(QgsProcessingParameterEnum(
+            self.CUBE_IN_MEMORY, self.tr("Dataset cube in memory"), CUBE_MODES, defaultValue=0), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterEnum(
             self.SPLIT, self.tr("Held-out split"), SPLITS, defaultValue=0), adv))
         self.addParameter(add_param_flags(QgsProcessingParameterNumber(
             self.FOLDS, self.tr("Folds (SPLIT locations/blocks)"), NUMBER_INTEGER, 5), adv))
@@ -199,6 +222,15 @@ class TrainAlgorithm(IsmoeAlgorithm):
             self.FOLD_ID_FIELD, self.tr("Fold layer: station id field"), "station_id", self.FOLD_LAYER)), adv))
         self.addParameter(add_param_flags(optional(QgsProcessingParameterField(
             self.FOLD_FIELD, self.tr("Fold layer: fold field"), None, self.FOLD_LAYER)), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
+            self.RESUME, self.tr("Resume from the checkpoint beside the model file"), False), adv))
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterFile(
+            self.RESUME_FILE, self.tr("Resume checkpoint file (implies RESUME)"), extension="resume")), adv))
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterFile(
+            self.INIT_MODEL, self.tr("Model to fine-tune (INIT_MODEL)"), extension="pt")), adv))
+        self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
+            self.REFIT_NORMALISATION, self.tr("Re-fit the fine-tuned model's normalisation to the dataset"),
+            False), adv))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Model file"),
                                                                 self.tr("ISMoE model (*.pt)")))
         self.addParameter(optional(QgsProcessingParameterFileDestination(
@@ -228,6 +260,21 @@ class TrainAlgorithm(IsmoeAlgorithm):
         return [None if folds.get(str(s)) in (None, "") or str(folds.get(str(s))) == "NULL" else folds.get(str(s))
                 for s in cube.station_ids]
 
+    def existing_file(self, p, name, context, what):
+        """An optional file parameter's path (None when empty); a missing file names the parameter."""
+        path = self.parameterAsFile(p, name, context) if p.get(name) not in (None, "") else ""
+        if not path:
+            return None
+        if not os.path.isfile(path):
+            raise QgsProcessingException(f"{name}: file not found: '{path}' (give {what})")
+        return path
+
+    def resume_setting(self, p, context):
+        """TrainConfig.resume: RESUME_FILE's path, else RESUME (True: the checkpoint beside OUTPUT)."""
+        path = self.existing_file(p, self.RESUME_FILE, context,
+                                  "the '<model>.pt.resume' checkpoint of a cancelled or interrupted training")
+        return path or self.parameterAsBoolean(p, self.RESUME, context)
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_torch()
         from ..data.cube import Cube
@@ -242,6 +289,8 @@ class TrainAlgorithm(IsmoeAlgorithm):
         log_path = self.parameterAsFileOutput(p, self.LOG, context) or None
         if log_path:
             check_writable(log_path, self.LOG)
+        self.lock_output(out, self.OUTPUT, feedback)          # issue 13: one writer per output
+        self.lock_output(log_path, self.LOG, feedback)
         cube = self.run_core(Cube.load, path)
         cfg = TrainConfig(
             epochs=self.parameterAsInt(p, self.EPOCHS, context),
@@ -261,10 +310,14 @@ class TrainAlgorithm(IsmoeAlgorithm):
             schedule=SCHEDULES[self.parameterAsEnum(p, self.LR_SCHEDULE, context)],
             supervised_days=self.parameterAsInt(p, self.SUPERVISED_DAYS, context),
             threads=self.parameterAsInt(p, self.THREADS, context),
+            cube_in_memory=CUBE_MODES[self.parameterAsEnum(p, self.CUBE_IN_MEMORY, context)],
             split=SPLITS[self.parameterAsEnum(p, self.SPLIT, context)],
             folds=self.parameterAsInt(p, self.FOLDS, context),
             block_size=self.parameterAsInt(p, self.BLOCK_SIZE, context),
-            fold_labels=self.fold_labels(p, context, cube))
+            fold_labels=self.fold_labels(p, context, cube),
+            resume=self.resume_setting(p, context),
+            init_model=self.existing_file(p, self.INIT_MODEL, context, "a model file written by ismoe:train"),
+            refit_normalisation=self.parameterAsBoolean(p, self.REFIT_NORMALISATION, context))
         model_type = MODEL_TYPES[self.parameterAsEnum(p, self.MODEL, context)]
         options = dict(hidden=self.parameterAsInt(p, self.HIDDEN, context),
                        conv_channels=self.parameterAsInt(p, self.CONV_CHANNELS, context),
@@ -280,12 +333,41 @@ class TrainAlgorithm(IsmoeAlgorithm):
             from ..data.cube import check_split
             self.run_core(check_split, cube, cfg.val_start, cfg.test_start, self.VAL_START, self.TEST_START)
         feedback.pushInfo(f"training {model_type} on {path}")
-        res = self.run_core(train, cube, out, model_type, cfg, options, self.callbacks(feedback), log_path)
-        if res["cancelled"]:
-            feedback.reportError(f"training cancelled: the best model so far (epoch {res['best_epoch']}) is in {out}",
-                                 False)
+        res = self.staged_train(train, cube, out, log_path, model_type, cfg, options, feedback)
+        if res["cancelled"] and self.interrupted_by:
+            self.interrupt_note = (f"the best model so far (epoch {res['best_epoch']}, validation CC "
+                                   f"{res.get('val_cc', float('nan')):.3f}) is kept in {out}; the run did not "
+                                   f"finish (no test scores): score it with ismoe:evaluate")
+        elif res["cancelled"]:
+            feedback.reportError(f"training cancelled: the best model so far (epoch {res['best_epoch']}) is in {out}"
+                                 + (f"; run again with RESUME to continue from {res['resume_checkpoint']}"
+                                    if res.get("resume_checkpoint") else ""), False)
         nan = float("nan")
         return {self.OUTPUT: out, self.LOG: log_path, "BEST_EPOCH": res["best_epoch"],
                 "VAL_CC": res.get("val_cc", nan), "VAL_RMSE": res.get("val_rmse", nan),
                 "TEST_CC": res.get("test_cc", nan), "TEST_RMSE": res.get("test_rmse", nan),
                 "TEST_CC_MEDIAN_LOCATION": res.get("test_cc_location_median", nan)}
+
+    def staged_train(self, train, cube, out, log_path, model_type, cfg, options, feedback):
+        """train(), its LOG written to a hidden temporary beside LOG (fileutil.staged_file) and moved onto it
+        when train returns (finished, or cancelled with the best model so far); on an error no log is left.
+        The model file is written by atomic moves only (model.io.save_model), so OUTPUT is never a partial
+        file (its resume checkpoint stays beside it). A write error names the file and the parameter."""
+        import contextlib
+
+        from ..fileutil import staged_file, write_error
+        with contextlib.ExitStack() as stack:
+            tmp_log = stack.enter_context(staged_file(log_path, ".log", self.LOG, feedback.pushInfo)) \
+                if log_path else None
+            try:
+                return self.run_core(train, cube, out, model_type, cfg, options, self.callbacks(feedback), tmp_log)
+            except QgsProcessingException as exc:
+                err = exc.__cause__
+                name = os.path.abspath(str(getattr(err, "filename", None) or "")) if isinstance(err, OSError) else ""
+                if tmp_log and name == os.path.abspath(tmp_log):
+                    raise QgsProcessingException(str(write_error(err, log_path, self.LOG))) from None
+                if name and (name.startswith(os.path.abspath(out)) or os.path.basename(name).startswith(".ismoe-")):
+                    raise QgsProcessingException(str(write_error(err, out, self.OUTPUT))) from None
+                if tmp_log:
+                    raise QgsProcessingException(str(exc).replace(tmp_log, log_path)) from None
+                raise

@@ -1,7 +1,10 @@
 """The dataset cube: factor variables aligned on one grid and one daily calendar, plus the target.
 
 It is stored whole (not as pre-cut patches): training windows are cut on the fly.
-File format: see docs/architecture.md ("Dataset cube file").
+File formats (docs/architecture.md "Dataset cube file"): a ``.npz`` file (format ``ismoe-cube/1``, loaded whole)
+or a ``.zarr`` folder (``ismoe-cube-zarr/1``, chunked, opened lazily: ``x`` is then a
+``zarrcube.LazyCubeArray`` that reads chunks on demand; see zarrcube.py). ``Cube.load`` tells them apart by
+the path, ``Cube.save`` by the extension.
 """
 import json
 import os
@@ -16,6 +19,7 @@ from ..fileutil import atomic_output
 from ..version import __version__
 
 GAP_POLICIES = ("skip", "fill")
+NPZ_FORMAT = "ismoe-cube/1"     # the .npz layout (every file written so far); the Zarr one: zarrcube.ZARR_FORMAT
 _ARRAYS = ("x", "y", "target_rows", "target_cols", "dates")
 
 
@@ -76,7 +80,8 @@ class Cube:
     y_std: Optional[float] = None
 
     def __post_init__(self):
-        self.x = np.asarray(self.x, dtype=np.float32)
+        if not is_lazy(self.x):         # a Zarr cube's values stay on disk (zarrcube.LazyCubeArray)
+            self.x = np.asarray(self.x, dtype=np.float32)
         self.y = np.asarray(self.y, dtype=np.float32)
         self.target_rows = np.asarray(self.target_rows, dtype=np.int32)
         self.target_cols = np.asarray(self.target_cols, dtype=np.int32)
@@ -121,8 +126,18 @@ class Cube:
             "station_ids": self.station_ids, "version": __version__,
         }
 
-    def save(self, path: str):
-        """Write the cube atomically (temporary file, then rename)."""
+    @property
+    def lazy(self) -> bool:
+        """True for a cube opened from Zarr: its values are read from disk on demand."""
+        return is_lazy(self.x)
+
+    def save(self, path: str, chunks=None):
+        """Write the cube atomically (temporary file or folder, then rename): a ``.zarr`` path as a chunked Zarr
+        folder (chunks: (V, days, rows, cols), default zarrcube.default_chunks), any other as ``.npz``."""
+        from . import zarrcube
+        if os.fspath(path).rstrip("/\\").lower().endswith(".zarr"):
+            zarrcube.write_cube(self, path, chunks)
+            return
         with atomic_output(path, ".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, x=self.x, y=self.y, target_rows=self.target_rows, target_cols=self.target_cols,
                      dates=self.dates.astype("datetime64[D]").astype("int64"),
@@ -135,6 +150,9 @@ class Cube:
         grid, and non-finite statistics or inf values are all a DatasetFileError naming the file and
         what is wrong (never a numpy/zipfile traceback)."""
         path = os.fspath(path)
+        from . import zarrcube
+        if zarrcube.is_zarr_path(path):          # a .zarr folder (or a metadata file in one): opened lazily
+            return zarrcube.open_cube(path, cls)
         if not os.path.exists(path):
             raise FileNotFoundError(f"dataset file not found: {path}")
         if os.path.isdir(path):
@@ -166,26 +184,12 @@ class Cube:
                     raise DatasetFileError(f"{path} is truncated or damaged ({_zip_reason(e)}){hint}") from None
         except zipfile.BadZipFile as e:  # pragma: no cover - closing a damaged archive
             raise DatasetFileError(f"{path} is truncated or damaged ({e}){hint}") from None
-        if not isinstance(meta, dict):
-            raise DatasetFileError(f"{path}: its header is not a JSON object{hint}")
-        need = ("factors", "variables", "grid", "patch_size", "seq_len", "x_mean", "x_std", "y_mean", "y_std")
-        lacking = [k for k in need if k not in meta]
-        if lacking:
-            raise DatasetFileError(f"{path}: its header lacks {', '.join(lacking)}{hint}")
         x = arrays["x"]
+        check_header(path, meta, None, hint)
         if x.ndim != 4 or arrays["y"].ndim != 2 or arrays["dates"].ndim != 1:
             raise DatasetFileError(f"{path}: array shapes x {x.shape}, y {arrays['y'].shape}, dates "
                                    f"{arrays['dates'].shape} are not (V, T, H, W), (T, N), (T,){hint}")
-        V = x.shape[0]
-        for k in ("x_mean", "x_std"):
-            vals = meta[k]
-            if not isinstance(vals, list) or len(vals) != V or not all(
-                    isinstance(v, (int, float)) and np.isfinite(v) for v in vals):
-                raise DatasetFileError(f"{path}: its statistics '{k}' are not {V} finite numbers ({vals!r:.80})"
-                                       f"{hint}")
-        for k in ("y_mean", "y_std"):
-            if not isinstance(meta[k], (int, float)) or not np.isfinite(meta[k]):
-                raise DatasetFileError(f"{path}: its statistic '{k}' is {meta[k]!r}, not a finite number{hint}")
+        check_header(path, meta, x.shape[0], hint)
         for k in ("x", "y"):
             if np.isinf(arrays[k]).any():
                 raise DatasetFileError(f"{path}: array '{k}' holds inf values (written by an older version of "
@@ -206,10 +210,14 @@ class Cube:
             raise DatasetFileError(f"{path} is inconsistent: {e}{hint}") from None
 
     def normalised_x(self) -> np.ndarray:
-        """(V, T, H, W) normalised, NaN kept (callers decide how to fill)."""
+        """(V, T, H, W) normalised, NaN kept (callers decide how to fill). One float32 copy (in place after it:
+        the same values as (x - mean) / std); a Zarr cube is read whole here, so only where it fits."""
         m = np.asarray(self.x_mean, np.float32)[:, None, None, None]
         s = np.asarray(self.x_std, np.float32)[:, None, None, None]
-        return (self.x - m) / s
+        xn = np.array(self.x, dtype=np.float32, copy=True)
+        xn -= m
+        xn /= s
+        return xn
 
     def location_labels(self) -> List[str]:
         if self.station_ids:
@@ -218,7 +226,10 @@ class Cube:
 
     def centre_valid(self) -> np.ndarray:
         """bool (T, N): every variable is valid at the target pixel on that date."""
-        xc = self.x[:, :, self.target_rows, self.target_cols]          # V, T, N
+        stored = getattr(self.x, "centre_valid", None)      # a Zarr cube's, written by prepare
+        if stored is not None and stored.shape == (self.x.shape[1], len(self.target_rows)):
+            return stored.astype(bool)
+        xc = self.x[:, :, self.target_rows, self.target_cols]          # V, T, N (a Zarr cube: tile by tile)
         return np.isfinite(xc).all(axis=0)
 
     def sample_mask(self, t_mask: np.ndarray, gap_policy: str = "skip") -> np.ndarray:
@@ -266,6 +277,33 @@ class Cube:
     def location_sample_counts(self, masks: dict, gap_policy: str = "skip") -> dict:
         """{period name: int (N,) number of valid samples per location} for period masks {name: (T,)}."""
         return {k: self.sample_mask(m, gap_policy).sum(axis=0).astype(np.int64) for k, m in masks.items()}
+
+
+def is_lazy(x) -> bool:
+    """x is a lazily read array (a Zarr cube's values), not a numpy array."""
+    return not isinstance(x, np.ndarray) and hasattr(x, "shape") and hasattr(x, "chunks")
+
+
+def check_header(path: str, meta, V, hint: str):
+    """The header items every cube file needs and (V not None) V finite per-variable statistics
+    (DatasetFileError naming the file)."""
+    if not isinstance(meta, dict):
+        raise DatasetFileError(f"{path}: its header is not a JSON object{hint}")
+    need = ("factors", "variables", "grid", "patch_size", "seq_len", "x_mean", "x_std", "y_mean", "y_std")
+    lacking = [k for k in need if k not in meta]
+    if lacking:
+        raise DatasetFileError(f"{path}: its header lacks {', '.join(lacking)}{hint}")
+    if V is None:
+        return
+    for k in ("x_mean", "x_std"):
+        vals = meta[k]
+        if not isinstance(vals, list) or len(vals) != V or not all(
+                isinstance(v, (int, float)) and np.isfinite(v) for v in vals):
+            raise DatasetFileError(f"{path}: its statistics '{k}' are not {V} finite numbers ({vals!r:.80})"
+                                   f"{hint}")
+    for k in ("y_mean", "y_std"):
+        if not isinstance(meta[k], (int, float)) or not np.isfinite(meta[k]):
+            raise DatasetFileError(f"{path}: its statistic '{k}' is {meta[k]!r}, not a finite number{hint}")
 
 
 def split_masks(dates: np.ndarray, val_start=None, test_start=None, val_fraction=0.15, test_fraction=0.25):

@@ -10,10 +10,9 @@ tile == patch-by-patch to float tolerance.
 Missing inputs inside a window are filled with the variable mean (0 after normalisation);
 an output pixel is nodata where any input variable is missing at that pixel on that date.
 """
+import contextlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Callable, List
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core_callbacks import Callbacks, ensure
+from ..fileutil import check_free_space, gdal_write_errors, io_errors, output_lock, staged_folder
 from .networks import SILENT_TOL, SoilMoistureNet
 
 NODATA = -9999.0
@@ -259,13 +259,16 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     doy_all = day_of_year(out_dates)
     o_from = first_output - (L - 1)                  # output index (input index - (L - 1)) of the first output
     names = model.output_names
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".ismoe_predict_", dir=out_dir)
     files = {"sm": "sm.tif", **{f: f"weight_{f}.tif" for f in names}}
     ensemble = model.members > 1
     # an ensemble's member standard deviations, beside the means
     spread_files = {"sm": "sm_spread.tif", **{f: f"weight_spread_{f}.tif" for f in names}} if ensemble else {}
-    try:
+    # staging (issue 13): one writer per folder, written into a hidden sibling folder that replaces the whole
+    # earlier prediction at the end; nothing inside OUTPUT (nor OUTPUT itself) before that move
+    with prediction_staging(out_dir, callbacks=cb) as tmp, io_errors(out_dir, "OUTPUT"), \
+            gdal_write_errors(out_dir, "OUTPUT"):
+        check_free_space(out_dir, prediction_bytes(grid, T, len(files) + len(spread_files), cog), "OUTPUT",
+                         "the prediction rasters")
         prof = _profile(grid, T)
         dsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in files.items()}
         sdsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in spread_files.items()}
@@ -319,15 +322,32 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                                                     "sm.tif and weight_<factor>.tif hold the members' means"}
                                  if ensemble else None),
                     "nodata": NODATA, **(extra_meta or {})}
-        with open(os.path.join(tmp, "prediction.json"), "w") as f:
+        with open(os.path.join(tmp, outputs.MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
-        outputs.drop_stale(out_dir, list(files.values()) + [dom] + list(spread_files.values()))
-        for fn in (list(files.values()) + [dom] + list(spread_files.values()) + sidecars
-                   + ["importance.csv", "prediction.json"]):
-            os.replace(os.path.join(tmp, fn), os.path.join(out_dir, fn))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+@contextlib.contextmanager
+def prediction_staging(out_dir: str, callbacks: Callbacks = None, param: str = "OUTPUT"):
+    """The lock and staging folder of a prediction folder (fileutil.output_lock + staged_folder): yields the
+    hidden staging folder to write the files of a prediction into; at the end they replace `out_dir` (the
+    whole earlier prediction, see outputs.is_prediction_file) at once. Refuses a folder holding files that
+    are not a prediction's. Used by predict_to_folder and by any other writer of prediction folders."""
+    from . import outputs
+    cb = ensure(callbacks)
+    with output_lock(out_dir, param, "ismoe:predict", cb.log):
+        with staged_folder(out_dir, outputs.is_prediction_file, param, cb.log, "outputs of ismoe:predict",
+                           last=(outputs.MANIFEST,), legacy_inside=(".ismoe_predict_",)) as tmp:
+            yield tmp
+
+
+def prediction_bytes(grid: dict, n_dates: int, n_float: int, cog: bool = False) -> int:
+    """Upper bound of a prediction's size on disk: n_float float32 rasters and the uint8 dominant factor of
+    n_dates bands, uncompressed, plus headers; a COG needs a second copy of the largest raster while it is
+    converted."""
+    px = int(grid["width"]) * int(grid["height"]) * int(n_dates)
+    one = 4 * px
+    return n_float * one + px + (one if cog else 0) + (1 << 20)
 
 
 def warmup_record(cfg, dates, first_output: int) -> dict:

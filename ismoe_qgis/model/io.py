@@ -141,3 +141,95 @@ def load_model(path, device="cpu"):
     model.load_state_dict(state)
     model.to(device).eval()
     return model, cfg, header.get("info", {})
+
+
+# ---------------------------------------------------------------- resume checkpoints (issue 15 item 6)
+# ``train`` writes one every epoch beside the model file (<model>.resume): a torch file of tensors, nested
+# dicts/lists of numbers and a JSON header (loaded with weights_only=True, like model files): the model, the
+# per-member best weights, the optimizer and schedule, the torch and numpy RNG states, the epoch, the
+# best-so-far and the early-stopping counters, and fingerprints of the dataset and the configuration.
+RESUME_FORMAT = "ismoe-resume/1"
+RESUME_SUFFIX = ".resume"
+
+
+class CheckpointError(ValueError):
+    """A resume checkpoint that cannot be used; the message names the file and what differs or is wrong."""
+
+
+def resume_path(out_path) -> str:
+    """The resume checkpoint of the model file `out_path`: `<out_path>.resume` (not a *.pt name, so that
+    it is never taken for a model)."""
+    return str(out_path) + RESUME_SUFFIX
+
+
+def save_checkpoint(path, header: dict, tensors: dict):
+    """Write a resume checkpoint atomically: `header` (JSON-able) and `tensors` (state dicts, RNG states)."""
+    blob = {"header": json.dumps({"format": RESUME_FORMAT, **header}), **tensors}
+    with atomic_output(path, RESUME_SUFFIX) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_checkpoint(path):
+    """Read a resume checkpoint: (header dict, blob). A missing, damaged or foreign file is a CheckpointError
+    (FileNotFoundError when missing) naming the file."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"resume checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        header = json.loads(blob["header"])
+    except Exception as e:  # noqa: BLE001 - whatever a foreign or damaged file makes torch raise
+        raise CheckpointError(f"{path} is not a resume checkpoint of this plugin ({_load_reason(path, e)}); "
+                              f"start without RESUME") from None
+    if not isinstance(header, dict) or header.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {header.get('format') if isinstance(header, dict) else None!r}, "
+                              f"this plugin version resumes {RESUME_FORMAT}: start without RESUME")
+    return header, blob
+
+
+def _digest(*arrays) -> str:
+    import hashlib
+    import numpy as np
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_fingerprint(cube) -> dict:
+    """What identifies a dataset cube for a resumed or distributed run, item by item (so a difference can be
+    named): variables, factors, shape, dates, grid, target locations, normalisation statistics (means over
+    the whole cube: they change with its content) and a digest of the targets (up to ~4 M values, strided)."""
+    import numpy as np
+    y = np.asarray(cube.y)
+    step = max(1, y.size // (1 << 22))
+    return {
+        "variables": list(cube.variables), "factors": {f: list(v) for f, v in cube.factors.items()},
+        "shape": [int(n) for n in cube.x.shape], "patch_size": int(cube.patch_size), "seq_len": int(cube.seq_len),
+        "dates": [str(cube.dates[0]), str(cube.dates[-1]), int(len(cube.dates))],
+        "grid": {"transform": [float(v) for v in cube.grid.get("transform", [])],
+                 "width": cube.grid.get("width"), "height": cube.grid.get("height"),
+                 "crs": _digest(np.frombuffer(str(cube.grid.get("crs_wkt", "")).encode(), np.uint8))},
+        "targets": _digest(np.asarray(cube.target_rows, np.int64), np.asarray(cube.target_cols, np.int64)),
+        "stations": list(cube.station_ids) if cube.station_ids else None,
+        "x_stats": [round(float(v), 6) for v in list(cube.x_mean) + list(cube.x_std)],
+        "y_stats": [round(float(cube.y_mean), 6), round(float(cube.y_std), 6)],
+        "y": _digest(y.reshape(-1)[::step]),
+    }
+
+
+def fingerprint_differences(saved: dict, now: dict, names: dict = None) -> list:
+    """The items of two fingerprints that differ, as 'NAME: <saved> there, <now> here' strings (long values
+    shortened); names maps an item to the parameter the user knows it by."""
+    def short(v):
+        s = json.dumps(v, default=str)
+        return s if len(s) <= 60 else s[:57] + "..."
+    names = names or {}
+    out = []
+    for k in list(saved) + [k for k in now if k not in saved]:
+        a, b = saved.get(k, "<absent>"), now.get(k, "<absent>")
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(f"{names.get(k, k)}: {short(a)} there, {short(b)} here")
+    return out

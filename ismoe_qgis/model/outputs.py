@@ -224,9 +224,41 @@ def _relative_source(vrt: str, source: str):
             f.write(text)
 
 
-def drop_stale(out_dir: str, rasters: Sequence[str]):
-    """Before new rasters replace old ones in `out_dir`: remove the old ones' .aux.xml sidecars (PAM would
-    override the new metadata) and the per-date VRT views of an earlier prediction."""
+# the files of a prediction folder (what ismoe:predict owns there, and replaces as one set)
+PREDICTION_FILES = ("sm.tif", "sm_spread.tif", DOMINANT_FILE, "importance.csv", "prediction.json")
+PREDICTION_PATTERNS = ("weight_*.tif", "weight_spread_*.tif")
+SIDECAR_SUFFIXES = (".aux.xml", ".qml", ".ovr", ".msk")
+
+
+def is_prediction_file(name: str) -> bool:
+    """Whether `name` (a file or folder in a prediction folder) belongs to a prediction of ismoe:predict:
+    sm.tif, weight_<factor>.tif, the spreads, dominant_factor.tif, importance.csv, prediction.json, their
+    sidecars (.aux.xml, .qml styles, .ovr overviews) and the by_date/ views. Anything else in the folder is
+    not ours: predict refuses to replace such a folder."""
+    import fnmatch
+    if name == BAND_VIEW_DIR or name.startswith(".ismoe_predict_"):   # (temporaries of plugin versions < issue 13)
+        return True
+    base = name
+    for suf in SIDECAR_SUFFIXES:
+        if name.endswith(suf) and name != suf:
+            base = name[:-len(suf)] + (".tif" if suf == ".qml" else "")    # sm.qml is the style of sm.tif
+            break
+    return base in PREDICTION_FILES or any(fnmatch.fnmatchcase(base, p) for p in PREDICTION_PATTERNS)
+
+
+def drop_stale(out_dir: str, rasters: Sequence[str], keep: Sequence[str] = None):
+    """Before new rasters replace old ones in `out_dir` file by file: remove the old ones' .aux.xml sidecars
+    (PAM would override the new metadata) and the per-date VRT views of an earlier prediction; with `keep`
+    (the names of the whole new set), also every other file of the earlier prediction (is_prediction_file):
+    old weight_<factor>.tif of factors the new model does not have, their styles and sidecars.
+    (predict_to_folder replaces the whole folder at once, fileutil.staged_folder; this is its file-by-file
+    form, for folders that cannot be renamed.)"""
+    if keep is not None:
+        keep = set(keep)
+        for fn in os.listdir(out_dir):
+            full = os.path.join(out_dir, fn)
+            if fn not in keep and fn != BAND_VIEW_DIR and is_prediction_file(fn) and os.path.isfile(full):
+                os.remove(full)
     for fn in rasters:
         side = os.path.join(out_dir, fn + ".aux.xml")
         if os.path.exists(side):

@@ -12,17 +12,20 @@ all on valid (finite) targets only, in normalised target units.
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from ..core_callbacks import Callbacks, Cancelled, ensure
 from ..data.cube import Cube, split_masks
+from ..fileutil import probe_write
 from ..version import __version__
-from .io import save_model
+from .io import (CheckpointError, dataset_fingerprint, fingerprint_differences, load_checkpoint, resume_path,
+                 save_checkpoint, save_model)
 from .networks import ModelConfig, SoilMoistureNet, build_model, copy_members
 
 
@@ -61,6 +64,9 @@ class TrainConfig:
     supervised_days: int = 32
     # torch CPU threads: 0 = the CPUs the load average leaves idle (at least 1), see ismoe_qgis/threads.py
     threads: int = 0
+    # issue 15 item 2 (CUBE_IN_MEMORY): the window sampler: "auto" = in memory when its copies of the cube fit in
+    # the memory available, chunk-wise otherwise (data/chunked.py); "memory" or "chunked" force one
+    cube_in_memory: str = "auto"
     # held-out locations (model/folds.py): "time" (the time split only), "locations" (K folds of locations) or
     # "blocks" (K folds of block_size x block_size pixel blocks, training kept `buffer` pixels away from
     # held-out ones; 0 = automatic: block 4 x PATCH_SIZE (>= 8), buffer PATCH_SIZE). fold_labels: the user's
@@ -73,6 +79,21 @@ class TrainConfig:
     block_size: int = 0
     buffer: int = -1
     fold_labels: Optional[list] = None
+    # resume (issue 15 item 6): True = continue from the checkpoint beside the model file (<model>.resume,
+    # written every epoch; started afresh when there is none), a path = that checkpoint; False = start afresh.
+    # init_model: a trained model file to fine-tune (same factors and variables); its normalisation is kept
+    # unless refit_normalisation (then the new dataset's statistics replace it).
+    resume: Union[bool, str] = False
+    init_model: Optional[str] = None
+    refit_normalisation: bool = False
+
+
+# TrainConfig fields that may change between a run and its resumption (where it runs, not what it computes)
+RESUME_FREE = ("device", "threads", "compile", "resume")
+PARAMETER_NAMES = {"lr": "LEARNING_RATE", "schedule": "LR_SCHEDULE", "members": "ENSEMBLE", "model_type": "MODEL",
+                   "fold_labels": "FOLD_FIELD", "init_model": "INIT_MODEL", "x_stats": "normalisation statistics",
+                   "y_stats": "target statistics", "y": "target values", "shape": "cube shape (V, T, H, W)",
+                   "targets": "target locations", "memory": "MEMORY", "mixture": "MIXTURE"}
 
 
 SCHEDULES = ("onecycle", "constant")
@@ -205,26 +226,31 @@ def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig
                        **overrides)
 
 
-def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None):
+def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None, forward=None, denom=None):
     """The training loss over the windows of x (see module doc). valid (bool, one per window):
     the windows that count (runs of consecutive days may hold days without a valid sample;
     their targets may be NaN). Default: all. An ensemble's loss is the mean of its members' losses: the
     members share no weight, so each gets exactly its own gradient. member_mask (B, N) bool: the windows
     each member may train on (cross-validation folds: not its held-out locations). Returns (loss,
-    ensemble-mean estimate)."""
-    pred, w, experts = model.forward_members(x, doy)            # (B, N), (B, N, E), (B, N, E)
+    ensemble-mean estimate). forward: the module to run instead of model.forward_members (DDP's wrapper);
+    denom: the denominators of the whole (global) batch instead of this batch's own, a number (the valid
+    windows) without member_mask, (N,) with it (each member's summed weights): a rank's share of a global
+    batch (model/distributed.py)."""
+    pred, w, experts = (forward or model.forward_members)(x, doy)            # (B, N), (B, N, E), (B, N, E)
     pred, experts = pred.float(), experts.float()
     N = pred.shape[1]
     if valid is None:
-        wn = torch.full_like(y, 1.0 / y.numel())
+        wn = torch.full_like(y, 1.0 / (y.numel() if denom is None or member_mask is not None else float(denom)))
     else:
         y = torch.where(valid, y, torch.zeros_like(y))
-        wn = valid.float() / valid.sum().clamp_min(1)
+        wn = valid.float() / (valid.sum().clamp_min(1) if denom is None or member_mask is not None
+                              else max(float(denom), 1.0))
     if member_mask is None:
         wn = wn[:, None] / N                                    # and the mean over members
     else:                                  # bool (allowed) or float (a bootstrap's weights), (B, N)
         keep = member_mask.float() * (wn[:, None] > 0).float()
-        wn = keep / keep.sum(0, keepdim=True).clamp_min(1) / N     # each member over its own windows
+        tot = keep.sum(0, keepdim=True) if denom is None else torch.as_tensor(denom, device=keep.device).view(1, -1)
+        wn = keep / tot.clamp_min(1) / N     # each member over its own windows
     loss = (wn * (pred - y[:, None]) ** 2).sum()
     if cfg.expert_loss and model.cfg.model_type != "cnn_lstm" and model.mixture == "convex":
         loss = loss + cfg.expert_loss * (wn[..., None] * (experts - y[:, None, None]) ** 2).sum() / experts.shape[2]
@@ -285,11 +311,15 @@ def cv_fold_index(cv: dict, n_idx) -> np.ndarray:
     return np.asarray(cv["fold_of"], np.int64)[np.asarray(n_idx, np.int64)]
 
 
-def member_validation(model, sampler, t_idx, n_idx, obs, cv, y_std, amp_dtype=None):
+def member_validation(model, sampler, t_idx, n_idx, obs, cv, y_std, amp_dtype=None, predict=None):
     """Every member on the validation samples; cross-validation folds only on their own training locations.
     Returns (estimate per sample: the mean of the members allowed there (NaN where none is), the mean of the
-    members' losses, each member's MSE in normalised units (K,))."""
-    ym, _, _ = predict_samples(model, sampler, t_idx, n_idx, amp_dtype=amp_dtype, members=True)     # S, K
+    members' losses, each member's MSE in normalised units (K,)). predict(t, n) -> (SM per member, ...):
+    instead of predict_samples (distributed: the ranks' shares gathered)."""
+    if predict is None:
+        ym, _, _ = predict_samples(model, sampler, t_idx, n_idx, amp_dtype=amp_dtype, members=True)     # S, K
+    else:
+        ym = predict(t_idx, n_idx)[0]
     allowed = (np.ones(ym.shape, bool) if cv is None else ~cv["excluded"][:, np.asarray(n_idx, np.int64)].T)
     err = ((ym - np.asarray(obs)[:, None]) / y_std) ** 2
     per = np.array([(err[allowed[:, k], k]).mean() if allowed[:, k].any() else np.inf for k in range(ym.shape[1])])
@@ -429,15 +459,131 @@ def _cc_rmse(obs, est):
     return cc, float(np.sqrt(np.mean((obs - est) ** 2))) if len(obs) else float("nan")
 
 
+def _file_digest(path) -> str:
+    import hashlib
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(cfg: TrainConfig, model_type: str, mcfg: ModelConfig) -> dict:
+    """What a resumed run must share with the run that wrote its checkpoint (and every torchrun rank with rank
+    0): the training configuration but where it runs (RESUME_FREE), the model type and the model's
+    configuration (but the plugin version); INIT_MODEL by its content, not its path."""
+    out = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
+    if cfg.init_model:
+        out["init_model"] = _file_digest(cfg.init_model)
+    out["model_type"] = model_type
+    out.update({k: v for k, v in mcfg.to_dict().items() if k != "version"})
+    return json.loads(json.dumps(out, default=str))     # as the checkpoint's JSON header holds it
+
+
+def init_from_model(cfg: TrainConfig, cube: Cube, model_type: str, options: dict, cb):
+    """INIT_MODEL: the trained model to fine-tune on `cube`. It must have the dataset's factors and variables
+    (same names, same order), patch size and sequence length; its architecture (MODEL, MIXTURE, HIDDEN, ...,
+    ENSEMBLE) is kept, the given ones are not used (a note names those that differ). Normalisation: kept (the
+    cube is then normalised with the model's statistics: a shallow copy of the cube is returned) or, with
+    refit_normalisation, the new dataset's. Returns (model, its ModelConfig, the cube to train on, info)."""
+    import dataclasses
+    from .io import load_model
+    path = str(cfg.init_model)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"INIT_MODEL: model file not found: {path}")
+    model, mc, info = load_model(path)
+    diffs = []
+    only_m = [f for f in mc.factors if f not in cube.factors]
+    only_d = [f for f in cube.factors if f not in mc.factors]
+    if only_m:
+        diffs.append(f"factor(s) {', '.join(only_m)} only in the model")
+    if only_d:
+        diffs.append(f"factor(s) {', '.join(only_d)} only in the dataset")
+    for f in mc.factors:
+        if f in cube.factors and list(mc.factors[f]) != list(cube.factors[f]):
+            diffs.append(f"factor '{f}' has variables {', '.join(mc.factors[f])} in the model but "
+                         f"{', '.join(cube.factors[f])} in the dataset")
+    if not diffs and list(mc.variables) != list(cube.variables):
+        diffs.append(f"the variables are in another order (model {', '.join(mc.variables)}; dataset "
+                     f"{', '.join(cube.variables)})")
+    if not diffs and list(mc.factors) != list(cube.factors):
+        diffs.append(f"the factors are in another order (model {', '.join(mc.factors)}; dataset "
+                     f"{', '.join(cube.factors)})")
+    if diffs:
+        raise ValueError(f"INIT_MODEL {path} was trained on another factor set than DATASET: {'; '.join(diffs)}. "
+                         f"Fine-tuning needs the same factors and variables: prepare the dataset with the model's "
+                         f"FACTOR_GROUPS, or train a new model")
+    for name, a, b in (("PATCH_SIZE", mc.patch_size, cube.patch_size), ("SEQ_LEN", mc.seq_len, cube.seq_len)):
+        if a != b:
+            raise ValueError(f"INIT_MODEL {path} has {name} {a} but DATASET has {b}: prepare the dataset with "
+                             f"{name}={a} to fine-tune this model")
+    given = {"model_type": model_type, **options}
+    differ = [f"{PARAMETER_NAMES.get(k, k.upper())} {v} (model: {getattr(mc, k)})" for k, v in given.items()
+              if hasattr(mc, k) and k not in ("members",) and getattr(mc, k) != v]
+    if "members" in options and int(options["members"]) != mc.members:
+        differ.append(f"ENSEMBLE {options['members']} (model: {mc.members})")
+    cb.log(f"INIT_MODEL: fine-tuning {path} ({mc.model_type}, {mc.members} member(s), trained with plugin "
+           f"{mc.version or '?'})" + (f"; its architecture is kept, these given settings are not used: "
+                                      f"{', '.join(differ)}" if differ else ""))
+    if cfg.refit_normalisation:
+        mc = dataclasses.replace(mc, x_mean=list(cube.x_mean), x_std=list(cube.x_std), y_mean=float(cube.y_mean),
+                                 y_std=float(cube.y_std), version=__version__)
+        cb.log("INIT_MODEL: normalisation re-fitted to the new dataset (REFIT_NORMALISATION)")
+    else:
+        mc = dataclasses.replace(mc, version=__version__)
+        cube = copy.copy(cube)            # shallow: the arrays are shared, only the statistics change
+        cube.x_mean, cube.x_std, cube.y_mean, cube.y_std = list(mc.x_mean), list(mc.x_std), mc.y_mean, mc.y_std
+        cb.log("INIT_MODEL: the model's normalisation is kept (the new dataset is scaled with the statistics the "
+               "model was trained with)")
+    model.cfg = mc
+    return model, mc, cube, {"path": path, "refit_normalisation": bool(cfg.refit_normalisation),
+                             "source_best_epoch": info.get("best_epoch")}
+
+
+def _restore_checkpoint(path, data_fp, run_fp, model, opt, sched):
+    """Load a resume checkpoint into model/optimizer/schedule after checking that it belongs to this dataset
+    and configuration. Returns (header, blob)."""
+    header, blob = load_checkpoint(path)
+    diffs = fingerprint_differences(header.get("dataset", {}), data_fp, PARAMETER_NAMES)
+    if diffs:
+        raise CheckpointError(f"RESUME: {path} was written for another dataset ({'; '.join(diffs[:6])}): resume "
+                              f"with the DATASET it was written for, or start without RESUME")
+    diffs = fingerprint_differences(header.get("config", {}), run_fp, PARAMETER_NAMES)
+    if diffs:
+        raise CheckpointError(f"RESUME: {path} was written with another configuration ({'; '.join(diffs[:6])}): "
+                              f"resume with the same parameters, or start without RESUME")
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    return header, blob
+
+
 def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig = None,
           model_options: dict = None, callbacks: Callbacks = None, log_path: str = None):
     """Train a model on `cube` and save the best checkpoint (lowest validation loss) to `out_path`.
 
     Returns a dict: history (per epoch), best_epoch, cancelled, device, val/test metrics, split.
-    Cancel (callbacks.is_cancelled) is honoured within one batch; the best model so far is kept.
+    Cancel (callbacks.is_cancelled) is honoured within one batch; the best model so far is kept, and so is the
+    resume checkpoint (``resume_path(out_path)``, written every epoch, removed when training completes).
+    Under torchrun (WORLD_SIZE > 1) the ranks train one model data-parallel (model/distributed.py).
     """
-    cb = ensure(callbacks)
+    from . import distributed
     cfg = cfg or TrainConfig()
+    dd = distributed.setup(resolve_device(cfg.device, lambda _m: None), ensure(callbacks).log)
+    try:
+        return _train(cube, out_path, model_type, cfg, model_options, callbacks, log_path, dd)
+    finally:
+        distributed.close(dd)
+
+
+def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_options: dict,
+           callbacks: Callbacks, log_path: str, dd):
+    from . import distributed
+    cb = ensure(callbacks)
+    main = dd is None or dd.is_main
+    if not main:            # one log, one progress: rank 0's
+        cb = Callbacks(is_cancelled=cb.is_cancelled)
+        log_path = None
     if cfg.epochs < 1:
         raise ValueError(f"EPOCHS must be >= 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
@@ -451,7 +597,11 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise ValueError(f"SPLIT must be one of {', '.join(SPLITS)}, got '{cfg.split}'")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"LR_SCHEDULE must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
-    device = resolve_device(cfg.device, cb.log)
+    if cfg.init_model and cfg.split != "time":
+        raise ValueError(f"INIT_MODEL fine-tunes one model (or ensemble) with SPLIT=time; SPLIT={cfg.split} trains "
+                         f"one new model per fold: use SPLIT=time with INIT_MODEL")
+    device = distributed.rank_device(resolve_device(cfg.device, cb.log), dd)
+    data_fp = dataset_fingerprint(cube)     # before INIT_MODEL may replace the normalisation statistics
     amp_dtype = autocast_dtype(device, cfg.amp)
     cb.log(f"device: {device}" + (f" (autocast {amp_dtype})" if amp_dtype else ""))
     from ..threads import apply_threads
@@ -482,8 +632,23 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     if cfg.split != "time":
         cv = setup_folds(cube, cfg, options, cb)
         options.update(members=cv["folds"], member_kind="folds")
-    mcfg = model_config_for(cube, model_type, **options)
-    model = build_model(mcfg, cfg.seed).to(device)      # member n's weights from seed + n
+    init_info = None
+    if cfg.init_model:
+        model, mcfg, cube, init_info = init_from_model(cfg, cube, model_type, options, cb)
+        model, model_type = model.to(device), mcfg.model_type
+        torch.manual_seed(cfg.seed)         # dropout's draws, as build_model leaves them for a new model
+    else:
+        mcfg = model_config_for(cube, model_type, **options)
+        model = build_model(mcfg, cfg.seed).to(device)      # member n's weights from seed + n
+    run_fp = run_fingerprint(cfg, model_type, mcfg)
+    ddp_forward = None
+    if dd is not None:      # every rank must read the same dataset with the same configuration
+        distributed.check_same(dd, {"dataset": data_fp, "config": run_fp}, lambda a, b: (
+            fingerprint_differences(a["dataset"], b["dataset"], PARAMETER_NAMES)
+            + fingerprint_differences(a["config"], b["config"], PARAMETER_NAMES)))
+        from torch.nn.parallel import DistributedDataParallel
+        ddp_forward = DistributedDataParallel(distributed.MembersForward(model),
+                                              device_ids=[device.index] if device.type == "cuda" else None)
     excluded_t = None if cv is None else torch.from_numpy(cv["excluded"]).to(device)    # K, locations
     if cv is not None:
         info_cv = {k: v for k, v in cv.items() if k != "excluded"}
@@ -502,7 +667,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
         raise ValueError(f"SUPERVISED_DAYS must be >= 1 (the days of each training sequence that carry the loss), "
                          f"got {cfg.supervised_days}")
     context = mcfg.context_days
-    sampler = WindowSampler(cube, device, pad_days=context - (cube.seq_len - 1))
+    from ..data.chunked import make_sampler     # issue 15 item 2: in memory, or chunk-wise (cfg.cube_in_memory)
+    sampler = make_sampler(cube, device, context - (cube.seq_len - 1), cfg.cube_in_memory, cb.log, WindowSampler)
     if stateful:
         cb.log(f"stateful experts: sequences of {mcfg.spin_up} spin-up + {cfg.supervised_days} supervised days "
                f"(loss on the last {cfg.supervised_days}), {max(1, cfg.batch_size // cfg.supervised_days)} "
@@ -536,31 +702,102 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     step = 0
     info_base = {"model_type": model_type, "train": asdict(cfg), "split": split,
                  "grid": cube.grid}   # predict warns when it runs on another resolution or CRS
-    for epoch in range(1, cfg.epochs + 1):
+    if init_info is not None:
+        info_base["init_model"] = init_info
+    # resume (issue 15 item 6): the checkpoint of the last finished epoch restores everything the next epoch
+    # depends on, so the run goes on as if it had never stopped
+    ckpt_path = resume_path(out_path)
+    read_ckpt = cfg.resume if isinstance(cfg.resume, str) and cfg.resume else ckpt_path
+    start_epoch, stopped = 0, False
+    if cfg.resume and (read_ckpt != ckpt_path or os.path.exists(ckpt_path)):
+        hdr, blob = _restore_checkpoint(read_ckpt, data_fp, run_fp, model, opt, sched)
+        start_epoch, step, stopped = int(hdr["epoch"]), int(hdr["step"]), bool(hdr["stopped"])
+        history, best, best_epoch, bad_epochs = hdr["history"], float(hdr["best"]), int(hdr["best_epoch"]), \
+            int(hdr["bad_epochs"])
+        best_m, best_epoch_m = np.asarray(hdr["best_m"], np.float64), np.asarray(hdr["best_epoch_m"], np.int64)
+        bad_m = np.asarray(hdr["bad_m"], np.int64)
+        best_state = ({k: v.to(device) for k, v in blob["best_state"].items()} if blob.get("best_state")
+                      else None)
+        rng.bit_generator.state = hdr["numpy_rng"]
+        torch.set_rng_state(blob["torch_rng"])
+        if device.type == "cuda" and blob.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(blob["cuda_rng"], device)
+        info_base["resumed_from_epoch"] = start_epoch
+        cb.log(f"RESUME: continuing from {read_ckpt} after epoch {start_epoch}/{cfg.epochs}"
+               + (" (training had stopped early there: only the final scoring is left)" if stopped else ""))
+        if log_path:        # the log as the uninterrupted run writes it
+            with open(log_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in history)
+    elif cfg.resume:
+        cb.log(f"RESUME: no checkpoint at {ckpt_path}: starting at epoch 1")
+    elif main and os.path.exists(ckpt_path):
+        cb.log(f"note: the resume checkpoint {ckpt_path} of an earlier run is replaced (RESUME is off)")
+    if dd is not None and cfg.resume:
+        starts = distributed.gather_objects(dd, start_epoch)
+        if len(set(starts)) > 1:
+            raise CheckpointError(f"RESUME: the torchrun ranks found different checkpoints at {read_ckpt} (epochs "
+                                  f"{starts} by rank): the checkpoint must lie on a file system every rank reads")
+
+    def write_checkpoint(epoch_done, stop_now):
+        if not main:
+            return
+        tensors = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}
+        if best_state is not None:
+            tensors["best_state"] = {k: v.detach().cpu() for k, v in best_state.items()}
+        if device.type == "cuda":
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(ckpt_path, {
+            "epoch": epoch_done, "step": step, "stopped": bool(stop_now), "history": history, "best": best,
+            "best_epoch": best_epoch, "bad_epochs": bad_epochs, "best_m": best_m.tolist(),
+            "best_epoch_m": best_epoch_m.tolist(), "bad_m": bad_m.tolist(), "numpy_rng": rng.bit_generator.state,
+            "dataset": data_fp, "config": run_fp, "out_path": str(out_path), "plugin_version": __version__}, tensors)
+
+    def vpredict(t_, n_, amp_, members=False):       # validation estimates; distributed: split and gathered
+        return distributed.sharded_predict(dd, lambda tt, nn: predict_samples(
+            model, sampler, tt, nn, amp_dtype=amp_, members=members), t_, n_)
+
+    if main:    # issue 13: a model file that cannot be written (disk full, no permission) fails here, not after an epoch
+        probe_write(out_path, sum(v.numel() * v.element_size() for v in model.state_dict().values()) + (1 << 16),
+                    "OUTPUT", "the model file")
+    for epoch in range(start_epoch + 1, cfg.epochs + 1 if not stopped else start_epoch + 1):
         model.train()
         run_end, run_loc, run_valid = draw_runs(rng, tr_mask, tr_t, tr_n, n_runs, m, cube.seq_len)
+        if hasattr(sampler, "order_runs"):      # issue 15 item 2: a chunk-wise sampler groups the runs by block
+            run_end, run_loc, run_valid = sampler.order_runs(rng, run_end, run_loc, run_valid, m)
         tot, cnt = 0.0, 0
         for b in range(n_batches):
-            if cb.is_cancelled():
+            if distributed.any_rank(dd, cb.is_cancelled(), device):
                 cancelled = True
                 break
             g0, g1 = b * runs_per_batch, min(n_runs, (b + 1) * runs_per_batch)
             if g1 <= g0:
                 break
-            xb, yb, db = sampler.batch(run_end[g0:g1], run_loc[g0:g1], m, context)
-            valid = run_valid.reshape(m, n_runs)[:, g0:g1]
-            n_valid = int(valid.sum())
-            valid = torch.from_numpy(valid.reshape(-1)).to(yb.device)
+            # distributed: every rank draws the global batch (same generator), cuts its share [r0, r1) of its runs
+            r0, r1 = distributed.share(dd, g1 - g0)
+            xb, yb, db = sampler.batch(run_end[g0 + r0:g0 + r1], run_loc[g0 + r0:g0 + r1], m, context)
+            valid_g = run_valid.reshape(m, n_runs)[:, g0:g1]
+            n_valid = int(valid_g.sum())
+            valid = torch.from_numpy(valid_g[:, r0:r1].reshape(-1)).to(yb.device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                mm = None
+                mm = denom = None
                 if excluded_t is not None:       # rows j * G + g: location run_loc[g0 + g]
                     locs = torch.as_tensor(run_loc[g0:g1], device=excluded_t.device).repeat(m)
                     mm = ~excluded_t[:, locs].t()
                 elif boot:
-                    mm = torch.from_numpy(rng.poisson(1.0, (len(yb), model.members)).astype(np.float32)).to(yb.device)
-                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid, mm)
+                    mm = torch.from_numpy(rng.poisson(1.0, (m * (g1 - g0), model.members)).astype(np.float32)
+                                          ).to(yb.device)
+                if dd is not None:      # this rank's rows of the global batch, the global batch's denominators
+                    if mm is not None:
+                        vg = torch.from_numpy(valid_g.reshape(-1)).to(mm.device)
+                        denom = (mm.float() * vg[:, None].float()).sum(0)
+                        mm = mm.view(m, g1 - g0, -1)[:, r0:r1].reshape(-1, mm.shape[-1])
+                    else:
+                        denom = n_valid
+                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid, mm, ddp_forward, denom)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients: each rank's share of the global loss, times the world size
+            (loss * dd.world if dd is not None else loss).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             if step < total_steps - 1:
@@ -569,15 +806,18 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             tot += float(loss.detach()) * n_valid
             cnt += n_valid
             cb.progress(((epoch - 1) * n_batches + b + 1) / total_steps)
+        if dd is not None:      # the ranks' shares of the batches' losses
+            tot = float(distributed.sum_ranks(dd, [tot], device)[0])
         if cancelled:           # the partial epoch is not validated: cancel returns within seconds
             cb.log("cancelled: keeping the best model so far" if best_state is not None else "cancelled")
             break
         if cv is None and K == 1:
-            est, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype)
+            est = vpredict(vt, vn, amp_dtype)[0]
             val_loss = float(np.mean(((est - v_obs) / cube.y_std) ** 2))
             member_loss = np.array([val_loss])
         else:               # per member; a fold's model on its own training locations (never a held-out one)
-            est, val_loss, member_loss = member_validation(model, sampler, vt, vn, v_obs, cv, cube.y_std, amp_dtype)
+            est, val_loss, member_loss = member_validation(model, sampler, vt, vn, v_obs, cv, cube.y_std, amp_dtype,
+                                                           lambda t_, n_: vpredict(t_, n_, amp_dtype, True))
         cc, rmse = _cc_rmse(v_obs, est)
         row = {"epoch": epoch, "train_loss": tot / max(cnt, 1), "val_loss": val_loss, "val_cc": cc,
                "val_rmse": rmse, "seconds": round(time.time() - t0, 2)}
@@ -591,7 +831,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
             if val_loss < best:
                 best, best_epoch, bad_epochs = val_loss, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
-                save_model(out_path, model, {**info_base, "best_epoch": epoch, "history": history})
+                if main:
+                    save_model(out_path, model, {**info_base, "best_epoch": epoch, "history": history})
             else:
                 bad_epochs += 1
             stop = bad_epochs >= cfg.patience
@@ -609,11 +850,12 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                     bad_m[k] += 1
             row["member_val_loss"] = [float(v) for v in member_loss]
             best_epoch = int(best_epoch_m.max())
-            if better:
+            if better and main:
                 save_model(out_path, model, {**info_base, "best_epoch": best_epoch,
                                              "member_best_epochs": best_epoch_m.tolist(), "history": history},
                            state=best_state)
             stop = bool((bad_m >= cfg.patience).all())
+        write_checkpoint(epoch, stop)
         if stop:
             cb.log(f"early stop: no validation improvement for {cfg.patience} epochs"
                    + (" in any member" if K > 1 else ""))
@@ -621,6 +863,9 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
 
     if best_state is None:
         raise Cancelled("cancelled before the first epoch ended: no model was written")
+    if not main:            # rank 0 scores and writes the model
+        return {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
+                "split": split, "model_type": model_type, "rank": dd.rank}
     model.load_state_dict(best_state)
     if model.mixture == "additive":
         # after cancel on a bounded sample, so that cancel returns within seconds (the reference is a mean)
@@ -631,6 +876,8 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                + ", ".join(f"{f} {v:+.3f}" for f, v in zip(model.output_names, ref)))
     result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
               "split": split, "model_type": model_type}
+    if start_epoch:
+        result["resumed_from_epoch"] = start_epoch
     if K > 1:
         info_base["member_best_epochs"] = result["member_best_epochs"] = best_epoch_m.tolist()
         cb.log("best epoch per member: " + ", ".join(str(int(e)) for e in best_epoch_m))
@@ -643,6 +890,10 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                f"final validation and test scoring are skipped: score it with ismoe:evaluate")
         save_model(out_path, model, {**info_base, "best_epoch": best_epoch, "history": history, "cancelled": True,
                                      "val_cc": result["val_cc"], "test_cc": None})
+        if os.path.exists(ckpt_path):
+            result["resume_checkpoint"] = ckpt_path
+            cb.log(f"the resume checkpoint of epoch {history[-1]['epoch'] if history else 0} is kept in {ckpt_path}: "
+                   f"run again with RESUME to continue where this run stopped")
         cb.progress(1.0)
         return result
     def scored(t_, n_, amp_):
@@ -683,5 +934,7 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
                                  "val_cc": result["val_cc"], "test_cc": result.get("test_cc"),
                                  "test_cc_location_median": result.get("test_cc_location_median"),
                                  "test_location_skill": result.get("test_location_skill")})
+    if os.path.exists(ckpt_path):       # training completed: nothing left to resume
+        os.remove(ckpt_path)
     cb.progress(1.0)
     return result
