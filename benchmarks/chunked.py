@@ -36,7 +36,8 @@ FACTORS = {"snow": ["sd", "sc"], "radiation": ["ssr", "str"], "wind": ["u10", "v
 VARIABLES = [v for vs in FACTORS.values() for v in vs]
 DAYS = 365
 N_TARGETS = 256
-SIZES = {"small": {"cap_mib": 1280, "fit_px": 128}, "full": {"cap_mib": 3072, "fit_px": 256}}   # torch alone: ~0.9 GiB VmPeak
+# the cap covers torch too: a training process peaks at ~0.9-1.0 GiB of address space before any cube
+SIZES = {"small": {"cap_mib": 1280, "fit_px": 128}, "full": {"cap_mib": 3072, "fit_px": 256}}
 
 
 def loadavg():
@@ -196,7 +197,8 @@ def main(argv=None):
         results["ratios"] = ratios
         results["checks"] = {
             "big_cube_at_least_4x_cap": results["big_over_cap"] >= 4,
-            "capped_auto_trained_chunk_wise": bool(bc.get("ok")) and any("chunk-wise" in m for m in bc.get("sampler", [])),
+            "capped_auto_trained_chunk_wise": bool(bc.get("ok")) and any("chunk-wise" in m
+                                                                         for m in bc.get("sampler", [])),
             "capped_in_memory_failed": not runs["big_memory_capped"].get("ok"),
         }
     finally:

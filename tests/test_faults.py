@@ -101,7 +101,6 @@ def test_sigint_during_train_keeps_best_model_and_says_so(qgis_process, tmp_path
     """SIGINT (Ctrl+C) on a running qgis_process train acts like Cancel within one batch: the run stops
     within the epoch it is in (the log has at most one epoch more than when the signal was sent), the best
     model so far is kept and loads, the exit code is 1 and the message says what is kept."""
-    from test_input_errors import START  # noqa: F401 - the same calendar as the rasters
     rng = np.random.default_rng(0)
     f = rng.random((60, 12, 12)).astype(np.float32)
     write_series(tmp_path / "t2m.tif", f)

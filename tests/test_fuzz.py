@@ -11,7 +11,6 @@ The seed and the case count are in the test names: ``test_fuzz_processing_seed13
 reproduced by ``pytest tests/test_fuzz.py -k case07``; cases are independent (case i draws from
 numpy's default_rng([SEED, i])).
 """
-import json
 import os
 import shutil
 

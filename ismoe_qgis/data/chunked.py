@@ -69,7 +69,8 @@ def _rlimit_left():
 
 def _cgroup_left():
     for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
         try:
             with open(limit) as f:
                 text = f.read().strip()
@@ -173,7 +174,8 @@ class ChunkedWindowSampler:
         ch = getattr(cube.x, "chunks", None)
         self.chunks = tuple(int(c) for c in ch) if ch is not None and len(ch) == 4 else default_chunks(V, T, H, W)
         avail = available_memory() or (4 << 30)
-        self.cache_bytes = int(cache_bytes or min(2 << 30, max(64 << 20, avail // 4)))
+        # an eighth of what is left: training itself (the model, its batches, validation) needs the rest
+        self.cache_bytes = int(cache_bytes or min(2 << 30, max(32 << 20, avail // 8)))
         block_bytes = int(block_bytes or max(1 << 20, self.cache_bytes // 4))
         _, tc, yc, xc = self.chunks
         per_chunk = V * tc * yc * xc * 4
