@@ -157,6 +157,8 @@ def train_one(cube, path, model_type, seed, a, log, members=1, split="time"):
            "val_cc": res["val_cc"], "per_location": res["split"].get("per_location")}
     if "cv" in res:
         out["cv"] = {"fold_of": res["cv"]["fold_of"], "locations": res["cv"]["locations"]}
+    if "uncertainty" in res:
+        out["uncertainty"] = res["uncertainty"]
     return out
 
 
@@ -208,14 +210,19 @@ def score_set(obs, estimates, names, required, ids, min_days):
             "station_days": {ids[n]: int(common[:, n].sum()) for n in range(N)}, "rows": rows}
 
 
-def spread_skill(obs, mean, members, required_mask):
-    """Fraction of observations inside the ensemble mean +- 2 member sd, and corr(sd, |error|)."""
+def spread_skill(obs, mean, members, required_mask, residual_sd=None):
+    """Fraction of observations inside the ensemble mean +- 2 member sd, and corr(sd, |error|); with the
+    model's residual sd (train, validation samples) also inside +-2 predictive sd = sqrt(sd^2 + residual^2)."""
     sd = np.std(members, axis=0)
     m = required_mask & np.isfinite(mean) & np.isfinite(sd)
     err, s = np.abs(mean[m] - obs[m]), sd[m]
     corr = float(np.corrcoef(s, err)[0, 1]) if len(err) > 2 and np.std(s) > 0 else float("nan")
-    return {"inside_2sd": _f(np.mean(err <= 2 * s)) if len(err) else None, "corr_spread_abs_error": _f(corr),
-            "mean_spread": _f(np.mean(s)) if len(s) else None, "n": int(m.sum())}
+    out = {"inside_2sd": _f(np.mean(err <= 2 * s)) if len(err) else None, "corr_spread_abs_error": _f(corr),
+           "mean_spread": _f(np.mean(s)) if len(s) else None, "n": int(m.sum())}
+    if residual_sd is not None:
+        out["residual_sd"] = _f(residual_sd)
+        out["inside_2sd_predictive"] = _f(np.mean(err <= 2 * np.sqrt(s ** 2 + residual_sd ** 2))) if len(err) else None
+    return out
 
 
 def mean_weights(table):
@@ -346,11 +353,13 @@ def format_all(res):
     out += format_station_table(res, "era5land") + [""]
     out += format_lso(res) + [""]
     out += ["### Ensembles: spread-skill and routing weights (set `daily`)", "",
-            "| ensemble | inside +-2 sd | corr(sd, abs error) | mean sd | mean weight per factor (test) |",
-            "|---|---|---|---|---|"]
+            "| ensemble | inside +-2 sd | residual sd (validation) | inside +-2 predictive sd | corr(sd, abs error) "
+            "| mean sd | mean weight per factor (test) |",
+            "|---|---|---|---|---|---|---|"]
     for name, e in res["ensemble_info"].items():
         ss = e["spread_skill"]
-        out.append(f"| {name} | {_n(ss['inside_2sd'], '.2f')} | {_n(ss['corr_spread_abs_error'], '.2f')} | "
+        out.append(f"| {name} | {_n(ss['inside_2sd'], '.2f')} | {_n(ss.get('residual_sd'), '.4f')} | "
+                   f"{_n(ss.get('inside_2sd_predictive'), '.2f')} | {_n(ss['corr_spread_abs_error'], '.2f')} | "
                    f"{_n(ss['mean_spread'], '.4f')} | " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                  (e.get("weights") or {}).items()) + " |")
     out += ["", "### Targets", ""]
@@ -510,7 +519,8 @@ def main(argv=None):
     ensemble_info = {}
     for n in list(names["ensembles"].values()) + [names[k] for k in ("station_drivers", "sm_informed") if k in names]:
         mem = np.stack([estimates[f"{n} [member {k + 1}]"] for k in range(a.members)])
-        ensemble_info[n] = {"spread_skill": spread_skill(obs, estimates[n], mem, daily_mask),
+        ensemble_info[n] = {"spread_skill": spread_skill(obs, estimates[n], mem, daily_mask,
+                                                         (trained[n].get("uncertainty") or {}).get("residual_sd")),
                             "weights": mean_weights(importance[n]) if n in importance else None,
                             "agreement": ens_eval.get(n, {}).get("agreement"),
                             "seeds": ens_eval.get(n, {}).get("seeds")}

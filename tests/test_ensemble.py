@@ -208,6 +208,27 @@ def test_ensemble_trains_and_saves_all_members(tmp_path):
     assert not torch.equal(a.experts.w_hh, b.experts.w_hh)
 
 
+def test_residual_sd_splits_the_error_variance():
+    """The residual sd is what the members' disagreement leaves of the error variance: members that spread as
+    much as the error leave none; identical members leave all of it; and +-2 predictive sd then covers about
+    95% of Gaussian errors."""
+    from ismoe_qgis.model.train import ensemble_residual_sd
+    rng = np.random.default_rng(1)
+    obs = rng.normal(0.3, 0.05, 20000)
+    truth_err = rng.normal(0, 0.02, obs.size)                     # the mean's error: sd 0.02
+    same = np.repeat((obs + truth_err)[:, None], 3, axis=1)       # identical members: no spread at all
+    r = ensemble_residual_sd(obs, same)
+    assert r["mean_member_sd"] < 1e-12 and r["inside_2sd_members"] < 0.01
+    assert r["residual_sd"] == pytest.approx(0.02, rel=0.02)
+    assert r["inside_2sd_total"] == pytest.approx(0.954, abs=0.01)
+    # members spread around the mean by more than the error: nothing left over
+    wide = (obs + truth_err)[:, None] + np.array([-0.05, 0.0, 0.05])
+    assert ensemble_residual_sd(obs, wide)["residual_sd"] == 0.0
+    # NaN samples are left out
+    same[:10, 1] = np.nan
+    assert ensemble_residual_sd(obs, same)["n"] == obs.size - 10
+
+
 def test_bootstrap_weights_give_each_member_its_weighted_loss():
     cube = small_cube()
     cfg = model_config_for(cube, "ismoe", conv_channels=4, hidden=8, mixture="additive", members=2, dropout=0.0)
@@ -218,7 +239,7 @@ def test_bootstrap_weights_give_each_member_its_weighted_loss():
     with torch.no_grad():
         pred, _, _ = ens.forward_members(xb, db)
     want = sum(float((w[:, k] * (pred[:, k] - yb) ** 2).sum() / w[:, k].sum()) for k in range(2)) / 2
-    assert abs(float(loss) - want) < 1e-5
+    assert abs(float(loss.detach()) - want) < 1e-5
 
 
 def test_bad_ensemble_size():

@@ -484,12 +484,16 @@ def test_ensemble_trains_predicts_and_evaluates_through_processing(evpipe, demo_
     _run("ismoe:train", {"DATASET": evpipe["ds"], "MODEL": 0, "ENSEMBLE": 2, "OUTPUT": model, **FAST_TRAIN})
     m, cfg, info = load_model(model)
     assert cfg.members == 2 and m.members == 2 and len(cfg.member_seeds) == 2
+    unc = info["uncertainty"]                  # the error the members' spread does not cover (validation)
+    assert unc["residual_sd"] >= 0 and unc["n"] > 0
+    assert unc["inside_2sd_total"] >= unc["inside_2sd_members"]
     layers, _ = _factor_params(demo_region)
     pred = tmp_path / "pred"
     _run("ismoe:predict", {"MODEL_FILE": model, "FACTORS": layers, "DATE_FROM": "2018-12-20", "TILE_SIZE": 16,
                            "LOAD_OUTPUTS": False, "OUTPUT": str(pred)})
     man = json.loads((pred / "prediction.json").read_text())
     assert man["ensemble"]["members"] == 2
+    assert man["uncertainty"]["residual_sd"] == pytest.approx(unc["residual_sd"])
     with rasterio.open(pred / "sm_spread.tif") as ds:
         sd = ds.read(masked=True)
     assert sd.count() > 0 and float(sd.min()) >= 0 and float(sd.max()) > 0
@@ -507,7 +511,8 @@ def test_ensemble_trains_predicts_and_evaluates_through_processing(evpipe, demo_
     overall = {r["model"]: float(r["cc"]) for r in rows if r["group_kind"] == "overall"}
     assert abs(es["metric_spread"]["cc"]["members"][0] - overall["ens [member 1]"]) < 1e-3
     assert abs(es["metric_spread"]["cc"]["ensemble"] - overall["ens"]) < 1e-3
-    assert 0.0 <= es["spread_skill"]["inside_2sd"] <= 1.0
+    assert 0.0 <= es["spread_skill"]["inside_2sd"] <= es["spread_skill"]["inside_2sd_predictive"] <= 1.0
+    assert es["spread_skill"]["residual_sd"] == pytest.approx(unc["residual_sd"])
     ag = es["agreement"]
     assert "all" in ag and all(v in (0.0, 0.5, 1.0) for row in ag.values() for v in row.values())
     assert set(ag) - {"all"}                                   # the regions too

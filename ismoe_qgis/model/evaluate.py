@@ -316,6 +316,11 @@ def ensemble_summary(obs, mean_est, d: dict, common, model_names=None) -> dict:
     out = {"members": M, "seeds": d["seeds"], "member_names": d["members"], "metric_spread": spread,
            "spread_skill": {"inside_2sd": inside, "corr_spread_abs_error": corr, "n": int(len(o)),
                             "mean_spread": float(np.mean(sd)) if len(o) else float("nan")}}
+    r = d.get("residual_sd")
+    if r is not None:                 # the model's predictive sd: sqrt(member sd^2 + residual sd^2) (train)
+        total = np.sqrt(sd ** 2 + float(r) ** 2)
+        out["spread_skill"].update(residual_sd=float(r),
+                                   inside_2sd_predictive=float(np.mean(err <= 2 * total)) if len(o) else float("nan"))
     agreement = None
     ws = d.get("weight_sums")
     if ws is not None:
@@ -334,7 +339,10 @@ def ensemble_summary(obs, mean_est, d: dict, common, model_names=None) -> dict:
     cc = spread.get("cc", {})
     out["describe"] = (f"CC {cc.get('ensemble', float('nan')):.3f} (members {cc.get('mean', float('nan')):.3f} +- "
                        f"{cc.get('std', float('nan')):.3f}); {100 * inside:.0f}% of the observations inside +-2 "
-                       f"member sd; corr(spread, |error|) {corr:.2f}"
+                       f"member sd"
+                       + ("" if r is None else f", {100 * out['spread_skill']['inside_2sd_predictive']:.0f}% inside "
+                          f"+-2 predictive sd (residual sd {float(r):.4f} from validation)")
+                       + f"; corr(spread, |error|) {corr:.2f}"
                        + ("" if not agreement else "; top-factor agreement (all, by season) "
                           + ", ".join(f"{s_} {v:.2f}" for s_, v in agreement.get("all", {}).items())))
     return out
@@ -585,6 +593,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                 est_clims[mname] = own_climatology(member_est[k], (vals[:, k], at, an) if acc_vals else None)
             ens_members[name] = {"members": [f"{name} [member {k + 1}]" for k in range(M)],
                                  "seeds": list(cfg.member_seeds or []), "member_estimates": member_est,
+                                 "residual_sd": ((info or {}).get("uncertainty") or {}).get("residual_sd"),
                                  "weight_sums": msums, "seasons": season_names,
                                  "regions": ["all"] + (list(rnames) if regions is not None and is_moe else [])}
         model.to("cpu")

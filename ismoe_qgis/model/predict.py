@@ -79,6 +79,18 @@ def subgrid(grid: rasters.Grid, extent) -> rasters.Grid:
     return grid.window_grid(r0, c0, r1 - r0, c1 - c0)
 
 
+def uncertainty_record(info) -> dict:
+    """prediction.json's "uncertainty" of an ensemble model (train's ensemble_residual_sd on the validation
+    samples): the residual sd and how to combine it with sm_spread.tif; {} for other models."""
+    unc = (info or {}).get("uncertainty")
+    if not unc:
+        return {}
+    return {"uncertainty": {"residual_sd": unc["residual_sd"], "validation": unc,
+                            "meaning": "predictive standard deviation = sqrt(sm_spread^2 + residual_sd^2) (m3/m3): "
+                                       "sm_spread.tif is the members' disagreement, residual_sd the error it did not "
+                                       "cover on the validation samples"}}
+
+
 def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, extent=None, grid=None,
                    start=None, step_days: int = 1, date_from=None, date_to=None, tile_size: int = 128,
                    time_chunk: int = 64, device: str = "auto", amp: bool = True, cog: bool = False,
@@ -169,7 +181,8 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
         with rasterio.Env(GDAL_CACHEMAX=_gdal_cache_cap()):   # bytes; restored on exit
             man = predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
                                     time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
-                                    callbacks=cb, extra_meta={"model": os.path.abspath(model_path)},
+                                    callbacks=cb, extra_meta={"model": os.path.abspath(model_path),
+                                                              **uncertainty_record(info)},
                                     first_output=first_output)
     except BaseException:
         if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):

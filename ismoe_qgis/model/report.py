@@ -941,6 +941,10 @@ def _ensemble_html(ev):
         sk = es["spread_skill"]
         p.append(f"<p>Observations inside ±2 spread: {100 * sk['inside_2sd']:.1f}% of {sk['n']}; correlation of "
                  f"spread with |error|: {sk['corr_spread_abs_error']:.2f}; mean spread {sk['mean_spread']:.4f}.</p>")
+        if sk.get("residual_sd") is not None:
+            p.append(f"<p>Inside ±2 predictive sd (√(spread² + {sk['residual_sd']:.4f}²), the residual sd the "
+                     f"members' spread did not cover on the validation samples): "
+                     f"{100 * sk['inside_2sd_predictive']:.1f}%; about 95% when calibrated.</p>")
         ag = es.get("agreement")
         if ag:
             seasons = list(dict.fromkeys(s for row in ag.values() for s in row))

@@ -436,6 +436,30 @@ CANCEL_SAMPLES = 512   # training windows for the additive mixture's reference a
 AMP_CC_TOL = 0.01   # largest change of validation CC that autocast may cause (issue 6)
 
 
+def ensemble_residual_sd(obs, members) -> dict:
+    """The error an ensemble's spread does not cover, from held-out samples: obs (S,), members (S, K) in target
+    units. residual_sd = sqrt(max(0, mean(err^2) - mean(sd^2))), err the members' mean minus obs and sd the
+    members' standard deviation (ddof 0): the variance of the error splits into what the members' disagreement
+    explains and the rest (the drivers' own error, level biases), so the predictive standard deviation of a
+    sample is sqrt(sd^2 + residual_sd^2). Also the fractions of the samples inside +-2 member sd and +-2
+    predictive sd (about 0.95 when calibrated)."""
+    obs = np.asarray(obs, np.float64)
+    members = np.asarray(members, np.float64)
+    ok = np.isfinite(obs) & np.isfinite(members).all(axis=1)
+    o, m = obs[ok], members[ok]
+    if not len(o):
+        return {"residual_sd": 0.0, "mean_member_sd": float("nan"), "rmse": float("nan"), "n": 0,
+                "inside_2sd_members": float("nan"), "inside_2sd_total": float("nan")}
+    err = m.mean(axis=1) - o
+    sd = m.std(axis=1)
+    r2 = max(0.0, float(np.mean(err ** 2) - np.mean(sd ** 2)))
+    total = np.sqrt(sd ** 2 + r2)
+    return {"residual_sd": float(np.sqrt(r2)), "mean_member_sd": float(sd.mean()),
+            "rmse": float(np.sqrt(np.mean(err ** 2))), "n": int(len(o)),
+            "inside_2sd_members": float(np.mean(np.abs(err) <= 2 * sd)),
+            "inside_2sd_total": float(np.mean(np.abs(err) <= 2 * total))}
+
+
 def autocast_cc_check(obs, est_amp, est_fp32, amp_dtype, tol: float = None) -> dict:
     """The change of CC that autocast causes, from the same samples' estimates with and without it.
     ok: |CC(autocast) - CC(fp32)| <= tol (default AMP_CC_TOL). A model that fails is predicted in
@@ -913,6 +937,15 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
                    f"{check['tol']}: it is scored here and predicted by ismoe:predict in fp32")
             amp_dtype, est = None, est_fp32
     result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
+    if K > 1 and cv is None:
+        ym, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype, members=True)      # S, K
+        unc = ensemble_residual_sd(v_obs, ym)
+        info_base["uncertainty"] = result["uncertainty"] = unc
+        cb.log(f"ensemble spread on the validation samples: mean member sd {unc['mean_member_sd']:.4f}, RMSE of the "
+               f"mean {unc['rmse']:.4f}; residual sd {unc['residual_sd']:.4f} (what the members' disagreement does "
+               f"not cover): predictive sd = sqrt(member sd^2 + {unc['residual_sd']:.4f}^2); "
+               f"{100 * unc['inside_2sd_members']:.0f}% of the validation observations inside +-2 member sd, "
+               f"{100 * unc['inside_2sd_total']:.0f}% inside +-2 predictive sd")
     if len(te_t):
         tt, tn = select_samples(rng, te_t, te_n, 50000, stateful)
         if cv is None:
