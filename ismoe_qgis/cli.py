@@ -38,9 +38,10 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 import typing
+
+from .data import names
 
 PROG = "python -m ismoe_qgis"
 COMMANDS = ("prepare", "train", "predict", "evaluate")
@@ -452,14 +453,10 @@ def _iso_date(text, flag):
 
 
 # --------------------------------------------------------------------------- inputs
-_SAFE = re.compile(r"[^A-Za-z0-9_]+")
-_GDAL_STRING = re.compile(r'^(NETCDF|HDF5|HDF4_SDS|HDF4_EOS|GRIB|ZARR):|^/vsi', re.IGNORECASE)
-_SUBDATASET = re.compile(r'^\w+:"?(?P<path>[^"]*?)"?:(?P<var>[^:"]+)$')
+safe_name = names.safe_name
+_GDAL_STRING = names.GDAL_STRING
+_SUBDATASET = names.SUBDATASET
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]*$")
-
-
-def safe_name(text: str) -> str:
-    return _SAFE.sub("_", text).strip("_") or "layer"
 
 
 def parse_layer(text: str, flag: str):
@@ -494,49 +491,9 @@ def parse_layers(texts, flag: str) -> dict:
     return out
 
 
-def _pairs(text: str, flag: str, what: str) -> dict:
-    """'a=x,y;b=z' -> {'a': ['x', 'y'], 'b': ['z']}."""
-    out = {}
-    for part in (text or "").replace("\n", ";").split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise BadInput(f"{flag}: '{part}' is not of the form factor={what}1,{what}2 (groups separated by ';')")
-        key, members = (s.strip() for s in part.split("=", 1))
-        members = [m.strip() for m in members.split(",") if m.strip()]
-        if not key or not members:
-            raise BadInput(f"{flag}: '{part}' needs a factor name and at least one {what}")
-        if key in out:
-            raise BadInput(f"{flag}: factor '{key}' is listed twice")
-        out[key] = members
-    return out
-
-
 def group_layers(layers: dict, groups_text: str) -> dict:
     """{variable: source} + FACTOR_GROUPS -> {factor: [(variable, source), ...]} (as ismoe:preparedataset)."""
-    if not layers:
-        raise BadInput("--factor: no factor layers given: add at least one raster (each band one day)")
-    groups = _pairs(groups_text, "--factor-groups", "layer")
-    if not groups:
-        return {n: [(n, s)] for n, s in layers.items()}
-    out, used = {}, set()
-    for fname, members in groups.items():
-        out[fname] = []
-        for m in members:
-            key = safe_name(m)
-            if key not in layers:
-                raise BadInput(f"--factor-groups: factor '{fname}' names layer '{m}', which is not among the "
-                               f"--factor layers ({', '.join(layers)})")
-            if key in used:
-                raise BadInput(f"--factor-groups: layer '{m}' is in two factors")
-            used.add(key)
-            out[fname].append((key, layers[key]))
-    left = [n for n in layers if n not in used]
-    if left:
-        raise BadInput(f"--factor-groups: layer(s) {', '.join(left)} belong to no factor: add them to a group or "
-                       f"remove them from --factor")
-    return out
+    return names.group_layers(layers, groups_text, "--factor", "--factor-groups")
 
 
 def check_file(path, flag: str):
@@ -547,23 +504,7 @@ def check_file(path, flag: str):
     return path
 
 
-def check_writable(path: str, flag: str):
-    """Fail before any work when an output location cannot be written (probes the nearest existing folder)."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    probe = d
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise BadInput(f"{flag}: cannot write '{path}': '{probe}' is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise BadInput(f"{flag}: cannot write to '{d}' ({err.strerror or err}): choose a folder you can write "
-                       f"to") from None
+check_writable = names.check_writable
 
 
 # --------------------------------------------------------------------------- progress, signals, ranks
@@ -702,7 +643,7 @@ def _stations(v, cb):
     tbl = st.read_station_table(table, v["table_id_field"], v["table_date_field"], v["table_value_field"],
                                 name="--station-table", log=cb.log)
     columns = {}
-    for fname, cols in _pairs(v["station_factors"], "--station-factors", "column").items():
+    for fname, cols in names.parse_groups(v["station_factors"], "--station-factors", "column", merge=True).items():
         for col in cols:
             columns.setdefault(fname, {})[col] = st.read_station_table(
                 table, v["table_id_field"], v["table_date_field"], col, name=f"--station-factors column '{col}'",

@@ -2,17 +2,15 @@
 import math
 import os
 import re
-import tempfile
 
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
-_SAFE = re.compile(r"[^A-Za-z0-9_]+")
-
+from ..data import names
 
 def variable_name(layer) -> str:
     """The variable name of a raster layer: its layer name, made safe ('snow depth' -> 'snow_depth')."""
     name = layer.name() or os.path.splitext(os.path.basename(layer.source()))[0]
-    return _SAFE.sub("_", name).strip("_") or "layer"
+    return names.safe_name(name)
 
 
 def layer_source(layer) -> str:
@@ -22,8 +20,8 @@ def layer_source(layer) -> str:
 
 # GDAL dataset strings that QGIS 3.22 Processing does not load from text (it wants an existing
 # file path), e.g. NETCDF:"/data/era5land.nc":swvl1 given to qgis_process or processing.run.
-_GDAL_STRING = re.compile(r'^(NETCDF|HDF5|HDF4_SDS|HDF4_EOS|GRIB|ZARR):|^/vsi', re.IGNORECASE)
-_SUBDATASET = re.compile(r'^\w+:"?(?P<path>[^"]*?)"?:(?P<var>[^:"]+)$')
+_GDAL_STRING = names.GDAL_STRING
+_SUBDATASET = names.SUBDATASET
 
 
 def gdal_string_layer(value):
@@ -266,25 +264,13 @@ def raster_layer(alg, parameters, name, context):
         return gdal_string_layer(parameters.get(name)) or alg.parameterAsRasterLayer(parameters, name, context)
 
 
-def parse_groups(text: str, param: str = "FACTOR_GROUPS"):
-    """'snow=snow_depth,snow_cover;radiation=net_solar' -> {'snow': ['snow_depth', 'snow_cover'], ...}."""
-    groups = {}
-    for part in (text or "").replace("\n", ";").split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise QgsProcessingException(
-                f"{param}: '{part}' is not of the form factor=layer1,layer2 (groups separated by ';')")
-        fname, names = part.split("=", 1)
-        fname = fname.strip()
-        members = [n.strip() for n in names.split(",") if n.strip()]
-        if not fname or not members:
-            raise QgsProcessingException(f"{param}: '{part}' needs a factor name and at least one layer name")
-        if fname in groups:
-            raise QgsProcessingException(f"{param}: factor '{fname}' is listed twice")
-        groups[fname] = members
-    return groups
+def parse_groups(text: str, param: str = "FACTOR_GROUPS", what: str = "layer", merge: bool = False):
+    """'snow=snow_depth,snow_cover;radiation=net_solar' -> {'snow': ['snow_depth', 'snow_cover'], ...}
+    (the core's rule, data/names.py)."""
+    try:
+        return names.parse_groups(text, param, what, merge)
+    except names.InputError as e:
+        raise QgsProcessingException(str(e)) from None
 
 
 def layers_by_name(layers, param_layers: str = "FACTORS") -> dict:
@@ -300,35 +286,17 @@ def layers_by_name(layers, param_layers: str = "FACTORS") -> dict:
 
 
 def group_layers(layers, groups_text: str, param_layers: str = "FACTORS", param_groups: str = "FACTOR_GROUPS"):
-    """Group raster layers into factors: {factor: [(variable, source), ...]}.
+    """Group raster layers into factors: {factor: [(variable, source), ...]} (the core's rule, data/names.py).
 
     Without groups every layer is its own factor. With groups every layer must be in exactly one.
     """
     if not layers:
         raise QgsProcessingException(f"{param_layers}: no factor layers given: add at least one raster layer "
                                      f"(each band one day)")
-    by_name = layers_by_name(layers, param_layers)
-    groups = parse_groups(groups_text, param_groups)
-    if not groups:
-        return {n: [(n, s)] for n, s in by_name.items()}
-    out, used = {}, set()
-    for fname, members in groups.items():
-        out[fname] = []
-        for m in members:
-            key = _SAFE.sub("_", m).strip("_")
-            if key not in by_name:
-                raise QgsProcessingException(
-                    f"{param_groups}: factor '{fname}' names layer '{m}', which is not among {param_layers} "
-                    f"({', '.join(by_name)})")
-            if key in used:
-                raise QgsProcessingException(f"{param_groups}: layer '{m}' is in two factors")
-            used.add(key)
-            out[fname].append((key, by_name[key]))
-    left = [n for n in by_name if n not in used]
-    if left:
-        raise QgsProcessingException(f"{param_groups}: layer(s) {', '.join(left)} belong to no factor: add them "
-                                     f"to a group or remove them from {param_layers}")
-    return out
+    try:
+        return names.group_layers(layers_by_name(layers, param_layers), groups_text, param_layers, param_groups)
+    except names.InputError as e:
+        raise QgsProcessingException(str(e)) from None
 
 
 def optional_date(text: str, param: str):
@@ -343,23 +311,8 @@ def optional_date(text: str, param: str):
 
 
 def check_writable(path: str, param: str):
-    """Fail early, before any work, when an output location cannot be written.
-
-    Probes by creating (and deleting) a temporary file in the nearest existing folder:
-    os.access says yes to root on read-only file systems and /proc."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    probe = d
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise QgsProcessingException(f"{param}: cannot write '{path}': '{probe}' is a file, not a folder: "
-                                     f"choose another output path")
+    """Fail early, before any work, when an output location cannot be written (data/names.py)."""
     try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise QgsProcessingException(f"{param}: cannot write to '{d}' ({err.strerror or err}): choose a folder "
-                                     f"you can write to") from None
+        names.check_writable(path, param)
+    except names.InputError as e:
+        raise QgsProcessingException(str(e)) from None

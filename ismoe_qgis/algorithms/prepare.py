@@ -9,7 +9,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingParameterEnum, QgsPr
 
 from . import presentation
 from .base import IsmoeAlgorithm
-from .common import (check_writable, group_layers, layer_source, optional_date,
+from .common import (check_writable, group_layers, layer_source, optional_date, parse_groups,
                      raster_layer, raster_layer_list)
 from .qgis_compat import NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POINT, optional, add_param_flags, \
     PARAM_FLAG_ADVANCED
@@ -36,20 +36,7 @@ def _plain(value):
 
 def parse_station_factors(text: str, param: str) -> dict:
     """'precipitation=precip_mm;soil_temperature=soil_temp_c,other' -> {factor: [columns]}."""
-    out = {}
-    for part in (text or "").replace("\n", ";").split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise QgsProcessingException(f"{param}: '{part}' is not factor=column[,column...] (e.g. "
-                                         f"precipitation=precip_mm;soil_temperature=soil_temp_c)")
-        fname, cols = (t.strip() for t in part.split("=", 1))
-        cols = [c.strip() for c in cols.split(",") if c.strip()]
-        if not fname or not cols:
-            raise QgsProcessingException(f"{param}: '{part}' needs a factor name and at least one column")
-        out.setdefault(fname, []).extend(cols)
-    return out
+    return parse_groups(text, param, what="column", merge=True)
 
 
 class PrepareDatasetAlgorithm(IsmoeAlgorithm):
