@@ -26,7 +26,8 @@ def parse_groups(text: str, param: str, what: str = "layer", merge: bool = False
         if not part:
             continue
         if "=" not in part:
-            raise InputError(f"{param}: '{part}' is not of the form factor={what}1,{what}2 (groups separated by ';')")
+            raise InputError(f"{param}: '{part}' is not factor={what}[,{what}...] (e.g. snow=snow_depth,snow_cover; "
+                             f"groups separated by ';')")
         fname, names = (t.strip() for t in part.split("=", 1))
         members = [n.strip() for n in names.split(",") if n.strip()]
         if not fname or not members:

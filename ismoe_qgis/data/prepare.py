@@ -162,18 +162,7 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
         y = y_grid[:, rows, cols]
         station_ids, kind = None, "grid"
     else:
-        from . import stations as st
-        ids, rows, cols = st.station_pixels(grid, stations["points"], stations["crs_wkt"],
-                                            drop_outside=stations.get("drop_outside", False), log=cb.log,
-                                            name=stations.get("points_name", "stations"))
-        y = st.stations_to_target(stations["table"], ids, dates, log=cb.log,
-                                  name=stations.get("table_name", "station table"))
-        validate.screen_array(y, validate.ValueScreen.for_layer(
-            stations.get("table_name", "STATION_TABLE"), param=stations.get("table_name", "STATION_TABLE"),
-            strict=strict, target=True, labels=[str(i) for i in ids]), cb.log)
-        if not np.isfinite(y).any():
-            raise PrepareError("STATIONS: no station has a valid value in the common period "
-                               f"{dates[0]}..{dates[-1]}")
+        ids, rows, cols, y = _station_target(grid, stations, dates, strict, cb)
         station_ids, kind = list(ids), "stations"
         if columns:
             x = _with_station_columns(x, variables, factor_vars, columns, ids, rows, cols, dates, strict, cb)
@@ -187,6 +176,24 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
         cube.save(out_path)
     cb.progress(1.0)
     return cube
+
+
+def _station_target(grid, stations, dates, strict, cb):
+    """The stations' pixels on the grid and their daily series: (ids, rows, cols, y (T, N)), screened like any
+    target layer; an error when no station has a value in the common period."""
+    from . import stations as st
+    ids, rows, cols = st.station_pixels(grid, stations["points"], stations["crs_wkt"],
+                                        drop_outside=stations.get("drop_outside", False), log=cb.log,
+                                        name=stations.get("points_name", "stations"))
+    y = st.stations_to_target(stations["table"], ids, dates, log=cb.log,
+                              name=stations.get("table_name", "station table"))
+    validate.screen_array(y, validate.ValueScreen.for_layer(
+        stations.get("table_name", "STATION_TABLE"), param=stations.get("table_name", "STATION_TABLE"),
+        strict=strict, target=True, labels=[str(i) for i in ids]), cb.log)
+    if not np.isfinite(y).any():
+        raise PrepareError("STATIONS: no station has a valid value in the common period "
+                           f"{dates[0]}..{dates[-1]}")
+    return ids, rows, cols, y
 
 
 def _with_station_columns(x, variables, factor_vars, columns, ids, rows, cols, dates, strict, cb, collect=None):
@@ -312,18 +319,7 @@ def _prepare_zarr(out_path, infos, variables, factor_vars, grid, dates, tinfo, s
         rows, cols = np.nonzero(has)
         station_ids, kind, y_st = None, "grid", None
     else:
-        from . import stations as st
-        ids, rows, cols = st.station_pixels(grid, stations["points"], stations["crs_wkt"],
-                                            drop_outside=stations.get("drop_outside", False), log=cb.log,
-                                            name=stations.get("points_name", "stations"))
-        y_st = st.stations_to_target(stations["table"], ids, dates, log=cb.log,
-                                     name=stations.get("table_name", "station table"))
-        validate.screen_array(y_st, validate.ValueScreen.for_layer(
-            stations.get("table_name", "STATION_TABLE"), param=stations.get("table_name", "STATION_TABLE"),
-            strict=strict, target=True, labels=[str(i) for i in ids]), cb.log)
-        if not np.isfinite(y_st).any():
-            raise PrepareError("STATIONS: no station has a valid value in the common period "
-                               f"{dates[0]}..{dates[-1]}")
+        ids, rows, cols, y_st = _station_target(grid, stations, dates, strict, cb)
         station_ids, kind = list(ids), "stations"
         if columns:
             probe = np.empty((0, T, 0, 0), np.float32)       # names and values only; the grid is written below
