@@ -22,6 +22,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
     START_DATE, STEP_DAYS, DATE_FROM, DATE_TO = "START_DATE", "STEP_DAYS", "DATE_FROM", "DATE_TO"
     TILE_SIZE, DEVICE, COG, OUTPUT = "TILE_SIZE", "DEVICE", "COG", "OUTPUT"
     LOAD_OUTPUTS = "LOAD_OUTPUTS"
+    SCHEDULER, WORKERS = "SCHEDULER", "WORKERS"
 
     def name(self):
         return "predict"
@@ -67,6 +68,11 @@ class PredictAlgorithm(IsmoeAlgorithm):
             "days before it as input.\n"
             "TILE_SIZE: pixels per tile side (memory grows with it). DEVICE: auto/cuda/cpu. "
             "COG: write Cloud Optimized GeoTIFFs.\n"
+            "SCHEDULER: optional address of a running Dask scheduler (tcp://host:8786): the tiles are predicted "
+            "on that cluster's workers, which must see MODEL_FILE and the layers at the same paths. "
+            "WORKERS: 0 = auto (a local Dask cluster sized to the machine, one worker per GPU on CUDA, when the "
+            "prediction is large enough to pay for starting it; else serial), 1 = serial, n = a local cluster of n "
+            "worker processes. The outputs are the same either way.\n"
             "LOAD_OUTPUTS: add the outputs to the project when the run ends: SM styled dry-to-wet showing the last "
             "date, the dominant factor in the dock's factor colours, the weights on a 0-1 ramp, all steppable "
             "with the Temporal Controller (QGIS < 3.38: SM and the dominant factor as groups of one layer per "
@@ -90,6 +96,12 @@ class PredictAlgorithm(IsmoeAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0))
         self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
             self.COG, self.tr("Cloud Optimized GeoTIFF"), False), PARAM_FLAG_ADVANCED))
+        # issue 15: Dask execution (optional: Model Builder models saved before them stay valid)
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterString(
+            self.SCHEDULER, self.tr("Dask scheduler address (empty: local)"))), PARAM_FLAG_ADVANCED))
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterNumber(
+            self.WORKERS, self.tr("Dask workers (0 = auto, 1 = serial)"), NUMBER_INTEGER, 0, False, 0, 4096)),
+            PARAM_FLAG_ADVANCED))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Prediction folder")))
         # optional: a Model Builder model saved before this parameter existed stays valid (default: on)
         self.addParameter(optional(QgsProcessingParameterBoolean(
@@ -136,7 +148,10 @@ class PredictAlgorithm(IsmoeAlgorithm):
             date_to=optional_date(self.parameterAsString(p, self.DATE_TO, context), self.DATE_TO),
             tile_size=self.parameterAsInt(p, self.TILE_SIZE, context),
             device=DEVICES[self.parameterAsEnum(p, self.DEVICE, context)],
-            cog=self.parameterAsBoolean(p, self.COG, context), callbacks=self.callbacks(feedback))
+            cog=self.parameterAsBoolean(p, self.COG, context),
+            scheduler=self.parameterAsString(p, self.SCHEDULER, context).strip() or None,
+            workers=self.parameterAsInt(p, self.WORKERS, context),
+            callbacks=self.callbacks(feedback))
         sm = os.path.join(out, man["sm"])
         feedback.pushInfo(f"wrote {sm} and {len(man['weights'])} weight rasters ({len(man['dates'])} dates)")
         from .layers import queue_prediction_layers, write_sidecar_styles

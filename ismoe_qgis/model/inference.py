@@ -163,54 +163,74 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
     days before the first input (negative indices) are read as missing input, as training pads them.
     """
     cb = ensure(callbacks)
-    cfg = model.cfg
-    L, r = cfg.seq_len, cfg.patch_size // 2
-    ensemble = model.members > 1
-    start = out_from - cfg.spin_up if cfg.stateful else out_from
-    tiles = [(r0, c0) for r0 in range(0, height, tile_size) for c0 in range(0, width, tile_size)]
-    # chunk bounds: warm-up chunks end where the outputs start, so no chunk mixes the two
-    bounds = list(range(start, out_from, time_chunk)) + list(range(out_from, out_to, time_chunk)) + [out_to]
-    chunks = list(zip(bounds[:-1], bounds[1:]))
+    tiles, chunks = tile_plan(model.cfg, height, width, out_from, out_to, tile_size, time_chunk)
     n_steps = len(tiles) * len(chunks)
-    V = len(cfg.variables)
-    for i_tile, (r0, c0) in enumerate(tiles):
-        h, w = min(tile_size, height - r0), min(tile_size, width - c0)
+    for i_tile, (r0, c0, h, w) in enumerate(tiles):
         state = None
         for i_chunk, (o0, o1) in enumerate(chunks):
             cb.check_cancel()
-            warm = o1 <= out_from
-            t0, t1 = o0, o1 + L - 1                       # input days
-            if t1 <= 0:
-                raw = np.full((V, t1 - t0, h + 2 * r, w + 2 * r), np.nan, np.float32)
-            else:
-                raw = read_block(r0 - r, c0 - r, h + 2 * r, w + 2 * r, max(0, t0), t1)
-                if t0 < 0:                                 # before the first input: missing
-                    raw = np.concatenate([np.full((V, -t0) + raw.shape[2:], np.nan, np.float32), raw], axis=1)
-            xt = normalise_block(model, raw).to(device)
-            doy = None if warm else torch.from_numpy(doy_out[o0:o1]).to(device)
-            res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm,
-                               members=ensemble)
-            if cfg.stateful:
-                sm, wts, state = res
-            else:
-                sm, wts = res
-            if not warm:
-                invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
-                sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
-                wts = wts.cpu().numpy()
-                spread = None
-                if ensemble:       # members (N, T, h, w), (N, E, T, h, w): means, spreads, member sums
-                    sm_m, w_m = sm, wts
-                    sm, wts = sm_m.mean(0), w_m.mean(0)
-                    ok = ~invalid
-                    spread = {"sm": sm_m.std(0), "weights": w_m.std(0),
-                              "member_weight_sums": np.where(ok, w_m, 0.0).sum(axis=(3, 4)).transpose(0, 2, 1)}
-                    spread["sm"][invalid] = np.nan
-                    spread["weights"][:, invalid] = np.nan
-                sm[invalid] = np.nan
-                wts[:, invalid] = np.nan
-                yield r0, c0, o0, o1, sm, wts, spread
+            res, state = predict_tile_chunk(model, read_block, (r0, c0, h, w), (o0, o1), out_from, doy_out,
+                                            device, amp_dtype, state)
+            if res is not None:
+                yield (r0, c0, o0, o1) + res
             cb.progress((i_tile * len(chunks) + i_chunk + 1) / n_steps)
+
+
+def tile_plan(cfg, height: int, width: int, out_from: int, out_to: int, tile_size: int, time_chunk: int):
+    """The tiles [(row_off, col_off, h, w)] and time chunks [(o0, o1)] of iter_tile_predictions (also the tasks of
+    model/parallel.py). A stateful model's chunks start SPIN_UP days before out_from; warm-up chunks end where the
+    outputs start, so no chunk mixes the two."""
+    start = out_from - cfg.spin_up if cfg.stateful else out_from
+    tiles = [(r0, c0, min(tile_size, height - r0), min(tile_size, width - c0))
+             for r0 in range(0, height, tile_size) for c0 in range(0, width, tile_size)]
+    bounds = list(range(start, out_from, time_chunk)) + list(range(out_from, out_to, time_chunk)) + [out_to]
+    return tiles, list(zip(bounds[:-1], bounds[1:]))
+
+
+def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk, out_from: int, doy_out,
+                       device="cpu", amp_dtype=None, state=None):
+    """One step of iter_tile_predictions: tile (r0, c0, h, w) over output indices chunk (o0, o1), i.e. input days
+    o0 .. o1 + L - 2 (with the k//2 halo), a stateful model starting from `state` (None: zero state).
+    Returns (result, new state): result (sm, weights, spread) as iter_tile_predictions yields them, None for a
+    warm-up chunk (o1 <= out_from); the state is None for a windowed model."""
+    cfg = model.cfg
+    L, r = cfg.seq_len, cfg.patch_size // 2
+    ensemble = model.members > 1
+    V = len(cfg.variables)
+    r0, c0, h, w = tile
+    o0, o1 = chunk
+    warm = o1 <= out_from
+    t0, t1 = o0, o1 + L - 1                       # input days
+    if t1 <= 0:
+        raw = np.full((V, t1 - t0, h + 2 * r, w + 2 * r), np.nan, np.float32)
+    else:
+        raw = read_block(r0 - r, c0 - r, h + 2 * r, w + 2 * r, max(0, t0), t1)
+        if t0 < 0:                                 # before the first input: missing
+            raw = np.concatenate([np.full((V, -t0) + raw.shape[2:], np.nan, np.float32), raw], axis=1)
+    xt = normalise_block(model, raw).to(device)
+    doy = None if warm else torch.from_numpy(np.asarray(doy_out[o0:o1])).to(device)
+    res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm, members=ensemble)
+    if cfg.stateful:
+        sm, wts, state = res
+    else:
+        (sm, wts), state = res, None
+    if warm:
+        return None, state
+    invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
+    sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
+    wts = wts.cpu().numpy()
+    spread = None
+    if ensemble:       # members (N, T, h, w), (N, E, T, h, w): means, spreads, member sums
+        sm_m, w_m = sm, wts
+        sm, wts = sm_m.mean(0), w_m.mean(0)
+        ok = ~invalid
+        spread = {"sm": sm_m.std(0), "weights": w_m.std(0),
+                  "member_weight_sums": np.where(ok, w_m, 0.0).sum(axis=(3, 4)).transpose(0, 2, 1)}
+        spread["sm"][invalid] = np.nan
+        spread["weights"][:, invalid] = np.nan
+    sm[invalid] = np.nan
+    wts[:, invalid] = np.nan
+    return (sm, wts, spread), state
 
 
 def _profile(grid: dict, count: int, tile: int = 256):
@@ -229,7 +249,7 @@ def _profile(grid: dict, count: int, tile: int = 256):
 def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, dates, out_dir: str,
                       tile_size: int = 128, time_chunk: int = 64, device="cpu", amp_dtype=None,
                       cog: bool = False, callbacks: Callbacks = None, extra_meta: dict = None,
-                      first_output: int = None):
+                      first_output: int = None, tile_predictions: Callable = None):
     """Stream a prediction over the grid, tile by tile, into `out_dir`.
 
     read_block(row_off, col_off, height, width, t0, t1) must return raw inputs
@@ -239,6 +259,8 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     Writes sm.tif, weight_<factor>.tif, dominant_factor.tif (see outputs.py) and prediction.json atomically
     (temporary folder, then move);
     nothing is left behind on error or cancel. Returns the manifest dict.
+    tile_predictions: the tile loop, iter_tile_predictions's signature and yields (default iter_tile_predictions;
+    model/parallel.py passes one that runs the tiles as Dask tasks; this writer stays the only one).
     """
     import rasterio
     from rasterio.windows import Window
@@ -282,7 +304,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
             w_sums = np.zeros((T, len(names)), np.float64)    # whole-area seasonal importance, same pass
             w_counts = np.zeros((T, len(names)), np.int64)
             member_sums = np.zeros((model.members, T, len(names)), np.float64) if ensemble else None
-            for r0, c0, o0, o1, sm, wts, spread in iter_tile_predictions(
+            for r0, c0, o0, o1, sm, wts, spread in (tile_predictions or iter_tile_predictions)(
                     model, read_block, grid["height"], grid["width"], o_from, o_from + T,
                     day_of_year(dates[L - 1:]), tile_size, time_chunk, device, amp_dtype, cb):
                 o0, o1 = o0 - o_from, o1 - o_from

@@ -91,14 +91,34 @@ def uncertainty_record(info) -> dict:
                                        "cover on the validation samples"}}
 
 
+class LayerBlockReader:
+    """read_block of predict_to_folder over factor layers: (V, t1 - t0, height, width) raw inputs for dates[t0:t1]
+    on a pixel window of `grid` (NaN outside the layers or where missing), warped block by block. Holds paths and
+    dates only (picklable): model/parallel.py sends it to Dask workers, which open the rasters themselves."""
+
+    def __init__(self, infos, grid, dates, resampling: str = "auto"):
+        self.infos, self.grid, self.dates, self.resampling = list(infos), grid, np.asarray(dates), resampling
+
+    def __call__(self, row_off, col_off, height, width, t0, t1):
+        out = np.empty((len(self.infos), t1 - t0, height, width), np.float32)
+        for v, i in enumerate(self.infos):
+            out[v] = rasters.read_window_aligned(i, self.grid, self.dates[t0:t1], (row_off, col_off, height, width),
+                                                 self.resampling, allow_missing=True, name=i.name)
+        return out
+
+
 def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, extent=None, grid=None,
                    start=None, step_days: int = 1, date_from=None, date_to=None, tile_size: int = 128,
                    time_chunk: int = 64, device: str = "auto", amp: bool = True, cog: bool = False,
-                   resampling: str = "auto", threads: int = 0, callbacks: Callbacks = None) -> dict:
+                   resampling: str = "auto", threads: int = 0, workers: int = 0, scheduler: str = None,
+                   callbacks: Callbacks = None) -> dict:
     """Run a trained model over the layers (one per model variable) and write a prediction folder.
 
     The grid is `grid`, else the first variable's layer grid, clipped to `extent`. Output dates are
     the common days of the layers from `date_from` to `date_to` (each needs SEQ_LEN-1 days before it).
+    Execution (model/parallel.py): `scheduler` (a Dask scheduler address) runs the tiles on that cluster;
+    `workers` 1 = serial, n >= 2 = a local Dask cluster of n worker processes, 0 = auto (a local cluster sized
+    to the machine for a large prediction, else serial). The outputs are the same either way.
     """
     cb = ensure(callbacks)
     dev = resolve_device(device, cb.log)
@@ -165,25 +185,44 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
         cb.log(rasters.plan_alignment(i, g, resampling).describe(i.name))
     r = cfg.patch_size // 2
     seen_valid = [False]
+    reader = LayerBlockReader(infos, g, dates, resampling)
 
     def read_block(row_off, col_off, height, width, t0, t1):
-        out = np.empty((len(infos), t1 - t0, height, width), np.float32)
-        for v, i in enumerate(infos):
-            out[v] = rasters.read_window_aligned(i, g, dates[t0:t1], (row_off, col_off, height, width),
-                                                 resampling, allow_missing=True, name=i.name)
+        out = reader(row_off, col_off, height, width, t0, t1)
         if not seen_valid[0]:  # any output pixel with every input present (centre of the tile, output dates)?
             seen_valid[0] = bool(np.isfinite(out[:, L - 1:, r:height - r, r:width - r]).all(axis=0).any())
         return out
 
+    # serial, or the same tiles as Dask tasks (model/parallel.py); predict_to_folder writes either way
+    from . import parallel
+    n_par, _ = parallel.task_counts(cfg, g.height, g.width, len(dates) - first_output, tile_size, time_chunk)
+    plan = parallel.plan_workers(workers, scheduler, n_par, g.width * g.height * (len(dates) - first_output),
+                                 dev.type, cb.log)
+    cb.log(plan.describe())
+
+    def seen(item):            # Dask: a finite estimate = an output pixel with every input present
+        if not seen_valid[0]:
+            seen_valid[0] = bool(np.isfinite(item[4]).any())
+
     existed = os.path.isdir(out_dir)
+    import contextlib
+
     import rasterio
     try:
-        with rasterio.Env(GDAL_CACHEMAX=_gdal_cache_cap()):   # bytes; restored on exit
+        with rasterio.Env(GDAL_CACHEMAX=_gdal_cache_cap()), contextlib.ExitStack() as stack:   # bytes; restored
+            tiles = None
+            if plan.mode != "serial":
+                client = stack.enter_context(parallel.dask_client(plan, cb.log))
+                spec = parallel.PredictSpec(os.path.abspath(model_path), parallel._stamp(model_path), reader,
+                                            device=device, amp=bool(amp), gpus=plan.gpus,
+                                            torch_threads=1 if plan.mode == "local" else 0,
+                                            gdal_cache=_gdal_cache_cap())
+                tiles = parallel.DaskTilePredictions(client, spec, on_result=seen)
             man = predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
                                     time_chunk=time_chunk, device=dev, amp_dtype=autocast_dtype(dev, amp), cog=cog,
                                     callbacks=cb, extra_meta={"model": os.path.abspath(model_path),
                                                               **uncertainty_record(info)},
-                                    first_output=first_output)
+                                    first_output=first_output, tile_predictions=tiles)
     except BaseException:
         if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
             os.rmdir(out_dir)  # cancelled or failed: leave no (empty) output folder behind
