@@ -43,6 +43,11 @@ WEIGHT_RAMP = [(0.0, "#fcfbfd"), (0.25, "#dadaeb"), (0.5, "#9e9ac8"), (0.75, "#6
 SM_NAME = "Soil moisture (m3/m3)"
 DOMINANT_NAME = "Dominant factor"
 
+# Called with (folder, dates) once a prediction's SM layer is loaded into QgsProject.instance(): the plugin's
+# desktop part (ui/integration.init_dock) registers the Temporal Controller and dock follow-up here, so this glue
+# needs no ui import.
+ON_PREDICTION_LOADED = []
+
 # Post-processors must outlive the algorithm instance (a Model Builder child is deleted after its step):
 # Processing owns the C++ side, these references keep the Python side alive.
 _KEEP = collections.deque(maxlen=4096)
@@ -343,8 +348,8 @@ class PredictionLayerStyler(QgsProcessingLayerPostProcessorInterface):
             if ld.per_band or self.views:
                 extend_project_time(ld.project, ld.dates)
             if self.kind == "sm" and ld.project is QgsProject.instance():   # desktop: Temporal Controller, dock
-                from ..ui.integration import follow_prediction
-                follow_prediction(ld.folder, ld.dates)
+                for hook in list(ON_PREDICTION_LOADED):
+                    hook(ld.folder, ld.dates)
         except Exception as exc:  # noqa: BLE001 - a styling failure must not lose the loaded layer
             _warn(feedback, f"warning: could not style '{layer.name()}': {type(exc).__name__}: {exc}")
         finally:

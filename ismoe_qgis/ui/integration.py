@@ -43,6 +43,13 @@ def init_dock(iface, plugin):
     plugin.dock = dock
     plugin.dock_action = action
     dock.restore_from_project()  # a project already open when the plugin loads
+
+    def follow(folder, dates):
+        return follow_prediction(folder, dates, plugin, iface)
+
+    from ..algorithms import layers
+    plugin.follow_prediction_hook = follow
+    layers.ON_PREDICTION_LOADED.append(follow)
     return dock
 
 
@@ -51,6 +58,12 @@ def unload_dock(plugin):
     iface = getattr(plugin, "iface", None)
     dock = getattr(plugin, "dock", None)
     action = getattr(plugin, "dock_action", None)
+    hook = getattr(plugin, "follow_prediction_hook", None)
+    if hook is not None:
+        from ..algorithms import layers
+        if hook in layers.ON_PREDICTION_LOADED:
+            layers.ON_PREDICTION_LOADED.remove(hook)
+        plugin.follow_prediction_hook = None
     if action is not None and iface is not None:
         iface.removePluginMenu(MENU, action)
         iface.removeToolBarIcon(action)
@@ -66,24 +79,18 @@ def unload_dock(plugin):
     plugin.dock_action = None
 
 
-def follow_prediction(folder, dates, plugin=None, iface=None):
-    """In the QGIS desktop, once ismoe:predict's layers are loaded (called by their post-processor):
+def follow_prediction(folder, dates, plugin, iface):
+    """In the QGIS desktop, once ismoe:predict's layers are loaded (init_dock registers it in
+    algorithms/layers.ON_PREDICTION_LOADED, which the layers' post-processor calls):
 
     - the Temporal Controller spans the prediction's dates in one-day frames and stands on the last date
       (the date the layers show); navigation is switched to "animated" when it was off, so stepping through
       the frames steps through the dates; a user's own range that already covers the dates is kept;
     - the importance dock opens on the prediction folder (shown, chart computed in the background).
 
-    No-op outside the desktop (qgis_process, processing.run in a script: no ``iface``). Returns what it
-    did ({"temporal": bool, "dock": bool})."""
+    Only the desktop registers it (qgis_process and scripts have no dock). Returns what it did
+    ({"temporal": bool, "dock": bool})."""
     done = {"temporal": False, "dock": False}
-    if iface is None or plugin is None:
-        try:
-            import qgis.utils as qu
-        except ImportError:
-            return done
-        iface = iface or qu.iface
-        plugin = plugin or qu.plugins.get("ismoe_qgis")
     if iface is None or not dates:
         return done
     canvas = iface.mapCanvas()
