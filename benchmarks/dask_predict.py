@@ -18,7 +18,6 @@ shared machine the numbers are indicative. JSON to --out (out/ is git-ignored).
 import argparse
 import datetime as _dt
 import json
-import logging
 import os
 import shutil
 import sys
@@ -111,10 +110,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from ismoe_qgis.core_callbacks import Callbacks
-    from ismoe_qgis.model.parallel import _python_for_workers
+    from ismoe_qgis.model.parallel import start_local_cluster
     from ismoe_qgis.model.predict import predict_layers
     torch.set_num_threads(1)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -148,10 +147,8 @@ def main(argv=None):
                    "dask": {}}
             log(f"  {size} x {size}: serial {pxd / t_ser:,.0f} pixel-days/s ({t_ser:.1f} s)")
             for n in counts:
-                _python_for_workers()
                 t0 = time.perf_counter()
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
+                cluster = start_local_cluster(n)      # what predict_layers(workers=n) starts
                 client = Client(cluster, set_as_default=False)
                 try:
                     client.run(_warm_worker)

@@ -706,6 +706,18 @@ def bench_chunked(S, device, args):
             "json": out, "rc": rc}
 
 
+def bench_dask(S, device, args):
+    """Issue 15: predict on a local Dask cluster with 1 and 2 workers (benchmarks/dask_predict.py; CPU, small sizes
+    unless --full). Part of --only dask, not of the default parts (it starts clusters)."""
+    import dask_predict as _dask_predict
+    out = os.path.join(os.path.dirname(os.path.abspath(args.out)), "dask_predict.json")
+    rc = _dask_predict.main((["--sizes", "128,256", "--days", "32"] if args.full else []) + ["--out", out])
+    with open(out) as fh:
+        res = json.load(fh)
+    return {"ratio_2_over_1": {k: v.get("ratio_2_over_1") for k, v in res["sizes"].items()},
+            "rss_ratio_largest_over_smallest": res.get("rss_ratio_largest_over_smallest"), "json": out, "rc": rc}
+
+
 def bench_ensemble(S, device, args):
     """One training step of N stacked members against N single steps (same batch, same settings)."""
     from ismoe_qgis.model.networks import build_model
@@ -1127,7 +1139,8 @@ def main(argv=None):
         if args.only == ap.get_default("only"):
             args.only = ",".join(GPU_CHECK_PARTS)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    known = ("train", "predict", "e2e", "scaling", "memory", "ensemble", "chunked")   # chunked: issue 15, not default
+    known = ("train", "predict", "e2e", "scaling", "memory", "ensemble", "chunked",   # chunked: issue 15, not default
+             "dask")                                                                   # dask: issue 15, not default
     bad = [p for p in parts if p not in known]
     if bad:
         ap.error(f"unknown part(s) {bad}: choose from {', '.join(known)}")
@@ -1160,7 +1173,7 @@ def main(argv=None):
         f"{threads} threads ({why})")
     t_all = time.perf_counter()
     fns = {"train": bench_train, "predict": bench_predict, "e2e": bench_e2e, "scaling": bench_scaling,
-           "memory": bench_memory, "ensemble": bench_ensemble, "chunked": bench_chunked}
+           "memory": bench_memory, "ensemble": bench_ensemble, "chunked": bench_chunked, "dask": bench_dask}
     for p in parts:
         log(f"[{p}] ...")
         t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Prediction as a Dask graph (issue 15 item 3, ismoe_qgis/model/parallel.py): the same prediction folder as the
 serial tile loop, for windowed and stateful models, on a real local dask.distributed cluster; an unreachable
 scheduler is a clear error within the connect timeout; a failing task leaves no output."""
+import csv
 import json
 import os
 import socket
@@ -49,7 +50,8 @@ def region(tmp_path_factory):
         write_stack(p, a, from_origin(500000.0, 4000000.0, 1000.0, 1000.0), dates=dates, tiled=True)
         layers[v] = p
     return {"dir": d, "layers": layers, "window": _model(d / "window.pt", 1),
-            "stateful": _model(d / "stateful.pt", 2, memory="stateful", spin_up=6)}
+            "stateful": _model(d / "stateful.pt", 2, memory="stateful", spin_up=6),
+            "ensemble": _model(d / "ensemble.pt", 3, members=2, member_seeds=[1, 2])}
 
 
 def _read(folder):
@@ -74,17 +76,13 @@ def _predict(region, kind, out, **kw):
 @pytest.fixture(scope="module")
 def cluster():
     """One real local cluster (2 worker processes, 1 thread each) shared by the tests, as predict starts one."""
-    from distributed import LocalCluster
-    from ismoe_qgis.model.parallel import _python_for_workers
-    import logging
-    _python_for_workers()
-    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                     silence_logs=logging.ERROR)
+    from ismoe_qgis.model.parallel import start_local_cluster
+    c = start_local_cluster(2)
     yield c
     c.close()
 
 
-@pytest.mark.parametrize("kind", ["window", "stateful"])
+@pytest.mark.parametrize("kind", ["window", "stateful", "ensemble"])
 def test_dask_prediction_equals_serial(region, cluster, tmp_path, kind):
     """Serial (WORKERS=1) and the Dask graph on a scheduler address give the same rasters (to 1e-6), the same
     manifest and the same seasonal importance; the logs say which ran."""
@@ -102,12 +100,20 @@ def test_dask_prediction_equals_serial(region, cluster, tmp_path, kind):
         assert dask_man[key] == serial_man[key], key
     if kind == "stateful":
         assert serial_man["memory"]["mode"] == "stateful" and serial_man["memory"]["spin_up"] == 6
-    imp_a = np.genfromtxt(tmp_path / "serial" / "importance.csv", delimiter=",", names=True, dtype=None,
-                          encoding="utf-8")
-    imp_b = np.genfromtxt(tmp_path / "dask" / "importance.csv", delimiter=",", names=True, dtype=None,
-                          encoding="utf-8")
-    np.testing.assert_allclose(imp_b["mean_weight"], imp_a["mean_weight"], rtol=0, atol=1e-9)
-    assert list(imp_b["n"]) == list(imp_a["n"])
+    if kind == "ensemble":            # the members' spread rasters too
+        assert serial_man["ensemble"]["members"] == 2
+        for fn in [serial_man["ensemble"]["sm_spread"], *serial_man["ensemble"]["weight_spread"].values()]:
+            with rasterio.open(tmp_path / "serial" / fn) as x, rasterio.open(tmp_path / "dask" / fn) as y:
+                sa, sb = x.read(), y.read()
+            assert (sa[sa != -9999.0] > 0).any(), fn
+            np.testing.assert_allclose(sb, sa, rtol=0, atol=1e-6, err_msg=fn)
+    imp_a, imp_b = (list(csv.DictReader(open(tmp_path / k / "importance.csv", encoding="utf-8")))
+                     for k in ("serial", "dask"))
+    assert len(imp_a) == len(imp_b) > 0
+    for ra, rb in zip(imp_a, imp_b):
+        assert [ra[k] for k in ("region", "period_kind", "period", "factor", "n")] == \
+            [rb[k] for k in ("region", "period_kind", "period", "factor", "n")]
+        assert float(rb["mean_weight"]) == pytest.approx(float(ra["mean_weight"]), abs=1e-9)
 
 
 def test_local_cluster_from_workers(region, tmp_path):
@@ -181,14 +187,31 @@ def test_a_failing_task_leaves_no_partial_output(region, cluster, tmp_path):
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 
+def test_cancel_while_tasks_run_leaves_no_output(region, cluster, tmp_path):
+    """Cancel (is_cancelled) after the first finished task: Cancelled is raised, the remaining tasks are cancelled,
+    and no output folder is left."""
+    from ismoe_qgis.core_callbacks import Callbacks, Cancelled
+    from ismoe_qgis.model.predict import predict_layers
+    seen = []
+    cb = Callbacks(progress=seen.append, is_cancelled=lambda: bool(seen))
+    out = tmp_path / "cancelled"
+    with pytest.raises(Cancelled):
+        predict_layers(region["window"], region["layers"], str(out), tile_size=16, time_chunk=7, device="cpu",
+                       scheduler=cluster.scheduler_address, callbacks=cb)
+    assert len(seen) >= 1 and max(seen) < 1.0
+    assert not out.exists()
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
 def test_workers_must_be_a_count():
     from ismoe_qgis.model.parallel import plan_workers
     with pytest.raises(ValueError, match="WORKERS must be 0"):
         plan_workers(-1)
     assert plan_workers(1).mode == "serial"
     p = plan_workers(0, n_parallel=50, pixel_days=10 ** 9)
-    from ismoe_qgis.threads import cpus_available
-    assert p.mode == ("local" if cpus_available() >= 2 else "serial")
+    # sized by the idle CPUs (the load average moves, so only the form is checked here)
+    assert "WORKERS=0 (auto)" in p.describe() and "idle CPU(s)" in p.describe()
+    assert (p.mode, p.workers >= 2) in (("local", True), ("serial", False))
     assert plan_workers(0, n_parallel=1, pixel_days=10 ** 9).mode == "serial"
     assert plan_workers(3, n_parallel=1).workers == 3
 
@@ -229,3 +252,33 @@ def test_qgis_process_predict_on_a_local_cluster_and_a_bad_scheduler(region, tmp
     assert f"SCHEDULER: could not connect to the Dask scheduler at 'tcp://127.0.0.1:{port}' within 3 s" in \
         r.stdout + r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_prepare_block_reads_on_dask_write_the_serial_cube(demo_region, cluster, tmp_path):
+    """prepare_dataset(out_path=*.zarr) with its factor block reads as Dask tasks (scheduler address) writes the same
+    cube as the serial reads: every array and the per-block statistics to the bit (blocks are consumed in order),
+    and the same log messages."""
+    from ismoe_qgis.core_callbacks import Callbacks
+    from ismoe_qgis.data.cube import Cube
+    from ismoe_qgis.data.prepare import prepare_dataset
+    man = demo_region.manifest
+    factors = {f: [(v, str(demo_region.path / man["layers"][v])) for v in vs] for f, vs in man["factors"].items()}
+    target = str(demo_region.path / man["target"])
+    kw = dict(patch_size=5, seq_len=7, chunks=(1, 100, 10, 16), block_bytes=1)      # many small blocks
+    logs_s, logs_d = [], []
+    prepare_dataset(factors, target, out_path=str(tmp_path / "s.zarr"), workers=1, callbacks=Callbacks(log=logs_s.append),
+                    **kw)
+    prepare_dataset(factors, target, out_path=str(tmp_path / "d.zarr"), scheduler=cluster.scheduler_address,
+                    callbacks=Callbacks(log=logs_d.append), **kw)
+    assert any(m.startswith("block reads: Dask scheduler") for m in logs_d)
+    same = [[m.replace(f"{k}.zarr", "cube.zarr") for m in logs if not m.startswith(("block reads:", "Dask scheduler"))]
+            for k, logs in (("s", logs_s), ("d", logs_d))]
+    assert same[0] == same[1] and any("48 block(s)" in m for m in same[0])
+    a, b = Cube.load(str(tmp_path / "s.zarr")), Cube.load(str(tmp_path / "d.zarr"))
+    xa = np.asarray(a.x)
+    assert np.isfinite(xa).mean() > 0.5
+    np.testing.assert_array_equal(np.asarray(b.x), xa)
+    np.testing.assert_array_equal(b.y, a.y)
+    np.testing.assert_array_equal(b.centre_valid(), a.centre_valid())
+    assert list(b.x_mean) == list(a.x_mean) and list(b.x_std) == list(a.x_std)
+    assert (b.y_mean, b.y_std) == (a.y_mean, a.y_std)

@@ -326,3 +326,13 @@ def test_opened_by_hand_is_styled(loaded):
     dom = QgsRasterLayer(os.path.join(out, "dominant_factor.tif"), "d", "gdal")
     assert isinstance(dom.renderer(), QgsPalettedRasterRenderer)
     assert [c.label for c in dom.renderer().classes()] == man["factors"]
+
+
+def test_predict_threads_parameter_is_used_and_logged(qgis_app, tiny, tmp_path):
+    """ismoe:predict's THREADS (issue 11 item 5): the asked count is set for torch and logged; 0 chooses from
+    the load."""
+    import torch
+    _, _, _, fb, _ = run_and_load(tmp_path, tiny, {"THREADS": 1, "LOAD_OUTPUTS": False}, name="t1")
+    assert "CPU threads: 1 (THREADS=1" in fb.text and torch.get_num_threads() == 1
+    _, _, _, fb, _ = run_and_load(tmp_path, tiny, {"THREADS": 0, "LOAD_OUTPUTS": False}, name="t0")
+    assert "load average" in fb.text.split("CPU threads:")[1].splitlines()[0]

@@ -22,7 +22,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
     START_DATE, STEP_DAYS, DATE_FROM, DATE_TO = "START_DATE", "STEP_DAYS", "DATE_FROM", "DATE_TO"
     TILE_SIZE, DEVICE, COG, OUTPUT = "TILE_SIZE", "DEVICE", "COG", "OUTPUT"
     LOAD_OUTPUTS = "LOAD_OUTPUTS"
-    SCHEDULER, WORKERS = "SCHEDULER", "WORKERS"
+    SCHEDULER, WORKERS, THREADS = "SCHEDULER", "WORKERS", "THREADS"
 
     def name(self):
         return "predict"
@@ -73,6 +73,8 @@ class PredictAlgorithm(IsmoeAlgorithm):
             "WORKERS: 0 = auto (a local Dask cluster sized to the machine, one worker per GPU on CUDA, when the "
             "prediction is large enough to pay for starting it; else serial), 1 = serial, n = a local cluster of n "
             "worker processes. The outputs are the same either way.\n"
+            "THREADS: torch CPU threads of a serial run; 0 (default) = the CPUs the load average leaves idle, at "
+            "least 1 (Dask workers use 1 each).\n"
             "LOAD_OUTPUTS: add the outputs to the project when the run ends: SM styled dry-to-wet showing the last "
             "date, the dominant factor in the dock's factor colours, the weights on a 0-1 ramp, all steppable "
             "with the Temporal Controller (QGIS < 3.38: SM and the dominant factor as groups of one layer per "
@@ -101,6 +103,10 @@ class PredictAlgorithm(IsmoeAlgorithm):
             self.SCHEDULER, self.tr("Dask scheduler address (empty: local)"))), PARAM_FLAG_ADVANCED))
         self.addParameter(add_param_flags(optional(QgsProcessingParameterNumber(
             self.WORKERS, self.tr("Dask workers (0 = auto, 1 = serial)"), NUMBER_INTEGER, 0, False, 0, 4096)),
+            PARAM_FLAG_ADVANCED))
+        # issue 11 item 5: threads from the load, or as asked (optional: older Model Builder models stay valid)
+        self.addParameter(add_param_flags(optional(QgsProcessingParameterNumber(
+            self.THREADS, self.tr("CPU threads (0 = from the load)"), NUMBER_INTEGER, 0, False, 0, 4096)),
             PARAM_FLAG_ADVANCED))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Prediction folder")))
         # optional: a Model Builder model saved before this parameter existed stays valid (default: on)
@@ -151,6 +157,7 @@ class PredictAlgorithm(IsmoeAlgorithm):
             cog=self.parameterAsBoolean(p, self.COG, context),
             scheduler=self.parameterAsString(p, self.SCHEDULER, context).strip() or None,
             workers=self.parameterAsInt(p, self.WORKERS, context),
+            threads=self.parameterAsInt(p, self.THREADS, context),
             callbacks=self.callbacks(feedback))
         sm = os.path.join(out, man["sm"])
         feedback.pushInfo(f"wrote {sm} and {len(man['weights'])} weight rasters ({len(man['dates'])} dates)")

@@ -52,7 +52,8 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
                     stations: Optional[dict] = None, reference=None, start=None, step_days: int = 1,
                     patch_size: int = 7, seq_len: int = 14, resampling: str = "auto",
                     strict: bool = False, callbacks: Callbacks = None, out_path: Optional[str] = None,
-                    chunks=None, block_bytes: int = 256 << 20) -> Cube:
+                    chunks=None, block_bytes: int = 256 << 20, workers: int = 0,
+                    scheduler: Optional[str] = None) -> Cube:
     """Align factor layers and the target into a Cube.
 
     factors:  {factor name: [(variable name, source), ...]}; a source is anything
@@ -71,6 +72,9 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
               ``block_bytes``, chunks (V, days, rows, cols) default zarrcube.default_chunks) and the cube returned
               is the lazily opened folder; any other path is saved as ``.npz`` after building it in memory;
               None: nothing is written (the caller saves).
+    workers/scheduler: the Zarr path's factor block reads (warp + screen) as Dask tasks, as predict's
+              (model/parallel.plan_workers: 1 = serial, n = a local cluster, 0 = auto, or a scheduler address); the
+              blocks are written in order by this process, so the cube is the same.
     """
     cb = ensure(callbacks)
     _check_shape_params(patch_size, seq_len)
@@ -133,7 +137,8 @@ def prepare_dataset(factors: Dict[str, List[Tuple[str, object]]], target=None, *
 
     if out_path is not None and os.fspath(out_path).rstrip("/\\").lower().endswith(".zarr"):
         return _prepare_zarr(out_path, infos, variables, factor_vars, grid, dates, tinfo, stations, columns,
-                             resampling, strict, int(patch_size), int(seq_len), chunks, block_bytes, cb)
+                             resampling, strict, int(patch_size), int(seq_len), chunks, block_bytes, cb,
+                             workers=workers, scheduler=scheduler)
     V = len(infos)
     x = np.empty((V, len(dates), grid.height, grid.width), np.float32)
     for v, info in enumerate(infos):
@@ -292,8 +297,42 @@ def _read_block(info, grid, dates, window, resampling, log, screen):
                                        log=log, screen=screen)
 
 
+def _read_factor_block(infos, n_vars, grid, dates, window, resampling, strict, log=None):
+    """One block of the factor layers: (block (n_vars, len(dates), h, w) with the layers' rows filled, their screens,
+    the log messages when no `log` is given). Runs in this process or on a Dask worker (model/parallel.ordered_map)."""
+    msgs = []
+    log = log or msgs.append
+    block = np.empty((n_vars, len(dates), window[2], window[3]), np.float32)
+    parts = []
+    for v, info in enumerate(infos):
+        part = _screen_for(info, strict)
+        block[v] = _read_block(info, grid, dates, window, resampling, log, part)
+        parts.append(part)
+    return block, parts, msgs
+
+
+def _factor_block_reads(blocks, infos, n_vars, grid, dates, resampling, strict, log, workers, scheduler, cb):
+    """(block, screens) of each block in order: serial, or as Dask tasks (workers/scheduler, see prepare_dataset)."""
+    from ..model import parallel
+    args = [(infos, n_vars, grid, dates[t0:t1], (r0, c0, r1 - r0, c1 - c0), resampling, strict)
+            for t0, t1, r0, r1, c0, c1 in blocks]
+    plan = parallel.plan_workers(workers, scheduler, len(blocks), len(dates) * grid.height * grid.width, "cpu",
+                                 cb.log)
+    if plan.mode == "serial":
+        for a in args:
+            block, parts, _ = _read_factor_block(*a, log=log)
+            yield block, parts
+        return
+    cb.log(plan.describe().replace("execution:", "block reads:"))
+    with parallel.dask_client(plan, cb.log) as client:
+        for block, parts, msgs in parallel.ordered_map(client, _read_factor_block, args, cb):
+            for m in msgs:
+                log(m)
+            yield block, parts
+
+
 def _prepare_zarr(out_path, infos, variables, factor_vars, grid, dates, tinfo, stations, columns, resampling,
-                  strict, patch_size, seq_len, chunks, block_bytes, cb) -> Cube:
+                  strict, patch_size, seq_len, chunks, block_bytes, cb, workers=0, scheduler=None) -> Cube:
     """prepare_dataset's Zarr path: the cube written block by block into out_path (see the module doc)."""
     from . import zarrcube
     log = _OnceLog(cb.log)
@@ -337,13 +376,11 @@ def _prepare_zarr(out_path, infos, variables, factor_vars, grid, dates, tinfo, s
         blocks = list(zarrcube.iter_blocks((V, T, H, W), w.chunks, block_bytes))
         cb.log(f"writing {out_path}: chunks {w.chunks}, {len(blocks)} block(s) of at most "
                f"{block_bytes / 2 ** 20:.0f} MiB")
-        for bi, (t0, t1, r0, r1, c0, c1) in enumerate(blocks):
+        reads = _factor_block_reads(blocks, infos, V, grid, dates, resampling, strict, log, workers, scheduler, cb)
+        for bi, ((t0, t1, r0, r1, c0, c1), (block, parts)) in enumerate(zip(blocks, reads)):
             cb.check_cancel()
             window = (r0, c0, r1 - r0, c1 - c0)
-            block = np.empty((V, t1 - t0, r1 - r0, c1 - c0), np.float32)
-            for v, info in enumerate(infos):
-                part = _screen_for(info, strict)
-                block[v] = _read_block(info, grid, dates[t0:t1], window, resampling, log, part)
+            for v, part in enumerate(parts):
                 _merge_screen(screens[v], part)
             inside = np.nonzero((rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1))[0]
             rr, cc = rows[inside] - r0, cols[inside] - c0

@@ -16,7 +16,8 @@ Where it sits::
 At most IN_FLIGHT_PER_WORKER tasks per worker are submitted at a time, so the memory of workers and client is a few
 tiles' worth whatever the raster size. The serial path (WORKERS=1, a small prediction under WORKERS=0, or no dask
 installed) is inference.iter_tile_predictions itself; both run predict_tile_chunk on the same blocks, so the outputs
-are the same (tests/test_dask.py). No qgis import; dask/distributed are imported only when used.
+are the same (tests/test_dask.py). Prepare's Zarr path runs its factor block reads (warp + screen) through
+ordered_map in the same way (data/prepare.py). No qgis import; dask/distributed are imported only when used.
 """
 import contextlib
 import dataclasses
@@ -81,7 +82,7 @@ def plan_workers(workers: int = 0, scheduler: Optional[str] = None, n_parallel: 
 
     scheduler: an address (tcp://host:8786): always Dask on that cluster. workers: 1 = serial; n >= 2 = a local
     cluster of n workers; 0 = auto: a local cluster sized to the machine (one worker per GPU when predicting on CUDA,
-    else one per CPU) when there is more than one of them, more than one independent task (n_parallel) and at least
+    else one per CPU that the load average leaves idle) when there is more than one of them, more than one independent task (n_parallel) and at least
     AUTO_MIN_PIXEL_DAYS pixel-days; otherwise serial. Without dask installed: serial (a warning when WORKERS >= 2)."""
     log = log or (lambda _m: None)
     if isinstance(workers, bool) or workers is None or int(workers) != workers or workers < 0:
@@ -105,9 +106,12 @@ def plan_workers(workers: int = 0, scheduler: Optional[str] = None, n_parallel: 
         gpus = torch.cuda.device_count()
     if workers >= 2:
         return Plan("local", workers, gpus=gpus, reason=f"WORKERS={workers}")
-    from ..threads import cpus_available
-    n = gpus or cpus_available()
-    what = f"{gpus} GPU(s)" if gpus else f"{n} CPU(s)"
+    from ..threads import choose_threads
+    if gpus:
+        n, what = gpus, f"{gpus} GPU(s)"
+    else:                 # the CPUs that the load average leaves idle (as THREADS=0 does for torch's threads)
+        n, why = choose_threads(0)
+        what = f"{n} idle CPU(s): {why}"
     if n < 2:
         return Plan("serial", reason=f"WORKERS=0 (auto): {what}")
     if n_parallel < 2:
@@ -152,6 +156,34 @@ def _python_for_workers(log=None):
     return exe
 
 
+# The C allocator of the worker processes. distributed's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also fixes
+# glibc's mmap threshold at 128 KiB: every tensor above it is fresh mmapped pages, and a tile task ran 2x slower than
+# the same step in this process (measured: torch.add 3x, the LSTM cell 2.5x). Keep freed memory up to these sizes
+# instead (as benchmarks/run_all.py's 'keep' regime); the peak RSS is the same.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2 ** 20)}
+
+
+def start_local_cluster(n_workers: int, log=None):
+    """A distributed.LocalCluster of n_workers processes, 1 thread each, no dashboard, WORKER_ENV in their
+    environment, spawned with this process's Python. This process's environment is left as it was (the nanny
+    writes its pre-spawn variables, e.g. OMP_NUM_THREADS=1, into os.environ)."""
+    import dask
+    from distributed import LocalCluster
+    _python_for_workers(log)
+    keys = set(WORKER_ENV) | set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        os.environ.update(WORKER_ENV)     # the nanny takes os.environ over its config for these
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @contextlib.contextmanager
 def dask_client(plan: Plan, log=None):
     """A distributed.Client for the plan (closed, with its local cluster, at the end). An unreachable SCHEDULER raises
@@ -175,11 +207,8 @@ def dask_client(plan: Plan, log=None):
         finally:
             client.close()
         return
-    from distributed import LocalCluster
-    _python_for_workers(log)
     try:
-        cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+        cluster = start_local_cluster(plan.workers, log)
     except Exception as e:  # noqa: BLE001
         raise RuntimeError(f"WORKERS: could not start a local Dask cluster of {plan.workers} workers ({type(e).__name__}: "
                            f"{e}); set WORKERS=1 to predict without Dask") from e
@@ -203,7 +232,8 @@ class PredictSpec:
     device: str = "auto"          # DEVICE as given; each worker resolves it (local GPU cluster: gpus below)
     amp: bool = True
     gpus: int = 0
-    torch_threads: int = 1        # 0: the worker's CPUs / its Dask threads
+    torch_threads: int = 1        # per task: Dask's threads are the parallelism (measured: 2 torch threads per
+                                  # worker on a loaded 2-core machine made a task 15x slower, OpenMP waits)
     gdal_cache: int = 128 * 2 ** 20
     out_from: int = 0
     doy_out: Optional[np.ndarray] = None
@@ -250,15 +280,7 @@ def _worker_model(spec: PredictSpec):
                                 f"on a file system that every worker sees, at the same path") from None
     if stamp != tuple(spec.model_stamp):
         raise ValueError(f"MODEL_FILE '{spec.model_path}' changed while the prediction ran: run it again")
-    threads = spec.torch_threads
-    if not threads:
-        from ..threads import cpus_available
-        try:
-            from distributed import get_worker
-            threads = max(1, cpus_available() // max(1, int(get_worker().nthreads)))
-        except (ValueError, AttributeError):
-            threads = 1
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(max(1, int(spec.torch_threads)))
     dev = _worker_device(spec)
     model, _, _ = load_model(spec.model_path, dev)
     _WORKER.clear()                       # one model per worker: drop the previous prediction's
@@ -353,6 +375,39 @@ class DaskTilePredictions:
                 [p for (_, _, p) in ready if p is not None]
             if pending:
                 client.cancel(pending)
+
+
+def ordered_map(client, fn, arg_tuples, callbacks=None, in_flight: int = None):
+    """fn(*args) for each args of arg_tuples as Dask tasks on `client`, yielded in the order given (so sums over the
+    results are the serial ones to the bit), at most `in_flight` (default IN_FLIGHT_PER_WORKER per worker) submitted
+    at a time so that memory stays bounded. Cancel (callbacks) is checked every POLL_S seconds; a task's error is
+    raised here, after the tasks in flight are cancelled. Used by prepare's block reads (data/prepare.py)."""
+    import asyncio
+    cb = ensure(callbacks)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    limit = max(1, in_flight or IN_FLIGHT_PER_WORKER * n_workers)
+    todo = deque(arg_tuples)
+    flight = deque()
+    try:
+        while todo or flight:
+            while todo and len(flight) < limit:
+                flight.append(client.submit(fn, *todo.popleft(), pure=False))
+            fut = flight[0]
+            while True:
+                cb.check_cancel()
+                try:
+                    res = fut.result(timeout=POLL_S)
+                    break
+                except (TimeoutError, asyncio.TimeoutError):
+                    if fut.done():             # finished with an error that is a TimeoutError: raise it
+                        res = fut.result()
+                        break
+            flight.popleft()
+            fut.release()
+            yield res
+    finally:
+        if flight:
+            client.cancel(list(flight))
 
 
 def task_counts(cfg, height: int, width: int, n_out: int, tile_size: int, time_chunk: int):

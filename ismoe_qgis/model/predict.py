@@ -215,7 +215,7 @@ def predict_layers(model_path: str, layers: Dict[str, object], out_dir: str, *, 
                 client = stack.enter_context(parallel.dask_client(plan, cb.log))
                 spec = parallel.PredictSpec(os.path.abspath(model_path), parallel._stamp(model_path), reader,
                                             device=device, amp=bool(amp), gpus=plan.gpus,
-                                            torch_threads=1 if plan.mode == "local" else 0,
+                                            torch_threads=1,
                                             gdal_cache=_gdal_cache_cap())
                 tiles = parallel.DaskTilePredictions(client, spec, on_result=seen)
             man = predict_to_folder(model, read_block, g.to_dict(), dates, out_dir, tile_size=tile_size,
