@@ -127,6 +127,9 @@ HELP = {
     "refit_normalisation": "re-fit the normalisation of --init-model to the new dataset (REFIT_NORMALISATION)",
     "date_from": "first output/scored date, YYYY-MM-DD (DATE_FROM)",
     "date_to": "last output/scored date, YYYY-MM-DD (DATE_TO)",
+    "workers": "Dask workers: 0 = auto (a local cluster sized to the machine when the prediction is large enough), "
+               "1 = serial, n = a local cluster of n processes (WORKERS)",
+    "scheduler": "address of a running Dask scheduler, e.g. tcp://host:8786 (SCHEDULER)",
 }
 
 
