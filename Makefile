@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 
 APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal gdal-bin \
 	python3-xarray python3-netcdf4 python3-pyqtgraph python3-venv python3-pip \
-	python3-pytest xvfb python3-zarr python3-dask python3-distributed
+	python3-pytest xvfb xauth python3-zarr python3-dask python3-distributed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Prefix for recipes that run QGIS: QT_QPA_PLATFORM=offscreen, PYTHONPATH=<venv site-packages>,

@@ -18,8 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prediction_fixtures import TINY_DAYS, TINY_SEQ, TINY_START, make_tiny_model  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (shutil.which("xvfb-run") and shutil.which("qgis")),
-                                reason="needs the QGIS desktop (qgis) and xvfb-run")
+pytestmark = pytest.mark.skipif(not (shutil.which("xvfb-run") and shutil.which("xauth") and shutil.which("qgis")),
+                                reason="needs the QGIS desktop (qgis), xvfb-run and xauth")
 
 
 def fresh_profile(root):
