@@ -12,7 +12,7 @@ What it does, the way a user would: opens ismoe:predict's algorithm dialog with 
 Run (the dialog's own runAlgorithm, in a background task when the algorithm allows it), waits for the
 dialog to finish and load the results, then reads what the desktop shows: the layers in the project
 (group, names, renderers, visibility, temporal properties), the Temporal Controller's range and frame
-count, the dock (visible, its source folder, its chart lines). It then steps the Temporal Controller to
+count, the dock (visible, its source folder, whether its chart has data). It then steps the Temporal Controller to
 the first and the last date and records which date each SM layer shows on the rendered canvas.
 With "screenshots", it saves the main window with the SM map, with the dominant-factor map and the dock
 on the same date. The result JSON holds everything read plus "errors" (exceptions, with tracebacks);
@@ -89,12 +89,7 @@ def _visible_sm_dates(project, canvas):
         if not isinstance(layer, QgsRasterLayer):
             continue
         node = project.layerTreeRoot().findLayer(layer.id())
-        parents = []
-        p = node.parent() if node is not None else None
-        while p is not None:
-            parents.append(p.name())
-            p = p.parent()
-        if not any(n.startswith("Soil moisture") for n in parents + [layer.name()]):
+        if node is None or not in_group(node, "Soil moisture"):
             continue
         tp = layer.temporalProperties()
         if tp.isActive() and not tp.isVisibleInTemporalRange(rng):
@@ -173,7 +168,6 @@ def main():
         return n > n_before and time.time() - seen["since"] > 2.0 and os.path.exists(os.path.join(out, "prediction.json"))
 
     done = _wait(settled, CFG.get("timeout", 300), "the prediction's layers")
-    RESULT["log"] = dlg.feedback.textLog() if hasattr(dlg, "feedback") and hasattr(dlg.feedback, "textLog") else None
     try:
         RESULT["dialog_log"] = dlg.textLog.toPlainText()
     except Exception:  # noqa: BLE001 - the widget name differs between versions; the log is a convenience
@@ -206,7 +200,6 @@ def main():
     if dock is not None:
         _wait(lambda: getattr(dock, "table", None) is not None or not dock.isVisible(), 120, "the dock's chart")
         RESULT["dock"] = {"visible": dock.isVisible(), "source": getattr(dock, "source_path", None),
-                          "lines": len(getattr(dock, "_importance_curves", {}) or {}) if hasattr(dock, "_importance_curves") else None,
                           "has_table": getattr(dock, "table", None) is not None}
 
     # ---- step through time: first and last date

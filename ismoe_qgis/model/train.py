@@ -921,12 +921,16 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
         cb.progress(1.0)
         return result
     def scored(t_, n_, amp_):
-        if cv is None:
-            return predict_samples(model, sampler, t_, n_, amp_dtype=amp_)[0]   # the ensemble mean
-        return member_validation(model, sampler, t_, n_, cube.y[t_, n_], cv, cube.y_std, amp_)[0]
-    est = scored(vt, vn, amp_dtype)
+        """(estimate, the ensemble members' estimates (S, K) or None): one pass over the samples."""
+        if cv is not None:
+            return member_validation(model, sampler, t_, n_, cube.y[t_, n_], cv, cube.y_std, amp_)[0], None
+        if K > 1:                 # the ensemble's estimate is its members' mean
+            ym_ = predict_samples(model, sampler, t_, n_, amp_dtype=amp_, members=True)[0]
+            return ym_.mean(axis=1), ym_
+        return predict_samples(model, sampler, t_, n_, amp_dtype=amp_)[0], None
+    est, v_members = scored(vt, vn, amp_dtype)
     if amp_dtype is not None:
-        est_fp32 = scored(vt, vn, None)
+        est_fp32, members_fp32 = scored(vt, vn, None)
         check = autocast_cc_check(v_obs, est, est_fp32, amp_dtype)
         result["amp_check"] = info_base["amp_check"] = check
         info_base["amp_ok"] = check["ok"]
@@ -935,11 +939,10 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
         if not check["ok"]:
             cb.log(f"warning: {check['dtype']} autocast changes this model's validation CC by more than "
                    f"{check['tol']}: it is scored here and predicted by ismoe:predict in fp32")
-            amp_dtype, est = None, est_fp32
+            amp_dtype, est, v_members = None, est_fp32, members_fp32
     result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
-    if K > 1 and cv is None:
-        ym, _, _ = predict_samples(model, sampler, vt, vn, amp_dtype=amp_dtype, members=True)      # S, K
-        unc = ensemble_residual_sd(v_obs, ym)
+    if v_members is not None:
+        unc = ensemble_residual_sd(v_obs, v_members)
         info_base["uncertainty"] = result["uncertainty"] = unc
         cb.log(f"ensemble spread on the validation samples: mean member sd {unc['mean_member_sd']:.4f}, RMSE of the "
                f"mean {unc['rmse']:.4f}; residual sd {unc['residual_sd']:.4f} (what the members' disagreement does "
