@@ -55,10 +55,19 @@ def free_port() -> int:
 
 
 def torchrun(args, tmp_path, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}"] + args
-    return subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=timeout)
+    """2 gloo ranks on the loopback interface. In 2 of 5 full-suite runs on the 2-core CI-like VM every torchrun of
+    one module aborted at start-up with "terminate called without an active exception" (gloo's transport thread;
+    the same module passed alone in 6 of 6 runs): such an abort, and only it, is retried once on a new
+    port. A wrong result or any other failure is not retried."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for attempt in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}"] + args
+        r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode == 0 or "terminate called without an active exception" not in r.stdout + r.stderr:
+            return r
+    return r
 
 
 CFG = dict(epochs=3, batch_size=32, samples_per_epoch=192, val_samples=150, device="cpu", seed=3, threads=1, lr=1e-2)
