@@ -30,8 +30,10 @@ def hidden_leftovers(folder):
 
 @pytest.fixture(scope="module")
 def model_and_layers(tmp_path_factory):
-    """A random 2-factor model (patch 3, 5 days) and two 160 x 160 x 30-day layers: a predict through
-    qgis_process runs its tile loop long enough (TILE_SIZE 8: 400 tiles) to be signalled in it."""
+    """A random 2-factor model (patch 3, 5 days) and two 320 x 320 x 30-day layers: a predict through
+    qgis_process runs its tile loop long enough (TILE_SIZE 8: 1600 tiles, about 20 s on a 2-core machine;
+    a second qgis_process starts and fails in about 3 s) to be signalled in it. With 160 x 160 the loop
+    ended while the second run started on a faster CI machine."""
     import torch
     from ismoe_qgis.model.io import save_model
     from ismoe_qgis.model.networks import ModelConfig, SoilMoistureNet
@@ -43,7 +45,7 @@ def model_and_layers(tmp_path_factory):
     path = str(d / "tiny.pt")
     save_model(path, SoilMoistureNet(cfg).eval())
     rng = np.random.default_rng(5)
-    layers = [write_series(d / f"{n}.tif", rng.random((DAYS, 160, 160)).astype(np.float32)) for n in cfg.variables]
+    layers = [write_series(d / f"{n}.tif", rng.random((DAYS, 320, 320)).astype(np.float32)) for n in cfg.variables]
     # a 3-factor model: its prediction has a weight raster (snow) that the 2-factor model's has not
     cfg3 = ModelConfig(factors={"temperature": ["t2m"], "rain": ["rain"], "snow": ["sd"]},
                        variables=["t2m", "rain", "sd"], patch_size=3, seq_len=5, conv_channels=2, hidden=4,
