@@ -57,7 +57,8 @@ def region_summary(obs, est, weights, regions, region_names, drivers, dates):
 
 def summarise(region_dir, prediction_dir, test_start=None):
     man = json.load(open(os.path.join(region_dir, "demo.json")))
-    pred = json.load(open(os.path.join(prediction_dir, "prediction.json")))
+    from .model.prediction_folder import read_manifest
+    pred = read_manifest(prediction_dir)
     sm, _ = _read(os.path.join(prediction_dir, pred["sm"]))
     dates = np.array(pred["dates"], dtype="datetime64[D]")
     target, tdesc = _read(os.path.join(region_dir, man["target"]))

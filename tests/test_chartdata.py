@@ -1,4 +1,4 @@
-"""Chart data from prediction folders (ismoe_qgis.ui.chartdata, mplchart): no QGIS, no Qt."""
+"""Chart data from prediction folders (model.prediction_folder, model.importance_chart, ui.chartdata): no QGIS, no Qt."""
 import json
 import os
 import re
@@ -14,6 +14,8 @@ from rasterio.warp import transform_geom
 
 from ismoe_qgis.core_callbacks import Callbacks, Cancelled
 from ismoe_qgis.model import importance as imp
+from ismoe_qgis.model import importance_chart as ic
+from ismoe_qgis.model import prediction_folder as pf
 from ismoe_qgis.ui import chartdata as cd
 from prediction_fixtures import CRS, NODATA, RES, X0, Y0, make_prediction_folder, write_stack
 
@@ -42,7 +44,7 @@ def expected_means(arrays, rows, cols):
 
 # --------------------------------------------------------------------------- folder
 def test_open_prediction_describes_the_folder(pred):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     assert f.factors == ["snow", "radiation", "wind"]
     assert f.n_dates == 365 and str(f.dates[0]) == "2019-01-01"
     assert (f.width, f.height) == (5, 4)
@@ -51,13 +53,13 @@ def test_open_prediction_describes_the_folder(pred):
     assert f.nodata == NODATA and f.warnings == []
     assert "3 factors" in f.describe()
     # the prediction.json path works too
-    assert cd.open_prediction(os.path.join(pred["path"], "prediction.json")).factors == f.factors
+    assert pf.open_prediction(os.path.join(pred["path"], "prediction.json")).factors == f.factors
 
 
 def test_folder_with_no_weight_rasters(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(cd.ChartDataError, match="No weight rasters .*weight_<factor>.tif"):
-        cd.open_prediction(str(tmp_path / "empty"))
+    with pytest.raises(pf.ChartDataError, match="No weight rasters .*weight_<factor>.tif"):
+        pf.open_prediction(str(tmp_path / "empty"))
     # a baseline's folder: SM only, json without factors
     folder = tmp_path / "baseline"
     make_prediction_folder(str(folder))
@@ -66,19 +68,19 @@ def test_folder_with_no_weight_rasters(tmp_path):
     meta = json.loads((folder / "prediction.json").read_text())
     meta.update(factors=[], weights={}, model_type="cnn_lstm")
     (folder / "prediction.json").write_text(json.dumps(meta))
-    with pytest.raises(cd.ChartDataError, match="No weight rasters.*cnn_lstm"):
-        cd.open_prediction(str(folder))
-    with pytest.raises(cd.ChartDataError, match="not found"):
-        cd.open_prediction(str(tmp_path / "missing"))
-    with pytest.raises(cd.ChartDataError, match="No source chosen"):
-        cd.open_prediction("  ")
+    with pytest.raises(pf.ChartDataError, match="No weight rasters.*cnn_lstm"):
+        pf.open_prediction(str(folder))
+    with pytest.raises(pf.ChartDataError, match="not found"):
+        pf.open_prediction(str(tmp_path / "missing"))
+    with pytest.raises(pf.ChartDataError, match="No source chosen"):
+        pf.open_prediction("  ")
 
 
 def test_factor_mismatch_between_json_and_files(pred):
     folder = pred["path"]
     os.rename(os.path.join(folder, "weight_wind.tif"), os.path.join(folder, "weight_lake.tif"))
-    with pytest.raises(cd.ChartDataError) as info:
-        cd.open_prediction(folder)
+    with pytest.raises(pf.ChartDataError) as info:
+        pf.open_prediction(folder)
     msg = str(info.value)
     assert "do not match" in msg
     assert "missing: wind (weight_wind.tif)" in msg
@@ -87,7 +89,7 @@ def test_factor_mismatch_between_json_and_files(pred):
 
 def test_without_json_factors_and_dates_come_from_files(pred):
     os.remove(os.path.join(pred["path"], "prediction.json"))
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     assert sorted(f.factors) == ["radiation", "snow", "wind"]
     assert str(f.dates[-1]) == "2019-12-31"
     assert f.warnings and "prediction.json" in f.warnings[0]
@@ -99,23 +101,23 @@ def test_inconsistent_rasters_are_reported(pred, tmp_path):
     meta = json.loads(Path(os.path.join(folder, "prediction.json")).read_text())
     meta["dates"] = meta["dates"][:-1]
     Path(os.path.join(folder, "prediction.json")).write_text(json.dumps(meta))
-    with pytest.raises(cd.ChartDataError, match="364 dates but the rasters have 365 bands"):
-        cd.open_prediction(folder)
+    with pytest.raises(pf.ChartDataError, match="364 dates but the rasters have 365 bands"):
+        pf.open_prediction(folder)
     # a weight raster on another grid
     other = tmp_path / "other"
     make_prediction_folder(str(other))
     write_stack(str(other / "weight_wind.tif"), np.zeros((365, 4, 5)), from_origin(X0 + 10, Y0, RES, RES))
-    with pytest.raises(cd.ChartDataError, match="weight_wind.tif is not on the same grid"):
-        cd.open_prediction(str(other))
+    with pytest.raises(pf.ChartDataError, match="weight_wind.tif is not on the same grid"):
+        pf.open_prediction(str(other))
     write_stack(str(other / "weight_wind.tif"), np.zeros((365, 3, 5)), from_origin(X0, Y0, RES, RES))
-    with pytest.raises(cd.ChartDataError, match="weight_wind.tif is 5x3 pixels"):
-        cd.open_prediction(str(other))
+    with pytest.raises(pf.ChartDataError, match="weight_wind.tif is 5x3 pixels"):
+        pf.open_prediction(str(other))
 
 
 # --------------------------------------------------------------------------- regions
 def test_whole_area_monthly_means_show_winter_and_summer_drivers(pred):
-    f = cd.open_prediction(pred["path"])
-    t = cd.region_importance(f)
+    f = pf.open_prediction(pred["path"])
+    t = pf.region_importance(f)
     month = t.get("all", "month")
     dom = month.dominant()
     assert dom[0] == dom[1] == dom[11] == "snow"
@@ -130,51 +132,51 @@ def test_whole_area_monthly_means_show_winter_and_summer_drivers(pred):
 
 
 def test_bbox_region_uses_pixel_centres(pred):
-    f = cd.open_prediction(pred["path"])
-    m = cd.region_mask(f, cd.BBox(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000))
+    f = pf.open_prediction(pred["path"])
+    m = pf.region_mask(f, pf.BBox(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000))
     assert (m.row_off, m.col_off, m.height, m.width, m.n_pixels) == (1, 1, 2, 2, 4)
-    rs = cd.region_sums(f, cd.BBox(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000))["all"]
+    rs = pf.region_sums(f, pf.BBox(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000))["all"]
     rows, cols = np.meshgrid([1, 2], [1, 2], indexing="ij")
     np.testing.assert_allclose(rs.means(), expected_means(pred, rows.ravel(), cols.ravel()), atol=1e-6)
-    with pytest.raises(cd.ChartDataError, match="does not cover any pixel"):
-        cd.region_mask(f, cd.BBox(0, 0, 10, 10))
+    with pytest.raises(pf.ChartDataError, match="does not cover any pixel"):
+        pf.region_mask(f, pf.BBox(0, 0, 10, 10))
 
 
 def test_polygon_in_another_crs_is_reprojected(pred):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     poly = box(X0 + 1000, Y0 - 3000, X0 + 3000, Y0 - 1000)      # pixels rows 1-2, cols 1-2
-    in_raster_crs = cd.region_mask(f, cd.PolygonRegion(poly))
+    in_raster_crs = pf.region_mask(f, pf.PolygonRegion(poly))
     geo = transform_geom(CRS, "EPSG:4326", poly)
     assert abs(geo["coordinates"][0][0][0]) < 180                # really in degrees
-    reprojected = cd.region_mask(f, cd.PolygonRegion(geo, "EPSG:4326"))
+    reprojected = pf.region_mask(f, pf.PolygonRegion(geo, "EPSG:4326"))
     full = np.zeros((4, 5), bool)
     full[1:3, 1:3] = True
     for m in (in_raster_crs, reprojected):
         got = np.zeros((4, 5), bool)
         got[m.row_off:m.row_off + m.height, m.col_off:m.col_off + m.width] = m.mask
         np.testing.assert_array_equal(got, full)
-    t = cd.region_importance(f, {"geo": cd.PolygonRegion(geo, "EPSG:4326")})
+    t = pf.region_importance(f, {"geo": pf.PolygonRegion(geo, "EPSG:4326")})
     means = expected_means(pred, [1, 1, 2, 2], [1, 2, 1, 2])
     ref = imp.seasonal_importance(pred["dates"], means, f.factors, region="geo")
     np.testing.assert_allclose(t.get("geo", "month").mean, ref.get("geo", "month").mean, atol=1e-6)
     # a map extent (BBox) in degrees becomes a reprojected polygon too
     xs, ys = warp_transform(CRS, "EPSG:4326", [X0 + 1000, X0 + 3000], [Y0 - 3000, Y0 - 1000])
-    m = cd.region_mask(f, cd.BBox(min(xs), min(ys), max(xs), max(ys), "EPSG:4326"))
+    m = pf.region_mask(f, pf.BBox(min(xs), min(ys), max(xs), max(ys), "EPSG:4326"))
     assert m.n_pixels == 4
 
 
 def test_tiny_and_outside_polygons(pred):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     tiny = box(X0 + 2100, Y0 - 1900, X0 + 2200, Y0 - 1800)     # inside pixel (1, 2), no centre inside
-    m = cd.region_mask(f, cd.PolygonRegion(tiny))
+    m = pf.region_mask(f, pf.PolygonRegion(tiny))
     assert m.n_pixels == 1
     assert (m.row_off + np.argwhere(m.mask)[0][0], m.col_off + np.argwhere(m.mask)[0][1]) == (1, 2)
-    with pytest.raises(cd.ChartDataError, match="lies outside the prediction raster"):
-        cd.region_mask(f, cd.PolygonRegion(box(0, 0, 10, 10)), "far")
-    with pytest.raises(cd.ChartDataError, match="not a polygon"):
-        cd.region_mask(f, cd.PolygonRegion({"type": "Point", "coordinates": [X0, Y0]}))
-    with pytest.raises(cd.ChartDataError, match="Unknown CRS"):
-        cd.region_mask(f, cd.PolygonRegion(tiny, "EPSG:999999"))
+    with pytest.raises(pf.ChartDataError, match="lies outside the prediction raster"):
+        pf.region_mask(f, pf.PolygonRegion(box(0, 0, 10, 10)), "far")
+    with pytest.raises(pf.ChartDataError, match="not a polygon"):
+        pf.region_mask(f, pf.PolygonRegion({"type": "Point", "coordinates": [X0, Y0]}))
+    with pytest.raises(pf.ChartDataError, match="Unknown CRS"):
+        pf.region_mask(f, pf.PolygonRegion(tiny, "EPSG:999999"))
 
 
 def test_streaming_many_blocks_many_regions_equals_numpy(tmp_path):
@@ -186,30 +188,30 @@ def test_streaming_many_blocks_many_regions_equals_numpy(tmp_path):
     w[3, 1, 10:20, 10:20] = np.nan
     arrays = make_prediction_folder(str(tmp_path / "big"), factors=("lake", "wind"), dates=dates, weights=w,
                                     tiled=True)
-    f = cd.open_prediction(str(tmp_path / "big"))
+    f = pf.open_prediction(str(tmp_path / "big"))
     assert f.block_shape == (16, 16)
     poly = box(X0 + 3500, Y0 - 30500, X0 + 25500, Y0 - 2500)
-    regions = {"whole": None, "poly": cd.PolygonRegion(poly), "bbox": cd.BBox(X0 + 20000, Y0 - 37000, X0 + 41000,
+    regions = {"whole": None, "poly": pf.PolygonRegion(poly), "bbox": pf.BBox(X0 + 20000, Y0 - 37000, X0 + 41000,
                                                                              Y0 - 20000)}
     seen = []
-    rs = cd.region_sums(f, regions, Callbacks(progress=seen.append), max_bytes=16 * 16 * 4 * 8)
+    rs = pf.region_sums(f, regions, Callbacks(progress=seen.append), max_bytes=16 * 16 * 4 * 8)
     assert seen[0] == 0.0 and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
     data = arrays["weights"].astype(float)
     data[data == NODATA] = np.nan
     for name, reg in regions.items():
-        m = cd.region_mask(f, reg, name)
+        m = pf.region_mask(f, reg, name)
         mask = np.zeros((37, 41), bool)
         mask[m.row_off:m.row_off + m.height, m.col_off:m.col_off + m.width] = True if m.mask is None else m.mask
         vals = data[:, :, mask]
         np.testing.assert_allclose(rs[name].means(), np.nanmean(vals, axis=2), rtol=1e-5)
         np.testing.assert_array_equal(rs[name].counts, np.isfinite(vals).sum(axis=2))
     # one month only
-    jan = cd.region_sums(f, None, bands=range(31))["all"]
+    jan = pf.region_sums(f, None, bands=range(31))["all"]
     np.testing.assert_allclose(jan.means(), np.nanmean(data[:31].reshape(31, 2, -1), axis=2), rtol=1e-5)
 
 
 def test_cancel_stops_the_stream(pred):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     calls = []
 
     def cancelled():
@@ -217,51 +219,51 @@ def test_cancel_stops_the_stream(pred):
         return len(calls) > 1
 
     with pytest.raises(Cancelled):
-        cd.region_sums(f, None, Callbacks(is_cancelled=cancelled))
+        pf.region_sums(f, None, Callbacks(is_cancelled=cancelled))
 
 
 def test_whole_area_uses_the_folders_importance_csv(pred):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     fake = imp.seasonal_importance(pred["dates"], np.full((365, 3), 1 / 3), f.factors)
     imp.write_importance_csv(fake, os.path.join(pred["path"], "importance.csv"))
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     assert f.importance_path
-    t = cd.whole_area_importance(f)
+    t = pf.whole_area_importance(f)
     np.testing.assert_allclose(t.get("all", "month").mean, 1 / 3, atol=1e-6)
-    t = cd.whole_area_importance(f, use_cache=False)
+    t = pf.whole_area_importance(f, use_cache=False)
     assert t.get("all", "month").dominant()[0] == "snow"
 
 
 # --------------------------------------------------------------------------- pixels
 def test_pixel_series_equals_the_known_values(pred):
-    f = cd.open_prediction(pred["path"])
-    row, col = cd.pixel_at(f, X0 + 3500, Y0 - 2500)
+    f = pf.open_prediction(pred["path"])
+    row, col = pf.pixel_at(f, X0 + 3500, Y0 - 2500)
     assert (row, col) == (2, 3)
-    px = cd.pixel_series(f, row, col)
+    px = pf.pixel_series(f, row, col)
     np.testing.assert_allclose(px.weights, pred["weights"][:, :, 2, 3], rtol=1e-6)
     np.testing.assert_allclose(px.sm, pred["sm"][:, 2, 3], rtol=1e-6)
     assert (px.x, px.y) == (X0 + 3500, Y0 - 2500)
     assert px.station_id == "ST1"
     np.testing.assert_allclose(px.observations, pred["obs"], rtol=1e-5, equal_nan=True)
-    assert cd.pixel_series(f, 0, 0).observations is None
-    nod = cd.pixel_series(f, 3, 4)
+    assert pf.pixel_series(f, 0, 0).observations is None
+    nod = pf.pixel_series(f, 3, 4)
     assert np.isnan(nod.weights).all() and np.isnan(nod.sm).all() and not nod.has_data
 
 
 def test_pixel_from_other_crs_and_outside(pred):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     xs, ys = warp_transform(CRS, "EPSG:4326", [X0 + 1500], [Y0 - 3500])
-    assert cd.pixel_at(f, xs[0], ys[0], "EPSG:4326") == (3, 1)
-    with pytest.raises(cd.OutsideRasterError, match="outside the prediction raster.*Click inside it"):
-        cd.pixel_at(f, X0 - 1, Y0 - 10)
-    with pytest.raises(cd.OutsideRasterError):
-        cd.pixel_at(f, X0 + 10, Y0 + 1)
-    with pytest.raises(cd.OutsideRasterError):
-        cd.pixel_series(f, 4, 0)
+    assert pf.pixel_at(f, xs[0], ys[0], "EPSG:4326") == (3, 1)
+    with pytest.raises(pf.OutsideRasterError, match="outside the prediction raster.*Click inside it"):
+        pf.pixel_at(f, X0 - 1, Y0 - 10)
+    with pytest.raises(pf.OutsideRasterError):
+        pf.pixel_at(f, X0 + 10, Y0 + 1)
+    with pytest.raises(pf.OutsideRasterError):
+        pf.pixel_series(f, 4, 0)
 
 
 def test_pixel_read_is_a_window_not_a_full_read(pred, monkeypatch):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     windows = []
     real_open = rasterio.open
 
@@ -279,66 +281,64 @@ def test_pixel_read_is_a_window_not_a_full_read(pred, monkeypatch):
             windows.append(kw.get("window"))
             return self.ds.read(*a, **kw)
 
-    monkeypatch.setattr(cd.rasterio, "open", lambda p, *a, **kw: Spy(real_open(p, *a, **kw)))
-    cd.pixel_series(f, 1, 1)
+    monkeypatch.setattr(pf.rasterio, "open", lambda p, *a, **kw: Spy(real_open(p, *a, **kw)))
+    pf.pixel_series(f, 1, 1)
     assert len(windows) == 4 and all(w is not None and (w.width, w.height) == (1, 1) for w in windows)
 
 
 # --------------------------------------------------------------------------- chart series / headless chart
 def test_chart_series_lines_and_stacks(pred):
-    f = cd.open_prediction(pred["path"])
-    s = cd.region_importance(f).get("all", "month")
-    lines = cd.chart_series(s)
+    f = pf.open_prediction(pred["path"])
+    s = pf.region_importance(f).get("all", "month")
+    lines = ic.chart_series(s)
     assert [c.factor for c in lines] == f.factors and all(c.lower is None for c in lines)
     assert lines[0].colour == imp.FACTOR_COLOURS["snow"]
-    stacks = cd.chart_series(s, stacked=True)
+    stacks = ic.chart_series(s, stacked=True)
     np.testing.assert_allclose(stacks[-1].upper, 1.0, atol=1e-5)
     np.testing.assert_allclose(stacks[1].lower, stacks[0].upper)
-    assert [lab for _, lab in cd.period_ticks("month")][:2] == ["Jan", "Feb"]
-    assert len(cd.period_ticks("doy")) == 12 and len(cd.period_ticks("season")) == 4
+    assert [lab for _, lab in ic.period_ticks("month")][:2] == ["Jan", "Feb"]
+    assert len(ic.period_ticks("doy")) == 12 and len(ic.period_ticks("season")) == 4
 
 
 def test_open_source_reads_csv(pred, tmp_path):
-    t = cd.region_importance(cd.open_prediction(pred["path"]))
+    t = pf.region_importance(pf.open_prediction(pred["path"]))
     path = imp.write_importance_csv(t, str(tmp_path / "i.csv"))
-    got = cd.open_source(path)
+    got = pf.open_source(path)
     assert isinstance(got, imp.ImportanceTable) and got.factors == t.factors
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(cd.ChartDataError, match="not a seasonal-importance CSV"):
-        cd.open_source(str(tmp_path / "bad.csv"))
+    with pytest.raises(pf.ChartDataError, match="not a seasonal-importance CSV"):
+        pf.open_source(str(tmp_path / "bad.csv"))
 
 
 def test_matplotlib_chart_png_svg_html(pred, tmp_path):
-    from ismoe_qgis.ui import mplchart
-
-    f = cd.open_prediction(pred["path"])
-    t = cd.region_importance(f, {"a": None, "b": cd.BBox(X0, Y0 - 2000, X0 + 2000, Y0)})
-    fig = mplchart.importance_figure(t, "month")
-    png = mplchart.save_figure(fig, str(tmp_path / "c.png"))
+    f = pf.open_prediction(pred["path"])
+    t = pf.region_importance(f, {"a": None, "b": pf.BBox(X0, Y0 - 2000, X0 + 2000, Y0)})
+    fig = ic.importance_figure(t, "month")
+    png = ic.save_figure(fig, str(tmp_path / "c.png"))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    svg = mplchart.save_figure(mplchart.importance_figure(t, "doy", stacked=True), str(tmp_path / "c.svg"))
+    svg = ic.save_figure(ic.importance_figure(t, "doy", stacked=True), str(tmp_path / "c.svg"))
     assert "<svg" in Path(svg).read_text()
-    page = mplchart.write_html(t, fig, str(tmp_path / "c.html"))
+    page = ic.write_html(t, fig, str(tmp_path / "c.html"))
     text = Path(page).read_text()
     assert "<svg" in text and "snow" in text
     assert re.search(r"<td class='l'>Jan</td><td><b>0\.[78]\d\d</b></td>", text)  # snow dominant in January
-    with pytest.raises(cd.ChartDataError):
-        mplchart.importance_figure(t, "month", regions=["nope"])
+    with pytest.raises(pf.ChartDataError):
+        ic.importance_figure(t, "month", regions=["nope"])
 
 
 def test_zone_regions_from_a_label_raster(pred, tmp_path):
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     labels = np.array([[1, 1, 2, 2, 0]] * 4, dtype="int16")
     same = str(tmp_path / "zones.tif")
     with rasterio.open(same, "w", driver="GTiff", width=5, height=4, count=1, dtype="int16", crs=CRS,
                        transform=pred["transform"]) as dst:
         dst.write(labels, 1)
         dst.update_tags(region_1="arid")
-    z = cd.zone_regions(f, same)
+    z = pf.zone_regions(f, same)
     assert list(z) == ["arid", "zone 2"]                      # tag name, default name; 0 is no zone
     assert int(z["arid"].mask.sum()) == 8
-    assert list(cd.zone_regions(f, same, {2: "tundra", 0: "rest"})) == ["rest", "arid", "tundra"]
-    t = cd.region_importance(f, z)
+    assert list(pf.zone_regions(f, same, {2: "tundra", 0: "rest"})) == ["rest", "arid", "tundra"]
+    t = pf.region_importance(f, z)
     w = pred["weights"][:, :, :, :2].astype(float)
     w[w == NODATA] = np.nan
     ref = imp.seasonal_importance(pred["dates"], np.nanmean(w.reshape(365, 3, -1), axis=2), f.factors)
@@ -353,12 +353,12 @@ def test_zone_regions_from_a_label_raster(pred, tmp_path):
     with rasterio.open(other, "w", driver="GTiff", width=w2, height=h2, count=1, dtype="int16",
                        crs="EPSG:4326", transform=dst_t, nodata=-1) as dst:
         dst.write(fine, 1)
-    z2 = cd.zone_regions(f, other, cd.parse_zone_names("1=arid; 2=tundra"))
+    z2 = pf.zone_regions(f, other, pf.parse_zone_names("1=arid; 2=tundra"))
     np.testing.assert_array_equal(z2["arid"].mask, z["arid"].mask)
-    with pytest.raises(cd.ChartDataError, match="value=name"):
-        cd.parse_zone_names("1 arid")
-    with pytest.raises(cd.ChartDataError, match="could not be read"):
-        cd.zone_regions(f, str(tmp_path / "none.tif"))
+    with pytest.raises(pf.ChartDataError, match="value=name"):
+        pf.parse_zone_names("1 arid")
+    with pytest.raises(pf.ChartDataError, match="could not be read"):
+        pf.zone_regions(f, str(tmp_path / "none.tif"))
 
 
 # --------------------------------------------------------------------------- ensemble spread
@@ -383,40 +383,38 @@ def make_ensemble(arrays, members=3):
 
 
 def test_ensemble_spread_becomes_a_band_around_each_line(pred):
-    single = cd.open_prediction(pred["path"])
+    single = pf.open_prediction(pred["path"])
     assert single.ensemble is None and single.members is None
-    assert all(not c.has_band for c in cd.chart_series(cd.whole_area_importance(single).get("all", "month")))
+    assert all(not c.has_band for c in ic.chart_series(pf.whole_area_importance(single).get("all", "month")))
     ref = make_ensemble(pred)
-    f = cd.open_prediction(pred["path"])
+    f = pf.open_prediction(pred["path"])
     assert f.members == 3 and f.ensemble["weight_spread"]["snow"] == "weight_spread_snow.tif"
-    assert cd.ensemble_members(f.importance_path) == 3 and cd.ensemble_members(pred["path"]) == 3
+    assert pf.ensemble_members(f.importance_path) == 3 and pf.ensemble_members(pred["path"]) == 3
     for kind in ("month", "season", "doy"):
-        s = cd.whole_area_importance(f).get("all", kind)    # from importance.csv, spread included
+        s = pf.whole_area_importance(f).get("all", kind)    # from importance.csv, spread included
         want = ref.get("all", kind)
         assert s.spread is not None and (s.spread > 0).all()
         np.testing.assert_allclose(s.spread, want.spread, atol=2e-6)
-        lines = cd.chart_series(s)
+        lines = ic.chart_series(s)
         assert [c.factor for c in lines] == f.factors and all(c.has_band for c in lines)
         for j, c in enumerate(lines):
             np.testing.assert_allclose(c.band_lower, s.mean[:, j] - s.spread[:, j])
             np.testing.assert_allclose(c.band_upper, s.mean[:, j] + s.spread[:, j])
-        assert not any(c.has_band for c in cd.chart_series(s, stacked=True))
+        assert not any(c.has_band for c in ic.chart_series(s, stacked=True))
     # a region streamed from the rasters has no member spread: no band
-    s = cd.region_importance(f, cd.BBox(X0, Y0 - 2000, X0 + 2000, Y0)).get("all", "month")
-    assert s.spread is None and not any(c.has_band for c in cd.chart_series(s))
-    assert cd.spread_label(3) == "± member sd (3 members)" and cd.spread_label(None) == "± member sd"
+    s = pf.region_importance(f, pf.BBox(X0, Y0 - 2000, X0 + 2000, Y0)).get("all", "month")
+    assert s.spread is None and not any(c.has_band for c in ic.chart_series(s))
+    assert ic.spread_label(3) == "± member sd (3 members)" and ic.spread_label(None) == "± member sd"
 
 
 def test_matplotlib_chart_draws_the_spread_band(pred, tmp_path):
     from matplotlib.collections import PolyCollection
 
-    from ismoe_qgis.ui import mplchart
-
     make_ensemble(pred)
-    f = cd.open_prediction(pred["path"])
-    t = cd.whole_area_importance(f)
+    f = pf.open_prediction(pred["path"])
+    t = pf.whole_area_importance(f)
     s = t.get("all", "month")
-    fig = mplchart.importance_figure(t, "month", members=3)
+    fig = ic.importance_figure(t, "month", members=3)
     ax = fig.axes[0]
     bands = {c.get_gid(): c for c in ax.collections if isinstance(c, PolyCollection) and c.get_gid()}
     assert sorted(bands) == sorted("spread-" + x for x in f.factors)
@@ -424,13 +422,13 @@ def test_matplotlib_chart_draws_the_spread_band(pred, tmp_path):
         verts = bands["spread-" + name].get_paths()[0].vertices
         assert verts[:, 1].max() == pytest.approx(np.nanmax(s.mean[:, j] + s.spread[:, j]), abs=1e-9)
         assert verts[:, 1].min() == pytest.approx(np.nanmin(s.mean[:, j] - s.spread[:, j]), abs=1e-9)
-        assert bands["spread-" + name].get_alpha() == pytest.approx(cd.BAND_ALPHA)
+        assert bands["spread-" + name].get_alpha() == pytest.approx(ic.BAND_ALPHA)
     legend = [tx.get_text() for lg in fig.legends for tx in lg.get_texts()]
     assert "± member sd (3 members)" in legend
-    assert Path(mplchart.save_figure(fig, str(tmp_path / "band.png"))).stat().st_size > 1000
+    assert Path(ic.save_figure(fig, str(tmp_path / "band.png"))).stat().st_size > 1000
     # stacked areas and a table without spread: no band, no legend entry
-    for fig in (mplchart.importance_figure(t, "month", stacked=True),
-                mplchart.importance_figure(cd.region_importance(f), "month")):
+    for fig in (ic.importance_figure(t, "month", stacked=True),
+                ic.importance_figure(pf.region_importance(f), "month")):
         assert not [c for c in fig.axes[0].collections if c.get_gid()]
         assert not any("member sd" in tx.get_text() for lg in fig.legends for tx in lg.get_texts())
 
@@ -443,7 +441,7 @@ def test_date_positions_on_the_chart_axes():
     assert cd.date_position("season", "2019-07-16") == pytest.approx(3.0, abs=0.02)   # JJA, its middle month
     assert 0.5 < cd.date_position("season", "2019-12-01") < 1.0 < cd.date_position("season", "2019-02-10") < 1.5
     assert cd.date_position("time", d) == float(np.datetime64("2019-07-16T00:00:00", "s").astype(np.int64))
-    with pytest.raises(cd.ChartDataError):
+    with pytest.raises(pf.ChartDataError):
         cd.date_position("week", d)
     # inverse: every day of a year comes back from its position
     days = np.arange(np.datetime64("2019-01-01"), np.datetime64("2020-01-01"))

@@ -303,7 +303,8 @@ def test_commit_file_by_file_into_a_folder_that_cannot_be_renamed(tmp_path):
         (real / f).write_text("old")
     link = tmp_path / "link"
     link.symlink_to(real, target_is_directory=True)
-    from ismoe_qgis.model.outputs import MANIFEST, is_prediction_file
+    from ismoe_qgis.model.outputs import is_prediction_file
+    from ismoe_qgis.model.prediction_folder import MANIFEST
     with fileutil.staged_folder(str(link), is_prediction_file, last=(MANIFEST,)) as tmp:
         for f in ("prediction.json", "sm.tif", "weight_rain.tif"):
             (tmp_path / tmp / f).write_text("new")
@@ -455,7 +456,8 @@ def test_staging_inside_output_when_its_parent_is_read_only(tmp_path):
                 mounted.insert(0, cmd[-1])
         with pytest.raises(OSError):
             (parent / "probe").write_text("x")                          # the parent is read-only
-        from ismoe_qgis.model.outputs import MANIFEST, is_prediction_file
+        from ismoe_qgis.model.outputs import is_prediction_file
+        from ismoe_qgis.model.prediction_folder import MANIFEST
         logs = []
         with fileutil.staged_folder(str(out), is_prediction_file, log=logs.append, last=(MANIFEST,)) as tmp:
             assert os.path.dirname(tmp) == str(out)

@@ -243,7 +243,7 @@ def test_model_files_are_checked_before_their_weights_are_loaded(run_alg, tiny_m
 
 
 def test_prediction_json_paths_stay_inside_their_folder(run_alg, tiny_model, tmp_path):
-    from ismoe_qgis.model.outputs import ManifestError, read_manifest
+    from ismoe_qgis.model.prediction_folder import ManifestError, read_manifest
     path, layers = tiny_model
     pred = tmp_path / "pred"
     run_alg("ismoe:predict", {"MODEL_FILE": path, "FACTORS": layers, "TILE_SIZE": 8, "OUTPUT": str(pred)})

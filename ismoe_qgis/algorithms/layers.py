@@ -383,7 +383,8 @@ def queue_prediction_layers(context, folder, manifest=None, feedback=None, per_b
     if project is None:
         return 0
     if manifest is None:
-        manifest = outputs.read_manifest(folder)
+        from ..model.prediction_folder import read_manifest
+        manifest = read_manifest(folder)
     load = PredictionLoad(folder, manifest, per_band)
     n = 0
     for kind, rank, name, path, views, visible in prediction_layer_specs(folder, manifest, per_band):

@@ -1,7 +1,7 @@
 """ismoe:seasonalimportance: the dock's seasonal-importance chart, headless (PNG + HTML/SVG + CSV).
 
-Thin glue: the numbers come from ismoe_qgis.ui.chartdata / ismoe_qgis.model.importance,
-the chart from ismoe_qgis.ui.mplchart (matplotlib Figure + Agg, no pyplot, no QWidget:
+Thin glue: the numbers come from ismoe_qgis.model.prediction_folder / ismoe_qgis.model.importance,
+the chart from ismoe_qgis.model.importance_chart (matplotlib Figure + Agg, no pyplot, no QWidget:
 safe in the Processing worker thread).
 """
 import json
@@ -114,15 +114,15 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
         self.addOutput(QgsProcessingOutputString("DOMINANT", self.tr("Dominant factor per season (JSON)")))
 
     def extra_parameter_problems(self, parameters, context):
-        """A prediction folder's prediction.json is validated before use (model.outputs.read_manifest): its
-        file names must stay inside the folder."""
+        """A prediction folder's prediction.json is validated before use (model.prediction_folder.read_manifest):
+        its file names must stay inside the folder."""
+        from ..model.prediction_folder import MANIFEST, read_manifest
         folder = parameters.get(self.INPUT)
         if isinstance(folder, str) and folder.strip():
             folder = os.path.abspath(os.path.expanduser(folder.strip()))
-            if os.path.basename(folder).lower() == "prediction.json":
+            if os.path.basename(folder).lower() == MANIFEST:
                 folder = os.path.dirname(folder)
-            if os.path.isfile(os.path.join(folder, "prediction.json")):
-                from ..model.outputs import read_manifest
+            if os.path.isfile(os.path.join(folder, MANIFEST)):
                 try:
                     read_manifest(folder)
                 except (ValueError, OSError) as exc:
@@ -141,7 +141,7 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
         return folder or csv_path, (self.INPUT if folder else self.INPUT_CSV)
 
     def _regions(self, parameters, context, feedback, folder):
-        from ..ui import chartdata as cd
+        from ..model import prediction_folder as pf
 
         source = self.parameterAsSource(parameters, self.REGIONS, context)
         if source is None:
@@ -171,36 +171,36 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             if geom is None or geom.isEmpty():
                 feedback.pushWarning("%s: %s has no geometry; skipped" % (self.REGIONS, name))
                 continue
-            region = cd.PolygonRegion(json.loads(geom.asJson(17)), crs_text)
+            region = pf.PolygonRegion(json.loads(geom.asJson(17)), crs_text)
             try:
-                cd.region_mask(folder, region, name)
-            except cd.ChartDataError as exc:
+                pf.region_mask(folder, region, name)
+            except pf.ChartDataError as exc:
                 feedback.pushWarning("%s: %s; skipped" % (self.REGIONS, exc))
                 continue
             used.add(name)
             regions[name] = region
         if not regions:
             raise QgsProcessingException("%s: no feature overlaps the prediction rasters (extent %s in the raster "
-                                         "CRS)" % (self.REGIONS, cd._fmt_bounds(folder.bounds)))
+                                         "CRS)" % (self.REGIONS, pf._fmt_bounds(folder.bounds)))
         return regions
 
     def _zones(self, parameters, context, folder):
-        from ..ui import chartdata as cd
+        from ..model import prediction_folder as pf
 
         layer = self.parameterAsRasterLayer(parameters, self.ZONES, context)
         if layer is None:
             return None
         try:
-            names = cd.parse_zone_names(self.parameterAsString(parameters, self.ZONE_NAMES, context))
-            return cd.zone_regions(folder, layer.source().split("|")[0], names)
-        except cd.ChartDataError as exc:
+            names = pf.parse_zone_names(self.parameterAsString(parameters, self.ZONE_NAMES, context))
+            return pf.zone_regions(folder, layer.source().split("|")[0], names)
+        except pf.ChartDataError as exc:
             raise QgsProcessingException("%s: %s" % (self.ZONES, exc)) from None
 
     # ------------------------------------------------------------------ run
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ..model import importance as imp
-        from ..ui import chartdata as cd
-        from ..ui import mplchart
+        from ..model import importance_chart as chart
+        from ..model import prediction_folder as pf
 
         path, param = self._source(parameters, context)
         kind = PERIOD_OPTIONS[self.parameterAsEnum(parameters, self.PERIOD, context)][1]
@@ -210,8 +210,8 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
         out_csv = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context)
         cb = self.callbacks(feedback)
         try:
-            source = cd.open_source(path)
-        except (cd.ChartDataError, imp.ImportanceError) as exc:
+            source = pf.open_source(path)
+        except (pf.ChartDataError, imp.ImportanceError) as exc:
             raise QgsProcessingException("%s: %s" % (param, exc)) from None
 
         if isinstance(source, imp.ImportanceTable):
@@ -236,33 +236,32 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
                         k += 1
                     regions[key] = zone
             if regions is None:
-                table = self.run_core(cd.whole_area_importance, folder, cb)
+                table = self.run_core(pf.whole_area_importance, folder, cb)
             else:
                 feedback.pushInfo("%d region(s): %s" % (len(regions), ", ".join(list(regions)[:10])
                                                         + (", …" if len(regions) > 10 else "")))
-                table = self.run_core(cd.region_importance, folder, regions, cb)
+                table = self.run_core(pf.region_importance, folder, regions, cb)
         if feedback.isCanceled():
             raise QgsProcessingException("cancelled by the user")
 
         regions_shown = [r for r in table.regions if kind in table.kinds(r)]
         if not regions_shown:
             raise QgsProcessingException("%s: the source has no %s values to chart" % (self.PERIOD, kind))
-        if len(regions_shown) > mplchart.MAX_PANELS:
+        if len(regions_shown) > chart.MAX_PANELS:
             feedback.pushWarning("%d regions: the chart shows the first %d, the CSV holds all"
-                                 % (len(regions_shown), mplchart.MAX_PANELS))
+                                 % (len(regions_shown), chart.MAX_PANELS))
         imp.write_importance_csv(table, out_csv)
-        from ..ui.chartdata import ensemble_members
-        fig = self.run_core(mplchart.importance_figure, table, kind, stacked, regions_shown,
-                            members=ensemble_members(path))
-        mplchart.save_figure(fig, png)
+        fig = self.run_core(chart.importance_figure, table, kind, stacked, regions_shown,
+                            members=pf.ensemble_members(path))
+        chart.save_figure(fig, png)
         results = {self.OUTPUT_PNG: png, self.OUTPUT_CSV: out_csv}
         if page:
             if page.lower().endswith(".svg"):
-                mplchart.save_figure(fig, page)
+                chart.save_figure(fig, page)
             else:
                 if not page.lower().endswith((".html", ".htm")):
                     page += ".html"
-                mplchart.write_html(table, fig, page, kind, source=os.path.abspath(path))
+                chart.write_html(table, fig, page, kind, source=os.path.abspath(path))
             results[self.OUTPUT_HTML] = page
         dominant = {}
         for r in table.regions:

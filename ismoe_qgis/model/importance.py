@@ -254,7 +254,7 @@ def importance_from_sums(dates, sums, counts, factors: Sequence[str], region: st
     """Seasonal importance from per-date sums of weights and counts of valid weights.
 
     ``sums``/``counts``: (T, E), e.g. the spatial sum and pixel count of each factor's
-    weight on each date over a region (what :mod:`ismoe_qgis.ui.chartdata` streams).
+    weight on each date over a region (what :mod:`ismoe_qgis.model.prediction_folder` streams).
     ``member_sums`` (N, T, E): an ensemble's members' sums over the same pixels; the spread of a period's
     mean weight is then the standard deviation (ddof 0) of the members' means.
     """

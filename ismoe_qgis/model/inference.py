@@ -11,7 +11,6 @@ Missing inputs inside a window are filled with the variable mean (0 after normal
 an output pixel is nodata where any input variable is missing at that pixel on that date.
 """
 import contextlib
-import json
 import os
 from typing import Callable, List
 
@@ -266,6 +265,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     from rasterio.windows import Window
 
     from . import outputs
+    from . import prediction_folder as pf
 
     cb = ensure(callbacks)
     cfg = model.cfg
@@ -281,10 +281,10 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     doy_all = day_of_year(out_dates)
     o_from = first_output - (L - 1)                  # output index (input index - (L - 1)) of the first output
     names = model.output_names
-    files = {"sm": "sm.tif", **{f: f"weight_{f}.tif" for f in names}}
+    files = {"sm": pf.SM_FILE, **{f: pf.weight_file(f) for f in names}}
     ensemble = model.members > 1
     # an ensemble's member standard deviations, beside the means
-    spread_files = {"sm": "sm_spread.tif", **{f: f"weight_spread_{f}.tif" for f in names}} if ensemble else {}
+    spread_files = {"sm": pf.SM_SPREAD_FILE, **{f: pf.weight_spread_file(f) for f in names}} if ensemble else {}
     # staging (issue 13): one writer per folder, written into a hidden sibling folder that replaces the whole
     # earlier prediction at the end; nothing inside OUTPUT (nor OUTPUT itself) before that move
     with prediction_staging(out_dir, callbacks=cb) as tmp, io_errors(out_dir, "OUTPUT"), \
@@ -294,7 +294,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
         prof = _profile(grid, T)
         dsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in files.items()}
         sdsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in spread_files.items()}
-        dom, sm_range = outputs.DOMINANT_FILE, outputs.SmRange()
+        dom, sm_range = pf.DOMINANT_FILE, outputs.SmRange()
         dsts[dom] = rasterio.open(os.path.join(tmp, dom), "w", **outputs.dominant_profile(prof))
         try:
             iso = [str(d) for d in out_dates]
@@ -331,9 +331,9 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
         sidecars = outputs.annotate_outputs(tmp, files, iso, names, dom, cog=cog)
         from .importance import importance_from_sums, write_importance_csv
         write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names, member_sums=member_sums),
-                             os.path.join(tmp, "importance.csv"))
-        manifest = {"factors": names, "dates": [str(d) for d in out_dates], "sm": files["sm"],
-                    "weights": {f: files[f] for f in names}, "dominant_factor": dom, "importance": "importance.csv",
+                             os.path.join(tmp, pf.IMPORTANCE_CSV))
+        manifest = {"format": pf.FORMAT, "factors": names, "dates": [str(d) for d in out_dates], "sm": files["sm"],
+                    "weights": {f: files[f] for f in names}, "dominant_factor": dom, "importance": pf.IMPORTANCE_CSV,
                     "sm_units": outputs.SM_UNIT, "sm_range": sm_range.display_range(),
                     "model_type": cfg.model_type, "mixture": model.mixture, "weights_meaning": model.weight_meaning,
                     "memory": warmup_record(cfg, dates, first_output),
@@ -344,8 +344,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                                                     "sm.tif and weight_<factor>.tif hold the members' means"}
                                  if ensemble else None),
                     "nodata": NODATA, **(extra_meta or {})}
-        with open(os.path.join(tmp, outputs.MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1)
+        pf.write_manifest(tmp, manifest)
     return manifest
 
 
@@ -355,11 +354,11 @@ def prediction_staging(out_dir: str, callbacks: Callbacks = None, param: str = "
     hidden staging folder to write the files of a prediction into; at the end they replace `out_dir` (the
     whole earlier prediction, see outputs.is_prediction_file) at once. Refuses a folder holding files that
     are not a prediction's. Used by predict_to_folder and by any other writer of prediction folders."""
-    from . import outputs
+    from . import outputs, prediction_folder
     cb = ensure(callbacks)
     with output_lock(out_dir, param, "ismoe:predict", cb.log):
         with staged_folder(out_dir, outputs.is_prediction_file, param, cb.log, "outputs of ismoe:predict",
-                           last=(outputs.MANIFEST,), legacy_inside=(".ismoe_predict_",)) as tmp:
+                           last=(prediction_folder.MANIFEST,), legacy_inside=(".ismoe_predict_",)) as tmp:
             yield tmp
 
 

@@ -27,10 +27,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from .importance import factor_colour
+from .prediction_folder import DOMINANT_FILE, PREDICTION_FILES, PREDICTION_PATTERNS
 
 SM_UNIT = "m3 m-3"              # CF spelling of m3/m3 (volumetric water content)
 WEIGHT_UNIT = "1"               # dimensionless share
-DOMINANT_FILE = "dominant_factor.tif"
 DOMINANT_NODATA = 0
 BAND_VIEW_DIR = "by_date"       # the per-date VRTs (QGIS < 3.38 time navigation)
 DEFAULT_SM_RANGE = (0.0, 0.5)   # m3/m3, when a prediction has no valid pixel
@@ -224,9 +224,6 @@ def _relative_source(vrt: str, source: str):
             f.write(text)
 
 
-# the files of a prediction folder (what ismoe:predict owns there, and replaces as one set)
-PREDICTION_FILES = ("sm.tif", "sm_spread.tif", DOMINANT_FILE, "importance.csv", "prediction.json")
-PREDICTION_PATTERNS = ("weight_*.tif", "weight_spread_*.tif")
 SIDECAR_SUFFIXES = (".aux.xml", ".qml", ".ovr", ".msk")
 
 
@@ -271,94 +268,3 @@ def drop_stale(out_dir: str, rasters: Sequence[str], keep: Sequence[str] = None)
                 os.remove(os.path.join(views, fn))
         if not os.listdir(views):
             os.rmdir(views)
-
-
-# --------------------------------------------------------------------------- prediction.json
-MANIFEST = "prediction.json"
-MANIFEST_MAX_BYTES = 64 * 2 ** 20       # a real one is a few KB (one ISO date per output band)
-
-
-class ManifestError(ValueError):
-    """A prediction.json that cannot be used; the message names the file and the item."""
-
-
-def _manifest_files(man: dict):
-    """(item name, relative file name) of every file prediction.json refers to."""
-    for key in ("sm", "dominant_factor", "importance", "observations"):
-        if man.get(key) is not None:
-            yield key, man[key]
-    for f, fn in (man.get("weights") or {}).items():
-        yield f"weights.{f}", fn
-    ens = man.get("ensemble") or {}
-    if isinstance(ens, dict):
-        if ens.get("sm_spread") is not None:
-            yield "ensemble.sm_spread", ens["sm_spread"]
-        for f, fn in (ens.get("weight_spread") or {}).items():
-            yield f"ensemble.weight_spread.{f}", fn
-
-
-def confined_path(folder: str, rel, what: str = "file") -> str:
-    """The absolute path of `rel` inside `folder`; ManifestError when `rel` is not a relative path that stays
-    inside the folder once '..' and symbolic links are resolved (an absolute path, '../../etc/passwd', a
-    link pointing out)."""
-    if not isinstance(rel, str) or not rel.strip() or "\0" in rel:
-        raise ManifestError(f"{what} is {rel!r}, not a file name")
-    if os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
-        raise ManifestError(f"{what} is an absolute path ({rel}): a prediction folder refers only to files "
-                            f"inside it")
-    root = os.path.realpath(folder)
-    full = os.path.realpath(os.path.join(root, rel))
-    if os.path.commonpath([root, full]) != root:
-        raise ManifestError(f"{what} ({rel}) points outside the prediction folder: a prediction folder refers "
-                            f"only to files inside it")
-    return full
-
-
-def read_manifest(folder: str) -> dict:
-    """Read and validate ``<folder>/prediction.json`` (written by ``ismoe:predict``); the one reader of it.
-
-    Checks: a JSON object of a sane size; "factors" a list of distinct names; "dates" ISO dates; "weights"
-    {factor: file} for those factors; every file it names (sm, weights, dominant factor, importance,
-    observations, ensemble spreads) a relative path that stays inside `folder` (no absolute paths, no '..'
-    out of it, no link out of it). Returns the dict as stored. Raises ManifestError naming the file and the
-    item, FileNotFoundError when there is no prediction.json."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {MANIFEST} in {folder}: choose the output folder of ismoe:predict")
-    if os.path.getsize(path) > MANIFEST_MAX_BYTES:
-        raise ManifestError(f"{path} is {os.path.getsize(path)} bytes, far more than a prediction.json holds: "
-                            f"not a prediction.json of this plugin")
-    import json
-    try:
-        with open(path, encoding="utf-8") as f:
-            man = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ManifestError(f"{path} could not be read ({type(e).__name__}: {e}): run ismoe:predict again") from None
-    if not isinstance(man, dict):
-        raise ManifestError(f"{path} does not hold a JSON object: not a prediction.json of this plugin")
-    factors = man.get("factors", [])
-    if not isinstance(factors, list) or not all(isinstance(f, str) and f for f in factors):
-        raise ManifestError(f"{path}: 'factors' is not a list of factor names")
-    if len(set(factors)) != len(factors):
-        raise ManifestError(f"{path}: 'factors' lists a factor twice ({', '.join(factors)})")
-    weights = man.get("weights", {})
-    if not isinstance(weights, dict) or not all(isinstance(k, str) for k in weights):
-        raise ManifestError(f"{path}: 'weights' is not an object of factor: file name")
-    unknown = [k for k in weights if factors and k not in factors]
-    if unknown:
-        raise ManifestError(f"{path}: 'weights' names factor(s) {', '.join(unknown)} that are not in 'factors'")
-    dates = man.get("dates", [])
-    if not isinstance(dates, list):
-        raise ManifestError(f"{path}: 'dates' is not a list of ISO dates")
-    try:
-        [np.datetime64(str(d)[:10], "D") for d in dates]
-    except ValueError:
-        raise ManifestError(f"{path}: 'dates' holds something that is not an ISO date (YYYY-MM-DD)") from None
-    for key, rel in _manifest_files(man):
-        try:
-            confined_path(folder, rel, f"'{key}'")
-        except ManifestError as e:
-            raise ManifestError(f"{path}: {e}") from None
-    if "nodata" in man and not isinstance(man["nodata"], (int, float)):
-        raise ManifestError(f"{path}: 'nodata' is {man['nodata']!r}, not a number")
-    return man

@@ -1,9 +1,9 @@
 """ImportanceDock: seasonal expert importance chart + pixel inspector (pyqtgraph).
 
-The widget stays thin: every number comes from :mod:`ismoe_qgis.ui.chartdata` and
-:mod:`ismoe_qgis.model.importance` (tested without Qt). Heavy reads run in QgsTasks
-(worker threads) that only see plain data (paths, GeoJSON dicts, CRS strings); QGIS
-objects (layers, canvas) are read here, in the GUI thread. Every bad input ends as a
+The widget stays thin: every number comes from the core (:mod:`ismoe_qgis.model.prediction_folder`,
+:mod:`ismoe_qgis.model.importance_chart`, :mod:`ismoe_qgis.model.importance`) and the date cursor from
+:mod:`ismoe_qgis.ui.chartdata`, all tested without Qt. Heavy reads run in QgsTasks that only see plain
+data (paths, GeoJSON dicts, CRS strings); QGIS objects (layers, canvas) are read here, in the GUI thread. Every bad input ends as a
 message line in the dock, never as a traceback dialog (details go to the message log).
 """
 import json
@@ -27,6 +27,8 @@ import pyqtgraph as pg  # noqa: E402  (after the Qt binding is fixed)
 
 from ..core_callbacks import Callbacks, Cancelled
 from ..model import importance as imp
+from ..model import importance_chart as ic
+from ..model import prediction_folder as pf
 from . import chartdata as cd
 
 LOG_TAG = "ISMoE"
@@ -36,7 +38,7 @@ MODE_WHOLE, MODE_EXTENT, MODE_FEATURE, MODE_ZONE = "whole", "extent", "feature",
 MAX_FEATURES = 5000
 PERIODS = (("Month", "month"), ("Day of year", "doy"), ("Season", "season"))
 FILL_ALPHA = 190  # stacked areas
-BAND_ALPHA = cd.BAND_ALPHA  # ensemble spread band (0..1)
+BAND_ALPHA = ic.BAND_ALPHA  # ensemble spread band (0..1)
 CURSOR_COLOUR = "#333333"
 
 
@@ -222,10 +224,10 @@ class ImportanceDock(QgsDockWidget):
         self.iface = iface
         self._project = project
         self.source_path = ""
-        self.folder = None            # cd.PredictionFolder
+        self.folder = None            # pf.PredictionFolder
         self.csv_table = None         # imp.ImportanceTable of a CSV source
         self.table = None             # table on the chart
-        self.pixel = None             # cd.PixelSeries in the inspector
+        self.pixel = None             # pf.PixelSeries in the inspector
         self._cache = {}
         self._tasks = {}              # purpose -> running task
         self._message = ("", "info")
@@ -431,7 +433,7 @@ class ImportanceDock(QgsDockWidget):
         """Run a slot; any error becomes a message in the dock (details in the message log)."""
         try:
             return fn(*args)
-        except cd.ChartDataError as exc:
+        except pf.ChartDataError as exc:
             self.show_message(str(exc), "error")
         except imp.ImportanceError as exc:
             self.show_message(str(exc), "error")
@@ -473,8 +475,8 @@ class ImportanceDock(QgsDockWidget):
         self._clear_pixel_plots()
         self.info_label.setText("")
         try:
-            source = cd.open_source(path)
-        except (cd.ChartDataError, imp.ImportanceError) as exc:
+            source = pf.open_source(path)
+        except (pf.ChartDataError, imp.ImportanceError) as exc:
             self.source_path = ""
             self._update_region_widgets()
             self.show_message(str(exc), "error")
@@ -482,7 +484,7 @@ class ImportanceDock(QgsDockWidget):
         self.source_path = os.path.abspath(path)
         if isinstance(source, imp.ImportanceTable):
             self.csv_table = source
-            self._members = cd.ensemble_members(self.source_path)   # a prediction's importance.csv
+            self._members = pf.ensemble_members(self.source_path)   # a prediction's importance.csv
             self.info_label.setText("CSV: {} regions ({}), factors {}".format(
                 len(source.regions), ", ".join(source.regions[:6]) + ("…" if len(source.regions) > 6 else ""),
                 ", ".join(source.factors)))
@@ -540,7 +542,7 @@ class ImportanceDock(QgsDockWidget):
     def set_region_mode(self, mode):
         i = self.region_combo.findData(mode)
         if i < 0:
-            raise cd.ChartDataError("No region {!r} in this source".format(mode))
+            raise pf.ChartDataError("No region {!r} in this source".format(mode))
         self.region_combo.setCurrentIndex(i)
 
     def _on_region_changed(self, recompute=False):
@@ -579,7 +581,7 @@ class ImportanceDock(QgsDockWidget):
         layer = self.zone_layer_combo.currentLayer()
         if layer is None or self.folder is None:
             return
-        self._zones = cd.zone_regions(self.folder, layer.source().split("|")[0])
+        self._zones = pf.zone_regions(self.folder, layer.source().split("|")[0])
         for name, zone in self._zones.items():
             self.zone_combo.addItem("{} ({} px)".format(name, int(zone.mask.sum())), name)
 
@@ -591,7 +593,7 @@ class ImportanceDock(QgsDockWidget):
         if name is not None:
             i = self.zone_combo.findData(name)
             if i < 0:
-                raise cd.ChartDataError("No zone {!r} in {}".format(name, layer.name()))
+                raise pf.ChartDataError("No zone {!r} in {}".format(name, layer.name()))
             self.zone_combo.setCurrentIndex(i)
 
     def set_polygon_feature(self, layer, fid=None):
@@ -602,47 +604,47 @@ class ImportanceDock(QgsDockWidget):
         if fid is not None:
             i = self.feature_combo.findData(fid)
             if i < 0:
-                raise cd.ChartDataError("Feature {} not found in {}".format(fid, layer.name()))
+                raise pf.ChartDataError("Feature {} not found in {}".format(fid, layer.name()))
             self.feature_combo.setCurrentIndex(i)
 
     def current_region(self):
-        """(cache key, display name, chartdata region) for the selected region (GUI thread)."""
+        """(cache key, display name, prediction_folder region) for the selected region (GUI thread)."""
         mode = self.region_combo.currentData()
         if mode == MODE_EXTENT:
             if self.canvas is None:
-                raise cd.ChartDataError("No map canvas: the current map extent is not available")
+                raise pf.ChartDataError("No map canvas: the current map extent is not available")
             ext = self.canvas.extent()
             crs = crs_for_core(self.canvas.mapSettings().destinationCrs())
             if ext.isEmpty():
-                raise cd.ChartDataError("The map extent is empty")
-            bbox = cd.BBox(ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum(), crs)
+                raise pf.ChartDataError("The map extent is empty")
+            bbox = pf.BBox(ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum(), crs)
             key = ("extent", round(bbox.xmin, 6), round(bbox.ymin, 6), round(bbox.xmax, 6), round(bbox.ymax, 6), crs)
             return key, "map extent", bbox
         if mode == MODE_ZONE:
             layer = self.zone_layer_combo.currentLayer()
             if layer is None:
-                raise cd.ChartDataError("Choose a raster layer of zone numbers (and a zone) for the region")
+                raise pf.ChartDataError("Choose a raster layer of zone numbers (and a zone) for the region")
             name = self.zone_combo.currentData()
             if name is None or name not in self._zones:
-                raise cd.ChartDataError("{} has no zone on the prediction grid".format(layer.name()))
+                raise pf.ChartDataError("{} has no zone on the prediction grid".format(layer.name()))
             return ("zone", layer.id(), name), "{}: {}".format(layer.name(), name), self._zones[name]
         if mode == MODE_FEATURE:
             layer = self.layer_combo.currentLayer()
             if layer is None:
-                raise cd.ChartDataError("Choose a polygon layer (and a feature) for the region")
+                raise pf.ChartDataError("Choose a polygon layer (and a feature) for the region")
             if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
-                raise cd.ChartDataError("{} is not a polygon layer".format(layer.name()))
+                raise pf.ChartDataError("{} is not a polygon layer".format(layer.name()))
             fid = self.feature_combo.currentData()
             if fid is None:
-                raise cd.ChartDataError("{} has no feature to use as region".format(layer.name()))
+                raise pf.ChartDataError("{} has no feature to use as region".format(layer.name()))
             feat = layer.getFeature(fid)
             geom = feat.geometry()
             if geom is None or geom.isEmpty():
-                raise cd.ChartDataError("Feature {} of {} has no geometry".format(fid, layer.name()))
+                raise pf.ChartDataError("Feature {} of {} has no geometry".format(fid, layer.name()))
             geojson = json.loads(geom.asJson(17))
             name = self.feature_combo.currentText()
             key = ("feature", layer.id(), fid, geom.asWkt())
-            return key, "{}: {}".format(layer.name(), name), cd.PolygonRegion(geojson, crs_for_core(layer.crs()))
+            return key, "{}: {}".format(layer.name(), name), pf.PolygonRegion(geojson, crs_for_core(layer.crs()))
         return ("whole",), "whole area", None
 
     # ------------------------------------------------------------------ importance
@@ -652,7 +654,7 @@ class ImportanceDock(QgsDockWidget):
             if self.csv_table is not None:
                 self._show_table(self.csv_table)
                 return
-            raise cd.ChartDataError("Load a prediction folder first")
+            raise pf.ChartDataError("Load a prediction folder first")
         key, name, region = self.current_region()
         key = (self.source_path,) + key
         if key in self._cache:
@@ -661,13 +663,13 @@ class ImportanceDock(QgsDockWidget):
         folder = self.folder
         if region is None:
             def fn(cb):
-                return cd.whole_area_importance(folder, cb)
+                return pf.whole_area_importance(folder, cb)
         else:
             # validate in the GUI thread (cheap: mask only) so a bad region is a message now
-            cd.region_mask(folder, region, name)
+            pf.region_mask(folder, region, name)
 
             def fn(cb):
-                t = cd.region_importance(folder, {imp.DEFAULT_REGION: region}, cb)
+                t = pf.region_importance(folder, {imp.DEFAULT_REGION: region}, cb)
                 return t
 
         def done(task):
@@ -726,7 +728,7 @@ class ImportanceDock(QgsDockWidget):
 
     def _report_task_error(self, task):
         exc = task.error
-        if isinstance(exc, (cd.ChartDataError, imp.ImportanceError)):
+        if isinstance(exc, (pf.ChartDataError, imp.ImportanceError)):
             self.show_message(str(exc), "error")
         else:
             QgsMessageLog.logMessage(task.details, LOG_TAG, Qgis.Warning)
@@ -745,7 +747,7 @@ class ImportanceDock(QgsDockWidget):
     def set_period(self, kind):
         i = self.period_combo.findData(kind)
         if i < 0:
-            raise cd.ChartDataError("Unknown period {!r}".format(kind))
+            raise pf.ChartDataError("Unknown period {!r}".format(kind))
         self.period_combo.setCurrentIndex(i)
 
     def set_stacked(self, stacked):
@@ -761,7 +763,7 @@ class ImportanceDock(QgsDockWidget):
             region = self.table.regions[0] if self.table.regions else None
         kind = self.current_kind()
         if region is None or kind not in self.table.kinds(region):
-            self.show_message("The source has no {} values for {}".format(cd.PERIOD_TITLES[kind], region), "warning")
+            self.show_message("The source has no {} values for {}".format(ic.PERIOD_TITLES[kind], region), "warning")
             return
         series = self.table.get(region, kind)
         stacked = bool(self.style_combo.currentData())
@@ -769,25 +771,25 @@ class ImportanceDock(QgsDockWidget):
         symbol = "o" if kind != "doy" and not stacked else None
         entries = []
         banded = False
-        for it in cd.chart_series(series, stacked):
+        for it in ic.chart_series(series, stacked):
             if it.has_band:
                 self.importance_curves.show_band(it.factor, it.x, it.band_lower, it.band_upper, it.colour)
                 banded = True
             self.importance_curves.show(it.factor, it.x, it.upper, it.colour, symbol=symbol, lower=it.lower)
             entries.append((it.factor, it.colour, "■" if stacked else "━"))
         if banded:
-            entries.append((cd.spread_label(self._members), "#999999", "▒"))
+            entries.append((ic.spread_label(self._members), "#999999", "▒"))
         self.importance_legend.setText(legend_html(entries))
         self.importance_legend.setToolTip(self._band_tooltip() if banded else "")
         ax = plot.getAxis("bottom")
-        ax.setTicks([cd.period_ticks(kind), []])
-        lo, hi = cd.period_range(kind)
+        ax.setTicks([ic.period_ticks(kind), []])
+        lo, hi = ic.period_range(kind)
         plot.setXRange(lo, hi, padding=0.01)
         if stacked:
             plot.setYRange(0, 1.02, padding=0)
         else:
             plot.enableAutoRange(axis="y")
-        plot.setLabel("bottom", cd.PERIOD_TITLES[kind])
+        plot.setLabel("bottom", ic.PERIOD_TITLES[kind])
         plot.setTitle(region if self.csv_table is not None else self._chart_title, color="k", size="9pt")
         self.summary_label.setText(self._summary(region))
         self._update_cursors()
@@ -840,7 +842,7 @@ class ImportanceDock(QgsDockWidget):
         if self.map_tool is None:
             if on:
                 self.pick_button.setChecked(False)
-                raise cd.ChartDataError("No map canvas: the pixel inspector needs one")
+                raise pf.ChartDataError("No map canvas: the pixel inspector needs one")
             return
         if on:
             self.canvas.setMapTool(self.map_tool)
@@ -856,12 +858,12 @@ class ImportanceDock(QgsDockWidget):
         """Show the pixel under map point ``point`` (QgsPointXY or (x, y)) given in ``crs``
         (QgsCoordinateReferenceSystem or string; None = raster CRS)."""
         if self.folder is None:
-            raise cd.ChartDataError("The pixel inspector needs a prediction folder (a CSV has no rasters)")
+            raise pf.ChartDataError("The pixel inspector needs a prediction folder (a CSV has no rasters)")
         x, y = (point.x(), point.y()) if hasattr(point, "x") else point
         core_crs = crs_for_core(crs) if isinstance(crs, QgsCoordinateReferenceSystem) else crs
         try:
-            row, col = cd.pixel_at(self.folder, x, y, core_crs)
-        except cd.OutsideRasterError as exc:
+            row, col = pf.pixel_at(self.folder, x, y, core_crs)
+        except pf.OutsideRasterError as exc:
             self.pixel = None
             self._clear_pixel_plots()
             self.pixel_label.setText("No pixel: outside the raster.")
@@ -873,7 +875,7 @@ class ImportanceDock(QgsDockWidget):
     def inspect_pixel(self, row, col):
         """Read one pixel's series in the background and show them."""
         if self.folder is None:
-            raise cd.ChartDataError("The pixel inspector needs a prediction folder")
+            raise pf.ChartDataError("The pixel inspector needs a prediction folder")
         folder = self.folder
         self.pixel_label.setText("Reading pixel row {}, col {}…".format(row, col))
 
@@ -889,7 +891,7 @@ class ImportanceDock(QgsDockWidget):
             self._show_pixel(task.result)
 
         self._start_task("pixel", "ISMoE: pixel {} {}".format(row, col),
-                         lambda cb: cd.pixel_series(folder, row, col), done)
+                         lambda cb: pf.pixel_series(folder, row, col), done)
 
     def _show_pixel(self, px):
         self.pixel = px
