@@ -1,8 +1,7 @@
 """ismoe:evaluate: models (+ reference products, baselines) on a dataset -> metrics, report, importance."""
-import json
 import os
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProcessingException,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingException,
                        QgsProcessingOutputFile, QgsProcessingOutputHtml, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
@@ -11,6 +10,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
 from . import presentation
 from .base import IsmoeAlgorithm
 from .common import check_writable, layer_source, optional_date, raster_layer_list
+from .regions import check_region_field, layer_polygons
 from .qgis_compat import PARAM_FLAG_ADVANCED, SOURCE_FILE, SOURCE_RASTER, add_param_flags, optional
 
 try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
@@ -145,29 +145,12 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
         if source is None:
             return None
         field = self.parameterAsString(parameters, self.REGION_FIELD, context)
-        if field and source.fields().indexOf(field) < 0:
-            raise QgsProcessingException(f"{self.REGION_FIELD}: no field '{field}' in {self.REGIONS} "
-                                         f"(fields: {', '.join(source.fields().names())})")
+        check_region_field(source, field, self.REGION_FIELD, self.REGIONS)
         dst = QgsCoordinateReferenceSystem.fromWkt(cube.grid["crs_wkt"])
         if not dst.isValid():
             raise QgsProcessingException(f"{self.DATASET}: the dataset has no valid CRS; cannot place {self.REGIONS}")
-        src = source.sourceCrs()
-        xform = QgsCoordinateTransform(src, dst, context.transformContext()) if src.isValid() and src != dst else None
-        polygons, used = [], set()
-        for feat in source.getFeatures():
-            geom = feat.geometry()
-            label = None
-            if field:
-                value = feat[field]
-                label = str(value) if value not in (None, "") and str(value) != "NULL" else None
-            name = label or f"feature {feat.id()}"
-            if geom is None or geom.isEmpty():
-                feedback.pushWarning(f"{self.REGIONS}: {name} has no geometry; skipped")
-                continue
-            if xform is not None:
-                geom.transform(xform)
-            polygons.append((name, json.loads(geom.asJson(12))))
-            used.add(name)
+        polygons = list(layer_polygons(source, field, feedback, self.REGIONS, dst, context.transformContext(),
+                                       precision=12))
         from ..model.evaluate import region_labels_from_polygons
         labels = self.run_core(region_labels_from_polygons, cube, polygons)
         n_in = sum(1 for v in labels if v is not None)

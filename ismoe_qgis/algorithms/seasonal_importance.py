@@ -14,6 +14,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
 
 from . import presentation
 from .base import IsmoeAlgorithm
+from .regions import check_region_field, crs_for_core, layer_polygons
 from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER, optional
 
 try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
@@ -147,31 +148,15 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
         if source is None:
             return None
         field = self.parameterAsString(parameters, self.REGION_FIELD, context)
-        if field and source.fields().indexOf(field) < 0:
-            raise QgsProcessingException("%s: no field '%s' in %s" % (self.REGION_FIELD, field, self.REGIONS))
-        crs = source.sourceCrs()
-        crs_text = None
-        if crs.isValid():
-            auth = crs.authid()
-            crs_text = auth if auth.upper().startswith("EPSG:") else crs.toWkt(crs.WKT_PREFERRED_GDAL)
+        check_region_field(source, field, self.REGION_FIELD, self.REGIONS)
+        crs_text = crs_for_core(source.sourceCrs())
         regions, used = {}, set()
-        for feat in source.getFeatures():
-            if feedback.isCanceled():
-                break
-            geom = feat.geometry()
-            label = None
-            if field:
-                value = feat[field]
-                label = str(value) if value not in (None, "") and str(value) != "NULL" else None
-            name = label or "feature %s" % feat.id()
+        for name, geojson in layer_polygons(source, field, feedback, self.REGIONS):
             base, k = name, 2
             while name in used:
                 name = "%s (%d)" % (base, k)
                 k += 1
-            if geom is None or geom.isEmpty():
-                feedback.pushWarning("%s: %s has no geometry; skipped" % (self.REGIONS, name))
-                continue
-            region = pf.PolygonRegion(json.loads(geom.asJson(17)), crs_text)
+            region = pf.PolygonRegion(geojson, crs_text)
             try:
                 pf.region_mask(folder, region, name)
             except pf.ChartDataError as exc:

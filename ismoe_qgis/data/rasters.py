@@ -1159,3 +1159,19 @@ def write_series_geotiff(path, array, grid: Grid, dates, nodata: float = -9999, 
             os.remove(tmp)
         raise
     return path
+
+
+# --------------------------------------------------------------------------- polygons on a grid
+def rasterize_polygons(geometries: Sequence[dict], out_shape, transform, all_touched: bool = False) -> np.ndarray:
+    """The one rasteriser of region polygons: int32 ``out_shape`` labels, ``i + 1`` where the pixel belongs to
+    ``geometries[i]`` (its centre is inside, or any touch with ``all_touched``), 0 elsewhere; where polygons
+    overlap the later one wins. ``geometries``: GeoJSON-like dicts in the grid's CRS (``transform`` an Affine or
+    GDAL's 6 numbers)."""
+    from rasterio import features
+    if not isinstance(transform, Affine):
+        transform = Affine.from_gdal(*transform)
+    shapes = [(g, i + 1) for i, g in enumerate(geometries)]
+    if not shapes:
+        return np.zeros(tuple(out_shape), dtype=np.int32)
+    return features.rasterize(shapes, out_shape=tuple(out_shape), transform=transform, fill=0,
+                              all_touched=all_touched, dtype="int32")

@@ -229,20 +229,13 @@ def region_labels_from_polygons(cube: Cube, polygons, all_touched: bool = False)
     centre is inside, or any touch with ``all_touched``); where polygons overlap the later one
     wins. Returns an object array (N,), None where a target is in no polygon.
     """
-    from rasterio import features
     grid = rasters.Grid(**{k: cube.grid[k] for k in ("crs_wkt", "transform", "width", "height")})
-    names = []
-    shapes = []
-    for name, geom in polygons:
-        if geom is None:
-            continue
-        names.append(str(name))
-        shapes.append((geom, len(names)))
+    kept = [(str(name), geom) for name, geom in polygons if geom is not None]
+    names = [name for name, _ in kept]
     labels = np.full(len(cube.target_rows), None, dtype=object)
-    if not shapes:
+    if not kept:
         return labels
-    burned = features.rasterize(shapes, out_shape=(grid.height, grid.width), transform=grid.affine, fill=0,
-                                all_touched=all_touched, dtype="int32")
+    burned = rasters.rasterize_polygons([geom for _, geom in kept], grid.shape, grid.affine, all_touched)
     codes = burned[cube.target_rows, cube.target_cols]
     for i, c in enumerate(codes):
         if c > 0:

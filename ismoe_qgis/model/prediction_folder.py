@@ -587,13 +587,14 @@ def region_mask(folder: PredictionFolder, region: Region = None, name: str = "re
             raise ChartDataError("{} lies outside the prediction raster (polygon extent {}, raster extent {} in the "
                                  "raster CRS)".format(name, _fmt_bounds(b), _fmt_bounds(folder.bounds)))
         r0, c0, r1, c1 = win
-        from rasterio.features import geometry_mask
         from rasterio.windows import transform as window_transform
+
+        from ..data.rasters import rasterize_polygons
         wt = window_transform(Window(c0, r0, c1 - c0, r1 - r0), folder.transform)
         shape = (r1 - r0, c1 - c0)
-        mask = geometry_mask([geom], out_shape=shape, transform=wt, invert=True, all_touched=False)
+        mask = rasterize_polygons([geom], shape, wt, all_touched=False) > 0
         if not mask.any():
-            mask = geometry_mask([geom], out_shape=shape, transform=wt, invert=True, all_touched=True)
+            mask = rasterize_polygons([geom], shape, wt, all_touched=True) > 0
         n = int(mask.sum())
         if n == 0:
             raise ChartDataError("{} does not cover any pixel of the prediction raster".format(name))

@@ -6,7 +6,6 @@ The widget stays thin: every number comes from the core (:mod:`ismoe_qgis.model.
 data (paths, GeoJSON dicts, CRS strings); QGIS objects (layers, canvas) are read here, in the GUI thread. Every bad input ends as a
 message line in the dock, never as a traceback dialog (details go to the message log).
 """
-import json
 import os
 import time
 import traceback
@@ -25,6 +24,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QL
 
 import pyqtgraph as pg  # noqa: E402  (after the Qt binding is fixed)
 
+from ..algorithms.regions import crs_for_core, feature_geojson
 from ..core_callbacks import Callbacks, Cancelled
 from ..model import importance as imp
 from ..model import importance_chart as ic
@@ -40,16 +40,6 @@ PERIODS = (("Month", "month"), ("Day of year", "doy"), ("Season", "season"))
 FILL_ALPHA = 190  # stacked areas
 BAND_ALPHA = ic.BAND_ALPHA  # ensemble spread band (0..1)
 CURSOR_COLOUR = "#333333"
-
-
-def crs_for_core(qcrs):
-    """A QgsCoordinateReferenceSystem as a string rasterio understands (None if invalid)."""
-    if qcrs is None or not qcrs.isValid():
-        return None
-    auth = qcrs.authid()
-    if auth.upper().startswith("EPSG:"):
-        return auth
-    return qcrs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
 
 
 def _fmt_coord(v):
@@ -638,12 +628,11 @@ class ImportanceDock(QgsDockWidget):
             if fid is None:
                 raise pf.ChartDataError("{} has no feature to use as region".format(layer.name()))
             feat = layer.getFeature(fid)
-            geom = feat.geometry()
-            if geom is None or geom.isEmpty():
+            geojson = feature_geojson(feat)
+            if geojson is None:
                 raise pf.ChartDataError("Feature {} of {} has no geometry".format(fid, layer.name()))
-            geojson = json.loads(geom.asJson(17))
             name = self.feature_combo.currentText()
-            key = ("feature", layer.id(), fid, geom.asWkt())
+            key = ("feature", layer.id(), fid, feat.geometry().asWkt())
             return key, "{}: {}".format(layer.name(), name), pf.PolygonRegion(geojson, crs_for_core(layer.crs()))
         return ("whole",), "whole area", None
 
