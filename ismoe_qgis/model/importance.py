@@ -357,38 +357,62 @@ def write_importance_csv(table: ImportanceTable, path: str) -> str:
     return path
 
 
-def read_importance_csv(path: str) -> ImportanceTable:
-    """Read a CSV written by :func:`write_importance_csv` (extra columns are ignored)."""
+def read_importance_csv(path: str, strict: bool = True) -> ImportanceTable:
+    """Read a CSV written by :func:`write_importance_csv` (extra columns are ignored); the one reader of the
+    file (the dock, ismoe:seasonalimportance and the evaluation report read through it). ``strict=False``
+    (the report): column names in any case, and rows that cannot be read are dropped instead of refused."""
     if not os.path.isfile(path):
         raise ImportanceError("importance CSV not found: {}".format(path))
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rd = csv.DictReader(fh)
+        if not strict and rd.fieldnames:
+            rd.fieldnames = [str(c).strip().lower() for c in rd.fieldnames]
         header = rd.fieldnames or []
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
             raise ImportanceError("{} is not a seasonal-importance CSV: missing column(s) {} (expected {})".format(
                 os.path.basename(path), ", ".join(missing), ", ".join(CSV_COLUMNS)))
-        factors: List[str] = []
-        cells: Dict[Tuple[str, str], Dict] = {}
-        for lineno, row in enumerate(rd, start=2):
-            region, kind, period, factor = (row["region"], row["period_kind"].strip(),
-                                            row["period"].strip(), row["factor"])
-            if kind not in PERIOD_KINDS:
-                raise ImportanceError("{} line {}: period_kind {!r} is not one of {}".format(
-                    os.path.basename(path), lineno, kind, ", ".join(PERIOD_KINDS)))
-            try:
-                p = _parse_period(kind, period)
-                mean = float(row["mean_weight"]) if row["mean_weight"].strip() else float("nan")
-                n = int(float(row["n"])) if row["n"].strip() else 0
-                sp = row.get("spread") or ""
-                sp = float(sp) if sp.strip() else float("nan")
-            except ValueError as exc:
-                raise ImportanceError("{} line {}: {}".format(os.path.basename(path), lineno, exc))
-            if factor not in factors:
-                factors.append(factor)
-            cells.setdefault((region, kind), {})[(p, factor)] = (mean, n, sp)
+        return table_from_rows(rd, os.path.basename(path), first_line=2, strict=strict)
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def table_from_rows(rows: Iterable[Mapping], label: str = "importance rows", first_line: int = 1,
+                    strict: bool = True) -> ImportanceTable:
+    """A table from rows with the CSV's columns (:data:`CSV_COLUMNS`, optional ``spread``; text or numbers,
+    an empty mean_weight/spread is NaN, an empty n 0). A row that cannot be read: ImportanceError naming
+    ``label`` and the line, or with ``strict=False`` the row is dropped (and an empty region is 'all')."""
+    factors: List[str] = []
+    cells: Dict[Tuple[str, str], Dict] = {}
+    for lineno, row in enumerate(rows, start=first_line):
+        region, kind, period, factor = (row.get("region"), _text(row.get("period_kind")), _text(row.get("period")),
+                                        row.get("factor"))
+        if not strict:
+            region, kind = region or DEFAULT_REGION, kind.lower()
+            if kind not in PERIOD_KINDS or not factor:
+                continue
+        if kind not in PERIOD_KINDS:
+            raise ImportanceError("{} line {}: period_kind {!r} is not one of {}".format(
+                label, lineno, kind, ", ".join(PERIOD_KINDS)))
+        try:
+            p = _parse_period(kind, period)
+            mean = float(row["mean_weight"]) if _text(row.get("mean_weight")) else float("nan")
+            n = int(float(row["n"])) if _text(row.get("n")) else 0
+            sp = row.get("spread")
+            sp = float(sp) if _text(sp) else float("nan")
+        except (TypeError, ValueError) as exc:
+            if not strict:
+                continue
+            raise ImportanceError("{} line {}: {}".format(label, lineno, exc))
+        if not strict and math.isnan(mean):
+            continue
+        if factor not in factors:
+            factors.append(factor)
+        cells.setdefault((region, kind), {})[(p, factor)] = (mean, n, sp)
     if not cells:
-        raise ImportanceError("{} holds no importance rows".format(os.path.basename(path)))
+        raise ImportanceError("{} holds no importance rows".format(label))
     table = ImportanceTable(factors)
     for (region, kind), values in cells.items():
         periods = sorted({p for (p, _f) in values}, key=lambda p: _period_sort_key(kind, p))

@@ -72,6 +72,7 @@ import os
 
 import numpy as np
 
+from .importance import MONTH_ABBR
 from .metrics import (HEADLINE_METRICS, METRIC_NAMES, MIN_LOCATION_DAYS, SEASONS,
                       describe_location_skill, grouped_metrics, location_skill_summary, per_location_skill,
                       season_of)
@@ -119,7 +120,6 @@ _ABOUT = ("cc", "anomaly_cc", "rmse", "ubrmse", "bias", "kge", "n")
 _MAX_HTML_LOCATIONS = 100   # location rows shown in the HTML table (the CSV has all)
 _MAX_SCATTER_POINTS = 20000  # per model, deterministic subsample
 _N_SERIES = 4               # locations drawn as time series
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +425,7 @@ def _month_number(period):
     except ValueError:
         pass
     key = s[:3].lower()
-    for i, name in enumerate(_MONTHS):
+    for i, name in enumerate(MONTH_ABBR):
         if name.lower() == key:
             return i + 1
     return None
@@ -444,8 +444,8 @@ def read_importance(source):
     when the source itself cannot be read.
     """
     if isinstance(source, (str, os.PathLike)):
-        with open(source, newline="", encoding="utf-8-sig") as f:
-            raw = list(csv.DictReader(f))
+        from .importance import read_importance_csv        # the one reader of the CSV file
+        raw = list(read_importance_csv(os.fspath(source), strict=False).rows())
     elif callable(getattr(source, "rows", None)):
         raw = list(source.rows())
     else:
@@ -690,50 +690,20 @@ def _fig_location_map(ev, skills):
 
 
 def _fig_importance(imp):
-    """Monthly mean routing weight per factor, one panel per region."""
-    monthly = [r for r in imp if r["period_kind"].startswith("month")]
-    regions = []
-    for r in monthly:
-        if _month_number(r["period"]) is not None and r["region"] not in regions:
-            regions.append(r["region"])
-    if not regions:
-        return None
-    factors = []
-    for r in monthly:
-        if r["factor"] not in factors:
-            factors.append(r["factor"])
-    try:  # the dock's colours, so a factor looks the same everywhere
-        from .importance import factor_colour
-    except Exception:  # optional module: fall back to matplotlib's cycle
-        from matplotlib import colormaps
+    """Monthly mean routing weight per factor, one panel per region: the chart of ismoe:seasonalimportance
+    (importance_chart.importance_figure), so a factor looks the same everywhere."""
+    from .importance import table_from_rows
+    from .importance_chart import importance_figure
 
-        def factor_colour(name, _c=colormaps["tab10"]):
-            return _c(factors.index(name) % 10)
-    ncol = min(3, len(regions))
-    nrow = int(np.ceil(len(regions) / ncol))
-    fig = _figure(4.2 * ncol + 1.5, 3.0 * nrow + 0.3)
-    axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True).ravel()
-    for ax, region in zip(axes, regions):
-        for factor in factors:
-            y = np.full(12, np.nan)
-            for r in monthly:
-                if r["region"] == region and r["factor"] == factor:
-                    m = _month_number(r["period"])
-                    if m is not None:
-                        y[m - 1] = r["mean_weight"]
-            if np.isfinite(y).any():
-                ax.plot(np.arange(1, 13), y, "-o", ms=3, color=factor_colour(factor), label=factor)
-        ax.set_xticks(np.arange(1, 13))
-        ax.set_xticklabels([m[0] for m in _MONTHS], fontsize=8)
-        ax.set_title(region, fontsize=10)
-        ax.set_ylabel("mean routing weight")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(regions):]:
-        ax.set_visible(False)
-    axes[0].set_ylim(bottom=0)
-    axes[min(ncol, len(regions)) - 1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                                             fontsize=8, frameon=False)
-    return fig
+    monthly = []
+    for r in imp:
+        m = _month_number(r["period"]) if r["period_kind"].startswith("month") else None
+        if m is not None:
+            monthly.append({**r, "period_kind": "month", "period": m})
+    if not monthly:
+        return None
+    return importance_figure(table_from_rows(monthly), "month", title="Monthly mean routing weight per factor",
+                             dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------
