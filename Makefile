@@ -16,7 +16,8 @@ ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 SYS_PYTHON := /usr/bin/python3
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
-TORCH_VERSION := 2.13.0
+# the torch version has one owner, ismoe_qgis/options.py (the plugin installs the same one)
+TORCH_VERSION := $(shell sed -n 's/^TORCH_VERSION = "\(.*\)"/\1/p' $(ROOT)/ismoe_qgis/options.py)
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
 CONSTRAINTS := $(ROOT)/constraints.txt

@@ -11,8 +11,8 @@ an option here without an edit:
   prepare / predict / evaluate
             every plain keyword (int, float, bool, str) of the core function's signature.
 An option is named after the Processing parameter (``--learning-rate`` = LEARNING_RATE, ``--ensemble`` =
-ENSEMBLE), with the core's name as an alias where it differs (``--lr``). Choices come from the core's tuples
-(``networks.MIXTURES``, ``folds.SPLITS``, ...).
+ENSEMBLE), with the core's name as an alias where it differs (``--lr``). Choices come from the option lists
+of ``ismoe_qgis/options.py`` (``MIXTURES``, ``SPLITS``, ...).
 
 ``--config run.toml``: the same options as keys (``learning_rate = 0.004`` or ``learning-rate``); a table
 ``[train]`` (``[prepare]``, ...) applies to that command only and each of its keys must be an option of it;
@@ -228,17 +228,13 @@ def options_from_signature(fn, to: str, skip=(), command: str = "") -> list:
 
 
 def _choices(command: str) -> dict:
-    """Choices from the core's own tuples (imported lazily: torch only for the commands that need it)."""
+    """Choices from the option lists (ismoe_qgis/options.py, no torch)."""
     out = {"device": None}
     if command == "prepare":
         return out
-    from .data.cube import GAP_POLICIES
-    from .model.evaluate import PERIODS
-    from .model.folds import SPLITS
-    from .model.networks import MEMORIES, MIXTURES, MODEL_TYPES, ROUTER_INPUTS
-    from .model.train import SCHEDULES
+    from .options import EVAL_PERIODS, GAP_POLICIES, MEMORIES, MIXTURES, MODEL_TYPES, ROUTER_INPUTS, SCHEDULES, SPLITS
     out.update(gap_policy=GAP_POLICIES, split=SPLITS, schedule=SCHEDULES, model_type=MODEL_TYPES,
-               router_input=ROUTER_INPUTS, mixture=MIXTURES, memory=MEMORIES, period=PERIODS)
+               router_input=ROUTER_INPUTS, mixture=MIXTURES, memory=MEMORIES, period=EVAL_PERIODS)
     return out
 
 

@@ -34,10 +34,10 @@ import threading
 
 from ._venv import add_deps_to_path, deps_dir  # noqa: F401 (re-exported)
 from .core_callbacks import Cancelled, ensure
+from .options import TORCH_VARIANTS as VARIANTS
+from .options import TORCH_VERSION
 
-TORCH_VERSION = "2.13.0"
 TORCH_SPEC = "torch==%s" % TORCH_VERSION
-VARIANTS = ["auto", "cpu", "cuda"]
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 CUDA_INDEX = "https://download.pytorch.org/whl/cu126"  # Windows only; Linux uses PyPI's CUDA wheel
 NEVER_REPLACE = ("numpy",)  # distributions QGIS's Python keeps its own of (GDAL is built against it)

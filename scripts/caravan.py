@@ -38,7 +38,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "caravan")
 BASINS = ("camelsch_4001", "camelses_1414")
-MODEL_TYPES = ("ismoe", "cnn_lstm", "mean_expert")
+from ismoe_qgis.options import MODEL_TYPES  # noqa: E402  (after the repository is on sys.path)
 
 
 def _shift_years(day, years):

@@ -7,6 +7,8 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingException,
                        QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterString)
 
+from ..options import BASELINES, DEVICES
+from ..options import EVAL_PERIODS as PERIODS
 from . import presentation
 from .base import IsmoeAlgorithm
 from .common import check_writable, layer_source, optional_date, raster_layer_list
@@ -19,10 +21,6 @@ try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
 except AttributeError:  # pragma: no cover
     from qgis.core import Qgis
     _SOURCE_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
-
-PERIODS = ["test", "validation", "all"]
-BASELINES = ["persistence", "climatology"]
-DEVICES = ["auto", "cuda", "cpu"]
 
 
 class EvaluateAlgorithm(IsmoeAlgorithm):

@@ -10,13 +10,12 @@ from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutp
                        QgsProcessingOutputString, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterString)
 
+from ..options import TORCH_VARIANTS as VARIANT_LABELS  # auto: CUDA when nvidia-smi finds an NVIDIA GPU, else CPU
 from .. import deps
 from ..core_callbacks import Cancelled
 from . import presentation
 from .base import IsmoeAlgorithm
 from .qgis_compat import PARAM_FLAG_ADVANCED, add_param_flags, optional
-
-VARIANT_LABELS = ["auto", "cpu", "cuda"]  # auto: CUDA when nvidia-smi finds an NVIDIA GPU, else CPU
 
 
 def default_target():

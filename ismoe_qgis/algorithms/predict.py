@@ -8,13 +8,12 @@ from qgis.core import (QgsCoordinateTransform, QgsProcessingException, QgsProces
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsCoordinateReferenceSystem)
 
+from ..options import DEVICES
 from . import presentation
 from .base import IsmoeAlgorithm
 from .common import (check_writable, layer_source, layers_by_name, optional_date,
                      raster_layer, raster_layer_list)
 from .qgis_compat import NUMBER_INTEGER, PARAM_FLAG_ADVANCED, SOURCE_RASTER, add_param_flags, optional
-
-DEVICES = ["auto", "cuda", "cpu"]
 
 
 class PredictAlgorithm(IsmoeAlgorithm):

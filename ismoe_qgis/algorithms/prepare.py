@@ -7,6 +7,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingParameterEnum, QgsPr
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsProcessingParameterBoolean,
                        QgsProcessingOutputNumber, QgsProcessingOutputFile)
 
+from ..options import RESAMPLINGS
 from . import presentation
 from .base import IsmoeAlgorithm
 from .common import (check_writable, group_layers, layer_source, optional_date, parse_groups,
@@ -14,7 +15,6 @@ from .common import (check_writable, group_layers, layer_source, optional_date, 
 from .qgis_compat import NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POINT, optional, add_param_flags, \
     PARAM_FLAG_ADVANCED
 
-RESAMPLINGS = ["auto", "bilinear", "average", "nearest"]
 try:  # 3.22 name
     from qgis.core import QgsProcessing
     SOURCE_VECTOR = QgsProcessing.TypeVector
@@ -210,8 +210,6 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
         check_writable(out, self.OUTPUT)
         self.lock_output(out, self.OUTPUT, feedback)          # issue 13: one writer per output
         patch = self.parameterAsInt(parameters, self.PATCH_SIZE, context)
-        if patch < 1 or patch % 2 == 0:
-            raise QgsProcessingException(f"{self.PATCH_SIZE}: must be odd and >= 1 (e.g. 3, 5, 7), got {patch}")
         seq = self.parameterAsInt(parameters, self.SEQ_LEN, context)
         if seq < 1:
             raise QgsProcessingException(f"{self.SEQ_LEN}: must be >= 1, got {seq}")

@@ -12,6 +12,8 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
+from ..options import CHART_PERIODS as PERIOD_OPTIONS
+from ..options import CHART_STYLES as STYLE_OPTIONS
 from . import presentation
 from .base import IsmoeAlgorithm
 from .regions import check_region_field, crs_for_core, layer_polygons
@@ -23,9 +25,6 @@ try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
 except AttributeError:  # pragma: no cover
     from qgis.core import Qgis
     _SOURCE_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
-
-PERIOD_OPTIONS = [("Month", "month"), ("Day of year", "doy"), ("Season", "season")]
-STYLE_OPTIONS = ["Lines", "Stacked areas"]
 
 
 class SeasonalImportanceAlgorithm(IsmoeAlgorithm):

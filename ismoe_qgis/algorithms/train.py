@@ -6,20 +6,14 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingOutputFile)
 
+from ..options import CUBE_MODES, DEVICES, GAP_POLICIES, MEMORIES, MODEL_TYPES, ROUTER_INPUTS, SCHEDULES, SPLITS
+from ..options import MIXTURE_ENUM as MIXTURES      # enum order: the default first
 from . import presentation
 from .base import IsmoeAlgorithm
 from .common import check_writable, optional_date
 from .qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, PARAM_FLAG_ADVANCED, SOURCE_VECTOR_ANY, add_param_flags, optional
 
-MODEL_TYPES = ["ismoe", "cnn_lstm", "mean_expert"]
-DEVICES = ["auto", "cuda", "cpu"]
-GAP_POLICIES = ["skip", "fill"]
-ROUTER_INPUTS = ["expert_states", "all_states", "inputs", "inputs_doy"]
-MIXTURES = ["additive", "convex", "scaled"]          # enum order: the default first
-SCHEDULES = ["onecycle", "constant"]
-MEMORIES = ["window", "stateful"]
-SPLITS = ["time", "locations", "blocks"]
-CUBE_MODES = ["auto", "memory", "chunked"]     # issue 15 item 2: the window sampler (data/chunked.py)
+
 DATASET_FILTER = "ISMoE dataset (*.npz *.zarr *.zmetadata)"    # a .zarr cube is a folder: its path, or its .zmetadata
 DEFAULT_ENSEMBLE = 1       # see the README's ensemble section for the measurements behind it
 

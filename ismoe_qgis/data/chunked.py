@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-CUBE_MODES = ("auto", "memory", "chunked")
+from ..options import CUBE_MODES
+
 FIT_FRACTION = 0.6          # the in-memory sampler is chosen when its copies need at most this share of the memory
 
 

@@ -16,9 +16,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..fileutil import atomic_output
+from ..options import GAP_POLICIES
 from ..version import __version__
 
-GAP_POLICIES = ("skip", "fill")
 NPZ_FORMAT = "ismoe-cube/1"     # the .npz layout (every file written so far); the Zarr one: zarrcube.ZARR_FORMAT
 _ARRAYS = ("x", "y", "target_rows", "target_cols", "dates")
 

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core_callbacks import Callbacks, ensure
+from ..options import patch_size_problem
 from . import rasters
 from . import validate
 from .cube import Cube
@@ -31,8 +32,8 @@ class PrepareError(ValueError):
 
 
 def _check_shape_params(patch_size, seq_len):
-    if int(patch_size) != patch_size or patch_size < 1 or patch_size % 2 == 0:
-        raise PrepareError(f"PATCH_SIZE must be an odd whole number >= 1 (e.g. 7), got {patch_size}")
+    if patch_size_problem(patch_size):          # the odd-patch rule (options.py), checked where the value enters
+        raise PrepareError(patch_size_problem(patch_size))
     if int(seq_len) != seq_len or seq_len < 1:
         raise PrepareError(f"SEQ_LEN must be a whole number >= 1 (e.g. 14), got {seq_len}")
 

@@ -49,6 +49,8 @@ import numpy as np
 from ..core_callbacks import ensure
 from ..data import rasters
 from ..data.cube import Cube, split_masks
+from ..options import BASELINES
+from ..options import EVAL_PERIODS as PERIODS
 from .metrics import (CLIMATOLOGY_WINDOW, MIN_LOCATION_DAYS, ClimatologyAccumulator, calendar_slot, doy_climatology,
                       season_of)
 
@@ -57,8 +59,6 @@ __all__ = [
     "check_factor_set", "region_labels_from_polygons", "sample_reference",
 ]
 
-BASELINES = ("persistence", "climatology")
-PERIODS = ("test", "validation", "all")
 _PERIOD_ALIASES = {"test": "test", "validation": "validation", "val": "validation", "all": "all",
                    "train": "train", "training": "train"}
 IMPORTANCE_CSV = "seasonal_importance.csv"

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-SPLITS = ("time", "locations", "blocks")
+from ..options import SPLITS
 
 
 class FoldError(ValueError):

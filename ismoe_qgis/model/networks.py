@@ -51,23 +51,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# the option lists (MEMORY, MIXTURE, ...) and what a weight raster holds per mixture: ismoe_qgis/options.py
+from ..options import MEMORIES, MIXTURES, MODEL_TYPES, ROUTER_INPUTS, WEIGHT_MEANING, patch_size_problem
 from .lstm import active_autocast_dtype, sequence_lstm, window_lstm
 
-MODEL_TYPES = ("ismoe", "cnn_lstm", "mean_expert")
-# How far the experts remember (MEMORY): "window": every output day runs the LSTM over its own SEQ_LEN-day
-# window from zero state (memory capped at SEQ_LEN days, SEQ_LEN LSTM steps per pixel-day); "stateful": the
-# LSTM runs through time and carries its state from day to day (trained on sequences of SPIN_UP + N days with
-# the loss on the last N, predicted by streaming: one LSTM step per pixel-day, whatever the memory).
-MEMORIES = ("window", "stateful")
-MIXTURES = ("convex", "scaled", "additive")
-# What a weight raster holds, per mixture (prediction.json "weights_meaning", docs/architecture.md)
-WEIGHT_MEANING = {
-    "convex": "router softmax weight w_e of the convex mixture sum_e w_e y_e",
-    "scaled": "router softmax weight w_e of the scaled mixture mu + E sum_e w_e c_e",
-    "additive": "share of the squared departure of the factor's contribution from its training mean: "
-                "(c_e - r_e)^2 / sum_f (c_f - r_f)^2 in SM = mu + sum_e c_e",
-}
-ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy")
 SILENT_TOL = 1e-4  # range of a normalised variable in a window below which it is silent
 
 
@@ -114,8 +101,8 @@ class ModelConfig:
             raise ValueError(f"member kind must be ensemble or folds, got '{self.member_kind}'")
         if self.router_input not in ROUTER_INPUTS:
             raise ValueError(f"router input must be one of {', '.join(ROUTER_INPUTS)}, got '{self.router_input}'")
-        if self.patch_size < 1 or self.patch_size % 2 == 0:
-            raise ValueError(f"PATCH_SIZE must be odd and >= 1, got {self.patch_size}")
+        if patch_size_problem(self.patch_size):
+            raise ValueError(patch_size_problem(self.patch_size))
         if self.seq_len < 1:
             raise ValueError(f"SEQ_LEN must be >= 1, got {self.seq_len}")
         if not self.factors:

@@ -23,6 +23,7 @@ import torch
 from ..core_callbacks import Callbacks, Cancelled, ensure
 from ..data.cube import Cube, split_masks
 from ..fileutil import probe_write
+from ..options import SCHEDULES
 from ..version import __version__
 from .io import (CheckpointError, dataset_fingerprint, fingerprint_differences, load_checkpoint, resume_path,
                  save_checkpoint, save_model)
@@ -96,7 +97,6 @@ PARAMETER_NAMES = {"lr": "LEARNING_RATE", "schedule": "LR_SCHEDULE", "members": 
                    "targets": "target locations", "memory": "MEMORY", "mixture": "MIXTURE"}
 
 
-SCHEDULES = ("onecycle", "constant")
 
 
 def resolve_device(name: str, log=print) -> torch.device:

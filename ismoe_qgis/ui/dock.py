@@ -24,6 +24,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QL
 
 import pyqtgraph as pg  # noqa: E402  (after the Qt binding is fixed)
 
+from ..options import CHART_PERIODS as PERIODS
 from ..algorithms.regions import crs_for_core, feature_geojson
 from ..core_callbacks import Callbacks, Cancelled
 from ..model import importance as imp
@@ -36,7 +37,6 @@ PROJECT_SCOPE = "ismoe_qgis"
 PROJECT_KEY_SOURCE = "dock/source"
 MODE_WHOLE, MODE_EXTENT, MODE_FEATURE, MODE_ZONE = "whole", "extent", "feature", "zone"
 MAX_FEATURES = 5000
-PERIODS = (("Month", "month"), ("Day of year", "doy"), ("Season", "season"))
 FILL_ALPHA = 190  # stacked areas
 BAND_ALPHA = ic.BAND_ALPHA  # ensemble spread band (0..1)
 CURSOR_COLOUR = "#333333"
