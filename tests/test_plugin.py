@@ -111,18 +111,26 @@ def test_algorithms_document_every_parameter(qgis_app):
                 "%s: shortHelpString does not explain parameter %s" % (alg.id(), name)
 
 
-def test_provider_skips_missing_modules(qgis_app):
-    from ismoe_qgis.algorithms.provider import load_algorithm_classes
+def test_a_broken_algorithm_module_fails_loudly(qgis_app, monkeypatch):
+    """The provider's algorithms are a static list of classes: every one imports, and an algorithm module
+    that fails to import raises (and is logged), instead of being skipped behind a shorter list."""
+    import sys
+    import types
 
-    warnings = []
-    classes = load_algorithm_classes(
-        [("ismoe_qgis.algorithms.does_not_exist", "Nothing"),
-         ("ismoe_qgis.algorithms.base", "NoSuchClass"),
-         ("ismoe_qgis.algorithms.base", "IsmoeAlgorithm")],
-        warn=warnings.append)
-    assert [c.__name__ for c in classes] == ["IsmoeAlgorithm"]
-    assert len(warnings) == 2
-    assert "does_not_exist" in warnings[0] and "NoSuchClass" in warnings[1]
+    from ismoe_qgis.algorithms import provider, registry
+
+    assert provider.algorithm_classes() == list(registry.ALGORITHMS)
+    assert len(set(c().name() for c in registry.ALGORITHMS)) == len(registry.ALGORITHMS)
+    monkeypatch.delitem(sys.modules, "ismoe_qgis.algorithms.registry")         # imported again, afresh
+    monkeypatch.delattr(sys.modules["ismoe_qgis.algorithms"], "registry")
+    monkeypatch.setitem(sys.modules, "ismoe_qgis.algorithms.predict", None)     # `import` raises ImportError
+    with pytest.raises(ImportError):
+        provider.algorithm_classes()
+    logged = []
+    monkeypatch.setattr(provider, "QgsMessageLog", types.SimpleNamespace(logMessage=lambda msg, *a: logged.append(msg)))
+    with pytest.raises(ImportError):
+        provider.IsmoeProvider().loadAlgorithms()
+    assert logged and "could not be imported" in logged[0] and "predict" in logged[0]
 
 
 def test_plugin_lifecycle_registers_and_removes_provider(qgis_app):
@@ -245,10 +253,9 @@ def test_algorithm_modules_do_not_import_torch():
         from qgis.core import QgsApplication
         app = QgsApplication([], False)
         app.initQgis()
-        from ismoe_qgis.algorithms import registry
-        from ismoe_qgis.algorithms.provider import IsmoeProvider, load_algorithm_classes
+        from ismoe_qgis.algorithms.provider import IsmoeProvider, algorithm_classes
         warnings = []
-        classes = load_algorithm_classes(warn=warnings.append)
+        classes = algorithm_classes()
         provider = IsmoeProvider()
         QgsApplication.processingRegistry().addProvider(provider)
         ids = [a.id() for a in provider.algorithms()]

@@ -1,62 +1,27 @@
 """The ISMoE Processing provider (id ``ismoe``)."""
-import importlib
+import glob
 import os
 import traceback
-
-import glob
 
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProcessingProvider
 
 from ..version import __version__
-from . import presentation, registry
+from . import presentation
 
 LOG_TAG = "ISMoE"
-_PACKAGE_ROOT = __name__.split(".")[0]  # 'ismoe_qgis', whatever the folder is called
+MODELS_DIR = "models"   # the shipped Model Builder models (.model3), inside the plugin folder
 
 
-def _module_name(name):
-    """Registry names are written 'ismoe_qgis.…'; follow the package if it was renamed."""
-    if name == "ismoe_qgis" or name.startswith("ismoe_qgis."):
-        return _PACKAGE_ROOT + name[len("ismoe_qgis"):]
-    return name
-
-
-def load_algorithm_classes(entries=None, warn=None):
-    """Import the registry's algorithm classes; return [(class), ...] and skip failures.
-
-    `warn(msg)` receives one message per skipped entry (default: QGIS message log).
-    """
-    if warn is None:
-        def warn(msg):
-            QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.Warning)
-    classes = []
-    for module_name, class_name in (registry.ALGORITHMS if entries is None else entries):
-        module_name = _module_name(module_name)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                warn("ISMoE: algorithm module %s is not available; %s skipped"
-                     % (module_name, class_name))
-            else:
-                warn("ISMoE: cannot import %s (%s); %s skipped"
-                     % (module_name, exc, class_name))
-            continue
-        except Exception:  # noqa: BLE001 - a broken module must not break the provider
-            warn("ISMoE: error importing %s; %s skipped\n%s"
-                 % (module_name, class_name, traceback.format_exc()))
-            continue
-        cls = getattr(module, class_name, None)
-        if cls is None:
-            warn("ISMoE: %s has no class %s; skipped" % (module_name, class_name))
-            continue
-        classes.append(cls)
-    return classes
+def algorithm_classes():
+    """The provider's algorithm classes (registry.ALGORITHMS, a static list). An algorithm module that fails
+    to import raises here: the error is not hidden behind a shorter list of algorithms."""
+    from . import registry
+    return list(registry.ALGORITHMS)
 
 
 def model_files(folder=None):
     """The .model3 files the plugin ships (``<plugin>/models``), sorted."""
-    folder = folder or os.path.join(presentation.PLUGIN_DIR, registry.MODELS_DIR)
+    folder = folder or os.path.join(presentation.PLUGIN_DIR, MODELS_DIR)
     return sorted(glob.glob(os.path.join(folder, "*.model3")))
 
 
@@ -127,7 +92,14 @@ class IsmoeProvider(QgsProcessingProvider):
         return presentation.ICON_PATH
 
     def loadAlgorithms(self):  # noqa: N802
-        for cls in load_algorithm_classes():
+        try:
+            classes = algorithm_classes()
+        except Exception:
+            QgsMessageLog.logMessage("ISMoE: the Processing algorithms could not be imported; the plugin "
+                                     "installation is broken (reinstall it):\n%s" % traceback.format_exc(),
+                                     LOG_TAG, Qgis.Critical)
+            raise
+        for cls in classes:
             try:
                 self.addAlgorithm(cls())
             except Exception:  # noqa: BLE001

@@ -1,20 +1,22 @@
-"""The algorithms the ISMoE provider offers: (module, class name) pairs.
+"""The algorithms the ISMoE provider offers: a static list of classes.
 
-Append a line to add an algorithm. Modules are imported lazily by the provider; a module
-that is missing (or fails to import) is skipped with a warning in the QGIS message log,
-so a partially built tree still loads. Algorithm modules must not import torch at module
-import time (call ``self.require_torch()`` inside processAlgorithm instead).
+Add an algorithm by importing its class here and appending it to ``ALGORITHMS``. The imports are plain,
+so a broken algorithm module fails loudly: importing this module raises (the tests see it), and the
+provider logs the traceback to the QGIS message log instead of offering a partial set. Algorithm modules
+must not import torch at module import time (call ``self.require_torch()`` inside processAlgorithm instead).
 """
+from .evaluate import EvaluateAlgorithm
+from .install_deps import InstallDependenciesAlgorithm
+from .predict import PredictAlgorithm
+from .prepare import PrepareDatasetAlgorithm
+from .seasonal_importance import SeasonalImportanceAlgorithm
+from .train import TrainAlgorithm
 
-ALGORITHMS = [
-    ("ismoe_qgis.algorithms.prepare", "PrepareDatasetAlgorithm"),
-    ("ismoe_qgis.algorithms.train", "TrainAlgorithm"),
-    ("ismoe_qgis.algorithms.predict", "PredictAlgorithm"),
-    ("ismoe_qgis.algorithms.seasonal_importance", "SeasonalImportanceAlgorithm"),
-    ("ismoe_qgis.algorithms.evaluate", "EvaluateAlgorithm"),
-    ("ismoe_qgis.algorithms.install_deps", "InstallDependenciesAlgorithm"),
-]
-
-# Model Builder models (.model3) in this folder of the plugin are offered by the provider too
-# (ids 'ismoe:<file name without .model3 and a leading ismoe_>').
-MODELS_DIR = "models"
+ALGORITHMS = (
+    PrepareDatasetAlgorithm,
+    TrainAlgorithm,
+    PredictAlgorithm,
+    SeasonalImportanceAlgorithm,
+    EvaluateAlgorithm,
+    InstallDependenciesAlgorithm,
+)
