@@ -93,7 +93,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     s = summarise(a.region, a.prediction, a.test_start)
-    with open(a.out, "w") as f:
+    from .fileutil import atomic_output
+    with atomic_output(a.out, ".json") as tmp, open(tmp, "w") as f:
         json.dump(s, f, indent=1)
     print(format_table(s))
     return 0

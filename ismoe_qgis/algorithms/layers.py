@@ -30,6 +30,7 @@ from qgis.core import (Qgis, QgsColorRampShader, QgsDateTimeRange, QgsLayerTreeL
 from qgis.PyQt.QtCore import QDate, QDateTime, QTime
 from qgis.PyQt.QtGui import QColor
 
+from ..fileutil import atomic_output
 from ..model import outputs
 
 STYLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "styles")
@@ -164,9 +165,10 @@ def write_default_styles(folder=STYLE_DIR, template=None):
             layer.setRenderer(pseudocolor(p, 1, 0.0, 1.0, WEIGHT_RAMP))
         else:
             layer.setRenderer(QgsPalettedRasterRenderer(p, 1, []))
-        msg, ok = layer.saveNamedStyle(os.path.join(folder, kind + ".qml"), cats)
-        if not ok:
-            raise RuntimeError(msg)
+        with atomic_output(os.path.join(folder, kind + ".qml"), ".qml") as tmp:
+            msg, ok = layer.saveNamedStyle(tmp, cats)
+            if not ok:
+                raise RuntimeError(msg)
 
 
 def write_sidecar_styles(folder, manifest, feedback=None):
@@ -191,9 +193,13 @@ def write_sidecar_styles(folder, manifest, feedback=None):
             if not layer.isValid():
                 continue
             style_layer(layer, kind, band, manifest["factors"], manifest.get("sm_range"))
-            msg, ok = layer.saveNamedStyle(os.path.splitext(path)[0] + ".qml", cats)
-            if not ok:
-                _warn(feedback, f"warning: could not write the style beside {path}: {msg}")
+            try:
+                with atomic_output(os.path.splitext(path)[0] + ".qml", ".qml") as tmp:
+                    msg, ok = layer.saveNamedStyle(tmp, cats)
+                    if not ok:
+                        raise RuntimeError(msg)
+            except (RuntimeError, OSError) as exc:
+                _warn(feedback, f"warning: could not write the style beside {path}: {exc}")
             del layer
     finally:
         gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", old_pam)

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from ..fileutil import atomic_output
+
 # ----------------------------------------------------------------------------- constants
 
 FACTORS = {
@@ -413,7 +415,7 @@ def write_series(path, data, dates, name, factor=None):
     data = np.where(np.isfinite(data), data, np.float32(NODATA))
     prof = _profile(data.shape[1], data.shape[0], "float32", NODATA)
     iso = [str(d) for d in dates]
-    with rasterio.open(path, "w", **prof) as dst:
+    with atomic_output(path, ".tif") as tmp, rasterio.open(tmp, "w", **prof) as dst:
         dst.write(data)
         for i, d in enumerate(iso, start=1):
             dst.set_band_description(i, d)
@@ -428,7 +430,7 @@ def write_series(path, data, dates, name, factor=None):
 def write_regions(path, regions):
     import rasterio
     prof = _profile(regions.shape[0], 1, "uint8", REGION_NODATA)
-    with rasterio.open(path, "w", **prof) as dst:
+    with atomic_output(path, ".tif") as tmp, rasterio.open(tmp, "w", **prof) as dst:
         dst.write(regions.astype(np.uint8), 1)
         dst.set_band_description(1, "region")
         dst.update_tags(**{f"region_{k}": n for k, n in REGION_NAMES.items()})
@@ -481,7 +483,7 @@ def generate_demo(out_dir, size=48, years=3, seed=42, start="2017-01-01", memory
         "units": dict(UNITS),
         "process": sim["process"],
     }
-    with open(os.path.join(out_dir, "demo.json"), "w", encoding="utf-8") as fh:
+    with atomic_output(os.path.join(out_dir, "demo.json"), ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
     paths = {name: os.path.join(out_dir, f) for name, f in layers.items()}
     paths["soil_moisture"] = os.path.join(out_dir, "soil_moisture.tif")

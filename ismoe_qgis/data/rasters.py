@@ -1121,44 +1121,42 @@ def write_series_geotiff(path, array, grid: Grid, dates, nodata: float = -9999, 
         raise InputError(f"cannot write {path}: the folder {out_dir} is not writable; choose another output path")
     is_float = np.issubdtype(arr.dtype, np.floating)
     dtype = arr.dtype if is_float or np.issubdtype(arr.dtype, np.integer) else np.float32
-    tmp = path + ".part.tif"
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=arr.shape[0],
                    dtype=dtype, crs=grid.crs, transform=grid.affine, nodata=nodata,
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                    predictor=3 if is_float else 2, interleave="band", bigtiff="if_safer")
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for i in range(arr.shape[0]):
-                band = arr[i]
-                if is_float:
-                    band = np.where(np.isnan(band), nodata, band).astype(dtype, copy=False)
-                dst.write(band, i + 1)
-                dst.set_band_description(i + 1, str(dates[i]))
-            tags = {}
-            if units:
-                tags["units"] = units
-            if description:
-                tags["TIFFTAG_IMAGEDESCRIPTION"] = description
-            if tags:
-                dst.update_tags(**tags)
-        if cog:
-            from rasterio.shutil import copy as _rio_copy
-            tmp2 = path + ".part.cog.tif"
-            try:
-                _rio_copy(tmp, tmp2, driver="COG", compress="deflate", predictor="yes" if is_float else "no",
+    from ..fileutil import atomic_output, temporary_sibling
+    with atomic_output(path, suffix=".tif") as tmp:
+        # a COG is a copy of a finished GeoTIFF (GDAL's COG driver has no incremental writing): the GeoTIFF is
+        # written to a second temporary beside the output and copied into the atomic temporary as COG
+        gtiff = temporary_sibling(path, suffix=".gtiff.tif") if cog else tmp
+        try:
+            _write_gtiff(gtiff, profile, arr, dates, nodata, is_float, dtype, units, description)
+            if cog:
+                from rasterio.shutil import copy as _rio_copy
+                _rio_copy(gtiff, tmp, driver="COG", compress="deflate", predictor="yes" if is_float else "no",
                           blocksize=256, bigtiff="if_safer")
-            except Exception:
-                if os.path.exists(tmp2):
-                    os.remove(tmp2)
-                raise
-            os.remove(tmp)
-            tmp = tmp2
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        finally:
+            if gtiff != tmp and os.path.exists(gtiff):
+                os.remove(gtiff)
     return path
+
+
+def _write_gtiff(tmp, profile, arr, dates, nodata, is_float, dtype, units, description):
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for i in range(arr.shape[0]):
+            band = arr[i]
+            if is_float:
+                band = np.where(np.isnan(band), nodata, band).astype(dtype, copy=False)
+            dst.write(band, i + 1)
+            dst.set_band_description(i + 1, str(dates[i]))
+        tags = {}
+        if units:
+            tags["units"] = units
+        if description:
+            tags["TIFFTAG_IMAGEDESCRIPTION"] = description
+        if tags:
+            dst.update_tags(**tags)
 
 
 # --------------------------------------------------------------------------- polygons on a grid

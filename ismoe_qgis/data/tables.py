@@ -169,10 +169,9 @@ def write_point_series(path, values, dates, grid: rasters.Grid, nodata: float = 
     if (grid.width, grid.height) != (1, 1):
         raise TableError(f"write_point_series needs a 1x1 grid, got {grid.width}x{grid.height}")
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".part.tif"
     data = np.where(np.isfinite(v), v, np.float32(nodata)).astype("<f4")
-    try:
+    from ..fileutil import atomic_output
+    with atomic_output(path, suffix=".tif") as tmp:
         drv = gdal.GetDriverByName("GTiff")
         ds = drv.Create(tmp, 1, 1, len(v), gdal.GDT_Float32,
                         ["INTERLEAVE=PIXEL", "COMPRESS=DEFLATE", "PREDICTOR=3", "BLOCKYSIZE=1"])
@@ -195,11 +194,6 @@ def write_point_series(path, values, dates, grid: rasters.Grid, nodata: float = 
             ds.FlushCache()
         finally:
             ds = None
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -341,10 +341,9 @@ def _check_shape(arr, shape, name):
 
 # --------------------------------------------------------------------------- CSV
 def write_importance_csv(table: ImportanceTable, path: str) -> str:
-    """Write the table as CSV (columns :data:`CSV_COLUMNS`); returns the path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    """Write the table as CSV (columns :data:`CSV_COLUMNS`), atomically; returns the path."""
+    from ..fileutil import atomic_output
+    with atomic_output(path, ".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         wr = csv.writer(fh)
         wr.writerow(CSV_COLUMNS + ("spread",))
         for (region, kind), s in table._series.items():

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..fileutil import atomic_output
 from . import importance as imp
 from .prediction_folder import ChartDataError
 
@@ -180,10 +181,10 @@ def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: 
 
 
 def save_figure(fig: "Figure", path: str) -> str:
-    """Save as PNG or SVG (by extension; anything else is PNG)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Save as PNG or SVG (by extension; anything else is PNG), atomically."""
     fmt = "svg" if path.lower().endswith(".svg") else "png"
-    fig.savefig(path, format=fmt)
+    with atomic_output(path, "." + fmt) as tmp:
+        fig.savefig(tmp, format=fmt)
     return path
 
 
@@ -233,7 +234,6 @@ def write_html(table: imp.ImportanceTable, fig: "Figure", path: str, kind: str =
                     html.escape(imp.period_label(k, p)), "".join(cells), int(s.n[i].max()) if s.n.size else 0))
             parts.append("</table>")
     parts.append("</body></html>")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_output(path, ".html") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write("\n".join(parts))
     return path

@@ -387,6 +387,9 @@ def warmup_record(cfg, dates, first_output: int) -> dict:
 
 
 def _to_cog(folder, files):
+    """Rewrite the finished GeoTIFFs in `folder` (the prediction's staging folder) as COGs. Not through
+    fileutil.atomic_output: GDAL's COG driver writes a copy of a finished file, and the staging folder is
+    itself moved into place as a whole (prediction_staging), so no partial file ever reaches OUTPUT."""
     from osgeo import gdal
     gdal.UseExceptions()
     for fn in files.values():

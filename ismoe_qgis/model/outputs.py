@@ -220,7 +220,8 @@ def _relative_source(vrt: str, source: str):
     absolute = '<SourceFilename relativeToVRT="0">%s</SourceFilename>' % escape(source)
     if absolute in text:
         text = text.replace(absolute, '<SourceFilename relativeToVRT="1">%s</SourceFilename>' % escape(rel))
-        with open(vrt, "w", encoding="utf-8") as f:
+        from ..fileutil import atomic_output
+        with atomic_output(vrt, ".vrt") as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
 

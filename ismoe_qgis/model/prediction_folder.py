@@ -126,7 +126,8 @@ def write_manifest(folder: str, manifest: dict) -> str:
     the schema :func:`read_manifest` checks (model/inference.predict_to_folder writes it into its staging
     folder, which is moved into place as a whole)."""
     path = os.path.join(folder, MANIFEST)
-    with open(path, "w") as f:
+    from ..fileutil import atomic_output
+    with atomic_output(path, ".json") as tmp, open(tmp, "w") as f:
         json.dump({"format": FORMAT, **manifest}, f, indent=1)
     return path
 

@@ -72,6 +72,7 @@ import os
 
 import numpy as np
 
+from ..fileutil import atomic_output
 from .importance import MONTH_ABBR
 from .metrics import (HEADLINE_METRICS, METRIC_NAMES, MIN_LOCATION_DAYS, SEASONS,
                       describe_location_skill, grouped_metrics, location_skill_summary, per_location_skill,
@@ -336,7 +337,7 @@ def _num(v):
 
 def write_metrics_csv(path, rows):
     """Write metric rows as CSV (``CSV_COLUMNS``; NaN as an empty field)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(path, ".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for r in rows:
@@ -360,7 +361,7 @@ def write_metrics_json(path, rows, meta=None):
         {c: (_num(r.get(c, float("nan"))) if c in _FLOAT_COLUMNS or c == "n" else r.get(c)) for c in CSV_COLUMNS}
         for r in rows
     ]
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_output(path, ".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, allow_nan=False, ensure_ascii=False)
     return str(path)
 
@@ -376,7 +377,7 @@ def write_location_csv(path, skills, location_ids, location_xy=None):
         v = _num(v)
         return "" if v is None else repr(v)
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(path, ".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(LOCATION_CSV_COLUMNS)
         for name, sk in skills.items():
@@ -1097,7 +1098,7 @@ def write_evaluation(out, results, callbacks=None):
                 notes.append(f"the {key} plot could not be drawn: {exc!r}")
                 cb.log(notes[-1])
             cb.progress(0.3 + 0.65 * (i + 1) / len(jobs))
-        with open(paths["html"], "w", encoding="utf-8") as f:
+        with atomic_output(paths["html"], ".html") as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(_html(ev, rows, images, imp, notes))
     cb.progress(1.0)
     skill_out = {name: {**sk, "location_ids": list(ev.location_ids)} for name, sk in skills.items()}
