@@ -2,7 +2,8 @@
 #
 #   make install   QGIS + Python stack (apt), .venv with torch, plugin visible + enabled
 #   make demo      synthetic demo region -> prepare -> train -> predict, via qgis_process
-#   make test      the test suite (what .ci/run runs)
+#   make test      the test suite, then make lint (what .ci/run runs)
+#   make lint      flake8 (Debian's) over ismoe_qgis, tests, scripts (config: .flake8)
 #   make bench     benchmarks/run_all.py
 #   make gpu-check the CUDA tests (pytest -m cuda) + the GPU benchmarks, one table (skips without a GPU)
 #   make zip       dist/ismoe_qgis-<version>.zip for the Plugin Manager's "Install from ZIP" (help pages first)
@@ -26,7 +27,7 @@ PYTEST_ARGS ?=
 
 APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal gdal-bin \
 	python3-xarray python3-netcdf4 python3-pyqtgraph python3-venv python3-pip \
-	python3-pytest xvfb xauth
+	python3-pytest xvfb xauth flake8
 # optional: Zarr cubes and Dask prediction (issue 15); a release without one of them still installs, and
 # those features say what is missing (their tests skip)
 APT_OPTIONAL := python3-zarr python3-dask python3-distributed
@@ -39,10 +40,10 @@ QGIS_ENV := source $(ROOT)/scripts/env.sh &&
 # The profile folder QGIS desktop and a plain qgis_process use by default.
 QGIS_PROFILE_PLUGINS = $${QGIS_CUSTOM_CONFIG_PATH:-$${XDG_DATA_HOME:-$$HOME/.local/share}/QGIS/QGIS3}/profiles/default/python/plugins
 
-.PHONY: install apt venv constraints torch plugin link demo test bench gpu-check env clean distclean help zip helppages
+.PHONY: install apt venv constraints torch plugin link demo test lint bench gpu-check env clean distclean help zip helppages
 
 help:
-	@sed -n '3,11p' $(ROOT)/Makefile | sed 's/^# *//'
+	@sed -n '3,12p' $(ROOT)/Makefile | sed 's/^# *//'
 
 install: apt venv constraints torch plugin link
 	@echo "install: done. QGIS environment: eval \"\$$(make -s env)\"; qgis_process: scripts/qgis_process"
@@ -124,8 +125,14 @@ link: plugin
 demo:
 	@$(QGIS_ENV) OUT="$(OUT)" PY="$(PY)" bash $(ROOT)/scripts/demo.sh
 
+# the tests first (CI reads their summary line), then the lint; either failing fails the target
 test:
-	@$(QGIS_ENV) cd $(ROOT) && $(PY) -m pytest -q tests $(PYTEST_ARGS)
+	@$(QGIS_ENV) cd $(ROOT) && $(PY) -m pytest -q tests $(PYTEST_ARGS); rc=$$?; \
+	  $(MAKE) -s -C $(ROOT) lint || rc=1; exit $$rc
+
+lint:
+	@command -v flake8 >/dev/null 2>&1 || { echo "lint: flake8 is not installed (apt install flake8, or make apt)" >&2; exit 1; }
+	@cd $(ROOT) && flake8 ismoe_qgis tests scripts && echo "lint: flake8 clean"
 
 bench:
 	@$(QGIS_ENV) cd $(ROOT) && $(PY) benchmarks/run_all.py

@@ -114,7 +114,6 @@ HELP = {
     "regions": "polygon vector file of regions (REGIONS)",
     "region_field": "field naming each region in --regions (REGION_FIELD)",
     "device": "auto, cpu, cuda or cuda:N (DEVICE)",
-    "scheduler": "address of a running Dask scheduler, e.g. tcp://node0:8786 (default: a local cluster)",
     "epochs": "EPOCHS", "batch_size": "BATCH_SIZE", "lr": "peak learning rate (LEARNING_RATE)",
     "seed": "random seed (SEED)", "samples_per_epoch": "random windows per epoch, 0 = all (SAMPLES_PER_EPOCH)",
     "patience": "early-stopping patience in epochs (PATIENCE)", "val_start": "validation start, YYYY-MM-DD "

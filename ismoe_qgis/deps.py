@@ -34,7 +34,6 @@ import threading
 
 from ._venv import add_deps_to_path, deps_dir  # noqa: F401 (re-exported)
 from .core_callbacks import Cancelled, ensure
-from .options import TORCH_VARIANTS as VARIANTS
 from .options import TORCH_VERSION
 
 TORCH_SPEC = "torch==%s" % TORCH_VERSION

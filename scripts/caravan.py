@@ -208,7 +208,7 @@ def print_summary(s):
     seasons = s["weights"].get("season", {})
     if seasons:
         factors = list(next(iter(seasons.values())))
-        print(f"\n  ISMoE mean routing weight by season (test period)")
+        print("\n  ISMoE mean routing weight by season (test period)")
         print("  " + f"{'season':<8}" + "".join(f"{f[:13]:>14}" for f in factors))
         for season in ("DJF", "MAM", "JJA", "SON"):
             if season in seasons:

@@ -33,7 +33,6 @@ def winter_summer_weights(dates, h=4, w=5):
     pixels differ."""
     dates = np.asarray(dates).astype("datetime64[D]")
     months = dates.astype("datetime64[M]").astype(int) % 12 + 1
-    t = len(dates)
     snow = np.where(np.isin(months, [12, 1, 2]), 0.8, np.where(np.isin(months, [6, 7, 8]), 0.1, 0.3))
     wind = np.where(np.isin(months, [12, 1, 2]), 0.1, np.where(np.isin(months, [6, 7, 8]), 0.7, 0.3))
     rad = 1.0 - snow - wind

@@ -234,7 +234,6 @@ def test_no_factor_layers(run_alg, demo_region, tmp_path):
 
 
 def test_band_count_does_not_match_dates(run_alg, demo_region, tmp_path):
-    from ismoe_qgis.data.rasters import Grid
     src = os.path.join(demo_region.path, "t2m.tif")
     with rasterio.open(src) as ds:
         prof = ds.profile

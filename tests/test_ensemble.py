@@ -2,18 +2,16 @@
 the ensemble's output is the mean of its members' outputs, member n is the single model of seed + n, tile
 equals patch, the spread rasters are >= 0 and 0 where the members agree, the loss gives every member its own
 gradient, importance carries the spread."""
-import json
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from ismoe_qgis.model import inference  # noqa: E402
-from ismoe_qgis.model.importance import importance_from_sums, read_importance_csv  # noqa: E402
-from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
-from ismoe_qgis.model.networks import (ModelConfig, SoilMoistureNet, build_model, copy_members,  # noqa: E402
-                                       member_model, member_seeds, stack_members)
+from ismoe_qgis.model.importance import read_importance_csv  # noqa: E402
+from ismoe_qgis.model.io import load_model  # noqa: E402
+from ismoe_qgis.model.networks import (build_model, copy_members, member_model, member_seeds,  # noqa: E402
+                                       stack_members)
 from ismoe_qgis.model.train import TrainConfig, WindowSampler, loss_terms, model_config_for, train  # noqa: E402
 
 from test_model import small_cube  # noqa: E402

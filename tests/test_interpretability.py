@@ -5,7 +5,6 @@ The full-size version with all three models is benchmarks/interpretability.py.
 import os
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")

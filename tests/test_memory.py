@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
 from ismoe_qgis.model.lstm import sequence_lstm  # noqa: E402
-from ismoe_qgis.model.networks import ModelConfig, SoilMoistureNet  # noqa: E402
+from ismoe_qgis.model.networks import ModelConfig  # noqa: E402
 from ismoe_qgis.model.train import (TrainConfig, WindowSampler, loss_terms, predict_samples,  # noqa: E402
                                     sample_runs, train)
 

@@ -14,8 +14,6 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 
-from qgis.core import QgsProcessingException  # noqa: E402
-
 from test_input_errors import (DAYS, SIZE, START, expect_error, no_output, point,  # noqa: E402,F401
                                prepare_params, tiny_model, write_geojson, write_series, write_table)
 

@@ -99,7 +99,7 @@ class InstallDependenciesAlgorithm(IsmoeAlgorithm):  # enum names via the base c
         target = self.parameterAsString(parameters, self.TARGET, context) or default_target()
         specs = (self.parameterAsString(parameters, self.PACKAGES, context) or deps.TORCH_SPEC).split()
         extra = self.parameterAsString(parameters, self.PIP_ARGS, context)
-        choice = deps.VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)]
+        choice = VARIANT_LABELS[self.parameterAsEnum(parameters, self.VARIANT, context)]
         recommended, why = deps.recommended_variant()
         variant = recommended if choice == "auto" else choice
         feedback.pushInfo("PyTorch build: %s (%s; fits this machine: %s, %s)"

@@ -1,12 +1,11 @@
 """ismoe:predict: model + factor layers -> daily SM GeoTIFF + one routing-weight GeoTIFF per factor."""
 import os
 
-from qgis.core import (QgsCoordinateTransform, QgsProcessingException, QgsProcessingOutputNumber,
+from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingOutputRasterLayer, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFile,
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
-                       QgsCoordinateReferenceSystem)
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 
 from ..options import DEVICES
 from . import presentation

@@ -1,11 +1,9 @@
 """ismoe:preparedataset: factor raster layers + target -> dataset cube file."""
-import os
-
 from qgis.core import (QgsProcessingException, QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsProcessingParameterBoolean,
-                       QgsProcessingOutputNumber, QgsProcessingOutputFile)
+                       QgsProcessingOutputNumber)
 
 from ..options import RESAMPLINGS
 from . import presentation

@@ -4,7 +4,7 @@ import os
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingOutputFile)
+                       QgsProcessingParameterNumber, QgsProcessingParameterString)
 
 from ..options import CUBE_MODES, DEVICES, GAP_POLICIES, MEMORIES, MODEL_TYPES, ROUTER_INPUTS, SCHEDULES, SPLITS
 from ..options import MIXTURE_ENUM as MIXTURES      # enum order: the default first

@@ -16,7 +16,7 @@ stays bounded whatever the region size. The result is the same cube as the in-me
 exactly, statistics to float64 rounding).
 """
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 

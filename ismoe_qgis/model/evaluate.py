@@ -370,7 +370,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     Raises ValueError for: a model trained on another factor set (naming the variables), a
     reference with no date in the period, an empty period, a target without valid values.
     """
-    import torch
+    import torch  # noqa: F401  (first: without torch the error names it)
 
     from . import importance as imp
     from .io import load_model

@@ -12,15 +12,17 @@ from __future__ import annotations
 import html
 import io
 import math
-import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..fileutil import atomic_output
 from . import importance as imp
 from .prediction_folder import ChartDataError
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
+    from matplotlib.figure import Figure
 
 
 # --------------------------------------------------------------------------- chart series

@@ -12,7 +12,7 @@ an output pixel is nodata where any input variable is missing at that pixel on t
 """
 import contextlib
 import os
-from typing import Callable, List
+from typing import Callable
 
 import numpy as np
 import torch
@@ -278,7 +278,6 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     T = len(out_dates)
     if T < 1:
         raise ValueError(f"no output date: the {len(dates)} input dates are all warm-up days")
-    doy_all = day_of_year(out_dates)
     o_from = first_output - (L - 1)                  # output index (input index - (L - 1)) of the first output
     names = model.output_names
     files = {"sm": pf.SM_FILE, **{f: pf.weight_file(f) for f in names}}
@@ -328,7 +327,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                 ds.close()
         if cog:
             _to_cog(tmp, {**files, dom: dom, **{f"spread_{k}": v for k, v in spread_files.items()}})
-        sidecars = outputs.annotate_outputs(tmp, files, iso, names, dom, cog=cog)
+        outputs.annotate_outputs(tmp, files, iso, names, dom, cog=cog)
         from .importance import importance_from_sums, write_importance_csv
         write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names, member_sums=member_sums),
                              os.path.join(tmp, pf.IMPORTANCE_CSV))

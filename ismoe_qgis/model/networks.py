@@ -45,7 +45,7 @@ constant over the L days at the pixel, e.g. snow where there is none) gets weigh
 """
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import torch.nn as nn

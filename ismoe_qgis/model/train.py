@@ -27,7 +27,7 @@ from ..options import SCHEDULES
 from ..version import __version__
 from .io import (CheckpointError, dataset_fingerprint, fingerprint_differences, load_checkpoint, resume_path,
                  save_checkpoint, save_model)
-from .networks import ModelConfig, SoilMoistureNet, build_model, copy_members
+from .networks import ModelConfig, build_model, copy_members
 
 
 @dataclass
