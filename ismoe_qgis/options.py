@@ -19,7 +19,7 @@ MODEL_TYPES = ("ismoe", "cnn_lstm", "mean_expert")
 # LSTM runs through time and carries its state from day to day (trained on sequences of SPIN_UP + N days with
 # the loss on the last N, predicted by streaming: one LSTM step per pixel-day, whatever the memory).
 MEMORIES = ("window", "stateful")
-MIXTURES = ("convex", "scaled", "additive")
+MIXTURES = ("convex", "scaled", "additive", "gated")
 MIXTURE_DEFAULT = "additive"
 # What a weight raster holds, per mixture (prediction.json "weights_meaning", docs/architecture.md)
 WEIGHT_MEANING = {
@@ -27,6 +27,8 @@ WEIGHT_MEANING = {
     "scaled": "router softmax weight w_e of the scaled mixture mu + E sum_e w_e c_e",
     "additive": "share of the squared departure of the factor's contribution from its training mean: "
                 "(c_e - r_e)^2 / sum_f (c_f - r_f)^2 in SM = mu + sum_e c_e",
+    "gated": "share of the squared departure of the factor's gated contribution from its training mean: "
+             "(g_e c_e - r_e)^2 / sum_f (g_f c_f - r_f)^2 in SM = mu + sum_e g_e c_e, gates g = E softmax(router)",
 }
 ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy")
 GAP_POLICIES = ("skip", "fill")

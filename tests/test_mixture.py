@@ -46,6 +46,17 @@ def test_mixture_forms_compute_what_they_say(mixture):
     elif mixture == "scaled":
         assert torch.all(c[silent] == 0)
         np.testing.assert_allclose(y.numpy(), (0.3 + E * (w * c).sum(1)).numpy(), rtol=1e-5, atol=1e-6)
+    elif mixture == "gated":
+        with torch.no_grad():
+            model.contrib_ref.copy_(torch.tensor([0.2, -0.1, 0.05]))
+            y, w, c = model(xb, db)
+            logits = model.router(states, None, db)[:, 0].masked_fill(silent, float("-inf"))
+        gates = E * torch.softmax(logits, dim=1)
+        assert torch.all(c[silent] == 0)                             # silent factors contribute nothing
+        np.testing.assert_allclose(c.numpy(), (gates * raw).masked_fill(silent, 0).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(y.numpy(), (0.3 + c.sum(1)).numpy(), rtol=1e-5, atol=1e-6)
+        d2 = (c - model.contrib_ref) ** 2 * (~silent)
+        np.testing.assert_allclose(w.numpy(), (d2 / d2.sum(1, keepdim=True)).numpy(), rtol=1e-5, atol=1e-7)
     else:
         assert model.router is None                                  # no router: the weights are measured
         assert torch.all(c[silent] == 0)                             # silent factors contribute nothing
@@ -55,12 +66,12 @@ def test_mixture_forms_compute_what_they_say(mixture):
         np.testing.assert_allclose(w.numpy(), (d2 / d2.sum(1, keepdim=True)).numpy(), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("mixture", ["scaled", "additive"])
+@pytest.mark.parametrize("mixture", ["scaled", "additive", "gated"])
 def test_tile_equals_patch_for_every_mixture(tmp_path, mixture):
     import rasterio
     cube = small_cube()
     model = make_model(cube, mixture=mixture)
-    if mixture == "additive":
+    if mixture in ("additive", "gated"):
         with torch.no_grad():
             model.contrib_ref.copy_(torch.tensor([0.2, -0.1, 0.05]))
     y_ref, w_ref = patch_predictions(model, cube)
@@ -131,7 +142,7 @@ def test_old_model_file_without_mixture_loads_convex(tmp_path):
 
 
 def test_bad_mixture_and_schedule_are_named():
-    with pytest.raises(ValueError, match="MIXTURE must be one of convex, scaled, additive, got 'sum'"):
+    with pytest.raises(ValueError, match="MIXTURE must be one of convex, scaled, additive, gated, got 'sum'"):
         ModelConfig(factors=FACTORS, variables=["sd", "sc", "ssr", "str", "u10"], mixture="sum")
     cube = small_cube()
     with pytest.raises(ValueError, match="LR_SCHEDULE must be one of onecycle, constant"):

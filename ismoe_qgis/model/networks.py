@@ -454,12 +454,12 @@ class SoilMoistureNet(nn.Module):
         # so one pass trains and runs them all, the way the experts of one model are already batched
         self.experts = ExpertBank(index * N, len(cfg.variables), cfg.patch_size, cfg.conv_channels,
                                   cfg.hidden, cfg.dropout)
-        routed = cfg.model_type == "ismoe" and self.mixture in ("convex", "scaled")
+        routed = cfg.model_type == "ismoe" and self.mixture in ("convex", "scaled", "gated")
         self.router = Router(cfg, len(index), N) if routed else None
         shape = () if N == 1 else (N,)          # one member keeps the shapes of files from before ENSEMBLE
-        if self.mixture in ("scaled", "additive"):
+        if self.mixture in ("scaled", "additive", "gated"):
             self.mu = nn.Parameter(torch.zeros(shape))          # the intercept, never an expert's
-        if self.mixture == "additive":
+        if self.mixture in ("additive", "gated"):
             # each expert's mean contribution where it has signal (set after training): weights are
             # shares of the departures from it
             self.register_buffer("contrib_ref", torch.zeros(shape + (len(index),)))
@@ -503,11 +503,7 @@ class SoilMoistureNet(nn.Module):
         if leave_out is not None and self.mixture != "additive":
             leave_out = leave_out & ~leave_out.all(dim=2, keepdim=True)     # a softmax needs one expert
         if self.mixture == "additive":
-            d = out - self.contrib_ref.view(-1, E)
-            if leave_out is not None:
-                out, d = out.masked_fill(leave_out, 0.0), d.masked_fill(leave_out, 0.0)
-            d2 = d * d
-            return self.mu.view(-1) + out.sum(dim=2), d2 / d2.sum(dim=2, keepdim=True).clamp_min(1e-12), out
+            return self._shares(out, leave_out)
         if self.router is None:
             w = out.new_full((B, N, E), 1.0 / E)
         else:
@@ -515,11 +511,24 @@ class SoilMoistureNet(nn.Module):
             if leave_out is not None:
                 logits = logits.masked_fill(leave_out, float("-inf"))
             w = torch.softmax(logits, dim=2)
+        if self.mixture == "gated":                 # contributions gated by the router: E w_e c_e
+            # the gates of the last training forward, for the loss's gate-smoothness term (train.loss_terms)
+            self.train_gates = E * w if self.training else None
+            return self._shares(E * w * out, leave_out)
         if self.mixture == "scaled":
             if leave_out is not None:
                 out = out.masked_fill(leave_out, 0.0)
             return self.mu.view(-1) + E * (w * out).sum(dim=2), w, out
         return (w * out).sum(dim=2), w, out
+
+    def _shares(self, contrib, leave_out):
+        """SM = mu + the sum of the contributions (B, N, E); weights = each contribution's share of the squared
+        departures from the reference ``contrib_ref``. Silent factors contribute 0 and weigh 0."""
+        d = contrib - self.contrib_ref.view(-1, contrib.shape[2])
+        if leave_out is not None:
+            contrib, d = contrib.masked_fill(leave_out, 0.0), d.masked_fill(leave_out, 0.0)
+        d2 = d * d
+        return self.mu.view(-1) + contrib.sum(dim=2), d2 / d2.sum(dim=2, keepdim=True).clamp_min(1e-12), contrib
 
     def forward(self, x, doy=None):
         """The ensemble mean (one member: the model) of ``forward_members``: (y (B,), weights (B, E),

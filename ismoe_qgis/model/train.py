@@ -43,6 +43,12 @@ class TrainConfig:
     patience: int = 6
     expert_loss: float = 0.5
     router_entropy: float = 0.0
+    # > 0 (scaled mixture with runs of consecutive days): penalises the day-to-day change of the gates E * w_e
+    # within a run, so that a gate follows where and when (slowly), not the day's weather of other factors
+    gate_smoothness: float = 0.0
+    # > 0 (additive, gated): a sparsity prior, this times the mean absolute departure of each contribution from
+    # its batch mean, summed over factors: a factor that adds nothing the others do not is pushed to contribute 0
+    contribution_l1: float = 0.0
     gap_policy: str = "skip"
     val_start: Optional[str] = None
     test_start: Optional[str] = None
@@ -226,7 +232,8 @@ def model_config_for(cube: Cube, model_type="ismoe", **overrides) -> ModelConfig
                        **overrides)
 
 
-def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None, forward=None, denom=None):
+def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None, forward=None, denom=None,
+               run_days=1):
     """The training loss over the windows of x (see module doc). valid (bool, one per window):
     the windows that count (runs of consecutive days may hold days without a valid sample;
     their targets may be NaN). Default: all. An ensemble's loss is the mean of its members' losses: the
@@ -257,6 +264,13 @@ def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None,
     if cfg.router_entropy and model.router is not None:
         ent = -(w * torch.log(w.clamp_min(1e-8))).sum(dim=2)
         loss = loss + cfg.router_entropy * (wn * ent).sum()
+    if cfg.contribution_l1 and model.mixture in ("additive", "gated"):
+        dev = experts - (wn[..., None] * experts).sum(0, keepdim=True) / wn.sum(0).clamp_min(1e-12)[..., None]
+        loss = loss + cfg.contribution_l1 * (wn[..., None] * dev.abs()).sum()
+    if cfg.gate_smoothness and model.router is not None and run_days > 1:
+        gates = model.train_gates if model.mixture == "gated" else w * w.shape[2]
+        g = gates.float().view(run_days, -1, *w.shape[1:])                     # rows j * G + g
+        loss = loss + cfg.gate_smoothness * ((g[1:] - g[:-1]) ** 2).mean()
     return loss, pred.mean(1)
 
 
@@ -818,7 +832,7 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
                         mm = mm.view(m, g1 - g0, -1)[:, r0:r1].reshape(-1, mm.shape[-1])
                     else:
                         denom = n_valid
-                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid, mm, ddp_forward, denom)
+                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid, mm, ddp_forward, denom, m)
             opt.zero_grad(set_to_none=True)
             # DDP averages the ranks' gradients: each rank's share of the global loss, times the world size
             (loss * dd.world if dd is not None else loss).backward()
@@ -891,7 +905,7 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
         return {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
                 "split": split, "model_type": model_type, "rank": dd.rank}
     model.load_state_dict(best_state)
-    if model.mixture == "additive":
+    if model.mixture in ("additive", "gated"):
         # after cancel on a bounded sample, so that cancel returns within seconds (the reference is a mean)
         ref = set_contribution_reference(model, sampler, tr_t, tr_n, rng,
                                          min(cfg.val_samples, CANCEL_SAMPLES) if cancelled else cfg.val_samples)
