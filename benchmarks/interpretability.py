@@ -49,7 +49,7 @@ from ismoe_qgis.data.prepare import prepare_dataset  # noqa: E402
 from ismoe_qgis.demo_summary import region_summary  # noqa: E402
 
 MODELS = ("ismoe", "cnn_lstm", "mean_expert")
-MIXTURES = ("convex", "scaled", "additive")
+from ismoe_qgis.options import MIXTURES, ROUTER_INPUTS  # noqa: E402
 # (sub-region, factor) cells of the demo region whose factor has no input there (docs/demo_region.md)
 NO_SIGNAL = (("tundra", "snow"), ("monsoon", "snow"), ("arid", "lake"))
 CC_TOL = 0.02          # a variant's CC may be this much below cnn_lstm's (mean over seeds)
@@ -184,6 +184,7 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
     summ = region_summary(demo["obs"], sm, weights, demo["regions"], man["region_names"], man["drivers"],
                           demo["dates"][demo["t_from"]:])
     ns_max, ns = no_signal_weight(summ)
+    shares = variance_shares(model, demo, device) if model.mixture in ("additive", "gated") else None
     # planted pair top-2 only for ISMoE (mean_expert's equal weights would be ranked in factor
     # order, which happens to put arid's snow + radiation first)
     routed = model_type == "ismoe"
@@ -191,7 +192,27 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
             "predict_seconds": round(psecs, 1),
             "epochs_run": len(res["history"]), "no_signal_max": ns_max, "no_signal": ns,
             "planted_top2": sum(s["planted_are_top"] for s in summ.values()) if routed else None,
+            "variance_shares": shares,
+            "variance_top2": (None if shares is None else
+                              sum(sorted(sorted(v, key=v.get, reverse=True)[:2]) == sorted(man["drivers"][r])
+                                  for r, v in shares.items())),
             "train_config": dataclasses.asdict(cfg), "model_options": mo}
+
+
+def variance_shares(model, demo, device):
+    """A diagnostic beside the weight rasters (additive and gated mixtures): per sub-region, each factor's share of
+    the held-out period's variance of the contributions at a pixel, averaged over the pixels. Unlike the rasters'
+    departures from one training-wide reference, a contribution that is constant at a pixel (a regional level)
+    has no share here."""
+    from ismoe_qgis.model.inference import predict_cube
+    _, c = predict_cube(model, demo["cube"], t_from=demo["t_from"], device=device, contributions=True)
+    man, regs = demo["man"], demo["regions"]
+    out = {}
+    for code, rname in man["region_names"].items():
+        v = np.nanvar(c[:, :, regs == int(code)], axis=1)                  # E, pixels
+        share = (v / np.clip(v.sum(0, keepdims=True), 1e-20, None)).mean(1)
+        out[rname] = {f: float(x) for f, x in zip(model.output_names, share)}
+    return out
 
 
 # --------------------------------------------------------------------------- single seed (tests use this)
@@ -239,7 +260,7 @@ def checks(results):
 
 
 # --------------------------------------------------------------------------- seeds x variants
-def expand_variants(models, mixtures, ensemble=1):
+def expand_variants(models, mixtures, ensemble=1, router_input=None):
     """[(row name, model type, model options)]: 'ismoe' becomes one row per mixture (if given); with
     ensemble > 1 the ISMoE rows are ensembles of that many members (ENSEMBLE), named '<row>+ens<N>'
     (cnn_lstm, the reference, stays one model)."""
@@ -249,6 +270,9 @@ def expand_variants(models, mixtures, ensemble=1):
             rows += [(variant_name(mt, mx), mt, {"mixture": mx}) for mx in mixtures]
         else:
             rows.append((mt, mt, {}))
+    if router_input:
+        rows = [(f"{n}/{router_input}", mt, {**mo, "router_input": router_input}) if mt == "ismoe" else (n, mt, mo)
+                for n, mt, mo in rows]
     if ensemble > 1:
         rows = [(f"{n}+ens{ensemble}", mt, {**mo, "members": ensemble}) if mt == "ismoe" else (n, mt, mo)
                 for n, mt, mo in rows]
@@ -276,6 +300,10 @@ def aggregate(per_seed, region_names):
     first = next(iter(ok.values()))
     if first["planted_top2"] is not None:
         out["planted_top2_per_seed"] = {str(s): r["planted_top2"] for s, r in ok.items()}
+    if first.get("variance_top2") is not None:
+        out["variance_top2_per_seed"] = {str(s): r["variance_top2"] for s, r in ok.items()}
+        out["variance_shares"] = {rn: {f: _stats([r["variance_shares"][rn][f] for r in ok.values()])["mean"]
+                                       for f in first["variance_shares"][rn]} for rn in region_names}
     if first["no_signal_max"] is not None:
         out["no_signal_max"] = _stats([r["no_signal_max"] for r in ok.values()])
         out["no_signal_per_seed"] = {str(s): r["no_signal_max"] for s, r in ok.items()}
@@ -310,7 +338,7 @@ def variant_checks(agg, ref, n_regions, n_seeds):
 
 def run_seeds(region_dir=None, size=48, years=3, region_seed=42, seeds=(42,), epochs=10, samples=8192, patch=7,
               seq=14, device="auto", models=MODELS, mixtures=None, log=print, val_samples=8000, batch_size=64,
-              lr=4e-3, train_overrides=None, ensemble=1):
+              lr=4e-3, train_overrides=None, ensemble=1, router_input=None):
     """The demo region once (region_seed), prepared once; every variant trained per seed."""
     import torch
     from ismoe_qgis.model.train import resolve_device
@@ -319,7 +347,7 @@ def run_seeds(region_dir=None, size=48, years=3, region_seed=42, seeds=(42,), ep
     dev = resolve_device(device, log)
     cube = demo["cube"]
     rnames = list(demo["man"]["region_names"].values())
-    variants = expand_variants(models, mixtures, ensemble)
+    variants = expand_variants(models, mixtures, ensemble, router_input)
     results = {"config": {"size": int(cube.x.shape[2]), "days": int(cube.n_dates), "epochs": epochs,
                           "samples_per_epoch": samples, "patch_size": patch, "seq_len": seq,
                           "region_seed": region_seed, "seeds": list(seeds), "models": list(models),
@@ -410,6 +438,12 @@ def format_seeds(results) -> str:
         near = "-" if "within_0.02_of_cnn_lstm_everywhere" not in ck else \
             ("yes" if ck["within_0.02_of_cnn_lstm_everywhere"] else "NO")
         lines.append(f"{n:<{w}}{cells}{top2:>16}{ns:>11}{near:>6}{_f(sm['train_seconds']['mean'], '.0f'):>7}")
+        if "variance_top2_per_seed" in sm:
+            per = list(sm["variance_top2_per_seed"].values())
+            lines.append(f"{'':<{w}}variance shares (diagnostic): top-2 {sum(c == len(rnames) for c in per)}/"
+                         f"{len(seeds)} [{','.join(map(str, per))}]; " + "; ".join(
+                             f"{rn} " + ", ".join(f"{f} {x:.2f}" for f, x in sorted(
+                                 sm["variance_shares"][rn].items(), key=lambda kv: -kv[1])[:3]) for rn in rnames))
         if sm.get("seeds_failed"):
             lines.append(f"{'':<{w}}failed seeds {sm['seeds_failed']}: " +
                          v["per_seed"][str(sm["seeds_failed"][0])]["error"][:140])
@@ -494,6 +528,8 @@ def main(argv=None):
     ap.add_argument("--mixture", default=None,
                     help=f"ISMoE mixture forms, comma-separated ({', '.join(MIXTURES)}): one row ismoe[<form>] "
                          "each (default: one row 'ismoe' with the model's default)")
+    ap.add_argument("--router-input", default=None, choices=ROUTER_INPUTS,
+                    help="ROUTER_INPUT of the ISMoE rows (default: the model's); the gated mixture wants all_states")
     ap.add_argument("--ensemble", type=int, default=1,
                     help="ENSEMBLE members of the ISMoE rows (default 1; cnn_lstm stays one model)")
     ap.add_argument("--epochs", type=int, default=10)
@@ -520,7 +556,8 @@ def main(argv=None):
     threads, why = pick_threads(a.threads)
     t0 = time.time()
     res = run_seeds(a.region, a.size, a.years, a.region_seed, seeds, a.epochs, a.samples, device=a.device,
-                    models=models, mixtures=mixtures, val_samples=a.val_samples, ensemble=a.ensemble)
+                    models=models, mixtures=mixtures, val_samples=a.val_samples, ensemble=a.ensemble,
+                    router_input=a.router_input)
     res["seconds"] = round(time.time() - t0, 1)
     res["loadavg_start"], res["loadavg_end"] = la0, _loadavg()
     res["config"]["torch_threads_reason"] = why

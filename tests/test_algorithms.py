@@ -106,6 +106,10 @@ def test_qgis_process_json_train_baseline(pipeline, qgis_process):
     assert cfg.model_type == "cnn_lstm" and m.output_names == ["all"]
 
 
+def torch_any_nonzero(t):
+    return bool((t != 0).any())
+
+
 def test_qgis_process_json_train_each_mixture(pipeline, qgis_process):
     """MIXTURE and LR_SCHEDULE through the real qgis_process binary: the model file records them, and
     the default MIXTURE (enum 0) is the pipeline's model."""
@@ -114,14 +118,18 @@ def test_qgis_process_json_train_each_mixture(pipeline, qgis_process):
     assert cfg0.mixture == "additive"
     man = json.load(open(os.path.join(pipeline["pred"], "prediction.json")))
     assert man["mixture"] == "additive" and man["weights_meaning"].startswith("share of the squared departure")
-    for idx, name in ((1, "convex"), (2, "scaled")):
+    for idx, name in ((1, "convex"), (2, "scaled"), (3, "gated")):
         model = str(pipeline["out"] / f"{name}.pt")
         r = qgis_process.run("ismoe:train", {"DATASET": pipeline["ds"], "MODEL": 0, "MIXTURE": idx, "LR_SCHEDULE": 1,
-                                             "OUTPUT": model, **FAST_TRAIN})
+                                             "ROUTER_INPUT": 1, "OUTPUT": model, **FAST_TRAIN})
         assert r.returncode == 0, r.stderr[-2000:]
         m, cfg, info = load_model(model)
         assert cfg.mixture == name == m.mixture and info["train"]["schedule"] == "constant"
-        assert (m.router is not None) and hasattr(m, "mu") == (name == "scaled")
+        assert cfg.router_input == "all_states"
+        assert (m.router is not None) and hasattr(m, "mu") == (name in ("scaled", "gated"))
+        assert hasattr(m, "contrib_ref") == (name == "gated")
+        if name == "gated":                      # the reference of the gated contributions is set after training
+            assert torch_any_nonzero(m.contrib_ref)
 
 
 def test_stateful_memory_through_qgis_process_and_predict(pipeline, qgis_process, run_alg, demo_region):

@@ -155,3 +155,35 @@ def test_baselines_ignore_mixture():
         m = SoilMoistureNet(ModelConfig(factors=FACTORS, variables=cube.variables, model_type=mt, mixture="additive",
                                         patch_size=cube.patch_size, seq_len=cube.seq_len))
         assert m.mixture == "convex" and not hasattr(m, "mu")
+
+
+def test_gated_training_with_its_priors_sets_reference_and_notes_the_router(tmp_path):
+    """A gated run with the gate-smoothness and sparsity terms on (runs of 2 consecutive days) trains, records
+    them, sets the gated contributions' reference, and says that expert_states gates see their own factor only."""
+    from ismoe_qgis.core_callbacks import Callbacks
+    cube = small_cube(T=40)
+    path = tmp_path / "g.pt"
+    logs = []
+    res = train(cube, str(path), "ismoe", TrainConfig(epochs=2, samples_per_epoch=64, val_samples=64, batch_size=32,
+                                                      consecutive_days=2, gate_smoothness=1.0, contribution_l1=0.01,
+                                                      val_start="2021-01-10", test_start="2021-01-20"),
+                {"mixture": "gated", "conv_channels": 4, "hidden": 8}, Callbacks(log=logs.append))
+    model, cfg, info = load_model(str(path))
+    assert cfg.mixture == "gated" and model.router is not None and torch.any(model.contrib_ref != 0)
+    assert info["train"]["gate_smoothness"] == 1.0 and info["train"]["contribution_l1"] == 0.01
+    assert any("the gated mixture with ROUTER_INPUT expert_states" in m for m in logs)
+    assert np.isfinite(res["val_cc"])
+
+
+@pytest.mark.parametrize("mixture", ["additive", "gated"])
+def test_predict_cube_contributions_add_up_to_the_estimate(mixture):
+    """contributions=True (the benchmarks' variance shares) returns what each factor adds: mu plus their sum is
+    the estimate, in normalised units."""
+    cube = small_cube()
+    model = make_model(cube, mixture=mixture)
+    sm, w = inference.predict_cube(model, cube, tile_size=4, time_chunk=5)
+    _, c = inference.predict_cube(model, cube, tile_size=4, time_chunk=5, contributions=True)
+    ok = np.isfinite(sm)
+    est = (float(model.mu.detach()) + c.sum(0)) * cube.y_std + cube.y_mean
+    np.testing.assert_allclose(est[ok], sm[ok], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(c[:, ok], w[:, ok])                     # not the weights

@@ -62,7 +62,7 @@ def _tile_windows(model: SoilMoistureNet, xt: torch.Tensor, T: int):
 @torch.no_grad()
 def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = None,
                  chunk_windows: int = None, amp_dtype=None, state=None, outputs: bool = True,
-                 members: bool = False):
+                 members: bool = False, contributions: bool = False):
     """Predict every pixel and date of a tile.
 
     xt: normalised (Ttot, V, h + 2r, w + 2r) with r = k//2 (halo) and Ttot = T + L - 1.
@@ -74,6 +74,8 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
     (E, h * w, H) each (None: zero state), and the return is (sm, weights, new state) to hand to the next
     time chunk of the same tile; with outputs=False (warm-up days) only the state is computed (sm and
     weights are None). The first L - 1 days of xt only feed the silent mask and the input routers.
+    contributions=True: the experts' contributions (additive, gated: what each factor adds to SM, in normalised
+    units) in place of the weights (the benchmarks' variance shares, benchmarks/interpretability.py).
     """
     cfg = model.cfg
     k, L = cfg.patch_size, cfg.seq_len
@@ -125,10 +127,12 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
             out = bank.head(hs)                                                    # T*n, E
         # mix runs outside autocast: give it fp32 (the router's baddbmm fails on bf16 states + fp32 weights)
         mix = model.mix_members if members else model.mix
-        y, wt, _ = mix(out.float(), hs.float(),
+        y, wt, contrib = mix(out.float(), hs.float(),
                        None if silent is None else silent[:, p0:p1].reshape(T * n, E),
                        None if centre is None else centre[:, p0:p1].reshape(T * n, L, V),
                        None if doy_tp is None else doy_tp[:, p0:p1].reshape(T * n))
+        if contributions:
+            wt = contrib
         if members:                   # y (T*n, N), wt (T*n, N, E)
             sm[:, :, p0:p1] = y.float().view(T, n, N).permute(2, 0, 1)
             wts[..., p0:p1] = wt.float().view(T, n, N, E).permute(2, 3, 0, 1)
@@ -146,7 +150,7 @@ def day_of_year(dates) -> np.ndarray:
 
 def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: int, width: int, out_from: int,
                           out_to: int, doy_out: np.ndarray, tile_size: int = 128, time_chunk: int = 64,
-                          device="cpu", amp_dtype=None, callbacks: Callbacks = None):
+                          device="cpu", amp_dtype=None, callbacks: Callbacks = None, contributions: bool = False):
     """The one tile loop behind every raster prediction.
 
     Output index o uses input indices [o, o + L - 1] of `read_block` (see predict_to_folder).
@@ -169,7 +173,7 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
         for i_chunk, (o0, o1) in enumerate(chunks):
             cb.check_cancel()
             res, state = predict_tile_chunk(model, read_block, (r0, c0, h, w), (o0, o1), out_from, doy_out,
-                                            device, amp_dtype, state)
+                                            device, amp_dtype, state, contributions)
             if res is not None:
                 yield (r0, c0, o0, o1) + res
             cb.progress((i_tile * len(chunks) + i_chunk + 1) / n_steps)
@@ -187,7 +191,7 @@ def tile_plan(cfg, height: int, width: int, out_from: int, out_to: int, tile_siz
 
 
 def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk, out_from: int, doy_out,
-                       device="cpu", amp_dtype=None, state=None):
+                       device="cpu", amp_dtype=None, state=None, contributions: bool = False):
     """One step of iter_tile_predictions: tile (r0, c0, h, w) over output indices chunk (o0, o1), i.e. input days
     o0 .. o1 + L - 2 (with the k//2 halo), a stateful model starting from `state` (None: zero state).
     Returns (result, new state): result (sm, weights, spread) as iter_tile_predictions yields them, None for a
@@ -208,7 +212,8 @@ def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk
             raw = np.concatenate([np.full((V, -t0) + raw.shape[2:], np.nan, np.float32), raw], axis=1)
     xt = normalise_block(model, raw).to(device)
     doy = None if warm else torch.from_numpy(np.asarray(doy_out[o0:o1])).to(device)
-    res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm, members=ensemble)
+    res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm, members=ensemble,
+                       contributions=contributions)
     if cfg.stateful:
         sm, wts, state = res
     else:
@@ -414,12 +419,14 @@ def cube_block_reader(cube):
 
 @torch.no_grad()
 def predict_cube(model: SoilMoistureNet, cube, t_from: int = None, t_to: int = None, tile_size: int = 64,
-                 time_chunk: int = 32, device="cpu", amp_dtype=None, callbacks: Callbacks = None):
+                 time_chunk: int = 32, device="cpu", amp_dtype=None, callbacks: Callbacks = None,
+                 contributions: bool = False):
     """Tile inference over a dataset cube held in memory.
 
     Predicts the output dates cube.dates[t_from:t_to] (default: every date with a full window).
     Returns sm (T, H, W) in target units and weights (E, T, H, W); NaN where inputs are missing
-    at the pixel on that date.
+    at the pixel on that date. contributions=True: the factors' contributions (additive, gated; normalised
+    units) instead of the weights.
     """
     cfg = model.cfg
     L = cfg.seq_len
@@ -434,7 +441,7 @@ def predict_cube(model: SoilMoistureNet, cube, t_from: int = None, t_to: int = N
     doy_out = day_of_year(cube.dates[L - 1:])
     for r0, c0, o0, o1, y, wt, _ in iter_tile_predictions(model, cube_block_reader(cube), H, W, t_from - L + 1,
                                                        t_to - L + 1, doy_out, tile_size, time_chunk, device,
-                                                       amp_dtype, callbacks):
+                                                       amp_dtype, callbacks, contributions):
         a, b = o0 + L - 1 - t_from, o1 + L - 1 - t_from
         sm[a:b, r0:r0 + y.shape[1], c0:c0 + y.shape[2]] = y
         wts[:, a:b, r0:r0 + y.shape[1], c0:c0 + y.shape[2]] = wt

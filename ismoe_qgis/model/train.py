@@ -698,6 +698,10 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
     if cfg.expert_loss and model_type == "ismoe" and model.mixture != "convex":
         cb.log(f"EXPERT_LOSS applies to the convex mixture only (its experts estimate SM); the {model.mixture} "
                "mixture's experts output contributions, so it is not used")
+    if model_type == "ismoe" and model.mixture == "gated" and mcfg.router_input == "expert_states":
+        cb.log("note: the gated mixture with ROUTER_INPUT expert_states gates each factor from its own state only; "
+               "all_states lets a gate see where it is (the other factors), which is what the measured gated "
+               "numbers use (README, model section)")
     run_model = torch.compile(model) if cfg.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     stateful = mcfg.stateful
