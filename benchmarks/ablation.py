@@ -27,6 +27,8 @@ Variants (each switches ONE choice of the base; base = the core's defaults, mixt
   ref_optim          lr 1e-3, batch 256, constant schedule, weight decay 0 (the plain reference's Adam)
   long_training      epochs x2, patience x2 (and samples per epoch x2 for the Caravan cases)
   mixture_additive   mixture = "additive", expert_loss = 0
+  mixture_gated      mixture = "gated", router_input = "all_states", expert_loss = 0 (stateful_gated: so in
+                     MEMORY=stateful)
   cnn_lstm           the reference model with the base training settings
   mean_expert        the per-factor experts with equal weights
   stateful           MEMORY=stateful, SPIN_UP 365, 32 supervised days per sequence, batch 256 supervised
@@ -82,10 +84,14 @@ VARIANTS = {
     "ref_optim": ("ismoe", {}, {"lr": 1e-3, "batch_size": 256, "schedule": "constant", "weight_decay": 0.0}),
     "long_training": ("ismoe", {}, {}),
     "mixture_additive": ("ismoe", {"mixture": "additive"}, {"expert_loss": 0.0}),
+    # the gated mixture with the router that sees every factor's state (where a factor counts)
+    "mixture_gated": ("ismoe", {"mixture": "gated", "router_input": "all_states"}, {"expert_loss": 0.0}),
     "cnn_lstm": ("cnn_lstm", {}, {}),
     "mean_expert": ("mean_expert", {}, {}),
     # MEMORY=stateful: sequences of 365 spin-up + 32 supervised days, 8 sequences (256 supervised days) a batch
     "stateful": ("ismoe", STATEFUL, STATEFUL_TRAIN),
+    "stateful_gated": ("ismoe", {**STATEFUL, "mixture": "gated", "router_input": "all_states"},
+                       {**STATEFUL_TRAIN, "expert_loss": 0.0}),
     "stateful_spin90": ("ismoe", {**STATEFUL, "spin_up": 90}, STATEFUL_TRAIN),
     "stateful_n8": ("ismoe", STATEFUL, {**STATEFUL_TRAIN, "supervised_days": 8}),
     "stateful_cnn_lstm": ("cnn_lstm", STATEFUL, STATEFUL_TRAIN),
@@ -445,7 +451,7 @@ def main(argv=None):
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: demo and/or Caravan basin ids")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     ap.add_argument("--seeds", default=None, help="training seeds, comma-separated (default 42,43,44; --quick: 42)")
-    ap.add_argument("--mixture", default="convex", help="the base's mixture form (convex, scaled, additive)")
+    ap.add_argument("--mixture", default="convex", help="the base's mixture form (convex, scaled, additive, gated)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs of every case (default: demo 10, Caravan 25)")
     ap.add_argument("--samples", type=int, default=None, help="training windows per epoch (default 8192)")
     ap.add_argument("--start", default=None, help="first Caravan date (YYYY-MM-DD; default: the whole series)")
