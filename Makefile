@@ -132,7 +132,7 @@ test:
 
 lint:
 	@command -v flake8 >/dev/null 2>&1 || { echo "lint: flake8 is not installed (apt install flake8, or make apt)" >&2; exit 1; }
-	@cd $(ROOT) && flake8 ismoe_qgis tests scripts && echo "lint: flake8 clean"
+	@cd $(ROOT) && flake8 ismoe_qgis tests scripts benchmarks && echo "lint: flake8 clean"
 
 bench:
 	@$(QGIS_ENV) cd $(ROOT) && $(PY) benchmarks/run_all.py

@@ -322,7 +322,7 @@ def format_lso(res):
         return []
     ens0 = next(iter(res["names"]["ensembles"].values()))
     lines = ["### Leave-stations-out: bias per station (out of fold), m3/m3", "",
-             f"Folds: " + "; ".join(f"fold {k + 1}: " + ", ".join(s.replace("SCAN_", "") for s in v)
+             "Folds: " + "; ".join(f"fold {k + 1}: " + ", ".join(s.replace("SCAN_", "") for s in v)
                                     for k, v in L["folds"].items()), "",
              "| station | obs mean train period | obs mean test | LSO est mean test | LSO bias test | LSO bias all dates | "
              "time-split ens bias test | ERA5-Land bias test | LSO CC test |", "|---|---|---|---|---|---|---|---|---|"]
