@@ -375,7 +375,9 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     from . import importance as imp
     from .io import load_model
     from .report import write_evaluation
-    from .train import WindowSampler, autocast_dtype, predict_samples, resolve_device
+    from .device import autocast_dtype, resolve_device
+    from .sample_inference import predict_samples
+    from .sampler import WindowSampler
 
     cb = ensure(callbacks)
     if isinstance(cube, (str, os.PathLike)):

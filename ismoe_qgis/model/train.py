@@ -27,7 +27,11 @@ from ..options import SCHEDULES
 from ..version import __version__
 from .io import (CheckpointError, dataset_fingerprint, fingerprint_differences, load_checkpoint, resume_path,
                  save_checkpoint, save_model)
+from .device import AMP_CC_TOL, autocast_cc_check, autocast_dtype, resolve_device
+from .metrics import cc_rmse
 from .networks import ModelConfig, build_model, copy_members
+from .sample_inference import predict_samples, set_contribution_reference
+from .sampler import WindowSampler, draw_runs, select_samples
 
 
 @dataclass
@@ -101,98 +105,6 @@ PARAMETER_NAMES = {"lr": "LEARNING_RATE", "schedule": "LR_SCHEDULE", "members": 
                    "fold_labels": "FOLD_FIELD", "init_model": "INIT_MODEL", "x_stats": "normalisation statistics",
                    "y_stats": "target statistics", "y": "target values", "shape": "cube shape (V, T, H, W)",
                    "targets": "target locations", "memory": "MEMORY", "mixture": "MIXTURE"}
-
-
-
-
-def resolve_device(name: str, log=print) -> torch.device:
-    name = (name or "auto").lower()
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"DEVICE must be auto, cpu or cuda, got '{name}'")
-    if name == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda" if name == "auto" else name)
-    if name != "auto":
-        log(f"DEVICE '{name}' asked for, but no CUDA device is available to torch: using the CPU")
-    return torch.device("cpu")
-
-
-def autocast_dtype(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA devices that support it, otherwise none."""
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-class WindowSampler:
-    """Cuts (B, L, V, k, k) windows out of the normalised cube with one gather.
-
-    The padded cube is kept as it is stored, variable-major (V, T, H + 2r, W + 2r). A window is made
-    of V x S x k runs of k consecutive pixels of a cube row; the batch is one index_select of those
-    runs from an overlapping view of the cube (one row of k floats starting at every element): 8x
-    faster than indexing a (V, start, row, col, S, k, k) view element by element. The batch comes
-    out contiguous as (V, G, S, k, k) and is handed over as its (G, S, V, k, k) view: the model's
-    patch convolution reads its variables' rows from that memory without a copy.
-
-    The padded cube lives on the training device when it fits (GPU gather, no host copies);
-    otherwise on the host and batches go over in pinned memory with non_blocking copies.
-
-    Stateful models read SPIN_UP days before a sample's window, which may lie before the first date: the
-    cube is then padded in time with days of missing input (0 after normalisation, as every gap is filled),
-    the same days a prediction reads where its inputs have no warm-up (``inference.iter_tile_predictions``)."""
-
-    def __init__(self, cube: Cube, device: torch.device, pad_days: int = 0):
-        k, L = cube.patch_size, cube.seq_len
-        self.seq_len = L     # window length; the padded cube does not depend on it (evaluate reuses a sampler)
-        self.pad = int(pad_days)    # days of missing input before the first date
-        r = k // 2
-        xn = cube.normalised_x()
-        np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        if r or self.pad:
-            xn = np.pad(xn, ((0, 0), (self.pad, 0), (r, r), (r, r)))
-        x = torch.from_numpy(np.ascontiguousarray(xn))                          # V, T, H+2r, W+2r
-        self.device = device
-        on_device = device.type == "cpu"
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            on_device = x.numel() * 4 < 0.4 * free
-        self.host_gather = not on_device
-        self.x = x.to(device) if on_device else x
-        gdev = self.x.device
-        yn = (cube.y - cube.y_mean) / cube.y_std
-        self.y = torch.from_numpy(yn.astype(np.float32)).to(gdev)
-        self.rows = torch.from_numpy(cube.target_rows.astype(np.int64)).to(gdev)
-        self.cols = torch.from_numpy(cube.target_cols.astype(np.int64)).to(gdev)
-        self.k = k
-        doy = (cube.dates - cube.dates.astype("datetime64[Y]")).astype(np.int64) + 1
-        self.doy = torch.from_numpy(doy).to(gdev)
-
-    def batch(self, t_idx, n_idx, m: int = 1, context: int = None):
-        """Runs of m consecutive target days ending at days t_idx at locations n_idx (G of each), each with
-        the `context` days before it (default SEQ_LEN - 1: windows; a stateful model's ``context_days``).
-        Returns xb (G, context + m, V, k, k), targets yb (m * G,) and day of year db (m * G,), rows
-        j * G + g = day t_idx[g] - m + 1 + j (the model's row order). m = 1: single windows."""
-        gdev = self.x.device
-        context = self.seq_len - 1 if context is None else int(context)
-        t = torch.as_tensor(t_idx, device=gdev)
-        n = torch.as_tensor(n_idx, device=gdev)
-        if len(t) and int(t.min()) - m + 1 - context < -self.pad:
-            raise ValueError(f"a run of {m} days with {context} days of context before day {int(t.min())} starts "
-                             f"before the sampler's {self.pad} days of padding")
-        S, k = context + m, self.k
-        V, T, Hp, Wp = self.x.shape
-        sv, st, sr, _ = self.x.stride()
-        runs = self.x.as_strided((self.x.numel() - k + 1, k), (1, 1))        # runs[i] = flat cube[i:i + k]
-        first = (t + self.pad - S + 1) * st + self.rows[n] * sr + self.cols[n]         # G: each window's first pixel
-        within = (torch.arange(V, device=gdev)[:, None, None] * sv + torch.arange(S, device=gdev)[:, None] * st
-                  + torch.arange(k, device=gdev) * sr)                       # V, S, k: the runs of a window
-        xb = runs.index_select(0, (within[:, None] + first[:, None, None]).view(-1)).view(V, len(first), S, k, k)
-        td = t[None, :] + torch.arange(1 - m, 1, device=gdev)[:, None]     # m, G
-        yb, db = self.y[td, n[None, :]].reshape(-1), self.doy[td].reshape(-1)
-        if self.host_gather:
-            xb, yb, db = (a.pin_memory().to(self.device, non_blocking=True) for a in (xb, yb, db))
-        return xb.permute(1, 2, 0, 3, 4), yb, db
 
 
 MAX_LOCATION_WARNINGS = 20   # locations named one by one; the rest are counted
@@ -274,26 +186,6 @@ def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None,
     return loss, pred.mean(1)
 
 
-def select_samples(rng: np.random.Generator, t_idx: np.ndarray, n_idx: np.ndarray, count: int,
-                   by_location: bool = False):
-    """Up to `count` of the samples (t, n), sorted. by_location (stateful models): whole locations' samples
-    (locations in random order until `count` is reached), so that scoring runs over consecutive days and
-    pays one spin-up per run rather than per sample (``sample_runs``)."""
-    if len(t_idx) <= count:
-        return t_idx, n_idx
-    if not by_location:
-        sel = np.sort(rng.choice(len(t_idx), count, replace=False))
-        return t_idx[sel], n_idx[sel]
-    locs, per_loc = np.unique(n_idx, return_counts=True)
-    perm = rng.permutation(len(locs))
-    keep = locs[perm[:max(1, int(np.searchsorted(np.cumsum(per_loc[perm]), count)) + 1)]]
-    sel = np.nonzero(np.isin(n_idx, keep))[0]
-    if len(sel) > count:      # one location alone holds more: its samples in time order, cut
-        sel = sel[np.argsort(t_idx[sel], kind="stable")][:count]
-    sel = np.sort(sel)
-    return t_idx[sel], n_idx[sel]
-
-
 def setup_folds(cube: Cube, cfg: TrainConfig, options: dict, cb) -> dict:
     """Folds of SPLIT=locations|blocks: {"split", "folds", "fold_of" (list per location), "locations"
     (labels), "block_size", "buffer", "excluded" (K, N) bool: the locations fold k may not train on}."""
@@ -343,111 +235,7 @@ def member_validation(model, sampler, t_idx, n_idx, obs, cv, y_std, amp_dtype=No
     return est.astype(np.float32), float(fin.mean()) if len(fin) else float("nan"), per
 
 
-def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_idx: np.ndarray,
-              count: int, m: int, seq_len: int):
-    """`count` runs of m consecutive target days at one location, each around a valid sample drawn
-    uniformly from (t_idx, n_idx) (at a random place in the run, so every valid sample is equally
-    likely to be covered). mask (T, N): the valid samples. Returns the runs' last days (count,),
-    locations (count,) and which of their days are valid samples, bool (m * count,) in the
-    sampler's row order (j * count + g)."""
-    T = mask.shape[0]
-    sel = rng.choice(len(t_idx), count, replace=count > len(t_idx))
-    end = np.clip(t_idx[sel] + rng.integers(0, m, count), seq_len + m - 2, T - 1)
-    loc = n_idx[sel]
-    days = end[None, :] + np.arange(1 - m, 1)[:, None]                       # m, count
-    return end, loc, mask[days, loc[None, :]].reshape(-1)
-
-
-STATEFUL_RUN_DAYS = 128   # output days per sequence when a stateful model scores samples (after its spin-up)
-
-
-def sample_runs(model, n_dates: int, t_idx, n_idx, run_days: int = STATEFUL_RUN_DAYS):
-    """How ``predict_samples`` covers samples (t, n) with runs of consecutive output days. A windowed model:
-    one single-day run per sample (m = 1). A stateful model: each location's samples, in time order, are
-    covered by runs of m = min(run_days, usable days) days, each read with its spin-up, so a location's
-    period costs one spin-up per run_days days instead of one per sample. Returns (m, context, run ends,
-    run locations, each sample's run, each sample's day within its run)."""
-    cfg = model.cfg
-    t_idx, n_idx = np.asarray(t_idx, np.int64), np.asarray(n_idx, np.int64)
-    if not cfg.stateful:
-        return 1, cfg.seq_len - 1, t_idx, n_idx, np.arange(len(t_idx)), np.zeros(len(t_idx), np.int64)
-    L = cfg.seq_len
-    m = max(1, min(run_days, n_dates - L + 1))
-    order = np.lexsort((t_idx, n_idx))
-    ends, locs = [], []
-    run_of = np.empty(len(t_idx), np.int64)
-    day_of = np.empty(len(t_idx), np.int64)
-    cur_n, cur_end = None, None
-    for i in order:
-        t, n = int(t_idx[i]), int(n_idx[i])
-        if n != cur_n or t > cur_end:
-            cur_n, cur_end = n, min(t + m - 1, n_dates - 1)
-            ends.append(cur_end)
-            locs.append(n)
-        run_of[i] = len(ends) - 1
-        day_of[i] = t - (cur_end - m + 1)
-    return m, cfg.context_days, np.asarray(ends, np.int64), np.asarray(locs, np.int64), run_of, day_of
-
-
-@torch.no_grad()
-def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048, amp_dtype=None,
-                    with_silent: bool = False, run_days: int = STATEFUL_RUN_DAYS, members: bool = False):
-    """Run the model on samples (t, n). Returns SM in target units (N,), weights (N, E), experts (N, E):
-    SM estimates in target units (convex mixture) or contributions in target units (scaled, additive),
-    and with `with_silent` the silent-factor mask (N, E) as well. Stateful models run over runs of
-    consecutive days with their spin-up (``sample_runs``). members=True: every ensemble member's outputs,
-    SM (N, M), weights and experts (N, M, E) for M members, instead of their means."""
-    from .networks import silent_factor_mask
-    model.eval()
-    E, L = model.n_experts, model.cfg.seq_len
-    M = (model.members,) if members else ()
-    m, context, ends, locs, run_of, day_of = sample_runs(model, sampler.y.shape[0], t_idx, n_idx, run_days)
-    ys = np.zeros((len(t_idx),) + M, np.float32)
-    ws = np.zeros((len(t_idx),) + M + (E,), np.float32)
-    es = np.zeros((len(t_idx),) + M + (E,), np.float32)
-    sil = np.zeros((len(t_idx), E), bool)
-    per = max(1, batch_size // m)          # runs per batch
-    order = np.argsort(run_of, kind="stable")
-    bounds = np.searchsorted(run_of[order], np.arange(0, len(ends) + per, per))
-    for bi, g0 in enumerate(range(0, len(ends), per)):
-        g1 = min(len(ends), g0 + per)
-        xb, _, db = sampler.batch(ends[g0:g1], locs[g0:g1], m, context)
-        with torch.autocast(sampler.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            y, w, e = model.forward_members(xb, db) if members else model(xb, db)
-        samples = order[bounds[bi]:bounds[bi + 1]]
-        rows = torch.from_numpy(day_of[samples] * (g1 - g0) + run_of[samples] - g0)
-        ys[samples] = y.float().cpu()[rows].numpy()
-        ws[samples] = w.float().cpu()[rows].numpy()
-        es[samples] = e.float().cpu()[rows].numpy()
-        if with_silent and model.masks_silent:
-            sil[samples] = silent_factor_mask(xb[:, xb.shape[1] - (m + L - 1):], model.factor_index, L
-                                              ).cpu()[rows].numpy()
-    cfg = model.cfg
-    y = ys * cfg.y_std + cfg.y_mean
-    e = es * cfg.y_std + (cfg.y_mean if model.mixture == "convex" else 0.0)
-    out = (y.astype(np.float32), ws, e.astype(np.float32))
-    return out + (sil,) if with_silent else out
-
-
-@torch.no_grad()
-def set_contribution_reference(model, sampler: WindowSampler, t_idx, n_idx, rng, n: int = 4000,
-                               batch_size: int = 2048):
-    """Set the additive mixture's ``contrib_ref``: each expert's mean contribution over (up to n)
-    training windows where its factor has signal. The estimate does not change (the intercept mu plus
-    the contributions), only the reference the weights measure departures from. Returns it (list)."""
-    model.eval()
-    sel = rng.choice(len(t_idx), min(n, len(t_idx)), replace=False)
-    _, _, c, silent = predict_samples(model, sampler, t_idx[sel], n_idx[sel], batch_size, with_silent=True,
-                                      members=True)
-    c = c / model.cfg.y_std                                   # back to normalised units, (S, members, E)
-    has = np.broadcast_to(~silent[:, None, :], c.shape)
-    ref = torch.from_numpy(np.where(has, c, 0.0).sum(0) / np.maximum(has.sum(0), 1)).float()   # members, E
-    model.contrib_ref.copy_(ref.view(model.contrib_ref.shape).to(model.contrib_ref.device))
-    return ref.mean(0).tolist()
-
-
 CANCEL_SAMPLES = 512   # training windows for the additive mixture's reference after a cancel
-AMP_CC_TOL = 0.01   # largest change of validation CC that autocast may cause (issue 6)
 
 
 def ensemble_residual_sd(obs, members) -> dict:
@@ -472,29 +260,6 @@ def ensemble_residual_sd(obs, members) -> dict:
             "rmse": float(np.sqrt(np.mean(err ** 2))), "n": int(len(o)),
             "inside_2sd_members": float(np.mean(np.abs(err) <= 2 * sd)),
             "inside_2sd_total": float(np.mean(np.abs(err) <= 2 * total))}
-
-
-def autocast_cc_check(obs, est_amp, est_fp32, amp_dtype, tol: float = None) -> dict:
-    """The change of CC that autocast causes, from the same samples' estimates with and without it.
-    ok: |CC(autocast) - CC(fp32)| <= tol (default AMP_CC_TOL). A model that fails is predicted in
-    fp32 (``predict.predict_layers`` reads ``amp_ok`` from the model file)."""
-    tol = AMP_CC_TOL if tol is None else tol
-    cc_amp, _ = _cc_rmse(obs, est_amp)
-    cc_fp32, _ = _cc_rmse(obs, est_fp32)
-    delta = cc_amp - cc_fp32
-    return {"dtype": str(amp_dtype).replace("torch.", ""), "val_cc_amp": cc_amp, "val_cc_fp32": cc_fp32,
-            "delta": delta, "tol": tol, "ok": bool(abs(delta) <= tol)}
-
-
-def _cc_rmse(obs, est):
-    ok = np.isfinite(est)
-    if not ok.all():
-        obs, est = np.asarray(obs)[ok], np.asarray(est)[ok]
-    if len(obs) < 3 or np.std(obs) == 0 or np.std(est) == 0:
-        cc = float("nan")
-    else:
-        cc = float(np.corrcoef(obs, est)[0, 1])
-    return cc, float(np.sqrt(np.mean((obs - est) ** 2))) if len(obs) else float("nan")
 
 
 def _file_digest(path) -> str:
@@ -860,7 +625,7 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
         else:               # per member; a fold's model on its own training locations (never a held-out one)
             est, val_loss, member_loss = member_validation(model, sampler, vt, vn, v_obs, cv, cube.y_std, amp_dtype,
                                                            lambda t_, n_: vpredict(t_, n_, amp_dtype, True))
-        cc, rmse = _cc_rmse(v_obs, est)
+        cc, rmse = cc_rmse(v_obs, est)
         row = {"epoch": epoch, "train_loss": tot / max(cnt, 1), "val_loss": val_loss, "val_cc": cc,
                "val_rmse": rmse, "seconds": round(time.time() - t0, 2)}
         history.append(row)
@@ -949,7 +714,7 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
     est, v_members = scored(vt, vn, amp_dtype)
     if amp_dtype is not None:
         est_fp32, members_fp32 = scored(vt, vn, None)
-        check = autocast_cc_check(v_obs, est, est_fp32, amp_dtype)
+        check = autocast_cc_check(v_obs, est, est_fp32, amp_dtype, AMP_CC_TOL)
         result["amp_check"] = info_base["amp_check"] = check
         info_base["amp_ok"] = check["ok"]
         cb.log(f"autocast check: validation CC {check['val_cc_amp']:.4f} with {check['dtype']} autocast, "
@@ -958,7 +723,7 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
             cb.log(f"warning: {check['dtype']} autocast changes this model's validation CC by more than "
                    f"{check['tol']}: it is scored here and predicted by ismoe:predict in fp32")
             amp_dtype, est, v_members = None, est_fp32, members_fp32
-    result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
+    result["val_cc"], result["val_rmse"] = cc_rmse(v_obs, est)
     if v_members is not None:
         unc = ensemble_residual_sd(v_obs, v_members)
         info_base["uncertainty"] = result["uncertainty"] = unc
@@ -976,7 +741,7 @@ def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_o
             est = ym[np.arange(len(tn)), cv_fold_index(cv, tn)]
             cb.log(f"test period, out of fold ({cfg.split}, {cv['folds']} folds): every location estimated by the "
                    f"model that never trained on it")
-        result["test_cc"], result["test_rmse"] = _cc_rmse(cube.y[tt, tn], est)
+        result["test_cc"], result["test_rmse"] = cc_rmse(cube.y[tt, tn], est)
         from .metrics import describe_location_skill, location_skill_samples, location_skill_summary
         # per-location test skill (CC over time, bias, ubRMSE; the anomaly CC needs the model's own
         # training climatology: ismoe:evaluate reports it)
