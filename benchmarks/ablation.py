@@ -476,7 +476,7 @@ def main(argv=None):
         ap.error("--seeds: give at least one seed")
 
     import torch
-    from ismoe_qgis.model.train import resolve_device
+    from ismoe_qgis.model.device import resolve_device
     la0 = interp._loadavg()
     threads, why = interp.pick_threads(a.threads)
     dev = resolve_device(a.device, print)

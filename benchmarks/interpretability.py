@@ -221,7 +221,7 @@ def run(region_dir=None, size=48, years=3, seed=42, epochs=10, samples=8192, pat
     """Generate (or reuse) the demo region, train `models` with one seed (also the region's seed),
     and summarise the held-out last year. train_options: ModelConfig options for every model."""
     import torch
-    from ismoe_qgis.model.train import resolve_device
+    from ismoe_qgis.model.device import resolve_device
 
     demo = prepare_demo(region_dir, size, years, seed, patch, seq, log=lambda m: None)
     dev = resolve_device(device, log)
@@ -341,7 +341,7 @@ def run_seeds(region_dir=None, size=48, years=3, region_seed=42, seeds=(42,), ep
               lr=4e-3, train_overrides=None, ensemble=1, router_input=None):
     """The demo region once (region_seed), prepared once; every variant trained per seed."""
     import torch
-    from ismoe_qgis.model.train import resolve_device
+    from ismoe_qgis.model.device import resolve_device
 
     demo = prepare_demo(region_dir, size, years, region_seed, patch, seq, log=log)
     dev = resolve_device(device, log)

@@ -52,8 +52,9 @@ from ismoe_qgis.data.cube import Cube  # noqa: E402
 from ismoe_qgis.data.demo import FACTORS as DEMO_FACTORS  # noqa: E402  (6 factors, 11 variables)
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.networks import SoilMoistureNet  # noqa: E402
-from ismoe_qgis.model.train import (TrainConfig, WindowSampler, autocast_dtype, draw_runs,  # noqa: E402
-                                    loss_terms, model_config_for, resolve_device)
+from ismoe_qgis.model.device import autocast_dtype, resolve_device  # noqa: E402
+from ismoe_qgis.model.sampler import WindowSampler, draw_runs  # noqa: E402
+from ismoe_qgis.model.train import TrainConfig, loss_terms, model_config_for  # noqa: E402
 
 HIDDEN, CONV_CHANNELS, ROUTER_HIDDEN = 64, 16, 32
 WGS84 = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],'

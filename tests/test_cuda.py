@@ -28,8 +28,8 @@ torch = pytest.importorskip("torch")
 from ismoe_qgis.data.cube import Cube  # noqa: E402
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.networks import build_model  # noqa: E402
-from ismoe_qgis.model.train import (TrainConfig, WindowSampler, loss_terms, model_config_for,  # noqa: E402
-                                    train)
+from ismoe_qgis.model.sampler import WindowSampler  # noqa: E402
+from ismoe_qgis.model.train import TrainConfig, loss_terms, model_config_for, train  # noqa: E402
 
 ON_CPU = os.environ.get("ISMOE_CUDA_TESTS_ON_CPU") == "1"
 HAVE_GPU = torch.cuda.is_available()

@@ -12,7 +12,8 @@ from ismoe_qgis.model.importance import read_importance_csv  # noqa: E402
 from ismoe_qgis.model.io import load_model  # noqa: E402
 from ismoe_qgis.model.networks import (build_model, copy_members, member_model, member_seeds,  # noqa: E402
                                        stack_members)
-from ismoe_qgis.model.train import TrainConfig, WindowSampler, loss_terms, model_config_for, train  # noqa: E402
+from ismoe_qgis.model.sampler import WindowSampler  # noqa: E402
+from ismoe_qgis.model.train import TrainConfig, loss_terms, model_config_for, train  # noqa: E402
 
 from test_model import small_cube  # noqa: E402
 

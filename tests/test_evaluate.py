@@ -303,7 +303,8 @@ def test_core_matches_predict_samples(evpipe):
     from ismoe_qgis.data.cube import Cube, split_masks
     from ismoe_qgis.model.evaluate import evaluate
     from ismoe_qgis.model.io import load_model
-    from ismoe_qgis.model.train import WindowSampler, predict_samples
+    from ismoe_qgis.model.sample_inference import predict_samples
+    from ismoe_qgis.model.sampler import WindowSampler
     import torch
     cube = Cube.load(evpipe["ds"])
     model, cfg, info = load_model(evpipe["models"]["cnn_lstm"])

@@ -71,7 +71,9 @@ def test_cross_validation_trains_without_held_out_locations_and_scores_out_of_fo
     torch = pytest.importorskip("torch")
     from ismoe_qgis.model.io import load_model
     from ismoe_qgis.model.networks import member_model
-    from ismoe_qgis.model.train import TrainConfig, WindowSampler, predict_samples, train
+    from ismoe_qgis.model.sample_inference import predict_samples
+    from ismoe_qgis.model.sampler import WindowSampler
+    from ismoe_qgis.model.train import TrainConfig, train
     from test_model import small_cube
     cube = small_cube(T=40)
     path = tmp_path / "cv.pt"

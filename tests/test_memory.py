@@ -12,8 +12,9 @@ from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
 from ismoe_qgis.model.lstm import sequence_lstm  # noqa: E402
 from ismoe_qgis.model.networks import ModelConfig  # noqa: E402
-from ismoe_qgis.model.train import (TrainConfig, WindowSampler, loss_terms, predict_samples,  # noqa: E402
-                                    sample_runs, train)
+from ismoe_qgis.model.sample_inference import predict_samples, sample_runs  # noqa: E402
+from ismoe_qgis.model.sampler import WindowSampler  # noqa: E402
+from ismoe_qgis.model.train import TrainConfig, loss_terms, train  # noqa: E402
 
 from test_model import make_model, small_cube  # noqa: E402
 

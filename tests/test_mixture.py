@@ -10,7 +10,9 @@ torch = pytest.importorskip("torch")
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
 from ismoe_qgis.model.networks import MIXTURES, ModelConfig, SoilMoistureNet, silent_factor_mask  # noqa: E402
-from ismoe_qgis.model.train import TrainConfig, WindowSampler, set_contribution_reference, train  # noqa: E402
+from ismoe_qgis.model.sample_inference import set_contribution_reference  # noqa: E402
+from ismoe_qgis.model.sampler import WindowSampler  # noqa: E402
+from ismoe_qgis.model.train import TrainConfig, train  # noqa: E402
 
 from test_model import FACTORS, make_model, patch_predictions, small_cube  # noqa: E402
 

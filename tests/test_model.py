@@ -11,7 +11,8 @@ from ismoe_qgis.data.cube import Cube  # noqa: E402
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
 from ismoe_qgis.model.networks import ExpertBank, SoilMoistureNet, silent_factor_mask  # noqa: E402
-from ismoe_qgis.model.train import WindowSampler, model_config_for  # noqa: E402
+from ismoe_qgis.model.sampler import WindowSampler  # noqa: E402
+from ismoe_qgis.model.train import model_config_for  # noqa: E402
 
 FACTORS = {"snow": ["sd", "sc"], "radiation": ["ssr", "str"], "wind": ["u10"]}
 VARIABLES = ["sd", "sc", "ssr", "str", "u10"]
@@ -377,7 +378,7 @@ def test_silent_mask_of_runs():
 
 
 def test_draw_runs_cover_valid_samples():
-    from ismoe_qgis.model.train import draw_runs
+    from ismoe_qgis.model.sampler import draw_runs
     cube = small_cube(T=40)
     mask = cube.sample_mask(np.arange(cube.n_dates) < 30, "skip")
     t, n = np.nonzero(mask)

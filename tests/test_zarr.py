@@ -13,7 +13,8 @@ from ismoe_qgis.core_callbacks import Callbacks, Cancelled  # noqa: E402
 from ismoe_qgis.data.chunked import ChunkedWindowSampler, choose_mode, make_sampler  # noqa: E402
 from ismoe_qgis.data.cube import Cube, DatasetFileError  # noqa: E402
 from ismoe_qgis.data.zarrcube import LazyCubeArray, ZARR_FORMAT  # noqa: E402
-from ismoe_qgis.model.train import TrainConfig, WindowSampler, train  # noqa: E402
+from ismoe_qgis.model.sampler import WindowSampler  # noqa: E402
+from ismoe_qgis.model.train import TrainConfig, train  # noqa: E402
 
 FACTORS = {"snow": ["sd", "sc"], "radiation": ["ssr", "str"], "wind": ["u10"]}
 VARS = ["sd", "sc", "ssr", "str", "u10"]

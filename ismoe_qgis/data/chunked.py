@@ -1,6 +1,6 @@
 """Training windows drawn chunk-wise from a cube that need not fit in memory (issue 15 item 2).
 
-``ChunkedWindowSampler`` has the interface of ``model.train.WindowSampler`` (``batch(t_idx, n_idx, m, context)``
+``ChunkedWindowSampler`` has the interface of ``model.sampler.WindowSampler`` (``batch(t_idx, n_idx, m, context)``
 -> (G, S, V, k, k) windows, targets, day of year; attributes ``seq_len``, ``device``, ``y``) and returns the same
 windows, value for value, for the same indices. Instead of one normalised, padded copy of the whole cube it holds
 a few *blocks*: chunk-aligned pieces of the cube (all variables, a run of days, a spatial tile) read with the halo
@@ -130,12 +130,12 @@ def choose_mode(cube, mode: str = "auto", pad_days: int = 0, available=None):
 
 
 def make_sampler(cube, device, pad_days: int = 0, mode: str = "auto", log=print, in_memory=None, **options):
-    """The window sampler for training on `cube`: ``in_memory`` (the class model.train.WindowSampler, passed in
+    """The window sampler for training on `cube`: ``in_memory`` (the class model.sampler.WindowSampler, passed in
     so that this data module does not import the model package) or a ChunkedWindowSampler; see choose_mode."""
     which, reason = choose_mode(cube, mode, pad_days)
     if which == "memory":
         if in_memory is None:
-            from ..model.train import WindowSampler as in_memory
+            from ..model.sampler import WindowSampler as in_memory
         if log:
             log(f"window sampler: {reason}")
         return in_memory(cube, device, pad_days=pad_days)

@@ -341,45 +341,41 @@ def ensemble_summary(obs, mean_est, d: dict, common, model_names=None) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- main entry
-def evaluate(cube, models, references: Optional[Dict[str, object]] = None, period="test",
-             region_labels=None, out_dir=None, callbacks=None, *, baselines: Sequence[str] = BASELINES,
-             device: str = "cpu", climatology_window: int = 15, title: Optional[str] = None,
-             batch_size: int = 2048, importance_kinds=("month", "season", "doy"),
-             min_location_days: int = MIN_LOCATION_DAYS):
-    """Evaluate models and reference products on the samples of an evaluation period.
+# --------------------------------------------------------------------------- the evaluation period
+@dataclasses.dataclass
+class _Period:
+    """The evaluation period on the cube, and the training period (the first model's) whose day-of-year
+    climatology of every series the anomaly CC removes."""
+    mask: np.ndarray          # (T,) bool: the evaluation dates
+    label: str
+    train: np.ndarray         # (T,) bool: the training period
+    window: int               # the climatology's moving window, days
+    cube_dates: np.ndarray    # (T,)
 
-    ``cube``: a :class:`Cube` or the path of a dataset file. ``models``: ``{name: model_path}``
-    (or a list of paths, named by file name). ``references``: ``{product name: raster source}``
-    (anything :func:`rasters.open_series` opens; band dates needed). ``period``: 'test',
-    'validation', 'all' or ``(date_from, date_to)`` (see :func:`resolve_period`; the split is the
-    first model's). ``region_labels``: optional (N,) region name per target location (None = in
-    no region). ``out_dir``: folder for the outputs (None: compute only). ``baselines``: built-in
-    references to add, any of ``('persistence', 'climatology')``. ``device``: 'cpu', 'auto' or
-    'cuda'. ``min_location_days``: the fewest scored days that put a location into the per-location
-    summary (median and IQR of its CC, anomaly CC, bias, ubRMSE).
+    def __post_init__(self):
+        self.dates = self.cube_dates[self.mask]                 # (T_p,)
+        self.span = f"{self.dates[0]}..{self.dates[-1]}"
+        self.slots = calendar_slot(self.dates)
+        self.t_of = np.full(len(self.mask), -1, np.int64)        # cube date -> evaluation date (or -1)
+        self.t_of[self.mask] = np.arange(int(self.mask.sum()))
+        self.train_only = self.train & ~self.mask
+        self.overlap = self.train[self.mask]                    # evaluation dates inside the training period
 
-    Returns a dict: ``rows`` (metric rows), ``paths`` ({csv, json, html, importance: path or
-    None}), ``dates`` (T_p,), ``obs`` (T_p, N), ``estimates`` {name: (T_p, N)}, ``references``
-    [names], ``n_samples`` (the common scored samples), ``importance`` {model: ImportanceTable},
-    ``period`` (first, last date), ``models`` {name: {path, model_type, n_predicted}},
-    ``location_skill`` {name: per-location skill dict of ``metrics.location_skill_samples``},
-    ``climatology`` (T_p, N) the observed training climatology (or None) and
-    ``estimate_climatology`` {name: (T_p, N)} each estimate's own (the anomaly CC removes them).
+    def own_climatology(self, est_period, extra=None):
+        """(T_p, N) float32 training climatology of an estimate: its values on evaluation dates in the
+        training period plus ``extra`` = (values, dates, locations) of the other training dates."""
+        acc = ClimatologyAccumulator(est_period.shape[1])
+        if self.overlap.any():
+            tt, nn = np.nonzero(np.isfinite(est_period[self.overlap]))
+            acc.add(est_period[self.overlap][tt, nn], self.dates[self.overlap][tt], nn)
+        if extra is not None:
+            acc.add(*extra)
+        return acc.table(self.window)[self.slots].astype(np.float32)
 
-    Raises ValueError for: a model trained on another factor set (naming the variables), a
-    reference with no date in the period, an empty period, a target without valid values.
-    """
-    import torch  # noqa: F401  (first: without torch the error names it)
 
-    from . import importance as imp
-    from .io import load_model
-    from .report import write_evaluation
-    from .train import WindowSampler, autocast_dtype, predict_samples, resolve_device
-
-    cb = ensure(callbacks)
-    if isinstance(cube, (str, os.PathLike)):
-        cube = Cube.load(os.fspath(cube))
+def _check_inputs(cube: Cube, models, references, baselines, region_labels):
+    """The named models, references and baselines, checked (names unique, baselines known, one region label
+    per location, a target with values). Returns (models, references, baselines)."""
     models = model_names(models)
     if not models:
         raise ValueError("MODELS: no model file given: add at least one model from ismoe:train")
@@ -395,13 +391,18 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                          f"and baselines: rename the file or layer")
     if region_labels is not None and len(region_labels) != len(cube.target_rows):
         raise ValueError(f"{len(region_labels)} region labels for {len(cube.target_rows)} target locations")
-
-    # --- target and period -------------------------------------------------------------------
     if not np.isfinite(cube.y).any():
         raise ValueError("the dataset's target has no valid value (all NaN): check the TARGET layer and its "
                          "nodata, then prepare the dataset again")
+    return models, references, baselines
+
+
+def _load_models(cube: Cube, models: dict, cb):
+    """{name: (model, cfg, info, variable permutation)} on the CPU, each checked against the cube's factor
+    set, and a note for every model trained with another split than the first."""
+    from .io import load_model
     loaded = {}
-    for i, (name, path) in enumerate(models.items()):
+    for name, path in models.items():
         cb.check_cancel()
         if not os.path.exists(os.fspath(path)):
             raise FileNotFoundError(f"MODELS: model file not found: '{path}'")
@@ -418,55 +419,255 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                                f"from {other[1]}) than the first model ({first_split[0]}, {first_split[1]}): "
                                f"part of the evaluation period may be its training data")
             cb.log(split_notes[-1])
+    return loaded, first_info, split_notes
+
+
+def _evaluation_period(cube: Cube, period, first_info, climatology_window: int, cb) -> _Period:
     pmask, plabel = resolve_period(cube, period, first_info)
     if not pmask.any():
         raise ValueError(f"the evaluation period ({plabel}) is empty: no date of the dataset "
                          f"({cube.dates[0]}..{cube.dates[-1]}) falls in it; choose another period or dates")
-    pdates = cube.dates[pmask]
-    span = f"{pdates[0]}..{pdates[-1]}"
-    if not np.isfinite(cube.y[pmask]).any():
-        raise ValueError(f"the target has no valid value in the evaluation period ({plabel}, {span}): "
-                         f"choose another period or dates")
-    cb.log(f"evaluation period: {plabel}, {span} ({int(pmask.sum())} dates)")
-
-    # --- models ------------------------------------------------------------------------------
-    dev = resolve_device(device, cb.log)
-    T, N = cube.y.shape
-    t_of = np.full(T, -1, np.int64)
-    t_of[pmask] = np.arange(int(pmask.sum()))
-    estimates, model_meta, tables, notes = {}, {}, {}, list(split_notes)
     # the anomaly CC removes each series' own day-of-year climatology of the training period: the
     # models also predict the training samples that are not in the evaluation period, for their own
-    tmask = train_mask_of(cube, first_info)
-    pslots = calendar_slot(pdates)
-    train_only = tmask & ~pmask
-    overlap = tmask[pmask]               # evaluation dates inside the training period
-    est_clims = {}
+    P = _Period(pmask, plabel, train_mask_of(cube, first_info), climatology_window, cube.dates)
+    if not np.isfinite(cube.y[pmask]).any():
+        raise ValueError(f"the target has no valid value in the evaluation period ({plabel}, {P.span}): "
+                         f"choose another period or dates")
+    cb.log(f"evaluation period: {plabel}, {P.span} ({int(pmask.sum())} dates)")
+    return P
 
-    def own_climatology(est_period, extra=None):
-        """(T_p, N) float32 training climatology of an estimate: its values on evaluation dates in the
-        training period plus ``extra`` = (values, dates, locations) of the other training dates."""
-        acc = ClimatologyAccumulator(N)
-        if overlap.any():
-            tt, nn = np.nonzero(np.isfinite(est_period[overlap]))
-            acc.add(est_period[overlap][tt, nn], pdates[overlap][tt], nn)
-        if extra is not None:
-            acc.add(*extra)
-        return acc.table(climatology_window)[pslots].astype(np.float32)
 
+def _region_array(region_labels):
+    """(N,) object array of region names (None = in no region), or None."""
+    if region_labels is None:
+        return None
+    labels = [None if (r is None or (isinstance(r, float) and np.isnan(r)) or str(r) == "") else str(r)
+              for r in region_labels]
+    return np.asarray(labels, dtype=object)
+
+
+# --------------------------------------------------------------------------- models
+class _WeightSums:
+    """An ISMoE model's routing weights summed (and counted where finite) per evaluation date, over all
+    locations and per region; for an ensemble also per member, region (0 = all) and season (the members'
+    top-factor agreement, ``ensemble_summary``)."""
+
+    def __init__(self, n_dates: int, E: int, regions, members: int = 0, season_names=None):
+        self.n_dates, self.E, self.regions, self.season_names = n_dates, E, regions, season_names
+        self.sums = np.zeros((n_dates, E))
+        self.counts = np.zeros((n_dates, E), np.int64)
+        self.rnames = []
+        if regions is not None:
+            self.rnames = [r for r in dict.fromkeys(regions.tolist()) if r is not None]
+            self.rcode = np.array([self.rnames.index(r) if r is not None else -1 for r in regions], np.int64)
+            self.rsums = np.zeros((len(self.rnames), n_dates, E))
+            self.rcounts = np.zeros((len(self.rnames), n_dates, E), np.int64)
+        self.msums = (np.zeros((members, 1 + (len(self.rnames) if regions is not None else 0), len(season_names), E))
+                      if members else None)
+
+    def add(self, tp, nn, w):
+        """Weights w (S, E) of samples at evaluation dates tp and locations nn."""
+        ok = np.isfinite(w)
+        wz = np.where(ok, w, 0.0)
+        for e in range(self.E):
+            self.sums[:, e] += np.bincount(tp, weights=wz[:, e], minlength=self.n_dates)
+            self.counts[:, e] += np.bincount(tp, weights=ok[:, e], minlength=self.n_dates).astype(np.int64)
+        if self.regions is not None:
+            rc = self.rcode[nn]
+            inr = rc >= 0
+            flat = rc[inr] * self.n_dates + tp[inr]
+            size = len(self.rnames) * self.n_dates
+            for e in range(self.E):
+                self.rsums[:, :, e] += np.bincount(flat, weights=wz[inr, e], minlength=size).reshape(
+                    len(self.rnames), self.n_dates)
+                self.rcounts[:, :, e] += np.bincount(flat, weights=ok[inr, e], minlength=size).reshape(
+                    len(self.rnames), self.n_dates).astype(np.int64)
+
+    def add_members(self, seasons_tp, nn, wm):
+        """Every member's weights wm (S, M, E) by region and season (seasons_tp: each sample's season name)."""
+        sc = np.array([self.season_names.index(x) for x in seasons_tp], np.int64)
+        rc = (np.array([0 if self.regions[n] is None else 1 + self.rnames.index(self.regions[n]) for n in nn])
+              if self.regions is not None else np.zeros(len(nn), np.int64))
+        wz = np.where(np.isfinite(wm), wm, 0.0)
+        for r_ in {0} | set(rc.tolist()):
+            sel = np.ones(len(nn), bool) if r_ == 0 else rc == r_
+            for k in range(len(self.season_names)):
+                m_ = sel & (sc == k)
+                self.msums[:, r_, k] += wz[m_].sum(0)
+
+    def table(self, dates, output_names, kinds):
+        """The seasonal importance table (all locations, and every region with weights)."""
+        from . import importance as imp
+        table = imp.importance_from_sums(dates, self.sums, self.counts, output_names, imp.DEFAULT_REGION, kinds)
+        if self.regions is not None:
+            for k, rn in enumerate(self.rnames):
+                if self.rcounts[k].sum() == 0:
+                    continue
+                table = table.merge(imp.importance_from_sums(dates, self.rsums[k], self.rcounts[k], output_names,
+                                                             rn, kinds))
+        return table
+
+
+def _model_view(cube: Cube, cfg, perm):
+    """The cube as the model reads it: its variable order, patch, sequence length and normalisation."""
+    return dataclasses.replace(cube, x=cube.x if perm is None else cube.x[perm], variables=list(cfg.variables),
+                               factors=dict(cfg.factors), patch_size=cfg.patch_size, seq_len=cfg.seq_len,
+                               x_mean=list(cfg.x_mean), x_std=list(cfg.x_std))
+
+
+def _fold_index(name, cfg, info, view, M: int, N: int, notes, cb):
+    """Cross-validation models: each location's fold (-1 = in none of the model's folds), else None."""
+    if cfg.member_kind != "folds":
+        return None
+    cvi = (info or {}).get("cv") or {}
+    fmap = dict(zip(cvi.get("locations") or [], cvi.get("fold_of") or []))
+    fold_idx = np.array([fmap.get(lab, -1) for lab in view.location_labels()], np.int64)
+    n_known = int((fold_idx >= 0).sum())
+    notes.append(f"{name}: cross-validation ({cvi.get('split')}, {M} folds): out-of-fold estimates, every "
+                 f"location by the model of its fold, which never trained on it ({n_known} of {N} locations "
+                 f"are in the model's folds; any other by the mean of the fold models)")
+    cb.log(notes[-1])
+    return fold_idx
+
+
+def _out_of_fold(ym, fold_idx, nn):
+    """Each sample's estimate by the model of its location's fold (the fold models' mean where it has none)."""
+    f_ = fold_idx[nn]
+    return np.where(f_ >= 0, ym[np.arange(len(nn)), np.maximum(f_, 0)], ym.mean(1)), f_
+
+
+class _ModelRun:
+    """One model's predictions on the evaluation period (and on the rest of the training period, for its own
+    climatology), its members' and its routing weights' sums."""
+
+    def __init__(self, name, model, cfg, info, perm, cube: Cube, P: _Period, regions, sampler_for, dev,
+                 batch_size: int, notes, cb):
+        self.name, self.model, self.cfg, self.info = name, model, cfg, info
+        self.cube, self.P, self.regions, self.dev, self.batch_size, self.cb = cube, P, regions, dev, batch_size, cb
+        self.gap = ((info or {}).get("train") or {}).get("gap_policy", "skip")
+        self.view = _model_view(cube, cfg, perm)
+        self.sampler = sampler_for(self.view, cfg, perm)
+        self.t_idx, self.n_idx = self._samples()
+        N = cube.y.shape[1]
+        self.E = len(model.output_names)
+        self.is_moe = cfg.model_type == "ismoe"
+        self.M = model.members
+        self.fold_idx = _fold_index(name, cfg, info, self.view, self.M, N, notes, cb)
+        self.folds = self.fold_idx is not None      # cross-validation: each location by its fold's model
+        # an ensemble: every member is scored too (its own estimate, "<name> [member k]")
+        self.ens = self.M > 1 and not self.folds
+        self.member_est = np.full((self.M, len(P.dates), N), np.nan, np.float32) if self.ens else None
+        self.seasons = season_of(P.dates) if self.ens else None
+        self.season_names = [s_ for s_ in dict.fromkeys(self.seasons.tolist())] if self.ens else None
+        self.weights = (_WeightSums(len(P.dates), self.E, regions, self.M if self.ens else 0, self.season_names)
+                        if self.is_moe else None)
+        self.est = np.full((len(P.dates), N), np.nan, np.float32)
+        self.chunk = max(batch_size, 8192)
+
+    def _samples(self):
+        cfg, P = self.cfg, self.P
+        t_idx, n_idx = self.view.sample_index(P.mask, self.gap)
+        if len(t_idx) == 0:
+            raise ValueError(f"the evaluation period ({P.label}, {P.span}) has no valid sample for model "
+                             f"'{self.name}' (target observed and a full {cfg.seq_len}-day input window): choose a "
+                             f"longer period")
+        if cfg.stateful:   # location-major: each chunk covers whole runs of days (one spin-up per run)
+            order = np.lexsort((t_idx, n_idx))
+            t_idx, n_idx = t_idx[order], n_idx[order]
+        return t_idx, n_idx
+
+    def _predict(self, tt, nn, members):
+        from .sample_inference import predict_samples
+        return predict_samples(self.model, self.sampler, tt, nn, batch_size=self.batch_size, amp_dtype=self.amp,
+                               members=members)
+
+    def predict(self, progress):
+        """The evaluation period's estimates and weights; progress(fraction of this model's samples)."""
+        from .device import autocast_dtype
+        self.model.to(self.dev)
+        self.amp = autocast_dtype(self.dev, bool(((self.info or {}).get("train") or {}).get("amp", True)))
+        t_idx, n_idx, chunk = self.t_idx, self.n_idx, self.chunk
+        for s in range(0, len(t_idx), chunk):
+            self.cb.check_cancel()
+            tt, nn = t_idx[s:s + chunk], n_idx[s:s + chunk]
+            tp = self.P.t_of[tt]
+            if self.ens:
+                ym, wm, _ = self._predict(tt, nn, True)
+                self.member_est[:, tp, nn] = ym.T
+                y, w = ym.mean(1), wm.mean(1)
+                if self.weights is not None:
+                    self.weights.add_members(self.seasons[tp], nn, wm)
+            elif self.folds:
+                ym, wm, _ = self._predict(tt, nn, True)
+                y, f_ = _out_of_fold(ym, self.fold_idx, nn)
+                w = np.where((f_ >= 0)[:, None], wm[np.arange(len(nn)), np.maximum(f_, 0)], wm.mean(1))
+            else:
+                y, w, _ = self._predict(tt, nn, False)
+            self.est[tp, nn] = y
+            if self.is_moe:
+                self.weights.add(tp, nn, w)
+            progress(min(1.0, (s + chunk) / len(t_idx)))
+
+    def predict_training(self, progress):
+        """Its predictions on the training dates outside the evaluation period, for its own climatology (the
+        anomaly CC): (values (S, members) or (S, 1), dates, locations), or None."""
+        P, chunk = self.P, self.chunk
+        ct, cn = (self.view.sample_index(P.train_only, self.gap) if P.train_only.any()
+                  else (np.zeros(0, np.int64),) * 2)
+        self.n_training = len(ct)
+        acc_vals, acc_t, acc_n = [], [], []
+        for s in range(0, len(ct), chunk):
+            self.cb.check_cancel()
+            tt, nn = ct[s:s + chunk], cn[s:s + chunk]
+            y, _, _ = self._predict(tt, nn, self.ens or self.folds)
+            if self.folds:
+                y = _out_of_fold(y, self.fold_idx, nn)[0]
+            acc_vals.append(np.asarray(y, np.float64).reshape(len(tt), -1))
+            acc_t.append(self.cube.dates[tt])
+            acc_n.append(nn)
+            progress(min(1.0, (s + chunk) / len(ct)))
+        if not acc_vals:
+            return None
+        return np.concatenate(acc_vals), np.concatenate(acc_t), np.concatenate(acc_n)
+
+    def collect(self, path, training, estimates, est_clims, ens_members, model_meta, tables, importance_kinds):
+        """Its estimates, climatologies, ensemble members, metadata and importance table into the evaluation's."""
+        name, cfg, info, P = self.name, self.cfg, self.info, self.P
+        vals, at, an = training if training is not None else (None, None, None)
+        est_clims[name] = P.own_climatology(self.est, (vals.mean(1), at, an) if training is not None else None)
+        if self.ens:
+            for k in range(self.M):
+                mname = f"{name} [member {k + 1}]"
+                estimates[mname] = self.member_est[k]
+                est_clims[mname] = P.own_climatology(self.member_est[k],
+                                                     (vals[:, k], at, an) if training is not None else None)
+            ens_members[name] = {"members": [f"{name} [member {k + 1}]" for k in range(self.M)],
+                                 "seeds": list(cfg.member_seeds or []), "member_estimates": self.member_est,
+                                 "residual_sd": ((info or {}).get("uncertainty") or {}).get("residual_sd"),
+                                 "weight_sums": self.weights.msums if self.weights is not None else None,
+                                 "seasons": self.season_names,
+                                 "regions": ["all"] + (list(self.weights.rnames)
+                                                       if self.regions is not None and self.is_moe else [])}
+        self.model.to("cpu")
+        estimates[name] = self.est
+        model_meta[name] = {"path": os.fspath(path), "model_type": cfg.model_type,
+                            "n_predicted": int(len(self.t_idx)), "seq_len": cfg.seq_len,
+                            "patch_size": cfg.patch_size, "best_epoch": (info or {}).get("best_epoch")}
+        self.cb.log(f"{name} ({cfg.model_type}): {len(self.t_idx)} samples predicted, and {self.n_training} of the "
+                    f"training period for its own climatology (anomaly CC)")
+        if self.is_moe:
+            tables[name] = self.weights.table(P.dates, self.model.output_names, importance_kinds)
+
+
+def _predict_models(loaded: dict, models: dict, cube: Cube, P: _Period, regions, dev, batch_size: int,
+                    importance_kinds, notes, cb):
+    """Every model on the evaluation period. Returns (estimates, their own climatologies, ensemble members,
+    model metadata, importance tables), each {name: ...}."""
+    from .sampler import WindowSampler
+    estimates, est_clims, ens_members, model_meta, tables = {}, {}, {}, {}, {}
     samplers = {}
-    ens_members = {}
-    regions = None
-    if region_labels is not None:
-        labels = [None if (r is None or (isinstance(r, float) and np.isnan(r)) or str(r) == "") else str(r)
-                  for r in region_labels]
-        regions = np.asarray(labels, dtype=object)
-    for i, (name, (model, cfg, info, perm)) in enumerate(loaded.items()):
-        cb.check_cancel()
-        gap = ((info or {}).get("train") or {}).get("gap_policy", "skip")
-        view = dataclasses.replace(cube, x=cube.x if perm is None else cube.x[perm], variables=list(cfg.variables),
-                                   factors=dict(cfg.factors), patch_size=cfg.patch_size, seq_len=cfg.seq_len,
-                                   x_mean=list(cfg.x_mean), x_std=list(cfg.x_std))
+
+    def sampler_for(view, cfg, perm):
         pad = cfg.context_days - (cfg.seq_len - 1)      # a stateful model's spin-up before the first date
         key = (tuple(perm or ()), cfg.patch_size, tuple(cfg.x_mean), tuple(cfg.x_std), pad)
         if key not in samplers:
@@ -474,151 +675,31 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
             samplers[key] = WindowSampler(view, dev, pad_days=pad)
         sampler = samplers[key]
         sampler.seq_len = cfg.seq_len
-        t_idx, n_idx = view.sample_index(pmask, gap)
-        if len(t_idx) == 0:
-            raise ValueError(f"the evaluation period ({plabel}, {span}) has no valid sample for model '{name}' "
-                             f"(target observed and a full {cfg.seq_len}-day input window): choose a longer period")
-        if cfg.stateful:   # location-major: each chunk covers whole runs of days (one spin-up per run)
-            order = np.lexsort((t_idx, n_idx))
-            t_idx, n_idx = t_idx[order], n_idx[order]
-        model.to(dev)
-        amp = autocast_dtype(dev, bool(((info or {}).get("train") or {}).get("amp", True)))
-        est = np.full((len(pdates), N), np.nan, np.float32)
-        E = len(model.output_names)
-        is_moe = cfg.model_type == "ismoe"
-        M = model.members
-        folds = cfg.member_kind == "folds"       # cross-validation: each location by its fold's model
-        fold_idx = None
-        if folds:
-            cvi = (info or {}).get("cv") or {}
-            fmap = dict(zip(cvi.get("locations") or [], cvi.get("fold_of") or []))
-            fold_idx = np.array([fmap.get(lab, -1) for lab in view.location_labels()], np.int64)
-            n_known = int((fold_idx >= 0).sum())
-            notes.append(f"{name}: cross-validation ({cvi.get('split')}, {M} folds): out-of-fold estimates, every "
-                         f"location by the model of its fold, which never trained on it ({n_known} of {N} locations "
-                         f"are in the model's folds; any other by the mean of the fold models)")
-            cb.log(notes[-1])
-        ens = M > 1 and not folds  # an ensemble: every member is scored too (its own estimate, "<name> [member k]")
-        member_est = np.full((M, len(pdates), N), np.nan, np.float32) if ens else None
-        seasons = season_of(pdates) if ens else None
-        season_names = [s_ for s_ in dict.fromkeys(seasons.tolist())] if ens else None
-        # per member, region (0 = all) and season: each factor's weight sum and count (agreement)
-        msums = (np.zeros((M, 1 + (len(set(r for r in regions if r is not None)) if regions is not None else 0),
-                           len(season_names), E)) if ens and is_moe else None)
-        if is_moe:
-            sums = np.zeros((len(pdates), E))
-            counts = np.zeros((len(pdates), E), np.int64)
-            if regions is not None:
-                rnames = [r for r in dict.fromkeys(regions.tolist()) if r is not None]
-                rcode = np.array([rnames.index(r) if r is not None else -1 for r in regions], np.int64)
-                rsums = np.zeros((len(rnames), len(pdates), E))
-                rcounts = np.zeros((len(rnames), len(pdates), E), np.int64)
-        chunk = max(batch_size, 8192)
-        for s in range(0, len(t_idx), chunk):
-            cb.check_cancel()
-            tt, nn = t_idx[s:s + chunk], n_idx[s:s + chunk]
-            tp = t_of[tt]
-            if ens:
-                ym, wm, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp,
-                                            members=True)
-                member_est[:, tp, nn] = ym.T
-                y, w = ym.mean(1), wm.mean(1)
-                if msums is not None:
-                    sc = np.array([season_names.index(x) for x in seasons[tp]], np.int64)
-                    rc = (np.array([0 if regions[n] is None else 1 + rnames.index(regions[n]) for n in nn])
-                          if regions is not None else np.zeros(len(nn), np.int64))
-                    wz = np.where(np.isfinite(wm), wm, 0.0)
-                    for r_ in {0} | set(rc.tolist()):
-                        sel = np.ones(len(nn), bool) if r_ == 0 else rc == r_
-                        for k in range(len(season_names)):
-                            m_ = sel & (sc == k)
-                            msums[:, r_, k] += wz[m_].sum(0)
-            elif folds:
-                ym, wm, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp,
-                                            members=True)
-                f_ = fold_idx[nn]
-                r_ = np.arange(len(nn))
-                y = np.where(f_ >= 0, ym[r_, np.maximum(f_, 0)], ym.mean(1))
-                w = np.where((f_ >= 0)[:, None], wm[r_, np.maximum(f_, 0)], wm.mean(1))
-            else:
-                y, w, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp)
-            est[tp, nn] = y
-            if is_moe:
-                ok = np.isfinite(w)
-                wz = np.where(ok, w, 0.0)
-                for e in range(E):
-                    sums[:, e] += np.bincount(tp, weights=wz[:, e], minlength=len(pdates))
-                    counts[:, e] += np.bincount(tp, weights=ok[:, e], minlength=len(pdates)).astype(np.int64)
-                if regions is not None:
-                    rc = rcode[nn]
-                    inr = rc >= 0
-                    flat = rc[inr] * len(pdates) + tp[inr]
-                    size = len(rnames) * len(pdates)
-                    for e in range(E):
-                        rsums[:, :, e] += np.bincount(flat, weights=wz[inr, e], minlength=size).reshape(
-                            len(rnames), len(pdates))
-                        rcounts[:, :, e] += np.bincount(flat, weights=ok[inr, e], minlength=size).reshape(
-                            len(rnames), len(pdates)).astype(np.int64)
-            cb.progress(0.6 * (i + min(1.0, (s + chunk) / len(t_idx))) / len(loaded))
-        # its training-period predictions, for its own climatology (anomaly CC)
-        ct, cn = view.sample_index(train_only, gap) if train_only.any() else (np.zeros(0, np.int64),) * 2
-        acc_vals, acc_t, acc_n = [], [], []
-        for s in range(0, len(ct), chunk):
-            cb.check_cancel()
-            tt, nn = ct[s:s + chunk], cn[s:s + chunk]
-            y, _, _ = predict_samples(model, sampler, tt, nn, batch_size=batch_size, amp_dtype=amp,
-                                      members=ens or folds)
-            if folds:
-                f_ = fold_idx[nn]
-                y = np.where(f_ >= 0, y[np.arange(len(nn)), np.maximum(f_, 0)], y.mean(1))
-            acc_vals.append(np.asarray(y, np.float64).reshape(len(tt), -1))
-            acc_t.append(cube.dates[tt])
-            acc_n.append(nn)
-            cb.progress(0.6 * (i + 1) / len(loaded) + 0.1 * min(1.0, (s + chunk) / len(ct)) / len(loaded))
-        vals = np.concatenate(acc_vals) if acc_vals else None            # (S, members) or (S, 1)
-        at, an = (np.concatenate(acc_t), np.concatenate(acc_n)) if acc_vals else (None, None)
-        extra = (vals.mean(1), at, an) if acc_vals else None
-        est_clims[name] = own_climatology(est, extra)
-        if ens:
-            for k in range(M):
-                mname = f"{name} [member {k + 1}]"
-                estimates[mname] = member_est[k]
-                est_clims[mname] = own_climatology(member_est[k], (vals[:, k], at, an) if acc_vals else None)
-            ens_members[name] = {"members": [f"{name} [member {k + 1}]" for k in range(M)],
-                                 "seeds": list(cfg.member_seeds or []), "member_estimates": member_est,
-                                 "residual_sd": ((info or {}).get("uncertainty") or {}).get("residual_sd"),
-                                 "weight_sums": msums, "seasons": season_names,
-                                 "regions": ["all"] + (list(rnames) if regions is not None and is_moe else [])}
-        model.to("cpu")
-        estimates[name] = est
-        model_meta[name] = {"path": os.fspath(models[name]), "model_type": cfg.model_type,
-                            "n_predicted": int(len(t_idx)), "seq_len": cfg.seq_len, "patch_size": cfg.patch_size,
-                            "best_epoch": (info or {}).get("best_epoch")}
-        cb.log(f"{name} ({cfg.model_type}): {len(t_idx)} samples predicted, and {len(ct)} of the training period "
-               f"for its own climatology (anomaly CC)")
-        if is_moe:
-            table = imp.importance_from_sums(pdates, sums, counts, model.output_names, imp.DEFAULT_REGION,
-                                             importance_kinds)
-            if regions is not None:
-                for k, rn in enumerate(rnames):
-                    if rcounts[k].sum() == 0:
-                        continue
-                    table = table.merge(imp.importance_from_sums(pdates, rsums[k], rcounts[k], model.output_names,
-                                                                 rn, importance_kinds))
-            tables[name] = table
-    samplers.clear()
-    del loaded
+        return sampler
 
-    # --- references ------------------------------------------------------------------------
-    obs = cube.y[pmask]
+    n = len(loaded)
+    for i, (name, (model, cfg, info, perm)) in enumerate(loaded.items()):
+        cb.check_cancel()
+        run = _ModelRun(name, model, cfg, info, perm, cube, P, regions, sampler_for, dev, batch_size, notes, cb)
+        run.predict(lambda f: cb.progress(0.6 * (i + f) / n))
+        training = run.predict_training(lambda f: cb.progress(0.6 * (i + 1) / n + 0.1 * f / n))
+        run.collect(models[name], training, estimates, est_clims, ens_members, model_meta, tables, importance_kinds)
+    samplers.clear()
+    return estimates, est_clims, ens_members, model_meta, tables
+
+
+# --------------------------------------------------------------------------- references and baselines
+def _add_references(references: dict, cube: Cube, P: _Period, estimates, est_clims, notes, cb):
+    """The reference products on the evaluation dates (and their own training climatology). Returns their
+    names."""
     ref_names = []
     for j, (name, source) in enumerate(references.items()):
         cb.check_cancel()
-        estimates[name] = sample_reference(source, cube, pdates, name, log=cb.log)
+        estimates[name] = sample_reference(source, cube, P.dates, name, log=cb.log)
         ref_names.append(name)
         extra = None
-        if train_only.any():
-            tdates = cube.dates[train_only]
+        if P.train_only.any():
+            tdates = cube.dates[P.train_only]
             try:
                 tr = sample_reference(source, cube, tdates, name, log=cb.log)
                 tt, nn = np.nonzero(np.isfinite(tr))
@@ -627,17 +708,23 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                 notes.append(f"{name}: no own climatology of the training period, so no anomaly CC "
                              f"outside the evaluation dates it shares with it ({exc})")
                 cb.log(notes[-1])
-        est_clims[name] = own_climatology(estimates[name], extra)
+        est_clims[name] = P.own_climatology(estimates[name], extra)
         cb.progress(0.7 + 0.05 * (j + 1) / max(1, len(references)))
+    return ref_names
+
+
+def _add_baselines(baselines, cube: Cube, P: _Period, first_info, estimates, est_clims, ref_names, notes):
+    """Persistence and climatology (as asked), and the observed training climatology (the anomaly CC's
+    observed side; None where the training period has no observation)."""
+    tmask, window = P.train, P.window
     if "persistence" in baselines:
         pers = persistence(cube.y, cube.dates)
-        estimates["persistence"] = pers[pmask]
-        est_clims["persistence"] = climatology(pers, cube.dates, tmask, climatology_window)[pmask]
+        estimates["persistence"] = pers[P.mask]
+        est_clims["persistence"] = climatology(pers, cube.dates, tmask, window)[P.mask]
         ref_names.append("persistence")
         notes.append("persistence: yesterday's observed value (a reference only; the models never see it)")
-    # the observed training climatology: the climatology baseline and the anomaly CC's observed side
     train_observed = bool(tmask.any() and np.isfinite(cube.y[tmask]).any())
-    clim = climatology(cube.y, cube.dates, tmask, climatology_window)[pmask] if train_observed else None
+    clim = climatology(cube.y, cube.dates, tmask, window)[P.mask] if train_observed else None
     if clim is None or not np.isfinite(clim).any():
         notes.append("anomaly CC undefined: no observed day-of-year climatology of the training period (before "
                      f"{_split_of(first_info, cube)[0]}) covers the evaluation dates")
@@ -650,11 +737,16 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         ref_names.append("climatology")
         tdates = cube.dates[tmask]
         notes.append(f"climatology: day-of-year mean of the training period {tdates[0]}..{tdates[-1]}, "
-                     f"{climatology_window}-day window")
-        if (pmask & tmask).any():
+                     f"{window}-day window")
+        if (P.mask & tmask).any():
             notes.append("the evaluation period overlaps the training period: scores there are not independent")
+    return clim
 
-    # --- same samples: say what each estimate costs --------------------------------------------
+
+# --------------------------------------------------------------------------- same samples
+def _common_samples(obs, estimates: dict, ref_names, notes, cb):
+    """The samples every estimate is scored on (observed, and valid in every estimate but the partial ones),
+    with a note on what each estimate costs. Returns (common mask, the partial estimates' names)."""
     obs_ok = np.isfinite(obs)
     common = obs_ok.copy()
     # the climatology baseline is scored where it is defined, inside the common samples: a location whose
@@ -689,40 +781,18 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
             if ratio > 5 or ratio < 0.2:
                 notes.append(f"{name}: its mean is {ratio:.1f} times the observed mean: other units?")
                 cb.log(notes[-1])
-    cb.progress(0.8)
+    return common, partial
 
-    ensemble = {name: ensemble_summary(obs, estimates[name], d, common, model_names=list(model_meta))
-                for name, d in ens_members.items()}
-    for name, es in ensemble.items():
-        cb.log(f"{name}: ensemble of {es['members']}: {es['describe']}")
-    result = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names, "ensemble": ensemble,
-              "n_samples": n_common, "importance": tables, "period": (str(pdates[0]), str(pdates[-1])),
-              "models": model_meta, "rows": None, "location_skill": None, "climatology": clim,
-              "estimate_climatology": est_clims,
-              "paths": {"csv": None, "json": None, "html": None, "importance": None, "location_csv": None}}
+
+# --------------------------------------------------------------------------- writing
+def _write_outputs(out_dir, result: dict, tables: dict, cb) -> dict:
+    """The importance CSVs and the report (``report.write_evaluation``) written into a temporary folder beside
+    ``out_dir``, then moved in: a failed or cancelled evaluation leaves no partial output. Returns the
+    report's answer (rows, location skill)."""
+    from ..core_callbacks import Callbacks
+    from . import importance as imp
+    from .report import write_evaluation
     moe_names = list(tables)
-    head_notes = [f"{n}: {m['model_type']} model {os.path.basename(m['path'])}, {m['n_predicted']} samples predicted"
-                  for n, m in model_meta.items()]
-    results = {"dates": pdates, "obs": obs, "estimates": estimates, "references": ref_names,
-               "location_ids": cube.location_labels(), "regions": regions, "same_samples": True,
-               "title": title or f"Soil moisture evaluation, {plabel} {span}",
-               "notes": head_notes + notes, "climatology": clim, "estimate_climatology": est_clims,
-               "min_location_days": min_location_days, "ensemble": ensemble, "partial_estimates": partial,
-               **location_geometry(cube)}
-    if clim is not None:
-        tdates = cube.dates[tmask]
-        results["climatology_note"] = (f"training period {tdates[0]}..{tdates[-1]}, {climatology_window}-day "
-                                       "window")
-    if out_dir is None:
-        from .report import evaluation_rows, location_skill_of
-        if moe_names:
-            results["seasonal_importance"] = tables[moe_names[0]]
-        result["rows"] = evaluation_rows(results)
-        result["location_skill"] = location_skill_of(results)
-        cb.progress(1.0)
-        return result
-
-    # --- write into a temporary folder, then move ------------------------------------------------
     out_dir = os.path.abspath(os.fspath(out_dir))
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -734,17 +804,16 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
                 fname = IMPORTANCE_CSV if k == 0 else f"seasonal_importance_{_SAFE.sub('_', name)}.csv"
                 imp.write_importance_csv(tables[name], os.path.join(tmp, fname))
                 files.append(fname)
-            results["seasonal_importance"] = os.path.join(tmp, IMPORTANCE_CSV)
+            result["seasonal_importance"] = os.path.join(tmp, IMPORTANCE_CSV)
             if len(moe_names) > 1:
-                results["notes"].append(f"seasonal importance shown for {moe_names[0]}; the other ISMoE models' "
-                                        f"are in seasonal_importance_<name>.csv")
+                result["notes"].append(f"seasonal importance shown for {moe_names[0]}; the other ISMoE models' "
+                                       f"are in seasonal_importance_<name>.csv")
 
         def sub_progress(f):
             cb.progress(0.8 + 0.19 * float(f))
 
-        from ..core_callbacks import Callbacks
-        rep = write_evaluation(tmp, results, Callbacks(progress=sub_progress, log=cb.log,
-                                                       is_cancelled=cb.is_cancelled))
+        rep = write_evaluation(tmp, result, Callbacks(progress=sub_progress, log=cb.log,
+                                                      is_cancelled=cb.is_cancelled))
         files += [os.path.basename(rep[k]) for k in ("csv", "json", "html", "location_csv") if rep.get(k)]
         cb.check_cancel()
         os.makedirs(out_dir, exist_ok=True)
@@ -752,11 +821,95 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
             os.replace(os.path.join(tmp, f), os.path.join(out_dir, f))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result["rows"] = rep["rows"]
-    result["location_skill"] = rep["location_skill"]
     result["paths"] = {"csv": os.path.join(out_dir, "metrics.csv"), "json": os.path.join(out_dir, "metrics.json"),
                        "html": os.path.join(out_dir, "report.html"),
                        "location_csv": os.path.join(out_dir, "location_skill.csv"),
                        "importance": os.path.join(out_dir, IMPORTANCE_CSV) if moe_names else None}
+    if moe_names:           # where the report read it from is gone: the moved file
+        result["seasonal_importance"] = result["paths"]["importance"]
+    return rep
+
+
+# --------------------------------------------------------------------------- main entry
+def evaluate(cube, models, references: Optional[Dict[str, object]] = None, period="test",
+             region_labels=None, out_dir=None, callbacks=None, *, baselines: Sequence[str] = BASELINES,
+             device: str = "cpu", climatology_window: int = 15, title: Optional[str] = None,
+             batch_size: int = 2048, importance_kinds=("month", "season", "doy"),
+             min_location_days: int = MIN_LOCATION_DAYS):
+    """Evaluate models and reference products on the samples of an evaluation period.
+
+    ``cube``: a :class:`Cube` or the path of a dataset file. ``models``: ``{name: model_path}``
+    (or a list of paths, named by file name). ``references``: ``{product name: raster source}``
+    (anything :func:`rasters.open_series` opens; band dates needed). ``period``: 'test',
+    'validation', 'all' or ``(date_from, date_to)`` (see :func:`resolve_period`; the split is the
+    first model's). ``region_labels``: optional (N,) region name per target location (None = in
+    no region). ``out_dir``: folder for the outputs (None: compute only). ``baselines``: built-in
+    references to add, any of ``('persistence', 'climatology')``. ``device``: 'cpu', 'auto' or
+    'cuda'. ``min_location_days``: the fewest scored days that put a location into the per-location
+    summary (median and IQR of its CC, anomaly CC, bias, ubRMSE).
+
+    Returns a dict: ``rows`` (metric rows), ``paths`` ({csv, json, html, importance: path or
+    None}), ``dates`` (T_p,), ``obs`` (T_p, N), ``estimates`` {name: (T_p, N)}, ``references``
+    [names], ``n_samples`` (the common scored samples), ``importance`` {model: ImportanceTable},
+    ``period`` (first, last date), ``models`` {name: {path, model_type, n_predicted}},
+    ``location_skill`` {name: per-location skill dict of ``metrics.location_skill_samples``},
+    ``climatology`` (T_p, N) the observed training climatology (or None) and
+    ``estimate_climatology`` {name: (T_p, N)} each estimate's own (the anomaly CC removes them).
+    The same dict is what the report reads (``report.write_evaluation``), so it also holds the report's
+    inputs: ``location_ids``, ``regions``, ``title``, ``notes``, ``partial_estimates``, the locations'
+    geometry, ``seasonal_importance`` (the first ISMoE model's table, or its CSV in ``out_dir``).
+
+    Raises ValueError for: a model trained on another factor set (naming the variables), a
+    reference with no date in the period, an empty period, a target without valid values.
+    """
+    import torch  # noqa: F401  (first: without torch the error names it)
+
+    from .device import resolve_device
+
+    cb = ensure(callbacks)
+    if isinstance(cube, (str, os.PathLike)):
+        cube = Cube.load(os.fspath(cube))
+    models, references, baselines = _check_inputs(cube, models, references, baselines, region_labels)
+    loaded, first_info, notes = _load_models(cube, models, cb)
+    P = _evaluation_period(cube, period, first_info, climatology_window, cb)
+    regions = _region_array(region_labels)
+    estimates, est_clims, ens_members, model_meta, tables = _predict_models(
+        loaded, models, cube, P, regions, resolve_device(device, cb.log), batch_size, importance_kinds, notes, cb)
+    del loaded
+
+    obs = cube.y[P.mask]
+    ref_names = _add_references(references, cube, P, estimates, est_clims, notes, cb)
+    clim = _add_baselines(baselines, cube, P, first_info, estimates, est_clims, ref_names, notes)
+    common, partial = _common_samples(obs, estimates, ref_names, notes, cb)
+    cb.progress(0.8)
+
+    ensemble = {name: ensemble_summary(obs, estimates[name], d, common, model_names=list(model_meta))
+                for name, d in ens_members.items()}
+    for name, es in ensemble.items():
+        cb.log(f"{name}: ensemble of {es['members']}: {es['describe']}")
+    head_notes = [f"{n}: {m['model_type']} model {os.path.basename(m['path'])}, {m['n_predicted']} samples predicted"
+                  for n, m in model_meta.items()]
+    result = {"dates": P.dates, "obs": obs, "estimates": estimates, "references": ref_names, "ensemble": ensemble,
+              "n_samples": int(common.sum()), "importance": tables, "period": (str(P.dates[0]), str(P.dates[-1])),
+              "models": model_meta, "rows": None, "location_skill": None, "climatology": clim,
+              "estimate_climatology": est_clims,
+              "paths": {"csv": None, "json": None, "html": None, "importance": None, "location_csv": None},
+              # what the report reads besides
+              "location_ids": cube.location_labels(), "regions": regions, "same_samples": True,
+              "title": title or f"Soil moisture evaluation, {P.label} {P.span}", "notes": head_notes + notes,
+              "min_location_days": min_location_days, "partial_estimates": partial, **location_geometry(cube)}
+    if clim is not None:
+        tdates = cube.dates[P.train]
+        result["climatology_note"] = f"training period {tdates[0]}..{tdates[-1]}, {climatology_window}-day window"
+    if out_dir is None:
+        from .report import evaluation_rows, location_skill_of
+        if tables:
+            result["seasonal_importance"] = tables[next(iter(tables))]
+        result["rows"] = evaluation_rows(result)
+        result["location_skill"] = location_skill_of(result)
+    else:
+        rep = _write_outputs(out_dir, result, tables, cb)
+        result["rows"] = rep["rows"]
+        result["location_skill"] = rep["location_skill"]
     cb.progress(1.0)
     return result

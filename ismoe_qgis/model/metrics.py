@@ -57,6 +57,7 @@ __all__ = [
     "MIN_PAIRS",
     "SEASONS",
     "metrics",
+    "cc_rmse",
     "grouped_metrics",
     "season_of",
     "MIN_LOCATION_DAYS",
@@ -220,6 +221,13 @@ def metrics(obs, est):
     o = o[valid]
     e = e[valid]
     return _row(_finalize(_moments(o, e, np.zeros(o.size, dtype=np.intp), 1)), 0)
+
+
+def cc_rmse(obs, est):
+    """(CC, RMSE) of ``est`` against ``obs`` (:func:`metrics` on the pairs where both are valid): the two numbers
+    training reports per epoch and for its validation and test samples."""
+    m = metrics(obs, est)
+    return m["cc"], m["rmse"]
 
 
 def _is_missing_label(v):

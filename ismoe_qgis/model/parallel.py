@@ -249,7 +249,7 @@ def _stamp(path):
 
 def _worker_device(spec: PredictSpec):
     import torch
-    from .train import resolve_device
+    from .device import resolve_device
     if spec.gpus:
         idx = 0
         try:
@@ -271,7 +271,7 @@ def _worker_model(spec: PredictSpec):
 
     import torch
     from .io import load_model
-    from .train import autocast_dtype
+    from .device import autocast_dtype
     try:
         stamp = _stamp(spec.model_path)
     except OSError as e:

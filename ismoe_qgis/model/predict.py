@@ -9,7 +9,7 @@ from ..data import rasters
 from ..data.prepare import daily_calendar
 from .inference import predict_to_folder
 from .io import load_model
-from .train import autocast_dtype, resolve_device
+from .device import autocast_dtype, resolve_device
 
 # GDAL's block cache (default 5% of RAM) keeps every block read or written until it is full, so
 # without a cap the memory of a streamed prediction grows with the raster. Capped while predicting.

@@ -27,7 +27,11 @@ from ..options import SCHEDULES
 from ..version import __version__
 from .io import (CheckpointError, dataset_fingerprint, fingerprint_differences, load_checkpoint, resume_path,
                  save_checkpoint, save_model)
+from .device import AMP_CC_TOL, autocast_cc_check, autocast_dtype, resolve_device
+from .metrics import cc_rmse
 from .networks import ModelConfig, build_model, copy_members
+from .sample_inference import predict_samples, set_contribution_reference
+from .sampler import WindowSampler, draw_runs, select_samples
 
 
 @dataclass
@@ -101,98 +105,6 @@ PARAMETER_NAMES = {"lr": "LEARNING_RATE", "schedule": "LR_SCHEDULE", "members": 
                    "fold_labels": "FOLD_FIELD", "init_model": "INIT_MODEL", "x_stats": "normalisation statistics",
                    "y_stats": "target statistics", "y": "target values", "shape": "cube shape (V, T, H, W)",
                    "targets": "target locations", "memory": "MEMORY", "mixture": "MIXTURE"}
-
-
-
-
-def resolve_device(name: str, log=print) -> torch.device:
-    name = (name or "auto").lower()
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"DEVICE must be auto, cpu or cuda, got '{name}'")
-    if name == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda" if name == "auto" else name)
-    if name != "auto":
-        log(f"DEVICE '{name}' asked for, but no CUDA device is available to torch: using the CPU")
-    return torch.device("cpu")
-
-
-def autocast_dtype(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA devices that support it, otherwise none."""
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-class WindowSampler:
-    """Cuts (B, L, V, k, k) windows out of the normalised cube with one gather.
-
-    The padded cube is kept as it is stored, variable-major (V, T, H + 2r, W + 2r). A window is made
-    of V x S x k runs of k consecutive pixels of a cube row; the batch is one index_select of those
-    runs from an overlapping view of the cube (one row of k floats starting at every element): 8x
-    faster than indexing a (V, start, row, col, S, k, k) view element by element. The batch comes
-    out contiguous as (V, G, S, k, k) and is handed over as its (G, S, V, k, k) view: the model's
-    patch convolution reads its variables' rows from that memory without a copy.
-
-    The padded cube lives on the training device when it fits (GPU gather, no host copies);
-    otherwise on the host and batches go over in pinned memory with non_blocking copies.
-
-    Stateful models read SPIN_UP days before a sample's window, which may lie before the first date: the
-    cube is then padded in time with days of missing input (0 after normalisation, as every gap is filled),
-    the same days a prediction reads where its inputs have no warm-up (``inference.iter_tile_predictions``)."""
-
-    def __init__(self, cube: Cube, device: torch.device, pad_days: int = 0):
-        k, L = cube.patch_size, cube.seq_len
-        self.seq_len = L     # window length; the padded cube does not depend on it (evaluate reuses a sampler)
-        self.pad = int(pad_days)    # days of missing input before the first date
-        r = k // 2
-        xn = cube.normalised_x()
-        np.nan_to_num(xn, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        if r or self.pad:
-            xn = np.pad(xn, ((0, 0), (self.pad, 0), (r, r), (r, r)))
-        x = torch.from_numpy(np.ascontiguousarray(xn))                          # V, T, H+2r, W+2r
-        self.device = device
-        on_device = device.type == "cpu"
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            on_device = x.numel() * 4 < 0.4 * free
-        self.host_gather = not on_device
-        self.x = x.to(device) if on_device else x
-        gdev = self.x.device
-        yn = (cube.y - cube.y_mean) / cube.y_std
-        self.y = torch.from_numpy(yn.astype(np.float32)).to(gdev)
-        self.rows = torch.from_numpy(cube.target_rows.astype(np.int64)).to(gdev)
-        self.cols = torch.from_numpy(cube.target_cols.astype(np.int64)).to(gdev)
-        self.k = k
-        doy = (cube.dates - cube.dates.astype("datetime64[Y]")).astype(np.int64) + 1
-        self.doy = torch.from_numpy(doy).to(gdev)
-
-    def batch(self, t_idx, n_idx, m: int = 1, context: int = None):
-        """Runs of m consecutive target days ending at days t_idx at locations n_idx (G of each), each with
-        the `context` days before it (default SEQ_LEN - 1: windows; a stateful model's ``context_days``).
-        Returns xb (G, context + m, V, k, k), targets yb (m * G,) and day of year db (m * G,), rows
-        j * G + g = day t_idx[g] - m + 1 + j (the model's row order). m = 1: single windows."""
-        gdev = self.x.device
-        context = self.seq_len - 1 if context is None else int(context)
-        t = torch.as_tensor(t_idx, device=gdev)
-        n = torch.as_tensor(n_idx, device=gdev)
-        if len(t) and int(t.min()) - m + 1 - context < -self.pad:
-            raise ValueError(f"a run of {m} days with {context} days of context before day {int(t.min())} starts "
-                             f"before the sampler's {self.pad} days of padding")
-        S, k = context + m, self.k
-        V, T, Hp, Wp = self.x.shape
-        sv, st, sr, _ = self.x.stride()
-        runs = self.x.as_strided((self.x.numel() - k + 1, k), (1, 1))        # runs[i] = flat cube[i:i + k]
-        first = (t + self.pad - S + 1) * st + self.rows[n] * sr + self.cols[n]         # G: each window's first pixel
-        within = (torch.arange(V, device=gdev)[:, None, None] * sv + torch.arange(S, device=gdev)[:, None] * st
-                  + torch.arange(k, device=gdev) * sr)                       # V, S, k: the runs of a window
-        xb = runs.index_select(0, (within[:, None] + first[:, None, None]).view(-1)).view(V, len(first), S, k, k)
-        td = t[None, :] + torch.arange(1 - m, 1, device=gdev)[:, None]     # m, G
-        yb, db = self.y[td, n[None, :]].reshape(-1), self.doy[td].reshape(-1)
-        if self.host_gather:
-            xb, yb, db = (a.pin_memory().to(self.device, non_blocking=True) for a in (xb, yb, db))
-        return xb.permute(1, 2, 0, 3, 4), yb, db
 
 
 MAX_LOCATION_WARNINGS = 20   # locations named one by one; the rest are counted
@@ -274,26 +186,6 @@ def loss_terms(model, x, y, doy, cfg: TrainConfig, valid=None, member_mask=None,
     return loss, pred.mean(1)
 
 
-def select_samples(rng: np.random.Generator, t_idx: np.ndarray, n_idx: np.ndarray, count: int,
-                   by_location: bool = False):
-    """Up to `count` of the samples (t, n), sorted. by_location (stateful models): whole locations' samples
-    (locations in random order until `count` is reached), so that scoring runs over consecutive days and
-    pays one spin-up per run rather than per sample (``sample_runs``)."""
-    if len(t_idx) <= count:
-        return t_idx, n_idx
-    if not by_location:
-        sel = np.sort(rng.choice(len(t_idx), count, replace=False))
-        return t_idx[sel], n_idx[sel]
-    locs, per_loc = np.unique(n_idx, return_counts=True)
-    perm = rng.permutation(len(locs))
-    keep = locs[perm[:max(1, int(np.searchsorted(np.cumsum(per_loc[perm]), count)) + 1)]]
-    sel = np.nonzero(np.isin(n_idx, keep))[0]
-    if len(sel) > count:      # one location alone holds more: its samples in time order, cut
-        sel = sel[np.argsort(t_idx[sel], kind="stable")][:count]
-    sel = np.sort(sel)
-    return t_idx[sel], n_idx[sel]
-
-
 def setup_folds(cube: Cube, cfg: TrainConfig, options: dict, cb) -> dict:
     """Folds of SPLIT=locations|blocks: {"split", "folds", "fold_of" (list per location), "locations"
     (labels), "block_size", "buffer", "excluded" (K, N) bool: the locations fold k may not train on}."""
@@ -343,111 +235,7 @@ def member_validation(model, sampler, t_idx, n_idx, obs, cv, y_std, amp_dtype=No
     return est.astype(np.float32), float(fin.mean()) if len(fin) else float("nan"), per
 
 
-def draw_runs(rng: np.random.Generator, mask: np.ndarray, t_idx: np.ndarray, n_idx: np.ndarray,
-              count: int, m: int, seq_len: int):
-    """`count` runs of m consecutive target days at one location, each around a valid sample drawn
-    uniformly from (t_idx, n_idx) (at a random place in the run, so every valid sample is equally
-    likely to be covered). mask (T, N): the valid samples. Returns the runs' last days (count,),
-    locations (count,) and which of their days are valid samples, bool (m * count,) in the
-    sampler's row order (j * count + g)."""
-    T = mask.shape[0]
-    sel = rng.choice(len(t_idx), count, replace=count > len(t_idx))
-    end = np.clip(t_idx[sel] + rng.integers(0, m, count), seq_len + m - 2, T - 1)
-    loc = n_idx[sel]
-    days = end[None, :] + np.arange(1 - m, 1)[:, None]                       # m, count
-    return end, loc, mask[days, loc[None, :]].reshape(-1)
-
-
-STATEFUL_RUN_DAYS = 128   # output days per sequence when a stateful model scores samples (after its spin-up)
-
-
-def sample_runs(model, n_dates: int, t_idx, n_idx, run_days: int = STATEFUL_RUN_DAYS):
-    """How ``predict_samples`` covers samples (t, n) with runs of consecutive output days. A windowed model:
-    one single-day run per sample (m = 1). A stateful model: each location's samples, in time order, are
-    covered by runs of m = min(run_days, usable days) days, each read with its spin-up, so a location's
-    period costs one spin-up per run_days days instead of one per sample. Returns (m, context, run ends,
-    run locations, each sample's run, each sample's day within its run)."""
-    cfg = model.cfg
-    t_idx, n_idx = np.asarray(t_idx, np.int64), np.asarray(n_idx, np.int64)
-    if not cfg.stateful:
-        return 1, cfg.seq_len - 1, t_idx, n_idx, np.arange(len(t_idx)), np.zeros(len(t_idx), np.int64)
-    L = cfg.seq_len
-    m = max(1, min(run_days, n_dates - L + 1))
-    order = np.lexsort((t_idx, n_idx))
-    ends, locs = [], []
-    run_of = np.empty(len(t_idx), np.int64)
-    day_of = np.empty(len(t_idx), np.int64)
-    cur_n, cur_end = None, None
-    for i in order:
-        t, n = int(t_idx[i]), int(n_idx[i])
-        if n != cur_n or t > cur_end:
-            cur_n, cur_end = n, min(t + m - 1, n_dates - 1)
-            ends.append(cur_end)
-            locs.append(n)
-        run_of[i] = len(ends) - 1
-        day_of[i] = t - (cur_end - m + 1)
-    return m, cfg.context_days, np.asarray(ends, np.int64), np.asarray(locs, np.int64), run_of, day_of
-
-
-@torch.no_grad()
-def predict_samples(model, sampler: WindowSampler, t_idx, n_idx, batch_size=2048, amp_dtype=None,
-                    with_silent: bool = False, run_days: int = STATEFUL_RUN_DAYS, members: bool = False):
-    """Run the model on samples (t, n). Returns SM in target units (N,), weights (N, E), experts (N, E):
-    SM estimates in target units (convex mixture) or contributions in target units (scaled, additive),
-    and with `with_silent` the silent-factor mask (N, E) as well. Stateful models run over runs of
-    consecutive days with their spin-up (``sample_runs``). members=True: every ensemble member's outputs,
-    SM (N, M), weights and experts (N, M, E) for M members, instead of their means."""
-    from .networks import silent_factor_mask
-    model.eval()
-    E, L = model.n_experts, model.cfg.seq_len
-    M = (model.members,) if members else ()
-    m, context, ends, locs, run_of, day_of = sample_runs(model, sampler.y.shape[0], t_idx, n_idx, run_days)
-    ys = np.zeros((len(t_idx),) + M, np.float32)
-    ws = np.zeros((len(t_idx),) + M + (E,), np.float32)
-    es = np.zeros((len(t_idx),) + M + (E,), np.float32)
-    sil = np.zeros((len(t_idx), E), bool)
-    per = max(1, batch_size // m)          # runs per batch
-    order = np.argsort(run_of, kind="stable")
-    bounds = np.searchsorted(run_of[order], np.arange(0, len(ends) + per, per))
-    for bi, g0 in enumerate(range(0, len(ends), per)):
-        g1 = min(len(ends), g0 + per)
-        xb, _, db = sampler.batch(ends[g0:g1], locs[g0:g1], m, context)
-        with torch.autocast(sampler.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            y, w, e = model.forward_members(xb, db) if members else model(xb, db)
-        samples = order[bounds[bi]:bounds[bi + 1]]
-        rows = torch.from_numpy(day_of[samples] * (g1 - g0) + run_of[samples] - g0)
-        ys[samples] = y.float().cpu()[rows].numpy()
-        ws[samples] = w.float().cpu()[rows].numpy()
-        es[samples] = e.float().cpu()[rows].numpy()
-        if with_silent and model.masks_silent:
-            sil[samples] = silent_factor_mask(xb[:, xb.shape[1] - (m + L - 1):], model.factor_index, L
-                                              ).cpu()[rows].numpy()
-    cfg = model.cfg
-    y = ys * cfg.y_std + cfg.y_mean
-    e = es * cfg.y_std + (cfg.y_mean if model.mixture == "convex" else 0.0)
-    out = (y.astype(np.float32), ws, e.astype(np.float32))
-    return out + (sil,) if with_silent else out
-
-
-@torch.no_grad()
-def set_contribution_reference(model, sampler: WindowSampler, t_idx, n_idx, rng, n: int = 4000,
-                               batch_size: int = 2048):
-    """Set the additive mixture's ``contrib_ref``: each expert's mean contribution over (up to n)
-    training windows where its factor has signal. The estimate does not change (the intercept mu plus
-    the contributions), only the reference the weights measure departures from. Returns it (list)."""
-    model.eval()
-    sel = rng.choice(len(t_idx), min(n, len(t_idx)), replace=False)
-    _, _, c, silent = predict_samples(model, sampler, t_idx[sel], n_idx[sel], batch_size, with_silent=True,
-                                      members=True)
-    c = c / model.cfg.y_std                                   # back to normalised units, (S, members, E)
-    has = np.broadcast_to(~silent[:, None, :], c.shape)
-    ref = torch.from_numpy(np.where(has, c, 0.0).sum(0) / np.maximum(has.sum(0), 1)).float()   # members, E
-    model.contrib_ref.copy_(ref.view(model.contrib_ref.shape).to(model.contrib_ref.device))
-    return ref.mean(0).tolist()
-
-
 CANCEL_SAMPLES = 512   # training windows for the additive mixture's reference after a cancel
-AMP_CC_TOL = 0.01   # largest change of validation CC that autocast may cause (issue 6)
 
 
 def ensemble_residual_sd(obs, members) -> dict:
@@ -472,29 +260,6 @@ def ensemble_residual_sd(obs, members) -> dict:
             "rmse": float(np.sqrt(np.mean(err ** 2))), "n": int(len(o)),
             "inside_2sd_members": float(np.mean(np.abs(err) <= 2 * sd)),
             "inside_2sd_total": float(np.mean(np.abs(err) <= 2 * total))}
-
-
-def autocast_cc_check(obs, est_amp, est_fp32, amp_dtype, tol: float = None) -> dict:
-    """The change of CC that autocast causes, from the same samples' estimates with and without it.
-    ok: |CC(autocast) - CC(fp32)| <= tol (default AMP_CC_TOL). A model that fails is predicted in
-    fp32 (``predict.predict_layers`` reads ``amp_ok`` from the model file)."""
-    tol = AMP_CC_TOL if tol is None else tol
-    cc_amp, _ = _cc_rmse(obs, est_amp)
-    cc_fp32, _ = _cc_rmse(obs, est_fp32)
-    delta = cc_amp - cc_fp32
-    return {"dtype": str(amp_dtype).replace("torch.", ""), "val_cc_amp": cc_amp, "val_cc_fp32": cc_fp32,
-            "delta": delta, "tol": tol, "ok": bool(abs(delta) <= tol)}
-
-
-def _cc_rmse(obs, est):
-    ok = np.isfinite(est)
-    if not ok.all():
-        obs, est = np.asarray(obs)[ok], np.asarray(est)[ok]
-    if len(obs) < 3 or np.std(obs) == 0 or np.std(est) == 0:
-        cc = float("nan")
-    else:
-        cc = float(np.corrcoef(obs, est)[0, 1])
-    return cc, float(np.sqrt(np.mean((obs - est) ** 2))) if len(obs) else float("nan")
 
 
 def _file_digest(path) -> str:
@@ -609,386 +374,537 @@ def train(cube: Cube, out_path: str, model_type: str = "ismoe", cfg: TrainConfig
     cfg = cfg or TrainConfig()
     dd = distributed.setup(resolve_device(cfg.device, lambda _m: None), ensure(callbacks).log)
     try:
-        return _train(cube, out_path, model_type, cfg, model_options, callbacks, log_path, dd)
+        return Trainer(cube, out_path, model_type, cfg, model_options, callbacks, log_path, dd).run()
     finally:
         distributed.close(dd)
 
 
-def _train(cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_options: dict,
-           callbacks: Callbacks, log_path: str, dd):
-    from . import distributed
-    cb = ensure(callbacks)
-    main = dd is None or dd.is_main
-    if not main:            # one log, one progress: rank 0's
-        cb = Callbacks(is_cancelled=cb.is_cancelled)
-        log_path = None
-    if cfg.epochs < 1:
-        raise ValueError(f"EPOCHS must be >= 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"BATCH_SIZE must be >= 1, got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
-    if cfg.consecutive_days < 1:
-        raise ValueError(f"CONSECUTIVE_DAYS must be >= 1, got {cfg.consecutive_days}")
-    from .folds import SPLITS
-    if cfg.split not in SPLITS:
-        raise ValueError(f"SPLIT must be one of {', '.join(SPLITS)}, got '{cfg.split}'")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"LR_SCHEDULE must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
-    if cfg.init_model and cfg.split != "time":
-        raise ValueError(f"INIT_MODEL fine-tunes one model (or ensemble) with SPLIT=time; SPLIT={cfg.split} trains "
-                         f"one new model per fold: use SPLIT=time with INIT_MODEL")
-    device = distributed.rank_device(resolve_device(cfg.device, cb.log), dd)
-    data_fp = dataset_fingerprint(cube)     # before INIT_MODEL may replace the normalisation statistics
-    amp_dtype = autocast_dtype(device, cfg.amp)
-    cb.log(f"device: {device}" + (f" (autocast {amp_dtype})" if amp_dtype else ""))
-    from ..threads import apply_threads
-    apply_threads(cfg.threads, device.type, cb.log)
+class Trainer:
+    """One training run in short phases, in the spirit of NeuralHydrology's BaseTrainer: ``run`` checks the
+    configuration, splits the samples, builds the model, optimiser and sampler (small factory methods),
+    restores a resume checkpoint, trains and validates epoch by epoch (``train_and_validate`` ->
+    ``_train_epoch``, ``_validate``, ``_keep_best``) and finalises (best model, scoring, model file).
 
-    train_m, val_m, test_m = split_masks(cube.dates, cfg.val_start, cfg.test_start)
-    periods = {"train": train_m, "val": val_m, "test": test_m}
-    sample_masks = {k: cube.sample_mask(m, cfg.gap_policy) for k, m in periods.items()}   # each computed once
-    tr_mask = sample_masks["train"]
-    (tr_t, tr_n), (va_t, va_n), (te_t, te_n) = (
-        (a.astype(np.int64) for a in np.nonzero(sample_masks[k])) for k in ("train", "val", "test"))
-    split = {"train": [str(cube.dates[train_m][0]), str(cube.dates[train_m][-1])] if train_m.any() else None,
-             "val": [str(cube.dates[val_m][0]), str(cube.dates[val_m][-1])] if val_m.any() else None,
-             "test": [str(cube.dates[test_m][0]), str(cube.dates[test_m][-1])] if test_m.any() else None,
-             "n_train": int(len(tr_t)), "n_val": int(len(va_t)), "n_test": int(len(te_t))}
-    per_location = report_location_samples(cube, periods, cfg.gap_policy, cb, sample_masks)
-    if len(tr_t) == 0:
-        raise ValueError("the training period has no valid sample (target present and a full "
-                         f"{cube.seq_len}-day input window): check the dates, VAL_START/TEST_START and SEQ_LEN")
-    if len(va_t) == 0:
-        raise ValueError("the validation period has no valid sample: move VAL_START earlier or TEST_START later")
-    cb.log(f"samples: train {len(tr_t)}, validation {len(va_t)}, test {len(te_t)}; split {json.dumps(split)}")
-    split["per_location"] = per_location
+    The phases run in the order of one uninterrupted function: the seeded generator ``rng`` and torch's
+    generator are drawn in the same order, so a run, its resumption and its torchrun ranks agree."""
 
-    rng = np.random.default_rng(cfg.seed)
-    options = dict(model_options or {})
-    cv = None
-    if cfg.split != "time":
-        cv = setup_folds(cube, cfg, options, cb)
-        options.update(members=cv["folds"], member_kind="folds")
-    init_info = None
-    if cfg.init_model:
-        model, mcfg, cube, init_info = init_from_model(cfg, cube, model_type, options, cb)
-        model, model_type = model.to(device), mcfg.model_type
-        torch.manual_seed(cfg.seed)         # dropout's draws, as build_model leaves them for a new model
-    else:
-        mcfg = model_config_for(cube, model_type, **options)
-        model = build_model(mcfg, cfg.seed).to(device)      # member n's weights from seed + n
-    run_fp = run_fingerprint(cfg, model_type, mcfg)
-    ddp_forward = None
-    if dd is not None:      # every rank must read the same dataset with the same configuration
-        distributed.check_same(dd, {"dataset": data_fp, "config": run_fp}, lambda a, b: (
+    def __init__(self, cube: Cube, out_path: str, model_type: str, cfg: TrainConfig, model_options: dict,
+                 callbacks: Callbacks, log_path: str, dd):
+        self.cube, self.out_path, self.model_type, self.cfg = cube, out_path, model_type, cfg
+        self.model_options, self.log_path, self.dd = model_options, log_path, dd
+        self.cb = ensure(callbacks)
+        self.main = dd is None or dd.is_main
+        if not self.main:            # one log, one progress: rank 0's
+            self.cb = Callbacks(is_cancelled=self.cb.is_cancelled)
+            self.log_path = None
+
+    def run(self) -> dict:
+        self._check_config()
+        self._setup_device()
+        self._split()
+        self._build()
+        self._plan_epochs()
+        self._restore()
+        self.train_and_validate()
+        return self._finalise()
+
+    # ------------------------------------------------------------------ configuration and device
+    def _check_config(self):
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise ValueError(f"EPOCHS must be >= 1, got {cfg.epochs}")
+        if cfg.batch_size < 1:
+            raise ValueError(f"BATCH_SIZE must be >= 1, got {cfg.batch_size}")
+        if not cfg.lr > 0:
+            raise ValueError(f"LEARNING_RATE must be > 0, got {cfg.lr}")
+        if cfg.consecutive_days < 1:
+            raise ValueError(f"CONSECUTIVE_DAYS must be >= 1, got {cfg.consecutive_days}")
+        from .folds import SPLITS
+        if cfg.split not in SPLITS:
+            raise ValueError(f"SPLIT must be one of {', '.join(SPLITS)}, got '{cfg.split}'")
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(f"LR_SCHEDULE must be one of {', '.join(SCHEDULES)}, got '{cfg.schedule}'")
+        if cfg.init_model and cfg.split != "time":
+            raise ValueError(f"INIT_MODEL fine-tunes one model (or ensemble) with SPLIT=time; SPLIT={cfg.split} "
+                             f"trains one new model per fold: use SPLIT=time with INIT_MODEL")
+
+    def _setup_device(self):
+        from . import distributed
+        cb = self.cb
+        self.device = distributed.rank_device(resolve_device(self.cfg.device, cb.log), self.dd)
+        self.data_fp = dataset_fingerprint(self.cube)     # before INIT_MODEL may replace the normalisation statistics
+        self.amp_dtype = autocast_dtype(self.device, self.cfg.amp)
+        cb.log(f"device: {self.device}" + (f" (autocast {self.amp_dtype})" if self.amp_dtype else ""))
+        from ..threads import apply_threads
+        apply_threads(self.cfg.threads, self.device.type, cb.log)
+
+    # ------------------------------------------------------------------ split
+    def _split(self):
+        """The train/validation/test samples, their dates and counts (``self.split``), and per location."""
+        cube, cfg, cb = self.cube, self.cfg, self.cb
+        train_m, val_m, test_m = split_masks(cube.dates, cfg.val_start, cfg.test_start)
+        periods = {"train": train_m, "val": val_m, "test": test_m}
+        sample_masks = {k: cube.sample_mask(m, cfg.gap_policy) for k, m in periods.items()}   # each computed once
+        self.tr_mask = sample_masks["train"]
+        (tr_t, tr_n), (va_t, va_n), (te_t, te_n) = (
+            (a.astype(np.int64) for a in np.nonzero(sample_masks[k])) for k in ("train", "val", "test"))
+
+        def span(mask):
+            return [str(cube.dates[mask][0]), str(cube.dates[mask][-1])] if mask.any() else None
+        split = {"train": span(train_m), "val": span(val_m), "test": span(test_m),
+                 "n_train": int(len(tr_t)), "n_val": int(len(va_t)), "n_test": int(len(te_t))}
+        per_location = report_location_samples(cube, periods, cfg.gap_policy, cb, sample_masks)
+        if len(tr_t) == 0:
+            raise ValueError("the training period has no valid sample (target present and a full "
+                             f"{cube.seq_len}-day input window): check the dates, VAL_START/TEST_START and SEQ_LEN")
+        if len(va_t) == 0:
+            raise ValueError("the validation period has no valid sample: move VAL_START earlier or TEST_START later")
+        cb.log(f"samples: train {len(tr_t)}, validation {len(va_t)}, test {len(te_t)}; split {json.dumps(split)}")
+        split["per_location"] = per_location
+        self.split = split
+        self.tr_t, self.tr_n, self.va_t, self.va_n, self.te_t, self.te_n = tr_t, tr_n, va_t, va_n, te_t, te_n
+
+    # ------------------------------------------------------------------ build
+    def _build(self):
+        """Folds, the model (new or INIT_MODEL), its DDP wrapper, the optimiser and the window sampler."""
+        cfg, cb = self.cfg, self.cb
+        self.rng = np.random.default_rng(cfg.seed)
+        self.options = dict(self.model_options or {})
+        self.cv = None
+        if cfg.split != "time":
+            self.cv = setup_folds(self.cube, cfg, self.options, cb)
+            self.options.update(members=self.cv["folds"], member_kind="folds")
+        self.model, self.mcfg = self._build_model()
+        self.run_fp = run_fingerprint(cfg, self.model_type, self.mcfg)
+        self.ddp_forward = self._build_ddp()
+        cv = self.cv
+        self.excluded_t = None if cv is None else torch.from_numpy(cv["excluded"]).to(self.device)   # K, locations
+        self.info_cv = None if cv is None else {k: v for k, v in cv.items() if k != "excluded"}
+        self._log_model_notes()
+        self.run_model = torch.compile(self.model) if cfg.compile else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.stateful = self.mcfg.stateful
+        if self.stateful and cfg.supervised_days < 1:
+            raise ValueError(f"SUPERVISED_DAYS must be >= 1 (the days of each training sequence that carry the "
+                             f"loss), got {cfg.supervised_days}")
+        self.context = self.mcfg.context_days
+        self.sampler = self._build_sampler()
+
+    def _build_model(self):
+        """(model on the device, its ModelConfig); INIT_MODEL may replace self.cube (its normalisation)."""
+        cfg = self.cfg
+        self.init_info = None
+        if cfg.init_model:
+            model, mcfg, self.cube, self.init_info = init_from_model(cfg, self.cube, self.model_type, self.options,
+                                                                     self.cb)
+            model, self.model_type = model.to(self.device), mcfg.model_type
+            torch.manual_seed(cfg.seed)         # dropout's draws, as build_model leaves them for a new model
+        else:
+            mcfg = model_config_for(self.cube, self.model_type, **self.options)
+            model = build_model(mcfg, cfg.seed).to(self.device)      # member n's weights from seed + n
+        return model, mcfg
+
+    def _build_ddp(self):
+        """The DistributedDataParallel forward under torchrun (None otherwise), after checking that every rank
+        reads the same dataset with the same configuration."""
+        dd = self.dd
+        if dd is None:
+            return None
+        from . import distributed
+        distributed.check_same(dd, {"dataset": self.data_fp, "config": self.run_fp}, lambda a, b: (
             fingerprint_differences(a["dataset"], b["dataset"], PARAMETER_NAMES)
             + fingerprint_differences(a["config"], b["config"], PARAMETER_NAMES)))
         from torch.nn.parallel import DistributedDataParallel
-        ddp_forward = DistributedDataParallel(distributed.MembersForward(model),
-                                              device_ids=[device.index] if device.type == "cuda" else None)
-    excluded_t = None if cv is None else torch.from_numpy(cv["excluded"]).to(device)    # K, locations
-    if cv is not None:
-        info_cv = {k: v for k, v in cv.items() if k != "excluded"}
-    if mcfg.members > 1 and cv is None:
-        cb.log(f"ensemble of {mcfg.members} members (initial weights from seeds {mcfg.member_seeds}), trained "
-               f"together in one pass (stacked like the experts, the same batches"
-               + (", each member weighing every window by its own Poisson(1) bootstrap draw" if cfg.bootstrap else "")
-               + "); early stopping and the best checkpoint per member")
-    if cfg.expert_loss and model_type == "ismoe" and model.mixture != "convex":
-        cb.log(f"EXPERT_LOSS applies to the convex mixture only (its experts estimate SM); the {model.mixture} "
-               "mixture's experts output contributions, so it is not used")
-    if model_type == "ismoe" and model.mixture == "gated" and mcfg.router_input == "expert_states":
-        cb.log("note: the gated mixture with ROUTER_INPUT expert_states gates each factor from its own state only; "
-               "all_states lets a gate see where it is (the other factors), which is what the measured gated "
-               "numbers use (README, model section)")
-    run_model = torch.compile(model) if cfg.compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stateful = mcfg.stateful
-    if stateful and cfg.supervised_days < 1:
-        raise ValueError(f"SUPERVISED_DAYS must be >= 1 (the days of each training sequence that carry the loss), "
-                         f"got {cfg.supervised_days}")
-    context = mcfg.context_days
-    from ..data.chunked import make_sampler     # issue 15 item 2: in memory, or chunk-wise (cfg.cube_in_memory)
-    sampler = make_sampler(cube, device, context - (cube.seq_len - 1), cfg.cube_in_memory, cb.log, WindowSampler)
-    if stateful:
-        cb.log(f"stateful experts: sequences of {mcfg.spin_up} spin-up + {cfg.supervised_days} supervised days "
-               f"(loss on the last {cfg.supervised_days}), {max(1, cfg.batch_size // cfg.supervised_days)} "
-               f"sequences per batch")
-        if mcfg.spin_up > int(tr_t.min()):
-            cb.log(f"note: the first {mcfg.spin_up - int(tr_t.min())} days of spin-up before the earliest training "
-                   f"sample lie before the data ({cube.dates[0]}): they are read as missing input, as prediction "
-                   f"does where it has no warm-up")
+        device = self.device
+        return DistributedDataParallel(distributed.MembersForward(self.model),
+                                       device_ids=[device.index] if device.type == "cuda" else None)
 
-    vt, vn = select_samples(rng, va_t, va_n, cfg.val_samples, stateful)
-    v_obs = cube.y[vt, vn]
+    def _log_model_notes(self):
+        cfg, cb, mcfg, model, model_type = self.cfg, self.cb, self.mcfg, self.model, self.model_type
+        if mcfg.members > 1 and self.cv is None:
+            cb.log(f"ensemble of {mcfg.members} members (initial weights from seeds {mcfg.member_seeds}), trained "
+                   f"together in one pass (stacked like the experts, the same batches"
+                   + (", each member weighing every window by its own Poisson(1) bootstrap draw" if cfg.bootstrap
+                      else "")
+                   + "); early stopping and the best checkpoint per member")
+        if cfg.expert_loss and model_type == "ismoe" and model.mixture != "convex":
+            cb.log(f"EXPERT_LOSS applies to the convex mixture only (its experts estimate SM); the {model.mixture} "
+                   "mixture's experts output contributions, so it is not used")
+        if model_type == "ismoe" and model.mixture == "gated" and mcfg.router_input == "expert_states":
+            cb.log("note: the gated mixture with ROUTER_INPUT expert_states gates each factor from its own state "
+                   "only; all_states lets a gate see where it is (the other factors), which is what the measured "
+                   "gated numbers use (README, model section)")
 
-    per_epoch = min(cfg.samples_per_epoch, len(tr_t)) if cfg.samples_per_epoch > 0 else len(tr_t)
-    m = cfg.supervised_days if stateful else cfg.consecutive_days
-    m = max(1, min(m, cube.n_dates - cube.seq_len + 1))
-    runs_per_batch = max(1, cfg.batch_size // m)
-    n_runs = math.ceil(per_epoch / m)
-    n_batches = max(1, math.ceil(n_runs / runs_per_batch))
-    total_steps = cfg.epochs * n_batches
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    def _build_sampler(self):
+        cube, cfg, cb, mcfg = self.cube, self.cfg, self.cb, self.mcfg
+        from ..data.chunked import make_sampler     # issue 15 item 2: in memory, or chunk-wise (cfg.cube_in_memory)
+        sampler = make_sampler(cube, self.device, self.context - (cube.seq_len - 1), cfg.cube_in_memory, cb.log,
+                               WindowSampler)
+        if self.stateful:
+            cb.log(f"stateful experts: sequences of {mcfg.spin_up} spin-up + {cfg.supervised_days} supervised "
+                   f"days (loss on the last {cfg.supervised_days}), {max(1, cfg.batch_size // cfg.supervised_days)} "
+                   f"sequences per batch")
+            if mcfg.spin_up > int(self.tr_t.min()):
+                cb.log(f"note: the first {mcfg.spin_up - int(self.tr_t.min())} days of spin-up before the earliest "
+                       f"training sample lie before the data ({cube.dates[0]}): they are read as missing input, as "
+                       f"prediction does where it has no warm-up")
+        return sampler
 
-    history, best, best_state, bad_epochs, cancelled = [], float("inf"), None, 0, False
-    best_epoch = 0
-    K = model.members
-    boot = cv is None and K > 1 and cfg.bootstrap
-    best_m, best_epoch_m, bad_m = np.full(K, np.inf), np.zeros(K, np.int64), np.zeros(K, np.int64)
-    t0 = time.time()
-    step = 0
-    info_base = {"model_type": model_type, "train": asdict(cfg), "split": split,
-                 "grid": cube.grid}   # predict warns when it runs on another resolution or CRS
-    if init_info is not None:
-        info_base["init_model"] = init_info
-    # resume (issue 15 item 6): the checkpoint of the last finished epoch restores everything the next epoch
-    # depends on, so the run goes on as if it had never stopped
-    ckpt_path = resume_path(out_path)
-    read_ckpt = cfg.resume if isinstance(cfg.resume, str) and cfg.resume else ckpt_path
-    start_epoch, stopped = 0, False
-    if cfg.resume and (read_ckpt != ckpt_path or os.path.exists(ckpt_path)):
-        hdr, blob = _restore_checkpoint(read_ckpt, data_fp, run_fp, model, opt, sched)
-        start_epoch, step, stopped = int(hdr["epoch"]), int(hdr["step"]), bool(hdr["stopped"])
-        history, best, best_epoch, bad_epochs = hdr["history"], float(hdr["best"]), int(hdr["best_epoch"]), \
-            int(hdr["bad_epochs"])
-        best_m, best_epoch_m = np.asarray(hdr["best_m"], np.float64), np.asarray(hdr["best_epoch_m"], np.int64)
-        bad_m = np.asarray(hdr["bad_m"], np.int64)
-        best_state = ({k: v.to(device) for k, v in blob["best_state"].items()} if blob.get("best_state")
-                      else None)
-        rng.bit_generator.state = hdr["numpy_rng"]
+    def _plan_epochs(self):
+        """The validation samples, the runs and batches of an epoch, and the learning-rate schedule."""
+        cube, cfg = self.cube, self.cfg
+        self.vt, self.vn = select_samples(self.rng, self.va_t, self.va_n, cfg.val_samples, self.stateful)
+        self.v_obs = cube.y[self.vt, self.vn]
+        n_tr = len(self.tr_t)
+        per_epoch = min(cfg.samples_per_epoch, n_tr) if cfg.samples_per_epoch > 0 else n_tr
+        m = cfg.supervised_days if self.stateful else cfg.consecutive_days
+        self.m = max(1, min(m, cube.n_dates - cube.seq_len + 1))
+        self.runs_per_batch = max(1, cfg.batch_size // self.m)
+        self.n_runs = math.ceil(per_epoch / self.m)
+        self.n_batches = max(1, math.ceil(self.n_runs / self.runs_per_batch))
+        self.total_steps = cfg.epochs * self.n_batches
+        self.sched = self._build_scheduler()
+
+    def _build_scheduler(self):
+        if self.cfg.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.cfg.lr, total_steps=self.total_steps,
+                                                       pct_start=0.15)
+        return torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
+
+    # ------------------------------------------------------------------ state and resume
+    def _restore(self):
+        """The early-stopping state, the model file's info, and (RESUME) the checkpoint of the last finished
+        epoch, which restores everything the next epoch depends on (issue 15 item 6): the run goes on as if
+        it had never stopped."""
+        cfg, cb, cube, dd = self.cfg, self.cb, self.cube, self.dd
+        self.history, self.best, self.best_state, self.bad_epochs, self.cancelled = [], float("inf"), None, 0, False
+        self.best_epoch = 0
+        K = self.K = self.model.members
+        self.boot = self.cv is None and K > 1 and cfg.bootstrap
+        self.best_m, self.best_epoch_m, self.bad_m = np.full(K, np.inf), np.zeros(K, np.int64), np.zeros(K, np.int64)
+        self.t0 = time.time()
+        self.step = 0
+        self.info_base = {"model_type": self.model_type, "train": asdict(cfg), "split": self.split,
+                          "grid": cube.grid}   # predict warns when it runs on another resolution or CRS
+        if self.init_info is not None:
+            self.info_base["init_model"] = self.init_info
+        ckpt_path = self.ckpt_path = resume_path(self.out_path)
+        read_ckpt = cfg.resume if isinstance(cfg.resume, str) and cfg.resume else ckpt_path
+        self.start_epoch, self.stopped = 0, False
+        if cfg.resume and (read_ckpt != ckpt_path or os.path.exists(ckpt_path)):
+            self._load_checkpoint(read_ckpt)
+        elif cfg.resume:
+            cb.log(f"RESUME: no checkpoint at {ckpt_path}: starting at epoch 1")
+        elif self.main and os.path.exists(ckpt_path):
+            cb.log(f"note: the resume checkpoint {ckpt_path} of an earlier run is replaced (RESUME is off)")
+        if dd is not None and cfg.resume:
+            from . import distributed
+            starts = distributed.gather_objects(dd, self.start_epoch)
+            if len(set(starts)) > 1:
+                raise CheckpointError(f"RESUME: the torchrun ranks found different checkpoints at {read_ckpt} "
+                                      f"(epochs {starts} by rank): the checkpoint must lie on a file system every "
+                                      f"rank reads")
+
+    def _load_checkpoint(self, read_ckpt):
+        cfg, device = self.cfg, self.device
+        hdr, blob = _restore_checkpoint(read_ckpt, self.data_fp, self.run_fp, self.model, self.opt, self.sched)
+        self.start_epoch, self.step, self.stopped = int(hdr["epoch"]), int(hdr["step"]), bool(hdr["stopped"])
+        self.history, self.best, self.best_epoch = hdr["history"], float(hdr["best"]), int(hdr["best_epoch"])
+        self.bad_epochs = int(hdr["bad_epochs"])
+        self.best_m = np.asarray(hdr["best_m"], np.float64)
+        self.best_epoch_m = np.asarray(hdr["best_epoch_m"], np.int64)
+        self.bad_m = np.asarray(hdr["bad_m"], np.int64)
+        self.best_state = ({k: v.to(device) for k, v in blob["best_state"].items()} if blob.get("best_state")
+                           else None)
+        self.rng.bit_generator.state = hdr["numpy_rng"]
         torch.set_rng_state(blob["torch_rng"])
         if device.type == "cuda" and blob.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(blob["cuda_rng"], device)
-        info_base["resumed_from_epoch"] = start_epoch
-        cb.log(f"RESUME: continuing from {read_ckpt} after epoch {start_epoch}/{cfg.epochs}"
-               + (" (training had stopped early there: only the final scoring is left)" if stopped else ""))
-        if log_path:        # the log as the uninterrupted run writes it
-            with open(log_path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in history)
-    elif cfg.resume:
-        cb.log(f"RESUME: no checkpoint at {ckpt_path}: starting at epoch 1")
-    elif main and os.path.exists(ckpt_path):
-        cb.log(f"note: the resume checkpoint {ckpt_path} of an earlier run is replaced (RESUME is off)")
-    if dd is not None and cfg.resume:
-        starts = distributed.gather_objects(dd, start_epoch)
-        if len(set(starts)) > 1:
-            raise CheckpointError(f"RESUME: the torchrun ranks found different checkpoints at {read_ckpt} (epochs "
-                                  f"{starts} by rank): the checkpoint must lie on a file system every rank reads")
+        self.info_base["resumed_from_epoch"] = self.start_epoch
+        self.cb.log(f"RESUME: continuing from {read_ckpt} after epoch {self.start_epoch}/{cfg.epochs}"
+                    + (" (training had stopped early there: only the final scoring is left)" if self.stopped
+                       else ""))
+        if self.log_path:        # the log as the uninterrupted run writes it
+            with open(self.log_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.history)
 
-    def write_checkpoint(epoch_done, stop_now):
-        if not main:
+    def _write_checkpoint(self, epoch_done, stop_now):
+        if not self.main:
             return
+        model, device = self.model, self.device
         tensors = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}
-        if best_state is not None:
-            tensors["best_state"] = {k: v.detach().cpu() for k, v in best_state.items()}
+                   "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                   "torch_rng": torch.get_rng_state()}
+        if self.best_state is not None:
+            tensors["best_state"] = {k: v.detach().cpu() for k, v in self.best_state.items()}
         if device.type == "cuda":
             tensors["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(ckpt_path, {
-            "epoch": epoch_done, "step": step, "stopped": bool(stop_now), "history": history, "best": best,
-            "best_epoch": best_epoch, "bad_epochs": bad_epochs, "best_m": best_m.tolist(),
-            "best_epoch_m": best_epoch_m.tolist(), "bad_m": bad_m.tolist(), "numpy_rng": rng.bit_generator.state,
-            "dataset": data_fp, "config": run_fp, "out_path": str(out_path), "plugin_version": __version__}, tensors)
+        save_checkpoint(self.ckpt_path, {
+            "epoch": epoch_done, "step": self.step, "stopped": bool(stop_now), "history": self.history,
+            "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "best_m": self.best_m.tolist(), "best_epoch_m": self.best_epoch_m.tolist(), "bad_m": self.bad_m.tolist(),
+            "numpy_rng": self.rng.bit_generator.state, "dataset": self.data_fp, "config": self.run_fp,
+            "out_path": str(self.out_path), "plugin_version": __version__}, tensors)
 
-    def vpredict(t_, n_, amp_, members=False):       # validation estimates; distributed: split and gathered
-        return distributed.sharded_predict(dd, lambda tt, nn: predict_samples(
-            model, sampler, tt, nn, amp_dtype=amp_, members=members), t_, n_)
+    # ------------------------------------------------------------------ epochs
+    def train_and_validate(self):
+        """Epochs from the one after the restored checkpoint until EPOCHS, early stopping or cancel."""
+        cfg, cb = self.cfg, self.cb
+        if self.main:   # issue 13: a model file that cannot be written (disk full, no permission) fails here
+            probe_write(self.out_path, sum(v.numel() * v.element_size() for v in self.model.state_dict().values())
+                        + (1 << 16), "OUTPUT", "the model file")
+        last = cfg.epochs + 1 if not self.stopped else self.start_epoch + 1
+        for epoch in range(self.start_epoch + 1, last):
+            train_loss = self._train_epoch(epoch)
+            if self.cancelled:           # the partial epoch is not validated: cancel returns within seconds
+                cb.log("cancelled: keeping the best model so far" if self.best_state is not None else "cancelled")
+                break
+            row, member_loss = self._validate(epoch, train_loss)
+            stop = self._keep_best(epoch, row, member_loss)
+            self._write_checkpoint(epoch, stop)
+            if stop:
+                cb.log(f"early stop: no validation improvement for {cfg.patience} epochs"
+                       + (" in any member" if self.K > 1 else ""))
+                break
 
-    if main:    # issue 13: a model file that cannot be written (disk full, no permission) fails here, not after an epoch
-        probe_write(out_path, sum(v.numel() * v.element_size() for v in model.state_dict().values()) + (1 << 16),
-                    "OUTPUT", "the model file")
-    for epoch in range(start_epoch + 1, cfg.epochs + 1 if not stopped else start_epoch + 1):
+    def _train_epoch(self, epoch) -> float:
+        """One epoch of batches of runs drawn from the training samples; sets self.cancelled on cancel.
+        Returns the mean training loss over the valid windows."""
+        from . import distributed
+        cfg, cb, dd, device, model, rng, sampler = (self.cfg, self.cb, self.dd, self.device, self.model, self.rng,
+                                                    self.sampler)
+        m, n_runs, runs_per_batch = self.m, self.n_runs, self.runs_per_batch
         model.train()
-        run_end, run_loc, run_valid = draw_runs(rng, tr_mask, tr_t, tr_n, n_runs, m, cube.seq_len)
+        run_end, run_loc, run_valid = draw_runs(rng, self.tr_mask, self.tr_t, self.tr_n, n_runs, m,
+                                                self.cube.seq_len)
         if hasattr(sampler, "order_runs"):      # issue 15 item 2: a chunk-wise sampler groups the runs by block
             run_end, run_loc, run_valid = sampler.order_runs(rng, run_end, run_loc, run_valid, m)
         tot, cnt = 0.0, 0
-        for b in range(n_batches):
+        for b in range(self.n_batches):
             if distributed.any_rank(dd, cb.is_cancelled(), device):
-                cancelled = True
+                self.cancelled = True
                 break
             g0, g1 = b * runs_per_batch, min(n_runs, (b + 1) * runs_per_batch)
             if g1 <= g0:
                 break
             # distributed: every rank draws the global batch (same generator), cuts its share [r0, r1) of its runs
             r0, r1 = distributed.share(dd, g1 - g0)
-            xb, yb, db = sampler.batch(run_end[g0 + r0:g0 + r1], run_loc[g0 + r0:g0 + r1], m, context)
+            xb, yb, db = sampler.batch(run_end[g0 + r0:g0 + r1], run_loc[g0 + r0:g0 + r1], m, self.context)
             valid_g = run_valid.reshape(m, n_runs)[:, g0:g1]
             n_valid = int(valid_g.sum())
             valid = torch.from_numpy(valid_g[:, r0:r1].reshape(-1)).to(yb.device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                mm = denom = None
-                if excluded_t is not None:       # rows j * G + g: location run_loc[g0 + g]
-                    locs = torch.as_tensor(run_loc[g0:g1], device=excluded_t.device).repeat(m)
-                    mm = ~excluded_t[:, locs].t()
-                elif boot:
-                    mm = torch.from_numpy(rng.poisson(1.0, (m * (g1 - g0), model.members)).astype(np.float32)
-                                          ).to(yb.device)
-                if dd is not None:      # this rank's rows of the global batch, the global batch's denominators
-                    if mm is not None:
-                        vg = torch.from_numpy(valid_g.reshape(-1)).to(mm.device)
-                        denom = (mm.float() * vg[:, None].float()).sum(0)
-                        mm = mm.view(m, g1 - g0, -1)[:, r0:r1].reshape(-1, mm.shape[-1])
-                    else:
-                        denom = n_valid
-                loss, _ = loss_terms(run_model, xb, yb, db, cfg, valid, mm, ddp_forward, denom, m)
-            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                mm, denom = self._member_weights(run_loc[g0:g1], valid_g, n_valid, r0, r1, g1 - g0, yb.device)
+                loss, _ = loss_terms(self.run_model, xb, yb, db, cfg, valid, mm, self.ddp_forward, denom, m)
+            self.opt.zero_grad(set_to_none=True)
             # DDP averages the ranks' gradients: each rank's share of the global loss, times the world size
             (loss * dd.world if dd is not None else loss).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            if step < total_steps - 1:
-                sched.step()
-            step += 1
+            self.opt.step()
+            if self.step < self.total_steps - 1:
+                self.sched.step()
+            self.step += 1
             tot += float(loss.detach()) * n_valid
             cnt += n_valid
-            cb.progress(((epoch - 1) * n_batches + b + 1) / total_steps)
+            cb.progress(((epoch - 1) * self.n_batches + b + 1) / self.total_steps)
         if dd is not None:      # the ranks' shares of the batches' losses
             tot = float(distributed.sum_ranks(dd, [tot], device)[0])
-        if cancelled:           # the partial epoch is not validated: cancel returns within seconds
-            cb.log("cancelled: keeping the best model so far" if best_state is not None else "cancelled")
-            break
-        if cv is None and K == 1:
-            est = vpredict(vt, vn, amp_dtype)[0]
-            val_loss = float(np.mean(((est - v_obs) / cube.y_std) ** 2))
+        return tot / max(cnt, 1)
+
+    def _member_weights(self, locs_g, valid_g, n_valid, r0, r1, G, dev):
+        """(member mask or bootstrap weights (on `dev`) of this rank's rows, or None; the global batch's
+        denominators under torchrun, or None) for a batch of G runs (rows j * G + g: location locs_g[g])."""
+        m, dd = self.m, self.dd
+        mm = denom = None
+        if self.excluded_t is not None:
+            locs = torch.as_tensor(locs_g, device=self.excluded_t.device).repeat(m)
+            mm = ~self.excluded_t[:, locs].t()
+        elif self.boot:
+            mm = torch.from_numpy(self.rng.poisson(1.0, (m * G, self.model.members)).astype(np.float32)
+                                  ).to(dev)
+        if dd is not None:      # this rank's rows of the global batch, the global batch's denominators
+            if mm is not None:
+                vg = torch.from_numpy(valid_g.reshape(-1)).to(mm.device)
+                denom = (mm.float() * vg[:, None].float()).sum(0)
+                mm = mm.view(m, G, -1)[:, r0:r1].reshape(-1, mm.shape[-1])
+            else:
+                denom = n_valid
+        return mm, denom
+
+    def _vpredict(self, t_, n_, amp_, members=False):
+        """Validation estimates; distributed: split by location across the ranks and gathered."""
+        from . import distributed
+        return distributed.sharded_predict(self.dd, lambda tt, nn: predict_samples(
+            self.model, self.sampler, tt, nn, amp_dtype=amp_, members=members), t_, n_)
+
+    def _validate(self, epoch, train_loss):
+        """The epoch's validation loss (per member for ensembles and folds), CC and RMSE: its history row, logged
+        and written to the log file. Returns (row, each member's loss)."""
+        cube, cfg, cb = self.cube, self.cfg, self.cb
+        amp = self.amp_dtype
+        if self.cv is None and self.K == 1:
+            est = self._vpredict(self.vt, self.vn, amp)[0]
+            val_loss = float(np.mean(((est - self.v_obs) / cube.y_std) ** 2))
             member_loss = np.array([val_loss])
         else:               # per member; a fold's model on its own training locations (never a held-out one)
-            est, val_loss, member_loss = member_validation(model, sampler, vt, vn, v_obs, cv, cube.y_std, amp_dtype,
-                                                           lambda t_, n_: vpredict(t_, n_, amp_dtype, True))
-        cc, rmse = _cc_rmse(v_obs, est)
-        row = {"epoch": epoch, "train_loss": tot / max(cnt, 1), "val_loss": val_loss, "val_cc": cc,
-               "val_rmse": rmse, "seconds": round(time.time() - t0, 2)}
-        history.append(row)
+            est, val_loss, member_loss = member_validation(self.model, self.sampler, self.vt, self.vn, self.v_obs,
+                                                           self.cv, cube.y_std, amp,
+                                                           lambda t_, n_: self._vpredict(t_, n_, amp, True))
+        cc, rmse = cc_rmse(self.v_obs, est)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_cc": cc,
+               "val_rmse": rmse, "seconds": round(time.time() - self.t0, 2)}
+        self.history.append(row)
         cb.log(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
                f"val CC {cc:.3f}, val RMSE {rmse:.4f}")
-        if log_path:
-            with open(log_path, "a" if epoch > 1 else "w") as f:
+        if self.log_path:
+            with open(self.log_path, "a" if epoch > 1 else "w") as f:
                 f.write(json.dumps(row) + "\n")
-        if K == 1:
-            if val_loss < best:
-                best, best_epoch, bad_epochs = val_loss, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-                if main:
-                    save_model(out_path, model, {**info_base, "best_epoch": epoch, "history": history})
-            else:
-                bad_epochs += 1
-            stop = bad_epochs >= cfg.patience
-        else:               # early stopping and the best checkpoint per member
-            better = [k for k in range(K) if member_loss[k] < best_m[k]]
-            if best_state is None:
-                best_state = copy.deepcopy(model.state_dict())
-            elif better:
-                copy_members(best_state, {k: v.detach().clone() for k, v in model.state_dict().items()}, better,
-                             K, model.n_experts)
-            for k in range(K):
-                if k in better:
-                    best_m[k], best_epoch_m[k], bad_m[k] = member_loss[k], epoch, 0
-                else:
-                    bad_m[k] += 1
-            row["member_val_loss"] = [float(v) for v in member_loss]
-            best_epoch = int(best_epoch_m.max())
-            if better and main:
-                save_model(out_path, model, {**info_base, "best_epoch": best_epoch,
-                                             "member_best_epochs": best_epoch_m.tolist(), "history": history},
-                           state=best_state)
-            stop = bool((bad_m >= cfg.patience).all())
-        write_checkpoint(epoch, stop)
-        if stop:
-            cb.log(f"early stop: no validation improvement for {cfg.patience} epochs"
-                   + (" in any member" if K > 1 else ""))
-            break
+        return row, member_loss
 
-    if best_state is None:
-        raise Cancelled("cancelled before the first epoch ended: no model was written")
-    if not main:            # rank 0 scores and writes the model
-        return {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
-                "split": split, "model_type": model_type, "rank": dd.rank}
-    model.load_state_dict(best_state)
-    if model.mixture in ("additive", "gated"):
-        # after cancel on a bounded sample, so that cancel returns within seconds (the reference is a mean)
-        ref = set_contribution_reference(model, sampler, tr_t, tr_n, rng,
-                                         min(cfg.val_samples, CANCEL_SAMPLES) if cancelled else cfg.val_samples)
-        cb.log("mean contribution per factor where it has signal (training windows, normalised SM units; the "
-               "weights are shares of the departures from it): "
-               + ", ".join(f"{f} {v:+.3f}" for f, v in zip(model.output_names, ref)))
-    result = {"history": history, "best_epoch": best_epoch, "cancelled": cancelled, "device": str(device),
-              "split": split, "model_type": model_type}
-    if start_epoch:
-        result["resumed_from_epoch"] = start_epoch
-    if K > 1:
-        info_base["member_best_epochs"] = result["member_best_epochs"] = best_epoch_m.tolist()
-        cb.log("best epoch per member: " + ", ".join(str(int(e)) for e in best_epoch_m))
-    if cv is not None:
-        info_base["cv"] = result["cv"] = info_cv
-    if cancelled:
+    def _keep_best(self, epoch, row, member_loss) -> bool:
+        """Early stopping and the best checkpoint (per member for ensembles and folds): the model file holds
+        the best model so far. Returns whether to stop."""
+        cfg, model, K = self.cfg, self.model, self.K
+        if K == 1:
+            val_loss = row["val_loss"]
+            if val_loss < self.best:
+                self.best, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+                self.best_state = copy.deepcopy(model.state_dict())
+                if self.main:
+                    save_model(self.out_path, model, {**self.info_base, "best_epoch": epoch,
+                                                      "history": self.history})
+            else:
+                self.bad_epochs += 1
+            return self.bad_epochs >= cfg.patience
+        better = [k for k in range(K) if member_loss[k] < self.best_m[k]]
+        if self.best_state is None:
+            self.best_state = copy.deepcopy(model.state_dict())
+        elif better:
+            copy_members(self.best_state, {k: v.detach().clone() for k, v in model.state_dict().items()}, better,
+                         K, model.n_experts)
+        for k in range(K):
+            if k in better:
+                self.best_m[k], self.best_epoch_m[k], self.bad_m[k] = member_loss[k], epoch, 0
+            else:
+                self.bad_m[k] += 1
+        row["member_val_loss"] = [float(v) for v in member_loss]
+        self.best_epoch = int(self.best_epoch_m.max())
+        if better and self.main:
+            save_model(self.out_path, model, {**self.info_base, "best_epoch": self.best_epoch,
+                                              "member_best_epochs": self.best_epoch_m.tolist(),
+                                              "history": self.history}, state=self.best_state)
+        return bool((self.bad_m >= cfg.patience).all())
+
+    # ------------------------------------------------------------------ finalise
+    def _finalise(self) -> dict:
+        """The best model back in place, the mixture's contribution reference, and (rank 0) the final scoring
+        and the model file; a cancelled run keeps its best model and its resume checkpoint."""
+        if self.best_state is None:
+            raise Cancelled("cancelled before the first epoch ended: no model was written")
+        result = {"history": self.history, "best_epoch": self.best_epoch, "cancelled": self.cancelled,
+                  "device": str(self.device), "split": self.split, "model_type": self.model_type}
+        if not self.main:            # rank 0 scores and writes the model
+            result["rank"] = self.dd.rank
+            return result
+        cfg, cb, model, info_base = self.cfg, self.cb, self.model, self.info_base
+        model.load_state_dict(self.best_state)
+        if model.mixture in ("additive", "gated"):
+            # after cancel on a bounded sample, so that cancel returns within seconds (the reference is a mean)
+            ref = set_contribution_reference(model, self.sampler, self.tr_t, self.tr_n, self.rng,
+                                             min(cfg.val_samples, CANCEL_SAMPLES) if self.cancelled
+                                             else cfg.val_samples)
+            cb.log("mean contribution per factor where it has signal (training windows, normalised SM units; the "
+                   "weights are shares of the departures from it): "
+                   + ", ".join(f"{f} {v:+.3f}" for f, v in zip(model.output_names, ref)))
+        if self.start_epoch:
+            result["resumed_from_epoch"] = self.start_epoch
+        if self.K > 1:
+            info_base["member_best_epochs"] = result["member_best_epochs"] = self.best_epoch_m.tolist()
+            cb.log("best epoch per member: " + ", ".join(str(int(e)) for e in self.best_epoch_m))
+        if self.cv is not None:
+            info_base["cv"] = result["cv"] = self.info_cv
+        if self.cancelled:
+            return self._finalise_cancelled(result)
+        self._score_validation(result)
+        if len(self.te_t):
+            self._score_test(result)
+        save_model(self.out_path, model, {**info_base, "best_epoch": self.best_epoch, "history": self.history,
+                                          "val_cc": result["val_cc"], "test_cc": result.get("test_cc"),
+                                          "test_cc_location_median": result.get("test_cc_location_median"),
+                                          "test_location_skill": result.get("test_location_skill")})
+        if os.path.exists(self.ckpt_path):       # training completed: nothing left to resume
+            os.remove(self.ckpt_path)
+        cb.progress(1.0)
+        return result
+
+    def _finalise_cancelled(self, result) -> dict:
+        cb, best_epoch, history = self.cb, self.best_epoch, self.history
         best_row = next(r for r in history if r["epoch"] == best_epoch)
         result["val_cc"], result["val_rmse"] = best_row["val_cc"], best_row["val_rmse"]
         cb.log(f"cancelled: the model of epoch {best_epoch} is kept (validation CC {best_row['val_cc']:.3f}); the "
                f"final validation and test scoring are skipped: score it with ismoe:evaluate")
-        save_model(out_path, model, {**info_base, "best_epoch": best_epoch, "history": history, "cancelled": True,
-                                     "val_cc": result["val_cc"], "test_cc": None})
-        if os.path.exists(ckpt_path):
-            result["resume_checkpoint"] = ckpt_path
-            cb.log(f"the resume checkpoint of epoch {history[-1]['epoch'] if history else 0} is kept in {ckpt_path}: "
-                   f"run again with RESUME to continue where this run stopped")
+        save_model(self.out_path, self.model, {**self.info_base, "best_epoch": best_epoch, "history": history,
+                                               "cancelled": True, "val_cc": result["val_cc"], "test_cc": None})
+        if os.path.exists(self.ckpt_path):
+            result["resume_checkpoint"] = self.ckpt_path
+            cb.log(f"the resume checkpoint of epoch {history[-1]['epoch'] if history else 0} is kept in "
+                   f"{self.ckpt_path}: run again with RESUME to continue where this run stopped")
         cb.progress(1.0)
         return result
-    def scored(t_, n_, amp_):
+
+    def _scored(self, t_, n_, amp_):
         """(estimate, the ensemble members' estimates (S, K) or None): one pass over the samples."""
-        if cv is not None:
-            return member_validation(model, sampler, t_, n_, cube.y[t_, n_], cv, cube.y_std, amp_)[0], None
-        if K > 1:                 # the ensemble's estimate is its members' mean
+        model, sampler = self.model, self.sampler
+        if self.cv is not None:
+            return member_validation(model, sampler, t_, n_, self.cube.y[t_, n_], self.cv, self.cube.y_std,
+                                     amp_)[0], None
+        if self.K > 1:                 # the ensemble's estimate is its members' mean
             ym_ = predict_samples(model, sampler, t_, n_, amp_dtype=amp_, members=True)[0]
             return ym_.mean(axis=1), ym_
         return predict_samples(model, sampler, t_, n_, amp_dtype=amp_)[0], None
-    est, v_members = scored(vt, vn, amp_dtype)
-    if amp_dtype is not None:
-        est_fp32, members_fp32 = scored(vt, vn, None)
-        check = autocast_cc_check(v_obs, est, est_fp32, amp_dtype)
-        result["amp_check"] = info_base["amp_check"] = check
-        info_base["amp_ok"] = check["ok"]
-        cb.log(f"autocast check: validation CC {check['val_cc_amp']:.4f} with {check['dtype']} autocast, "
-               f"{check['val_cc_fp32']:.4f} in fp32 (change {check['delta']:+.4f}, allowed {check['tol']})")
-        if not check["ok"]:
-            cb.log(f"warning: {check['dtype']} autocast changes this model's validation CC by more than "
-                   f"{check['tol']}: it is scored here and predicted by ismoe:predict in fp32")
-            amp_dtype, est, v_members = None, est_fp32, members_fp32
-    result["val_cc"], result["val_rmse"] = _cc_rmse(v_obs, est)
-    if v_members is not None:
-        unc = ensemble_residual_sd(v_obs, v_members)
-        info_base["uncertainty"] = result["uncertainty"] = unc
-        cb.log(f"ensemble spread on the validation samples: mean member sd {unc['mean_member_sd']:.4f}, RMSE of the "
-               f"mean {unc['rmse']:.4f}; residual sd {unc['residual_sd']:.4f} (what the members' disagreement does "
-               f"not cover): predictive sd = sqrt(member sd^2 + {unc['residual_sd']:.4f}^2); "
-               f"{100 * unc['inside_2sd_members']:.0f}% of the validation observations inside +-2 member sd, "
-               f"{100 * unc['inside_2sd_total']:.0f}% inside +-2 predictive sd")
-    if len(te_t):
-        tt, tn = select_samples(rng, te_t, te_n, 50000, stateful)
+
+    def _score_validation(self, result):
+        """The best model's validation CC and RMSE, the autocast check (a model it fails is scored and predicted
+        in fp32) and an ensemble's spread."""
+        cb, info_base, v_obs = self.cb, self.info_base, self.v_obs
+        est, v_members = self._scored(self.vt, self.vn, self.amp_dtype)
+        if self.amp_dtype is not None:
+            est_fp32, members_fp32 = self._scored(self.vt, self.vn, None)
+            check = autocast_cc_check(v_obs, est, est_fp32, self.amp_dtype, AMP_CC_TOL)
+            result["amp_check"] = info_base["amp_check"] = check
+            info_base["amp_ok"] = check["ok"]
+            cb.log(f"autocast check: validation CC {check['val_cc_amp']:.4f} with {check['dtype']} autocast, "
+                   f"{check['val_cc_fp32']:.4f} in fp32 (change {check['delta']:+.4f}, allowed {check['tol']})")
+            if not check["ok"]:
+                cb.log(f"warning: {check['dtype']} autocast changes this model's validation CC by more than "
+                       f"{check['tol']}: it is scored here and predicted by ismoe:predict in fp32")
+                self.amp_dtype, est, v_members = None, est_fp32, members_fp32
+        result["val_cc"], result["val_rmse"] = cc_rmse(v_obs, est)
+        if v_members is not None:
+            unc = ensemble_residual_sd(v_obs, v_members)
+            info_base["uncertainty"] = result["uncertainty"] = unc
+            cb.log(f"ensemble spread on the validation samples: mean member sd {unc['mean_member_sd']:.4f}, RMSE of "
+                   f"the mean {unc['rmse']:.4f}; residual sd {unc['residual_sd']:.4f} (what the members' "
+                   f"disagreement does not cover): predictive sd = sqrt(member sd^2 + {unc['residual_sd']:.4f}^2); "
+                   f"{100 * unc['inside_2sd_members']:.0f}% of the validation observations inside +-2 member sd, "
+                   f"{100 * unc['inside_2sd_total']:.0f}% inside +-2 predictive sd")
+
+    def _score_test(self, result):
+        """Pooled and per-location test skill (out of fold for SPLIT=locations|blocks)."""
+        from .metrics import describe_location_skill, location_skill_samples, location_skill_summary
+        cube, cfg, cb, cv, model, sampler = self.cube, self.cfg, self.cb, self.cv, self.model, self.sampler
+        tt, tn = select_samples(self.rng, self.te_t, self.te_n, 50000, self.stateful)
         if cv is None:
-            est, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=amp_dtype)
+            est, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=self.amp_dtype)
         else:   # out of fold: each location by the model of its fold, which never saw it
-            ym, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=amp_dtype, members=True)
+            ym, _, _ = predict_samples(model, sampler, tt, tn, amp_dtype=self.amp_dtype, members=True)
             est = ym[np.arange(len(tn)), cv_fold_index(cv, tn)]
             cb.log(f"test period, out of fold ({cfg.split}, {cv['folds']} folds): every location estimated by the "
                    f"model that never trained on it")
-        result["test_cc"], result["test_rmse"] = _cc_rmse(cube.y[tt, tn], est)
-        from .metrics import describe_location_skill, location_skill_samples, location_skill_summary
+        result["test_cc"], result["test_rmse"] = cc_rmse(cube.y[tt, tn], est)
         # per-location test skill (CC over time, bias, ubRMSE; the anomaly CC needs the model's own
         # training climatology: ismoe:evaluate reports it)
         loc_skill = location_skill_samples(cube.y[tt, tn], est, tn, cube.y.shape[1])
         result["test_location_skill"] = location_skill_summary(loc_skill)
         result["test_cc_location_median"] = loc_skill["summary"]["cc"]["median"]
         cb.log(f"test: pooled CC {result['test_cc']:.3f}; {describe_location_skill(loc_skill)}")
-    save_model(out_path, model, {**info_base, "best_epoch": best_epoch, "history": history,
-                                 "val_cc": result["val_cc"], "test_cc": result.get("test_cc"),
-                                 "test_cc_location_median": result.get("test_cc_location_median"),
-                                 "test_location_skill": result.get("test_location_skill")})
-    if os.path.exists(ckpt_path):       # training completed: nothing left to resume
-        os.remove(ckpt_path)
-    cb.progress(1.0)
-    return result
