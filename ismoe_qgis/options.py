@@ -30,6 +30,9 @@ WEIGHT_MEANING = {
     "gated": "share of the squared departure of the factor's gated contribution from its training mean: "
              "(g_e c_e - r_e)^2 / sum_f (g_f c_f - r_f)^2 in SM = mu + sum_e g_e c_e, gates g = E softmax(router)",
 }
+# the mixtures whose estimate is mu + sum_e c_e, so each factor's share of the contribution variance is defined
+# (prediction folders' variance_share.tif, model/contribution_stats.py)
+VARIANCE_SHARE_MIXTURES = ("additive", "gated")
 ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy")
 GAP_POLICIES = ("skip", "fill")
 CUBE_MODES = ("auto", "memory", "chunked")       # issue 15 item 2: the window sampler (data/chunked.py)

@@ -96,6 +96,14 @@ def test_dask_prediction_equals_serial(region, cluster, tmp_path, kind):
         assert a[fn].shape == b[fn].shape == (DAYS - 3, H, W), fn        # SEQ_LEN 4: 3 input days first
         np.testing.assert_allclose(b[fn], a[fn], rtol=0, atol=1e-6, err_msg=fn)
     assert (a["sm.tif"] == -9999.0).any() and (a["sm.tif"] != -9999.0).mean() > 0.8   # nodata corner + real values
+    if serial_man["variance_share"] is not None:      # the per-pixel variance shares, merged from chunks in any order
+        with rasterio.open(tmp_path / "serial" / "variance_share.tif") as x, \
+                rasterio.open(tmp_path / "dask" / "variance_share.tif") as y:
+            va, vb = x.read(), y.read()
+        assert va.shape == (len(serial_man["factors"]), H, W) and (va[va != -9999.0] > 0).any()
+        np.testing.assert_allclose(vb, va, rtol=0, atol=1e-5)
+        assert dask_man["variance_share"]["area_mean"] == pytest.approx(serial_man["variance_share"]["area_mean"],
+                                                                        abs=1e-5)
     for key in ("dates", "factors", "memory", "sm_range", "nodata"):
         assert dask_man[key] == serial_man[key], key
     if kind == "stateful":

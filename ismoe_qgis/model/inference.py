@@ -62,7 +62,7 @@ def _tile_windows(model: SoilMoistureNet, xt: torch.Tensor, T: int):
 @torch.no_grad()
 def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = None,
                  chunk_windows: int = None, amp_dtype=None, state=None, outputs: bool = True,
-                 members: bool = False, contributions: bool = False):
+                 members: bool = False, contributions: bool = False, with_contributions: bool = False):
     """Predict every pixel and date of a tile.
 
     xt: normalised (Ttot, V, h + 2r, w + 2r) with r = k//2 (halo) and Ttot = T + L - 1.
@@ -76,6 +76,8 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
     weights are None). The first L - 1 days of xt only feed the silent mask and the input routers.
     contributions=True: the experts' contributions (additive, gated: what each factor adds to SM, in normalised
     units) in place of the weights (the benchmarks' variance shares, benchmarks/interpretability.py).
+    with_contributions=True: the contributions as well, after the weights: (sm, weights, contributions[, state]),
+    the contributions shaped like the weights (the variance shares of model/contribution_stats.py).
     """
     cfg = model.cfg
     k, L = cfg.patch_size, cfg.seq_len
@@ -109,6 +111,7 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
     M = (N,) if members else ()
     sm = torch.empty(M + (T, P), device=xt.device) if outputs else None
     wts = torch.empty(M + (E, T, P), device=xt.device) if outputs else None
+    cts = torch.empty(M + (E, T, P), device=xt.device) if outputs and with_contributions else None
     # a stateful model steps through the T days of a chunk of pixels: a quarter of chunk_windows pixels keeps a
     # step's gates in cache on a CPU (measured 256 against 1024 pixels: 0.79 against 0.91 s per 32 x 32 x 64 tile)
     px_chunk = max(1, chunk_windows // (4 if stateful else T))
@@ -136,10 +139,16 @@ def predict_tile(model: SoilMoistureNet, xt: torch.Tensor, doy: torch.Tensor = N
         if members:                   # y (T*n, N), wt (T*n, N, E)
             sm[:, :, p0:p1] = y.float().view(T, n, N).permute(2, 0, 1)
             wts[..., p0:p1] = wt.float().view(T, n, N, E).permute(2, 3, 0, 1)
+            if cts is not None:
+                cts[..., p0:p1] = contrib.float().view(T, n, N, E).permute(2, 3, 0, 1)
         else:
             sm[:, p0:p1] = y.float().view(T, n)
             wts[:, :, p0:p1] = wt.float().view(T, n, E).permute(2, 0, 1)
+            if cts is not None:
+                cts[:, :, p0:p1] = contrib.float().view(T, n, E).permute(2, 0, 1)
     res = (sm.view(M + (T, h, w)), wts.view(M + (E, T, h, w))) if outputs else (None, None)
+    if with_contributions:
+        res = res + ((cts.view(M + (E, T, h, w)) if outputs else None),)
     return res + ((new_h, new_c),) if stateful else res
 
 
@@ -154,11 +163,12 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
     """The one tile loop behind every raster prediction.
 
     Output index o uses input indices [o, o + L - 1] of `read_block` (see predict_to_folder).
-    Yields (row_off, col_off, o0, o1, sm (o1-o0, h, w) in target units, weights (E, o1-o0, h, w), spread),
-    NaN where an input variable is missing at the pixel on the output date. For an ensemble sm and weights
-    are the members' means and spread is {"sm": member standard deviation (o1-o0, h, w), "weights": (E, ...)
+    Yields (row_off, col_off, o0, o1, sm (o1-o0, h, w) in target units, weights (E, o1-o0, h, w), spread,
+    share_stats), NaN where an input variable is missing at the pixel on the output date. For an ensemble sm and
+    weights are the members' means and spread is {"sm": member standard deviation (o1-o0, h, w), "weights": (E, ...)
     likewise, "member_weight_sums": (N, o1-o0, E) each member's weights summed over the valid pixels}; None
-    for a single model.
+    for a single model. share_stats: for the additive and gated mixtures the chunk's per-pixel statistics of the
+    contributions (an ensemble's: the members' mean contributions), contribution_stats.chunk_stats; else None.
 
     Tiles are independent; within a tile, time chunks run in order. A stateful model carries each pixel's
     LSTM state (h, c per expert: tile pixels x E x hidden x 2 floats) from one chunk to the next, starting
@@ -194,7 +204,8 @@ def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk
                        device="cpu", amp_dtype=None, state=None, contributions: bool = False):
     """One step of iter_tile_predictions: tile (r0, c0, h, w) over output indices chunk (o0, o1), i.e. input days
     o0 .. o1 + L - 2 (with the k//2 halo), a stateful model starting from `state` (None: zero state).
-    Returns (result, new state): result (sm, weights, spread) as iter_tile_predictions yields them, None for a
+    Returns (result, new state): result (sm, weights, spread, share_stats) as iter_tile_predictions yields them,
+    None for a
     warm-up chunk (o1 <= out_from); the state is None for a windowed model."""
     cfg = model.cfg
     L, r = cfg.seq_len, cfg.patch_size // 2
@@ -212,15 +223,22 @@ def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk
             raw = np.concatenate([np.full((V, -t0) + raw.shape[2:], np.nan, np.float32), raw], axis=1)
     xt = normalise_block(model, raw).to(device)
     doy = None if warm else torch.from_numpy(np.asarray(doy_out[o0:o1])).to(device)
+    from . import contribution_stats
+    with_shares = not contributions and contribution_stats.defined_for(model.mixture)
     res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm, members=ensemble,
-                       contributions=contributions)
+                       contributions=contributions, with_contributions=with_shares)
     if cfg.stateful:
-        sm, wts, state = res
+        res, state = res[:-1], res[-1]
     else:
-        (sm, wts), state = res, None
+        state = None
+    sm, wts = res[:2]
     if warm:
         return None, state
     invalid = ~np.isfinite(raw[:, L - 1:, r:r + h, r:r + w]).all(axis=0)
+    share_stats = None
+    if with_shares:
+        cts = res[2].cpu().numpy()
+        share_stats = contribution_stats.chunk_stats(cts.mean(0) if ensemble else cts, ~invalid)
     sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
     wts = wts.cpu().numpy()
     spread = None
@@ -234,7 +252,7 @@ def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk
         spread["weights"][:, invalid] = np.nan
     sm[invalid] = np.nan
     wts[:, invalid] = np.nan
-    return (sm, wts, spread), state
+    return (sm, wts, spread, share_stats), state
 
 
 def _profile(grid: dict, count: int, tile: int = 256):
@@ -260,7 +278,9 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     (V, t1 - t0, height, width) for input dates[t0:t1], NaN outside the grid or where missing.
     Output dates are dates[first_output:] (default L - 1: each needs the L - 1 days before it; a stateful
     model's warm-up days before DATE_FROM are dates[:first_output]).
-    Writes sm.tif, weight_<factor>.tif, dominant_factor.tif (see outputs.py) and prediction.json atomically
+    Writes sm.tif, weight_<factor>.tif, dominant_factor.tif (see outputs.py), for the additive and gated
+    mixtures variance_share.tif (one band per factor: its share of the period's contribution variance at the
+    pixel, model/contribution_stats.py) and prediction.json atomically
     (temporary folder, then move);
     nothing is left behind on error or cancel. Returns the manifest dict.
     tile_predictions: the tile loop, iter_tile_predictions's signature and yields (default iter_tile_predictions;
@@ -269,7 +289,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     import rasterio
     from rasterio.windows import Window
 
-    from . import outputs
+    from . import contribution_stats, outputs
     from . import prediction_folder as pf
 
     cb = ensure(callbacks)
@@ -300,15 +320,21 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
         sdsts = {key: rasterio.open(os.path.join(tmp, fn), "w", **prof) for key, fn in spread_files.items()}
         dom, sm_range = pf.DOMINANT_FILE, outputs.SmRange()
         dsts[dom] = rasterio.open(os.path.join(tmp, dom), "w", **outputs.dominant_profile(prof))
+        shares = None
+        if contribution_stats.defined_for(model.mixture):     # one band per factor, written as tiles complete
+            tiles, chunks = tile_plan(cfg, grid["height"], grid["width"], o_from, o_from + T, tile_size, time_chunk)
+            shares = contribution_stats.ShareAccumulator(names, sum(1 for c in chunks if c[1] > o_from))
+            dsts[pf.VARIANCE_SHARE_FILE] = rasterio.open(os.path.join(tmp, pf.VARIANCE_SHARE_FILE), "w",
+                                                         **{**prof, "count": len(names)})
         try:
             iso = [str(d) for d in out_dates]
-            for ds in list(dsts.values()) + list(sdsts.values()):
-                for i, d in enumerate(iso, start=1):
+            for key, ds in list(dsts.items()) + list(sdsts.items()):
+                for i, d in enumerate(names if key == pf.VARIANCE_SHARE_FILE else iso, start=1):
                     ds.set_band_description(i, d)
             w_sums = np.zeros((T, len(names)), np.float64)    # whole-area seasonal importance, same pass
             w_counts = np.zeros((T, len(names)), np.int64)
             member_sums = np.zeros((model.members, T, len(names)), np.float64) if ensemble else None
-            for r0, c0, o0, o1, sm, wts, spread in (tile_predictions or iter_tile_predictions)(
+            for r0, c0, o0, o1, sm, wts, spread, share_stats in (tile_predictions or iter_tile_predictions)(
                     model, read_block, grid["height"], grid["width"], o_from, o_from + T,
                     day_of_year(dates[L - 1:]), tile_size, time_chunk, device, amp_dtype, cb):
                 o0, o1 = o0 - o_from, o1 - o_from
@@ -327,11 +353,19 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                     for e, f in enumerate(names):
                         sdsts[f].write(np.nan_to_num(spread["weights"][e], nan=NODATA), indexes=idx, window=win)
                     member_sums[:, o0:o1] += spread["member_weight_sums"]
+                if shares is not None and share_stats is not None:
+                    done = shares.add(r0, c0, share_stats)
+                    if done is not None:
+                        dsts[pf.VARIANCE_SHARE_FILE].write(np.nan_to_num(done, nan=NODATA),
+                                                           indexes=list(range(1, len(names) + 1)), window=win)
         finally:
             for ds in list(dsts.values()) + list(sdsts.values()):
                 ds.close()
+        if shares is not None and shares.incomplete:
+            raise RuntimeError(f"the tile loop left {shares.incomplete} tile(s) without all their time chunks")
         if cog:
-            _to_cog(tmp, {**files, dom: dom, **{f"spread_{k}": v for k, v in spread_files.items()}})
+            _to_cog(tmp, {**files, dom: dom, **{f"spread_{k}": v for k, v in spread_files.items()},
+                          **({"variance_share": pf.VARIANCE_SHARE_FILE} if shares is not None else {})})
         outputs.annotate_outputs(tmp, files, iso, names, dom, cog=cog)
         from .importance import importance_from_sums, write_importance_csv
         write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names, member_sums=member_sums),
@@ -341,6 +375,10 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                     "sm_units": outputs.SM_UNIT, "sm_range": sm_range.display_range(),
                     "model_type": cfg.model_type, "mixture": model.mixture, "weights_meaning": model.weight_meaning,
                     "memory": warmup_record(cfg, dates, first_output),
+                    "variance_share": (None if shares is None else
+                                       {"file": pf.VARIANCE_SHARE_FILE, "bands": names,
+                                        "meaning": contribution_stats.VARIANCE_SHARE_MEANING,
+                                        "area_mean": shares.area_mean()}),
                     "ensemble": ({"members": model.members, "seeds": list(cfg.member_seeds or []),
                                   "sm_spread": spread_files["sm"],
                                   "weight_spread": {f: spread_files[f] for f in names},
@@ -439,7 +477,7 @@ def predict_cube(model: SoilMoistureNet, cube, t_from: int = None, t_to: int = N
     sm = np.full((T, H, W), np.nan, np.float32)
     wts = np.full((model.n_experts, T, H, W), np.nan, np.float32)
     doy_out = day_of_year(cube.dates[L - 1:])
-    for r0, c0, o0, o1, y, wt, _ in iter_tile_predictions(model, cube_block_reader(cube), H, W, t_from - L + 1,
+    for r0, c0, o0, o1, y, wt, _, _ in iter_tile_predictions(model, cube_block_reader(cube), H, W, t_from - L + 1,
                                                        t_to - L + 1, doy_out, tile_size, time_chunk, device,
                                                        amp_dtype, callbacks, contributions):
         a, b = o0 + L - 1 - t_from, o1 + L - 1 - t_from

@@ -63,10 +63,11 @@ SM_FILE = "sm.tif"
 SM_SPREAD_FILE = "sm_spread.tif"
 DOMINANT_FILE = "dominant_factor.tif"
 IMPORTANCE_CSV = "importance.csv"
+VARIANCE_SHARE_FILE = "variance_share.tif"     # additive/gated: per-factor variance shares, one band per factor
 OBSERVATIONS_CSV = "observations.csv"
 DEFAULT_NODATA = -9999.0
 # the files of a prediction folder (what ismoe:predict owns there, and replaces as one set)
-PREDICTION_FILES = (SM_FILE, SM_SPREAD_FILE, DOMINANT_FILE, IMPORTANCE_CSV, PREDICTION_JSON)
+PREDICTION_FILES = (SM_FILE, SM_SPREAD_FILE, DOMINANT_FILE, IMPORTANCE_CSV, PREDICTION_JSON, VARIANCE_SHARE_FILE)
 PREDICTION_PATTERNS = ("weight_*.tif", "weight_spread_*.tif")
 _WEIGHT_RE = re.compile(r"^weight_(.+)\.tiff?$", re.IGNORECASE)
 
@@ -96,6 +97,9 @@ def _manifest_files(man: dict):
             yield key, man[key]
     for f, fn in (man.get("weights") or {}).items():
         yield f"weights.{f}", fn
+    vs = man.get("variance_share") or {}
+    if isinstance(vs, dict) and vs.get("file") is not None:
+        yield "variance_share.file", vs["file"]
     ens = man.get("ensemble") or {}
     if isinstance(ens, dict):
         if ens.get("sm_spread") is not None:

@@ -1,0 +1,118 @@
+"""Variance-share importance (model/contribution_stats.py): the streamed per-pixel statistics equal numpy's
+variance in any chunk order, and a prediction folder's variance_share.tif is each factor's share of the variance
+of its contribution over the prediction period, for windowed, stateful and ensemble models."""
+import json
+
+import numpy as np
+import pytest
+
+from ismoe_qgis.model import contribution_stats as cs
+
+torch = pytest.importorskip("torch")
+
+from ismoe_qgis.model import inference  # noqa: E402
+from ismoe_qgis.model import prediction_folder as pf  # noqa: E402
+
+from test_model import FACTORS, make_model, small_cube  # noqa: E402
+
+NAMES = list(FACTORS)
+
+
+def test_chunk_statistics_merged_in_any_order_are_numpys_variance():
+    rng = np.random.default_rng(3)
+    E, T, h, w = 3, 41, 4, 5
+    c = rng.normal(size=(E, T, h, w)) * np.array([1.0, 0.1, 3.0])[:, None, None, None] + 5.0
+    valid = rng.random((T, h, w)) > 0.3
+    valid[:, 0, 0] = False                       # no valid day
+    valid[:, 0, 1] = False
+    valid[7, 0, 1] = True                        # one valid day: no variance
+    bounds = [0, 3, 4, 17, 30, 41]
+    parts = [cs.chunk_stats(c[:, a:b], valid[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    merged = None
+    for i in rng.permutation(len(parts)):
+        merged = cs.merge(merged, parts[i])
+    cm = np.where(valid[None], c, np.nan)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+        var = np.nanvar(cm, axis=1)
+    np.testing.assert_array_equal(merged["n"], valid.sum(0))
+    ok = valid.sum(0) >= 2
+    np.testing.assert_allclose((merged["m2"] / np.maximum(merged["n"], 1))[:, ok], var[:, ok], rtol=1e-10)
+    sh = cs.shares(merged)
+    assert sh.shape == (E, h, w) and sh.dtype == np.float32
+    assert np.isnan(sh[:, 0, 0]).all() and np.isnan(sh[:, 0, 1]).all()
+    np.testing.assert_allclose(sh[:, ok].sum(0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(sh[:, ok], var[:, ok] / var[:, ok].sum(0), rtol=1e-5)
+    assert (sh[2][ok] > sh[1][ok]).all()        # the factor with 30x the spread has the larger share
+
+
+def test_accumulator_hands_a_tile_back_when_its_chunks_are_in():
+    rng = np.random.default_rng(0)
+    acc = cs.ShareAccumulator(["a", "b"], chunks_per_tile=2)
+    c = rng.normal(size=(2, 10, 2, 2))
+    ok = np.ones((10, 2, 2), bool)
+    assert acc.add(0, 0, cs.chunk_stats(c[:, :4], ok[:4])) is None and acc.incomplete == 1
+    sh = acc.add(0, 0, cs.chunk_stats(c[:, 4:], ok[4:]))
+    assert acc.incomplete == 0
+    np.testing.assert_allclose(sh, cs.shares(cs.chunk_stats(c, ok)), rtol=1e-6)
+    mean = acc.area_mean()
+    assert mean["a"] == pytest.approx(float(sh[0].mean()), abs=1e-6)
+    assert mean["a"] + mean["b"] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        cs.chunk_stats(c, ok[:3])
+
+
+def _folder_shares(out):
+    import rasterio
+    with rasterio.open(out / pf.VARIANCE_SHARE_FILE) as ds:
+        return ds.read(), list(ds.descriptions), ds.nodata
+
+
+def _expected_shares(model, cube, t_from):
+    sm, c = inference.predict_cube(model, cube, t_from=t_from, tile_size=3, time_chunk=4, contributions=True)
+    c = np.where(np.isfinite(sm)[None], c, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.nanvar(c.astype(np.float64), axis=1)
+        return var / var.sum(0), sm
+
+
+@pytest.mark.parametrize("mixture,memory,members", [("additive", "window", 1), ("gated", "window", 1),
+                                                    ("additive", "stateful", 1), ("additive", "window", 2)])
+def test_prediction_folder_writes_each_factors_share_of_the_contribution_variance(tmp_path, mixture, memory,
+                                                                                  members):
+    cube = small_cube(T=30)
+    opts = {"mixture": mixture}
+    if memory == "stateful":
+        opts.update(memory="stateful", spin_up=5)
+    if members > 1:
+        opts.update(members=2, member_seeds=[1, 2])
+    model = make_model(cube, **opts)
+    first = 12 if memory == "stateful" else None
+    out = tmp_path / "pred"
+    man = inference.predict_to_folder(model, inference.cube_block_reader(cube), cube.grid, cube.dates, str(out),
+                                      tile_size=4, time_chunk=5, first_output=first)
+    shares, names, nodata = _folder_shares(out)
+    assert names == NAMES and shares.shape == (len(NAMES), cube.grid["height"], cube.grid["width"])
+    expected, sm = _expected_shares(model, cube, first if first is not None else cube.seq_len - 1)
+    ok = shares[0] != nodata
+    assert ok.mean() > 0.9
+    np.testing.assert_allclose(shares[:, ok], expected[:, ok], rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(shares[:, ok].sum(0), 1.0, rtol=1e-5)
+    snow = NAMES.index("snow")
+    assert np.all(shares[snow, :3][ok[:3]] == 0.0)        # silent in the top rows: contributes nothing there
+    meta = json.loads((out / "prediction.json").read_text())
+    vs = meta["variance_share"]
+    assert vs == man["variance_share"] and vs["file"] == pf.VARIANCE_SHARE_FILE and vs["bands"] == NAMES
+    assert "Var_t(c_e)" in vs["meaning"]
+    for e, f in enumerate(NAMES):
+        assert vs["area_mean"][f] == pytest.approx(float(shares[e][ok].mean()), abs=1e-5)
+    pf.read_manifest(str(out))                            # the reader accepts the new item
+
+
+def test_convex_and_baseline_models_write_no_variance_share(tmp_path):
+    cube = small_cube()
+    for name, model in (("convex", make_model(cube, mixture="convex")), ("cnn", make_model(cube, "cnn_lstm"))):
+        out = tmp_path / name
+        man = inference.predict_to_folder(model, inference.cube_block_reader(cube), cube.grid, cube.dates, str(out),
+                                          tile_size=4, time_chunk=5)
+        assert man["variance_share"] is None
+        assert not (out / pf.VARIANCE_SHARE_FILE).exists()
