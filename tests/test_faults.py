@@ -207,7 +207,8 @@ def test_kill_9_during_predict_leaves_nothing_in_output_and_next_run_cleans(qgis
     assert f"removed {tmp_path / staging}: a temporary left by an earlier run (PID {a.pid})" in fb.text
     assert hidden_leftovers(tmp_path) == []
     assert sorted(os.listdir(out)) == sorted(["dominant_factor.tif", "importance.csv", "prediction.json", "sm.tif",
-                                              "weight_rain.tif", "weight_temperature.tif"]
+                                              "weight_rain.tif", "weight_temperature.tif",
+                                              "variance_share_rain.tif", "variance_share_temperature.tif"]
                                              + [f for f in os.listdir(out) if f.endswith((".aux.xml", ".qml"))])
 
 

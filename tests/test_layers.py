@@ -140,7 +140,7 @@ def test_dominant_factor_function():
 # --------------------------------------------------------------------------- the layers
 def test_layers_queued_with_post_processors(loaded):
     project, out, man, _, queued = loaded
-    assert len(queued) == 2 + len(man["factors"])
+    assert len(queued) == 2 + 2 * len(man["factors"])      # SM, dominant factor, weights, variance shares
     for details in queued.values():
         assert details.project is project and details.postProcessor() is not None
 
@@ -155,7 +155,8 @@ def test_predict_loads_styled_layers(loaded):
     per_band = Qgis.QGIS_VERSION_INT >= 33800
     sm_name = "Soil moisture (m3/m3)" + ("" if per_band else " by date")
     dom_name = "Dominant factor" + ("" if per_band else " by date")
-    assert names == [sm_name, dom_name] + ["Weight: " + f for f in man["factors"]], names
+    assert names == [sm_name, dom_name] + ["Weight: " + f for f in man["factors"]] + \
+        ["Variance share: " + f for f in man["factors"]], names
     assert kids[0].itemVisibilityChecked() and not any(k.itemVisibilityChecked() for k in kids[1:])
     lo, hi = man["sm_range"]
 
@@ -180,12 +181,20 @@ def test_predict_loads_styled_layers(loaded):
     assert isinstance(r, QgsPalettedRasterRenderer)
     assert [(c.value, c.color.name().upper(), c.label) for c in r.classes()] == \
         [(i + 1, imp.factor_colour(f).upper(), f) for i, f in enumerate(man["factors"])]
-    for k, f in zip(kids[2:], man["factors"]):
+    n = len(man["factors"])
+    for k, f in zip(kids[2:2 + n], man["factors"]):
         lyr = k.layer()
         assert lyr.source() == os.path.join(out, f"weight_{f}.tif")
         r = lyr.renderer()
         assert isinstance(r, QgsSingleBandPseudoColorRenderer) and band_of(lyr) == T
         assert (r.classificationMin(), r.classificationMax()) == (0.0, 1.0)
+    for k, f in zip(kids[2 + n:], man["factors"]):          # one value per pixel: band 1, no time range
+        lyr = k.layer()
+        assert lyr.source() == os.path.join(out, f"variance_share_{f}.tif")
+        r = lyr.renderer()
+        assert isinstance(r, QgsSingleBandPseudoColorRenderer) and band_of(lyr) == 1
+        assert (r.classificationMin(), r.classificationMax()) == (0.0, 1.0)
+        assert not lyr.temporalProperties().isActive()
     assert not [m for m in fb.of_kind("warning") if "style" in m], fb.text
 
 
@@ -255,7 +264,8 @@ def test_one_date_prediction(qgis_app, tiny, tmp_path):
     project, out, man, fb, _ = run_and_load(tmp_path, tiny, {"DATE_FROM": last, "DATE_TO": last})
     assert man["dates"] == [last]
     kids = prediction_group(project, out).children()
-    assert len(kids) == 2 + len(man["factors"])
+    assert len(kids) == 2 + len(man["factors"])      # one date: no variance share (needs 2 days)
+    assert man["variance_share"] is None
     if Qgis.QGIS_VERSION_INT < 33800:
         assert [len(k.children()) for k in kids[:2]] == [1, 1]
         assert kids[0].children()[0].layer().temporalProperties().isActive()
@@ -273,7 +283,7 @@ def test_missing_style_file_still_loads(qgis_app, tiny, tmp_path, monkeypatch):
     warnings = [m for m in fb.of_kind("warning") if "style file" in m and "missing" in m]
     assert warnings and "sm.qml" in " ".join(warnings) and "weight.qml" in " ".join(warnings)
     kids = prediction_group(project, out).children()
-    assert len(kids) == 2 + len(man["factors"])
+    assert len(kids) == 2 + 2 * len(man["factors"])          # SM, dominant, weights, variance shares
     sm = kids[0].layer() if Qgis.QGIS_VERSION_INT >= 33800 else kids[0].children()[0].layer()
     assert isinstance(sm.renderer(), QgsSingleBandPseudoColorRenderer)
     assert sm.renderer().classificationMax() == pytest.approx(man["sm_range"][1])
@@ -313,7 +323,7 @@ def test_model_builder_child_loads_layers(qgis_app, tiny, tmp_path):
     assert handleAlgorithmResults(model, context)
     with open(os.path.join(out, "prediction.json")) as f:
         man = json.load(f)
-    assert len(prediction_group(project, out).children()) == 2 + len(man["factors"])
+    assert len(prediction_group(project, out).children()) == 2 + 2 * len(man["factors"])
 
 
 def test_opened_by_hand_is_styled(loaded):

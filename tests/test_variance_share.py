@@ -61,10 +61,15 @@ def test_accumulator_hands_a_tile_back_when_its_chunks_are_in():
         cs.chunk_stats(c, ok[:3])
 
 
-def _folder_shares(out):
+def _folder_shares(out, names):
     import rasterio
-    with rasterio.open(out / pf.VARIANCE_SHARE_FILE) as ds:
-        return ds.read(), list(ds.descriptions), ds.nodata
+    bands = []
+    for f in names:
+        with rasterio.open(out / pf.variance_share_file(f)) as ds:
+            assert ds.count == 1 and ds.descriptions[0].startswith(f"{f} variance share ")
+            bands.append(ds.read(1))
+            nodata = ds.nodata
+    return np.stack(bands), nodata
 
 
 def _expected_shares(model, cube, t_from):
@@ -90,8 +95,8 @@ def test_prediction_folder_writes_each_factors_share_of_the_contribution_varianc
     out = tmp_path / "pred"
     man = inference.predict_to_folder(model, inference.cube_block_reader(cube), cube.grid, cube.dates, str(out),
                                       tile_size=4, time_chunk=5, first_output=first)
-    shares, names, nodata = _folder_shares(out)
-    assert names == NAMES and shares.shape == (len(NAMES), cube.grid["height"], cube.grid["width"])
+    shares, nodata = _folder_shares(out, NAMES)
+    assert shares.shape == (len(NAMES), cube.grid["height"], cube.grid["width"])
     expected, sm = _expected_shares(model, cube, first if first is not None else cube.seq_len - 1)
     ok = shares[0] != nodata
     assert ok.mean() > 0.9
@@ -101,7 +106,7 @@ def test_prediction_folder_writes_each_factors_share_of_the_contribution_varianc
     assert np.all(shares[snow, :3][ok[:3]] == 0.0)        # silent in the top rows: contributes nothing there
     meta = json.loads((out / "prediction.json").read_text())
     vs = meta["variance_share"]
-    assert vs == man["variance_share"] and vs["file"] == pf.VARIANCE_SHARE_FILE and vs["bands"] == NAMES
+    assert vs == man["variance_share"] and vs["files"] == {f: f"variance_share_{f}.tif" for f in NAMES}
     assert "Var_t(c_e)" in vs["meaning"]
     for e, f in enumerate(NAMES):
         assert vs["area_mean"][f] == pytest.approx(float(shares[e][ok].mean()), abs=1e-5)
@@ -115,4 +120,4 @@ def test_convex_and_baseline_models_write_no_variance_share(tmp_path):
         man = inference.predict_to_folder(model, inference.cube_block_reader(cube), cube.grid, cube.dates, str(out),
                                           tile_size=4, time_chunk=5)
         assert man["variance_share"] is None
-        assert not (out / pf.VARIANCE_SHARE_FILE).exists()
+        assert not list(out.glob("variance_share*"))

@@ -10,7 +10,9 @@ What the project gets, in one group "ISMoE prediction <folder>":
 - "Soil moisture (m3/m3)": single-band pseudocolour, dry (brown) to wet (blue) over the prediction's SM
   range (prediction.json "sm_range", the same for every date), showing the last date;
 - "Dominant factor": paletted, one class per factor in the dock's factor colours (unchecked);
-- "Weight: <factor>": 0-1 ramp, last date (unchecked).
+- "Weight: <factor>": 0-1 ramp, last date (unchecked);
+- "Variance share: <factor>" (additive and gated models): 0-1 ramp, variance_share_<factor>.tif, the factor's
+  share of the period's contribution variance at each pixel (unchecked, not temporal: one value per pixel).
 Styles come from the QML files in ``ismoe_qgis/styles`` (edit them to change ramps); a missing or
 broken QML file gives a warning and the same renderer built in code.
 
@@ -43,6 +45,7 @@ WEIGHT_RAMP = [(0.0, "#fcfbfd"), (0.25, "#dadaeb"), (0.5, "#9e9ac8"), (0.75, "#6
 
 SM_NAME = "Soil moisture (m3/m3)"
 DOMINANT_NAME = "Dominant factor"
+VARIANCE_SHARE_NAME = "Variance share: "
 
 # Called with (folder, dates) once a prediction's SM layer is loaded into QgsProject.instance(): the plugin's
 # desktop part (ui/integration.init_dock) registers the Temporal Controller and dock follow-up here, so this glue
@@ -177,17 +180,18 @@ def write_sidecar_styles(folder, manifest, feedback=None):
     instead of a colour composite of the first three, the dominant factor with its factor classes."""
     from qgis.core import QgsMapLayer
     cats = QgsMapLayer.Symbology | QgsMapLayer.Rendering | QgsMapLayer.Legend
-    band = len(manifest["dates"])
-    items = [("sm", manifest["sm"])] + [("weight", fn) for fn in manifest["weights"].values()]
+    last = len(manifest["dates"])
+    items = [("sm", manifest["sm"], last)] + [("weight", fn, last) for fn in manifest["weights"].values()]
     if manifest.get("dominant_factor"):
-        items.append(("dominant_factor", manifest["dominant_factor"]))
+        items.append(("dominant_factor", manifest["dominant_factor"], last))
+    items += [("weight", fn, 1) for fn in ((manifest.get("variance_share") or {}).get("files") or {}).values()]
     from osgeo import gdal
     # opening a multi-band raster makes QGIS compute a histogram for its default colour composite, which GDAL
     # would cache in <raster>.aux.xml: not for these throw-away layers (thread-local: this thread only)
     old_pam = gdal.GetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
     gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "NO")
     try:
-        for kind, fn in items:
+        for kind, fn, band in items:
             path = os.path.join(folder, fn)
             layer = QgsRasterLayer(path, os.path.splitext(fn)[0], "gdal")
             if not layer.isValid():
@@ -334,15 +338,20 @@ class PredictionLoad:
 class PredictionLayerStyler(QgsProcessingLayerPostProcessorInterface):
     """Styles one loaded prediction raster and puts it (and its per-date layers) in the project."""
 
-    def __init__(self, load: PredictionLoad, kind, rank, name, views=None, visible=True):
+    def __init__(self, load: PredictionLoad, kind, rank, name, views=None, visible=True, band=None):
         super().__init__()
         self.load, self.kind, self.rank, self.name, self.views, self.visible = load, kind, rank, name, views, visible
+        self.band = band
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
         ld = self.load
         ld.project = context.project()
         try:
-            if self.views:                                     # QGIS < 3.38: one layer per date
+            if self.band is not None:                          # a raster of one value per pixel: no time
+                style_layer(layer, "weight", self.band, ld.factors, ld.sm_range, feedback)
+                layer.setName(self.name)
+                ld.place(layer, self.rank, self.visible)
+            elif self.views:                                   # QGIS < 3.38: one layer per date
                 style_layer(layer, self.kind, 1, ld.factors, ld.sm_range, feedback)
                 ld.place_date_group(layer, self.rank, self.name, self.kind, self.views, self.visible)
             else:
@@ -363,7 +372,8 @@ class PredictionLayerStyler(QgsProcessingLayerPostProcessorInterface):
 
 
 def prediction_layer_specs(folder, manifest, per_band=PER_BAND_TEMPORAL):
-    """[(kind, rank, name, path to load, per-date views or None, visible)] of a prediction folder.
+    """[(kind, rank, name, path to load, per-date views or None, visible, band or None)] of a prediction folder
+    (band: the band a per-factor raster shows, None for the date series).
     Writes the per-date VRT views of SM and the dominant factor when QGIS has no per-band time (< 3.38)."""
     dates = [str(d) for d in manifest["dates"]]
     specs = []
@@ -373,12 +383,17 @@ def prediction_layer_specs(folder, manifest, per_band=PER_BAND_TEMPORAL):
     for rank, (kind, name, fn, visible) in enumerate(entries):
         path = os.path.join(folder, fn)
         if per_band:
-            specs.append((kind, rank, name, path, None, visible))
+            specs.append((kind, rank, name, path, None, visible, None))
         else:
             views = outputs.band_views(path, dates)
-            specs.append((kind, rank, name + " by date", views[-1], views, visible))
+            specs.append((kind, rank, name + " by date", views[-1], views, visible, None))
     for i, f in enumerate(manifest["factors"]):
-        specs.append(("weight", 10 + i, "Weight: " + f, os.path.join(folder, manifest["weights"][f]), None, False))
+        specs.append(("weight", 10 + i, "Weight: " + f, os.path.join(folder, manifest["weights"][f]), None, False,
+                      None))
+    for i, (f, fn) in enumerate(((manifest.get("variance_share") or {}).get("files") or {}).items()):
+        if os.path.exists(os.path.join(folder, fn)):
+            specs.append(("variance_share", 1000 + i, VARIANCE_SHARE_NAME + f, os.path.join(folder, fn), None, False,
+                          1))
     return specs
 
 
@@ -393,10 +408,10 @@ def queue_prediction_layers(context, folder, manifest=None, feedback=None, per_b
         manifest = read_manifest(folder)
     load = PredictionLoad(folder, manifest, per_band)
     n = 0
-    for kind, rank, name, path, views, visible in prediction_layer_specs(folder, manifest, per_band):
+    for kind, rank, name, path, views, visible, band in prediction_layer_specs(folder, manifest, per_band):
         details = QgsProcessingContext.LayerDetails(name, project, kind.upper(), QgsProcessingUtils.LayerHint.Raster)
         details.forceName = True
-        styler = PredictionLayerStyler(load, kind, rank, name, views, visible)
+        styler = PredictionLayerStyler(load, kind, rank, name, views, visible, band)
         _KEEP.append(styler)
         details.setPostProcessor(styler)
         context.addLayerToLoadOnCompletion(path, details)

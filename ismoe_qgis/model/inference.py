@@ -279,8 +279,8 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
     Output dates are dates[first_output:] (default L - 1: each needs the L - 1 days before it; a stateful
     model's warm-up days before DATE_FROM are dates[:first_output]).
     Writes sm.tif, weight_<factor>.tif, dominant_factor.tif (see outputs.py), for the additive and gated
-    mixtures variance_share.tif (one band per factor: its share of the period's contribution variance at the
-    pixel, model/contribution_stats.py) and prediction.json atomically
+    mixtures variance_share_<factor>.tif (the factor's share of the period's contribution variance at each pixel,
+    model/contribution_stats.py) and prediction.json atomically
     (temporary folder, then move);
     nothing is left behind on error or cancel. Returns the manifest dict.
     tile_predictions: the tile loop, iter_tile_predictions's signature and yields (default iter_tile_predictions;
@@ -321,16 +321,21 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
         dom, sm_range = pf.DOMINANT_FILE, outputs.SmRange()
         dsts[dom] = rasterio.open(os.path.join(tmp, dom), "w", **outputs.dominant_profile(prof))
         shares = None
-        if contribution_stats.defined_for(model.mixture):     # one band per factor, written as tiles complete
+        if contribution_stats.defined_for(model.mixture) and T >= 2:     # written as tiles complete
             tiles, chunks = tile_plan(cfg, grid["height"], grid["width"], o_from, o_from + T, tile_size, time_chunk)
             shares = contribution_stats.ShareAccumulator(names, sum(1 for c in chunks if c[1] > o_from))
-            dsts[pf.VARIANCE_SHARE_FILE] = rasterio.open(os.path.join(tmp, pf.VARIANCE_SHARE_FILE), "w",
-                                                         **{**prof, "count": len(names)})
+            share_files = {f: pf.variance_share_file(f) for f in names}
+            share_dsts = {f: rasterio.open(os.path.join(tmp, fn), "w", **{**prof, "count": 1})
+                          for f, fn in share_files.items()}
+        else:
+            share_files, share_dsts = {}, {}
         try:
             iso = [str(d) for d in out_dates]
-            for key, ds in list(dsts.items()) + list(sdsts.items()):
-                for i, d in enumerate(names if key == pf.VARIANCE_SHARE_FILE else iso, start=1):
+            for ds in list(dsts.values()) + list(sdsts.values()):
+                for i, d in enumerate(iso, start=1):
                     ds.set_band_description(i, d)
+            for f, ds in share_dsts.items():
+                ds.set_band_description(1, f"{f} variance share {iso[0]}/{iso[-1]}")
             w_sums = np.zeros((T, len(names)), np.float64)    # whole-area seasonal importance, same pass
             w_counts = np.zeros((T, len(names)), np.int64)
             member_sums = np.zeros((model.members, T, len(names)), np.float64) if ensemble else None
@@ -356,16 +361,16 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                 if shares is not None and share_stats is not None:
                     done = shares.add(r0, c0, share_stats)
                     if done is not None:
-                        dsts[pf.VARIANCE_SHARE_FILE].write(np.nan_to_num(done, nan=NODATA),
-                                                           indexes=list(range(1, len(names) + 1)), window=win)
+                        for e, f in enumerate(names):
+                            share_dsts[f].write(np.nan_to_num(done[e], nan=NODATA), indexes=1, window=win)
         finally:
-            for ds in list(dsts.values()) + list(sdsts.values()):
+            for ds in list(dsts.values()) + list(sdsts.values()) + list(share_dsts.values()):
                 ds.close()
         if shares is not None and shares.incomplete:
             raise RuntimeError(f"the tile loop left {shares.incomplete} tile(s) without all their time chunks")
         if cog:
             _to_cog(tmp, {**files, dom: dom, **{f"spread_{k}": v for k, v in spread_files.items()},
-                          **({"variance_share": pf.VARIANCE_SHARE_FILE} if shares is not None else {})})
+                          **{f"share_{k}": v for k, v in share_files.items()}})
         outputs.annotate_outputs(tmp, files, iso, names, dom, cog=cog)
         from .importance import importance_from_sums, write_importance_csv
         write_importance_csv(importance_from_sums(out_dates, w_sums, w_counts, names, member_sums=member_sums),
@@ -376,7 +381,7 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                     "model_type": cfg.model_type, "mixture": model.mixture, "weights_meaning": model.weight_meaning,
                     "memory": warmup_record(cfg, dates, first_output),
                     "variance_share": (None if shares is None else
-                                       {"file": pf.VARIANCE_SHARE_FILE, "bands": names,
+                                       {"files": share_files,
                                         "meaning": contribution_stats.VARIANCE_SHARE_MEANING,
                                         "area_mean": shares.area_mean()}),
                     "ensemble": ({"members": model.members, "seeds": list(cfg.member_seeds or []),

@@ -63,18 +63,22 @@ SM_FILE = "sm.tif"
 SM_SPREAD_FILE = "sm_spread.tif"
 DOMINANT_FILE = "dominant_factor.tif"
 IMPORTANCE_CSV = "importance.csv"
-VARIANCE_SHARE_FILE = "variance_share.tif"     # additive/gated: per-factor variance shares, one band per factor
 OBSERVATIONS_CSV = "observations.csv"
 DEFAULT_NODATA = -9999.0
 # the files of a prediction folder (what ismoe:predict owns there, and replaces as one set)
-PREDICTION_FILES = (SM_FILE, SM_SPREAD_FILE, DOMINANT_FILE, IMPORTANCE_CSV, PREDICTION_JSON, VARIANCE_SHARE_FILE)
-PREDICTION_PATTERNS = ("weight_*.tif", "weight_spread_*.tif")
+PREDICTION_FILES = (SM_FILE, SM_SPREAD_FILE, DOMINANT_FILE, IMPORTANCE_CSV, PREDICTION_JSON)
+PREDICTION_PATTERNS = ("weight_*.tif", "weight_spread_*.tif", "variance_share_*.tif")
 _WEIGHT_RE = re.compile(r"^weight_(.+)\.tiff?$", re.IGNORECASE)
 
 
 def weight_file(factor: str) -> str:
     """File name of a factor's weight raster."""
     return "weight_{}.tif".format(factor)
+
+
+def variance_share_file(factor: str) -> str:
+    """File name of a factor's variance-share raster (additive and gated models; one band)."""
+    return "variance_share_{}.tif".format(factor)
 
 
 def weight_spread_file(factor: str) -> str:
@@ -98,8 +102,9 @@ def _manifest_files(man: dict):
     for f, fn in (man.get("weights") or {}).items():
         yield f"weights.{f}", fn
     vs = man.get("variance_share") or {}
-    if isinstance(vs, dict) and vs.get("file") is not None:
-        yield "variance_share.file", vs["file"]
+    if isinstance(vs, dict):
+        for f, fn in (vs.get("files") or {}).items():
+            yield f"variance_share.files.{f}", fn
     ens = man.get("ensemble") or {}
     if isinstance(ens, dict):
         if ens.get("sm_spread") is not None:
