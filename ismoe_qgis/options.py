@@ -33,7 +33,7 @@ WEIGHT_MEANING = {
 # the mixtures whose estimate is mu + sum_e c_e, so each factor's share of the contribution variance is defined
 # (prediction folders' variance_share.tif, model/contribution_stats.py)
 VARIANCE_SHARE_MIXTURES = ("additive", "gated")
-ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy")
+ROUTER_INPUTS = ("expert_states", "all_states", "inputs", "inputs_doy", "inputs_mean")
 GAP_POLICIES = ("skip", "fill")
 CUBE_MODES = ("auto", "memory", "chunked")       # issue 15 item 2: the window sampler (data/chunked.py)
 SCHEDULES = ("onecycle", "constant")

@@ -98,7 +98,7 @@ def sequence_reference(model, cube, t_from, t_to):
 
 
 @pytest.mark.parametrize("mixture,router", [("additive", "expert_states"), ("convex", "expert_states"),
-                                            ("scaled", "inputs_doy")])
+                                            ("scaled", "inputs_doy"), ("gated", "inputs_mean")])
 @pytest.mark.parametrize("tile,time_chunk", [(11, 64), (4, 1), (5, 3), (3, 7)])
 def test_streaming_over_time_chunks_equals_one_pass(mixture, router, tile, time_chunk):
     cube = small_cube(T=30)

@@ -60,6 +60,7 @@ def patch_predictions(model, cube):
 @pytest.mark.parametrize("model_type,router,mixture", [
     ("ismoe", "expert_states", "convex"), ("ismoe", "all_states", "convex"), ("ismoe", "inputs", "convex"),
     ("ismoe", "inputs_doy", "convex"), ("ismoe", "expert_states", "scaled"), ("ismoe", "expert_states", "additive"),
+    ("ismoe", "inputs_mean", "gated"),
     ("mean_expert", "expert_states", "convex"), ("cnn_lstm", "expert_states", "convex")])
 def test_tile_equals_patch_whole_image(model_type, router, mixture):
     cube = small_cube()

@@ -40,6 +40,9 @@ The convex and scaled forms' router turns expert evidence into softmax weights. 
 - ``inputs``: the factors' centre-pixel sequences (flattened).
 - ``inputs_doy``: as ``inputs`` plus day-of-year sin/cos (the calendar; prone to learning
   the season rather than the driver, kept for comparison).
+- ``inputs_mean``: the factors' centre-pixel means over the SEQ_LEN window (the reference ISMoE's router
+  input): slow context that tells one climate from another, with little of the day-to-day signal, so a
+  gated contribution g_e c_e moves with its own factor (the gate cannot carry another factor's weather).
 With ``mask_silent`` (default on) a factor whose input carries no signal (every variable
 constant over the L days at the pixel, e.g. snow where there is none) gets weight 0.
 """
@@ -407,6 +410,8 @@ class Router(nn.Module):
     def _mlp(self, cfg, E):
         if self.kind == "all_states":
             n_in = E * cfg.hidden
+        elif self.kind == "inputs_mean":
+            n_in = len(cfg.variables)
         else:
             n_in = cfg.seq_len * len(cfg.variables) + (2 if self.kind == "inputs_doy" else 0)
         R = cfg.router_hidden
@@ -421,7 +426,7 @@ class Router(nn.Module):
         if self.kind == "all_states":
             st = states.view(self.N, self.E, B, -1)
             return torch.stack([mlp(st[n].permute(1, 0, 2).flatten(1)) for n, mlp in enumerate(self.mlps)], 1)
-        z = centre_seq.flatten(1)
+        z = centre_seq.mean(1) if self.kind == "inputs_mean" else centre_seq.flatten(1)
         if self.kind == "inputs_doy":
             ang = 2 * math.pi * doy.float() / 365.25
             z = torch.cat([z, torch.sin(ang)[:, None], torch.cos(ang)[:, None]], dim=1)
