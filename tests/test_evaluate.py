@@ -125,7 +125,7 @@ def test_outputs_written(evpipe):
                       ("IMPORTANCE_CSV", "seasonal_importance.csv"), ("LOCATION_CSV", "location_skill.csv")):
         assert res[key] == str(ev / name) and os.path.getsize(res[key]) > 0
     assert sorted(os.listdir(ev)) == ["location_skill.csv", "metrics.csv", "metrics.json", "report.html",
-                                      "seasonal_importance.csv"]
+                                      "seasonal_importance.csv", "variance_share.csv"]    # ismoe is additive
     assert not [p for p in os.listdir(evpipe["out"]) if p.startswith(".ismoe-evaluate")]  # temp folder gone
     assert res["N_SAMPLES"] == 12 * 365
 
@@ -313,6 +313,39 @@ def test_core_matches_predict_samples(evpipe):
     res = evaluate(cube, {"m": evpipe["models"]["cnn_lstm"]}, baselines=(), out_dir=None)
     est = res["estimates"]["m"]
     np.testing.assert_allclose(est[t - t.min(), n], y, rtol=1e-5, atol=1e-6)
+
+
+def test_variance_share_per_location_is_the_share_of_contribution_variance(evpipe, tmp_path):
+    """evaluate's variance_share.csv: for each location, each factor's share of the variance of its contribution
+    (predict_samples' expert outputs of the additive model) over the evaluation period; region means in the
+    result."""
+    from ismoe_qgis.data.cube import Cube, split_masks
+    from ismoe_qgis.model.evaluate import evaluate
+    from ismoe_qgis.model.io import load_model
+    from ismoe_qgis.model.sample_inference import predict_samples
+    from ismoe_qgis.model.sampler import WindowSampler
+    import torch
+    cube = Cube.load(evpipe["ds"])
+    model, cfg, _ = load_model(evpipe["models"]["ismoe"])
+    assert model.mixture == "additive"
+    regions = [f"r{i // 4}" for i in range(cube.y.shape[1])]
+    res = evaluate(cube, {"m": evpipe["models"]["ismoe"], "c": evpipe["models"]["cnn_lstm"]}, baselines=(),
+                   out_dir=str(tmp_path / "ev"), region_labels=regions)
+    t, n = cube.sample_index(split_masks(cube.dates, "2018-07-01", "2018-10-01")[2])
+    _, _, c = predict_samples(model, WindowSampler(cube, torch.device("cpu")), t, n)
+    rows = _csv_rows(res["paths"]["variance_share"])
+    assert {r["model"] for r in rows} == {"m"}                       # cnn_lstm has no contributions
+    got = {(r["location"], r["factor"]): float(r["variance_share"]) for r in rows}
+    ids = cube.location_labels()
+    for j in range(cube.y.shape[1]):
+        v = c[n == j].astype(np.float64).var(axis=0)
+        for e, f in enumerate(model.output_names):
+            assert got[(str(ids[j]), f)] == pytest.approx(v[e] / v.sum(), abs=1e-4)
+        assert sum(got[(str(ids[j]), f)] for f in model.output_names) == pytest.approx(1.0, abs=1e-4)
+    means = res["models"]["m"]["variance_share"]["regions"]
+    assert set(means) == {"all", "r0", "r1", "r2"}
+    assert means["r0"]["snow"] == pytest.approx(np.mean([got[(str(ids[j]), "snow")] for j in range(4)]), abs=1e-5)
+    assert "variance_share" not in res["models"]["c"]
 
 
 def test_persistence_and_climatology():

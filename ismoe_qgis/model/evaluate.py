@@ -15,6 +15,10 @@ built-in references (persistence, climatology), scores everything on exactly the
     <out_dir>/seasonal_importance.csv  mean routing weight per factor by month / season / day of
                                        year and region, of the (first) ISMoE model
     <out_dir>/seasonal_importance_<name>.csv   the same for every further ISMoE model
+    <out_dir>/variance_share.csv       additive and gated ISMoE models: each location's share of the
+                                       evaluation period's variance per factor (model, location,
+                                       region, factor, variance_share, n_days); the per-region means are
+                                       in the result's models[name]["variance_share"]["regions"]
 
 Files are written to a temporary folder next to ``out_dir`` and moved in at the end: a failed or
 cancelled evaluation leaves no partial output.
@@ -62,6 +66,7 @@ __all__ = [
 _PERIOD_ALIASES = {"test": "test", "validation": "validation", "val": "validation", "all": "all",
                    "train": "train", "training": "train"}
 IMPORTANCE_CSV = "seasonal_importance.csv"
+VARIANCE_SHARE_CSV = "variance_share.csv"     # additive/gated models: each location's variance shares
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -508,6 +513,32 @@ class _WeightSums:
         return table
 
 
+class _LocationShares:
+    """Each location's variance shares of an additive or gated model over the evaluation period (model/
+    contribution_stats.py): per location the count, sum and sum of squares of the factors' contributions on its
+    predicted samples (float64; contributions are in SM units, so no cancellation to fear)."""
+
+    def __init__(self, N: int, E: int):
+        self.n = np.zeros(N, np.int64)
+        self.s = np.zeros((N, E))
+        self.ss = np.zeros((N, E))
+
+    def add(self, nn, c):
+        ok = np.isfinite(c).all(axis=1)
+        nn, c = nn[ok], np.asarray(c[ok], np.float64)
+        np.add.at(self.n, nn, 1)
+        np.add.at(self.s, nn, c)
+        np.add.at(self.ss, nn, c * c)
+
+    def shares(self):
+        """(N, E) shares, NaN where a location has fewer than 2 samples or no contribution varies."""
+        from .contribution_stats import shares
+        n = np.maximum(self.n, 1)[:, None]
+        mean = self.s / n
+        m2 = np.clip(self.ss - n * mean ** 2, 0.0, None)
+        return shares({"n": self.n[None], "m2": m2.T[:, None]})[:, 0].T
+
+
 def _model_view(cube: Cube, cfg, perm):
     """The cube as the model reads it: its variable order, patch, sequence length and normalisation."""
     return dataclasses.replace(cube, x=cube.x if perm is None else cube.x[perm], variables=list(cfg.variables),
@@ -561,6 +592,8 @@ class _ModelRun:
         self.season_names = [s_ for s_ in dict.fromkeys(self.seasons.tolist())] if self.ens else None
         self.weights = (_WeightSums(len(P.dates), self.E, regions, self.M if self.ens else 0, self.season_names)
                         if self.is_moe else None)
+        from .contribution_stats import defined_for
+        self.shares = _LocationShares(N, self.E) if self.is_moe and defined_for(model.mixture) else None
         self.est = np.full((len(P.dates), N), np.nan, np.float32)
         self.chunk = max(batch_size, 8192)
 
@@ -592,20 +625,24 @@ class _ModelRun:
             tt, nn = t_idx[s:s + chunk], n_idx[s:s + chunk]
             tp = self.P.t_of[tt]
             if self.ens:
-                ym, wm, _ = self._predict(tt, nn, True)
+                ym, wm, cm = self._predict(tt, nn, True)
                 self.member_est[:, tp, nn] = ym.T
-                y, w = ym.mean(1), wm.mean(1)
+                y, w, c = ym.mean(1), wm.mean(1), cm.mean(1)
                 if self.weights is not None:
                     self.weights.add_members(self.seasons[tp], nn, wm)
             elif self.folds:
-                ym, wm, _ = self._predict(tt, nn, True)
+                ym, wm, cm = self._predict(tt, nn, True)
                 y, f_ = _out_of_fold(ym, self.fold_idx, nn)
-                w = np.where((f_ >= 0)[:, None], wm[np.arange(len(nn)), np.maximum(f_, 0)], wm.mean(1))
+                own = (f_ >= 0)[:, None]
+                w = np.where(own, wm[np.arange(len(nn)), np.maximum(f_, 0)], wm.mean(1))
+                c = np.where(own, cm[np.arange(len(nn)), np.maximum(f_, 0)], cm.mean(1))
             else:
-                y, w, _ = self._predict(tt, nn, False)
+                y, w, c = self._predict(tt, nn, False)
             self.est[tp, nn] = y
             if self.is_moe:
                 self.weights.add(tp, nn, w)
+            if self.shares is not None:
+                self.shares.add(nn, c)
             progress(min(1.0, (s + chunk) / len(t_idx)))
 
     def predict_training(self, progress):
@@ -657,6 +694,11 @@ class _ModelRun:
                     f"training period for its own climatology (anomaly CC)")
         if self.is_moe:
             tables[name] = self.weights.table(P.dates, self.model.output_names, importance_kinds)
+        if self.shares is not None:
+            sh = self.shares.shares()
+            model_meta[name]["variance_share"] = {"factors": list(self.model.output_names), "locations": sh,
+                                                  "n_days": self.shares.n.copy(),
+                                                  "regions": _share_means(sh, self.regions, self.model.output_names)}
 
 
 def _predict_models(loaded: dict, models: dict, cube: Cube, P: _Period, regions, dev, batch_size: int,
@@ -686,6 +728,17 @@ def _predict_models(loaded: dict, models: dict, cube: Cube, P: _Period, regions,
         run.collect(models[name], training, estimates, est_clims, ens_members, model_meta, tables, importance_kinds)
     samplers.clear()
     return estimates, est_clims, ens_members, model_meta, tables
+
+
+def _share_means(sh, regions, factors):
+    """{"all" or region: {factor: mean share over its locations that have one}}."""
+    ok = np.isfinite(sh).all(axis=1)
+    groups = {"all": ok}
+    if regions is not None:
+        for r in dict.fromkeys(x for x in regions.tolist() if x is not None):
+            groups[str(r)] = ok & (regions == r)
+    return {g: ({f: round(float(sh[m, e].mean()), 6) for e, f in enumerate(factors)} if m.any() else None)
+            for g, m in groups.items()}
 
 
 # --------------------------------------------------------------------------- references and baselines
@@ -785,6 +838,22 @@ def _common_samples(obs, estimates: dict, ref_names, notes, cb):
 
 
 # --------------------------------------------------------------------------- writing
+def _write_variance_shares(path, shared: dict, location_ids, regions):
+    """variance_share.csv: model, location, region, factor, share, n_days (the additive and gated models)."""
+    import csv
+
+    from ..fileutil import atomic_output
+    with atomic_output(path, ".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "location", "region", "factor", "variance_share", "n_days"])
+        for name, d in shared.items():
+            for j, loc in enumerate(location_ids):
+                reg = "" if regions is None or regions[j] is None else str(regions[j])
+                for e, fac in enumerate(d["factors"]):
+                    v = d["locations"][j, e]
+                    w.writerow([name, loc, reg, fac, "" if not np.isfinite(v) else f"{v:.6g}", int(d["n_days"][j])])
+
+
 def _write_outputs(out_dir, result: dict, tables: dict, cb) -> dict:
     """The importance CSVs and the report (``report.write_evaluation``) written into a temporary folder beside
     ``out_dir``, then moved in: a failed or cancelled evaluation leaves no partial output. Returns the
@@ -809,6 +878,12 @@ def _write_outputs(out_dir, result: dict, tables: dict, cb) -> dict:
                 result["notes"].append(f"seasonal importance shown for {moe_names[0]}; the other ISMoE models' "
                                        f"are in seasonal_importance_<name>.csv")
 
+        shared = {n: m["variance_share"] for n, m in result["models"].items() if m.get("variance_share")}
+        if shared:
+            _write_variance_shares(os.path.join(tmp, VARIANCE_SHARE_CSV), shared, result["location_ids"],
+                                   result["regions"])
+            files.append(VARIANCE_SHARE_CSV)
+
         def sub_progress(f):
             cb.progress(0.8 + 0.19 * float(f))
 
@@ -824,7 +899,9 @@ def _write_outputs(out_dir, result: dict, tables: dict, cb) -> dict:
     result["paths"] = {"csv": os.path.join(out_dir, "metrics.csv"), "json": os.path.join(out_dir, "metrics.json"),
                        "html": os.path.join(out_dir, "report.html"),
                        "location_csv": os.path.join(out_dir, "location_skill.csv"),
-                       "importance": os.path.join(out_dir, IMPORTANCE_CSV) if moe_names else None}
+                       "importance": os.path.join(out_dir, IMPORTANCE_CSV) if moe_names else None,
+                       "variance_share": (os.path.join(out_dir, VARIANCE_SHARE_CSV)
+                                          if VARIANCE_SHARE_CSV in files else None)}
     if moe_names:           # where the report read it from is gone: the moved file
         result["seasonal_importance"] = result["paths"]["importance"]
     return rep
