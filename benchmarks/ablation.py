@@ -28,7 +28,7 @@ Variants (each switches ONE choice of the base; base = the core's defaults, mixt
   long_training      epochs x2, patience x2 (and samples per epoch x2 for the Caravan cases)
   mixture_additive   mixture = "additive", expert_loss = 0
   mixture_gated      mixture = "gated", router_input = "all_states", expert_loss = 0 (stateful_gated: so in
-                     MEMORY=stateful)
+                     MEMORY=stateful); mixture_gated_mean / stateful_gated_mean: router_input = "inputs_mean"
   cnn_lstm           the reference model with the base training settings
   mean_expert        the per-factor experts with equal weights
   stateful           MEMORY=stateful, SPIN_UP 365, 32 supervised days per sequence, batch 256 supervised
@@ -86,12 +86,16 @@ VARIANTS = {
     "mixture_additive": ("ismoe", {"mixture": "additive"}, {"expert_loss": 0.0}),
     # the gated mixture with the router that sees every factor's state (where a factor counts)
     "mixture_gated": ("ismoe", {"mixture": "gated", "router_input": "all_states"}, {"expert_loss": 0.0}),
+    # the gated mixture whose gates see the factors' window means (slow context: where, not the day's weather)
+    "mixture_gated_mean": ("ismoe", {"mixture": "gated", "router_input": "inputs_mean"}, {"expert_loss": 0.0}),
     "cnn_lstm": ("cnn_lstm", {}, {}),
     "mean_expert": ("mean_expert", {}, {}),
     # MEMORY=stateful: sequences of 365 spin-up + 32 supervised days, 8 sequences (256 supervised days) a batch
     "stateful": ("ismoe", STATEFUL, STATEFUL_TRAIN),
     "stateful_gated": ("ismoe", {**STATEFUL, "mixture": "gated", "router_input": "all_states"},
                        {**STATEFUL_TRAIN, "expert_loss": 0.0}),
+    "stateful_gated_mean": ("ismoe", {**STATEFUL, "mixture": "gated", "router_input": "inputs_mean"},
+                            {**STATEFUL_TRAIN, "expert_loss": 0.0}),
     "stateful_spin90": ("ismoe", {**STATEFUL, "spin_up": 90}, STATEFUL_TRAIN),
     "stateful_n8": ("ismoe", STATEFUL, {**STATEFUL_TRAIN, "supervised_days": 8}),
     "stateful_cnn_lstm": ("cnn_lstm", STATEFUL, STATEFUL_TRAIN),

@@ -200,18 +200,20 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
 
 
 def variance_shares(model, demo, device):
-    """A diagnostic beside the weight rasters (additive and gated mixtures): per sub-region, each factor's share of
-    the held-out period's variance of the contributions at a pixel, averaged over the pixels. Unlike the rasters'
-    departures from one training-wide reference, a contribution that is constant at a pixel (a regional level)
-    has no share here."""
+    """What ismoe:predict writes as variance_share_<factor>.tif (additive and gated mixtures), averaged per
+    sub-region: each factor's share of the held-out period's variance of its contribution at a pixel
+    (model/contribution_stats.py on the whole year at once). Unlike the daily weight rasters' departures from one
+    training-wide reference, a contribution that is constant at a pixel (a regional level) has no share."""
+    from ismoe_qgis.model import contribution_stats as cs
     from ismoe_qgis.model.inference import predict_cube
-    _, c = predict_cube(model, demo["cube"], t_from=demo["t_from"], device=device, contributions=True)
+    sm, c = predict_cube(model, demo["cube"], t_from=demo["t_from"], device=device, contributions=True)
+    sh = cs.shares(cs.chunk_stats(np.nan_to_num(c), np.isfinite(sm) & np.isfinite(c).all(axis=0)))   # E, H, W
     man, regs = demo["man"], demo["regions"]
     out = {}
     for code, rname in man["region_names"].items():
-        v = np.nanvar(c[:, :, regs == int(code)], axis=1)                  # E, pixels
-        share = (v / np.clip(v.sum(0, keepdims=True), 1e-20, None)).mean(1)
-        out[rname] = {f: float(x) for f, x in zip(model.output_names, share)}
+        v = sh[:, regs == int(code)]
+        v = v[:, np.isfinite(v).all(axis=0)]
+        out[rname] = {f: float(x) for f, x in zip(model.output_names, v.mean(1))}
     return out
 
 
@@ -440,7 +442,7 @@ def format_seeds(results) -> str:
         lines.append(f"{n:<{w}}{cells}{top2:>16}{ns:>11}{near:>6}{_f(sm['train_seconds']['mean'], '.0f'):>7}")
         if "variance_top2_per_seed" in sm:
             per = list(sm["variance_top2_per_seed"].values())
-            lines.append(f"{'':<{w}}variance shares (diagnostic): top-2 {sum(c == len(rnames) for c in per)}/"
+            lines.append(f"{'':<{w}}variance shares (variance_share_<factor>.tif): top-2 {sum(c == len(rnames) for c in per)}/"
                          f"{len(seeds)} [{','.join(map(str, per))}]; " + "; ".join(
                              f"{rn} " + ", ".join(f"{f} {x:.2f}" for f, x in sorted(
                                  sm["variance_shares"][rn].items(), key=lambda kv: -kv[1])[:3]) for rn in rnames))
