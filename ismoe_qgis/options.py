@@ -46,6 +46,9 @@ TORCH_VARIANTS = ("auto", "cpu", "cuda")         # auto: CUDA when nvidia-smi fi
 # the seasonal-importance chart: x axis (label, period kind) and style, the dock's and the algorithm's
 CHART_PERIODS = (("Month", "month"), ("Day of year", "doy"), ("Season", "season"))
 CHART_STYLES = ("Lines", "Stacked areas")
+# what the seasonal-importance chart shows (ismoe:seasonalimportance MEASURE, the dock): auto = the variance share
+# where the prediction folder has it (additive and gated models), else the daily weights (model/importance.py)
+IMPORTANCE_MEASURES = ("auto", "weight", "variance_share")
 
 
 def enum_order(values, default):

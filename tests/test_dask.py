@@ -100,7 +100,7 @@ def test_dask_prediction_equals_serial(region, cluster, tmp_path, kind):
         for fn in serial_man["variance_share"]["files"].values():
             with rasterio.open(tmp_path / "serial" / fn) as x, rasterio.open(tmp_path / "dask" / fn) as y:
                 va, vb = x.read(), y.read()
-            assert va.shape == (1, H, W) and (va[va != -9999.0] > 0).any(), fn
+            assert va.shape == (len(serial_man["variance_share"]["bands"]), H, W) and (va[va != -9999.0] > 0).any(), fn
             np.testing.assert_allclose(vb, va, rtol=0, atol=1e-5, err_msg=fn)
         assert dask_man["variance_share"]["area_mean"] == pytest.approx(serial_man["variance_share"]["area_mean"],
                                                                         abs=1e-5)

@@ -23,6 +23,12 @@ CSV layout (one row per region, period kind, period and factor)::
 
     region,period_kind,period,factor,mean_weight,n
     all,month,1,snow,0.412345,31000
+
+Measures (``ImportanceTable.measure``, the CSV's optional ``measure`` column, "weight" when absent):
+- ``weight``: the mean daily weight raster value (``options.WEIGHT_MEANING``), by month, season and day of year;
+- ``variance_share``: the region's mean of each pixel's share of the contribution variance within the period
+  (model/contribution_stats.py; additive and gated models), by month and season only: a share needs the days
+  of a period, so there is none per day of year. ``mean_weight`` then holds the mean share and ``n`` the pixels.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ MONTH_ABBR: Tuple[str, ...] = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 CSV_COLUMNS: Tuple[str, ...] = ("region", "period_kind", "period", "factor", "mean_weight", "n")
 DEFAULT_REGION = "all"
+WEIGHT, VARIANCE_SHARE = "weight", "variance_share"      # ImportanceTable.measure (options.IMPORTANCE_MEASURES)
+MEASURE_TITLES = {WEIGHT: "mean factor weight", VARIANCE_SHARE: "variance share of the contributions"}
 
 
 class ImportanceError(ValueError):
@@ -191,7 +199,12 @@ class PeriodSeries:
 class ImportanceTable:
     """Seasonal importance of several regions: ``table.get(region, kind)``."""
 
-    def __init__(self, factors: Sequence[str], series: Optional[Iterable[PeriodSeries]] = None):
+    def __init__(self, factors: Sequence[str], series: Optional[Iterable[PeriodSeries]] = None,
+                 measure: str = WEIGHT):
+        if measure not in MEASURE_TITLES:
+            raise ImportanceError("unknown importance measure {!r}; use one of {}".format(
+                measure, ", ".join(MEASURE_TITLES)))
+        self.measure = measure
         self.factors: List[str] = [str(f) for f in factors]
         self._series: Dict[Tuple[str, str], PeriodSeries] = {}
         for s in series or ():
@@ -229,7 +242,9 @@ class ImportanceTable:
         """Regions of both tables (other wins on a clash); factors must agree."""
         if other.factors != self.factors:
             raise ImportanceError("cannot merge tables with factors {} and {}".format(self.factors, other.factors))
-        out = ImportanceTable(self.factors, self._series.values())
+        if other.measure != self.measure and len(self) and len(other):
+            raise ImportanceError("cannot merge a table of {} with one of {}".format(self.measure, other.measure))
+        out = ImportanceTable(self.factors, self._series.values(), other.measure if len(other) else self.measure)
         for s in other._series.values():
             out.add(s)
         return out
@@ -244,8 +259,13 @@ class ImportanceTable:
     def __len__(self):
         return len(self._series)
 
+    @property
+    def title(self) -> str:
+        """What the values are, for a chart's axis: 'mean factor weight' or 'variance share of the contributions'."""
+        return MEASURE_TITLES[self.measure]
+
     def __repr__(self):
-        return "ImportanceTable(factors={}, regions={})".format(self.factors, self.regions)
+        return "ImportanceTable(factors={}, regions={}, measure={})".format(self.factors, self.regions, self.measure)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -284,6 +304,33 @@ def importance_from_sums(dates, sums, counts, factors: Sequence[str], region: st
                 spread = np.where(n > 0, (per / np.maximum(n, 1)).std(axis=0), np.nan)
         table.add(PeriodSeries(region=str(region), kind=kind, periods=list(labels), mean=mean, n=n,
                                factors=factors, spread=spread))
+    return table
+
+
+def importance_from_band_sums(bands: Sequence[str], sums, counts, factors: Sequence[str],
+                              region: str = DEFAULT_REGION) -> ImportanceTable:
+    """The variance-share table (measure ``variance_share``, kinds month and season) of one region from the
+    spatial sums and counts of the share bands (``contribution_stats.SHARE_BANDS``: "period", "1".."12",
+    "DJF".."SON"; sums/counts (B, E)), as model/prediction_folder.py streams them from
+    variance_share_<factor>.tif. A period none of whose pixels has a share is left out."""
+    sums = np.asarray(sums, np.float64)
+    counts = np.asarray(counts, np.int64)
+    factors = [str(f) for f in factors]
+    bands = [str(b) for b in bands]
+    _check_shape(sums, (len(bands), len(factors)), "sums")
+    _check_shape(counts, (len(bands), len(factors)), "counts")
+    table = ImportanceTable(factors, measure=VARIANCE_SHARE)
+    for kind, periods in (("month", list(range(1, 13))), ("season", list(SEASONS))):
+        rows = [(p, bands.index(str(p))) for p in periods if str(p) in bands]
+        rows = [(p, b) for p, b in rows if counts[b].any()]
+        if not rows:
+            continue
+        idx = [b for _p, b in rows]
+        n = counts[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, sums[idx] / np.maximum(n, 1), np.nan)
+        table.add(PeriodSeries(region=str(region), kind=kind, periods=[p for p, _b in rows], mean=mean, n=n,
+                               factors=factors))
     return table
 
 
@@ -345,14 +392,15 @@ def write_importance_csv(table: ImportanceTable, path: str) -> str:
     from ..fileutil import atomic_output
     with atomic_output(path, ".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         wr = csv.writer(fh)
-        wr.writerow(CSV_COLUMNS + ("spread",))
+        share = table.measure != WEIGHT
+        wr.writerow(CSV_COLUMNS + ("spread",) + (("measure",) if share else ()))
         for (region, kind), s in table._series.items():
             for i, period in enumerate(s.periods):
                 for j, factor in enumerate(table.factors):
                     mean, n = float(s.mean[i, j]), int(s.n[i, j])
                     sp = float("nan") if s.spread is None else float(s.spread[i, j])
                     wr.writerow([region, kind, period, factor, "" if math.isnan(mean) else "{:.6f}".format(mean), n,
-                                 "" if math.isnan(sp) else "{:.6f}".format(sp)])
+                                 "" if math.isnan(sp) else "{:.6f}".format(sp)] + ([table.measure] if share else []))
     return path
 
 
@@ -385,6 +433,7 @@ def table_from_rows(rows: Iterable[Mapping], label: str = "importance rows", fir
     ``label`` and the line, or with ``strict=False`` the row is dropped (and an empty region is 'all')."""
     factors: List[str] = []
     cells: Dict[Tuple[str, str], Dict] = {}
+    measures = set()
     for lineno, row in enumerate(rows, start=first_line):
         region, kind, period, factor = (row.get("region"), _text(row.get("period_kind")), _text(row.get("period")),
                                         row.get("factor"))
@@ -407,12 +456,19 @@ def table_from_rows(rows: Iterable[Mapping], label: str = "importance rows", fir
             raise ImportanceError("{} line {}: {}".format(label, lineno, exc))
         if not strict and math.isnan(mean):
             continue
+        measure = _text(row.get("measure")) or WEIGHT
+        if measure not in MEASURE_TITLES:
+            raise ImportanceError("{} line {}: measure {!r} is not one of {}".format(
+                label, lineno, measure, ", ".join(MEASURE_TITLES)))
+        measures.add(measure)
         if factor not in factors:
             factors.append(factor)
         cells.setdefault((region, kind), {})[(p, factor)] = (mean, n, sp)
     if not cells:
         raise ImportanceError("{} holds no importance rows".format(label))
-    table = ImportanceTable(factors)
+    if len(measures) > 1:
+        raise ImportanceError("{} mixes measures ({}): one table holds one".format(label, ", ".join(sorted(measures))))
+    table = ImportanceTable(factors, measure=measures.pop() if measures else WEIGHT)
     for (region, kind), values in cells.items():
         periods = sorted({p for (p, _f) in values}, key=lambda p: _period_sort_key(kind, p))
         mean = np.full((len(periods), len(factors)), np.nan)

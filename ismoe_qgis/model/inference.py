@@ -158,7 +158,7 @@ def day_of_year(dates) -> np.ndarray:
 
 
 def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: int, width: int, out_from: int,
-                          out_to: int, doy_out: np.ndarray, tile_size: int = 128, time_chunk: int = 64,
+                          out_to: int, dates_out: np.ndarray, tile_size: int = 128, time_chunk: int = 64,
                           device="cpu", amp_dtype=None, callbacks: Callbacks = None, contributions: bool = False):
     """The one tile loop behind every raster prediction.
 
@@ -168,7 +168,8 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
     weights are the members' means and spread is {"sm": member standard deviation (o1-o0, h, w), "weights": (E, ...)
     likewise, "member_weight_sums": (N, o1-o0, E) each member's weights summed over the valid pixels}; None
     for a single model. share_stats: for the additive and gated mixtures the chunk's per-pixel statistics of the
-    contributions (an ensemble's: the members' mean contributions), contribution_stats.chunk_stats; else None.
+    contributions (an ensemble's: the members' mean contributions) per calendar month,
+    contribution_stats.monthly_stats; else None. dates_out: the output dates (datetime64[D]), indexed by o.
 
     Tiles are independent; within a tile, time chunks run in order. A stateful model carries each pixel's
     LSTM state (h, c per expert: tile pixels x E x hidden x 2 floats) from one chunk to the next, starting
@@ -182,7 +183,7 @@ def iter_tile_predictions(model: SoilMoistureNet, read_block: Callable, height: 
         state = None
         for i_chunk, (o0, o1) in enumerate(chunks):
             cb.check_cancel()
-            res, state = predict_tile_chunk(model, read_block, (r0, c0, h, w), (o0, o1), out_from, doy_out,
+            res, state = predict_tile_chunk(model, read_block, (r0, c0, h, w), (o0, o1), out_from, dates_out,
                                             device, amp_dtype, state, contributions)
             if res is not None:
                 yield (r0, c0, o0, o1) + res
@@ -200,7 +201,7 @@ def tile_plan(cfg, height: int, width: int, out_from: int, out_to: int, tile_siz
     return tiles, list(zip(bounds[:-1], bounds[1:]))
 
 
-def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk, out_from: int, doy_out,
+def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk, out_from: int, dates_out,
                        device="cpu", amp_dtype=None, state=None, contributions: bool = False):
     """One step of iter_tile_predictions: tile (r0, c0, h, w) over output indices chunk (o0, o1), i.e. input days
     o0 .. o1 + L - 2 (with the k//2 halo), a stateful model starting from `state` (None: zero state).
@@ -222,7 +223,7 @@ def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk
         if t0 < 0:                                 # before the first input: missing
             raw = np.concatenate([np.full((V, -t0) + raw.shape[2:], np.nan, np.float32), raw], axis=1)
     xt = normalise_block(model, raw).to(device)
-    doy = None if warm else torch.from_numpy(np.asarray(doy_out[o0:o1])).to(device)
+    doy = None if warm else torch.from_numpy(day_of_year(dates_out[o0:o1])).to(device)
     from . import contribution_stats
     with_shares = not contributions and contribution_stats.defined_for(model.mixture)
     res = predict_tile(model, xt, doy, amp_dtype=amp_dtype, state=state, outputs=not warm, members=ensemble,
@@ -238,7 +239,8 @@ def predict_tile_chunk(model: SoilMoistureNet, read_block: Callable, tile, chunk
     share_stats = None
     if with_shares:
         cts = res[2].cpu().numpy()
-        share_stats = contribution_stats.chunk_stats(cts.mean(0) if ensemble else cts, ~invalid)
+        share_stats = contribution_stats.monthly_stats(cts.mean(0) if ensemble else cts, ~invalid,
+                                                       dates_out[o0:o1])
     sm = sm.cpu().numpy() * cfg.y_std + cfg.y_mean
     wts = wts.cpu().numpy()
     spread = None
@@ -325,7 +327,8 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
             tiles, chunks = tile_plan(cfg, grid["height"], grid["width"], o_from, o_from + T, tile_size, time_chunk)
             shares = contribution_stats.ShareAccumulator(names, sum(1 for c in chunks if c[1] > o_from))
             share_files = {f: pf.variance_share_file(f) for f in names}
-            share_dsts = {f: rasterio.open(os.path.join(tmp, fn), "w", **{**prof, "count": 1})
+            n_bands = len(contribution_stats.SHARE_BANDS)
+            share_dsts = {f: rasterio.open(os.path.join(tmp, fn), "w", **{**prof, "count": n_bands})
                           for f, fn in share_files.items()}
         else:
             share_files, share_dsts = {}, {}
@@ -335,13 +338,14 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                 for i, d in enumerate(iso, start=1):
                     ds.set_band_description(i, d)
             for f, ds in share_dsts.items():
-                ds.set_band_description(1, f"{f} variance share {iso[0]}/{iso[-1]}")
+                for i, band in enumerate(contribution_stats.SHARE_BANDS, start=1):
+                    ds.set_band_description(i, contribution_stats.band_description(f, band, iso[0], iso[-1]))
             w_sums = np.zeros((T, len(names)), np.float64)    # whole-area seasonal importance, same pass
             w_counts = np.zeros((T, len(names)), np.int64)
             member_sums = np.zeros((model.members, T, len(names)), np.float64) if ensemble else None
             for r0, c0, o0, o1, sm, wts, spread, share_stats in (tile_predictions or iter_tile_predictions)(
                     model, read_block, grid["height"], grid["width"], o_from, o_from + T,
-                    day_of_year(dates[L - 1:]), tile_size, time_chunk, device, amp_dtype, cb):
+                    dates[L - 1:], tile_size, time_chunk, device, amp_dtype, cb):
                 o0, o1 = o0 - o_from, o1 - o_from
                 valid = np.isfinite(sm)
                 w_sums[o0:o1] += np.where(valid, wts, 0.0).sum(axis=(2, 3)).T
@@ -362,7 +366,8 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                     done = shares.add(r0, c0, share_stats)
                     if done is not None:
                         for e, f in enumerate(names):
-                            share_dsts[f].write(np.nan_to_num(done[e], nan=NODATA), indexes=1, window=win)
+                            share_dsts[f].write(np.nan_to_num(done[:, e], nan=NODATA),
+                                                indexes=list(range(1, done.shape[0] + 1)), window=win)
         finally:
             for ds in list(dsts.values()) + list(sdsts.values()) + list(share_dsts.values()):
                 ds.close()
@@ -383,6 +388,8 @@ def predict_to_folder(model: SoilMoistureNet, read_block: Callable, grid: dict, 
                     "variance_share": (None if shares is None else
                                        {"files": share_files,
                                         "meaning": contribution_stats.VARIANCE_SHARE_MEANING,
+                                        "bands": list(contribution_stats.SHARE_BANDS),
+                                        "min_days": contribution_stats.MIN_DAYS,
                                         "area_mean": shares.area_mean()}),
                     "ensemble": ({"members": model.members, "seeds": list(cfg.member_seeds or []),
                                   "sm_spread": spread_files["sm"],
@@ -481,10 +488,9 @@ def predict_cube(model: SoilMoistureNet, cube, t_from: int = None, t_to: int = N
     T = t_to - t_from
     sm = np.full((T, H, W), np.nan, np.float32)
     wts = np.full((model.n_experts, T, H, W), np.nan, np.float32)
-    doy_out = day_of_year(cube.dates[L - 1:])
     for r0, c0, o0, o1, y, wt, _, _ in iter_tile_predictions(model, cube_block_reader(cube), H, W, t_from - L + 1,
-                                                       t_to - L + 1, doy_out, tile_size, time_chunk, device,
-                                                       amp_dtype, callbacks, contributions):
+                                                       t_to - L + 1, cube.dates[L - 1:], tile_size, time_chunk,
+                                                       device, amp_dtype, callbacks, contributions):
         a, b = o0 + L - 1 - t_from, o1 + L - 1 - t_from
         sm[a:b, r0:r0 + y.shape[1], c0:c0 + y.shape[2]] = y
         wts[:, a:b, r0:r0 + y.shape[1], c0:c0 + y.shape[2]] = wt

@@ -236,7 +236,7 @@ class PredictSpec:
                                   # worker on a loaded 2-core machine made a task 15x slower, OpenMP waits)
     gdal_cache: int = 128 * 2 ** 20
     out_from: int = 0
-    doy_out: Optional[np.ndarray] = None
+    dates_out: Optional[np.ndarray] = None
 
 
 _WORKER = {}                      # per worker process: the loaded model (one at a time)
@@ -297,7 +297,7 @@ def _chunk_task(spec: PredictSpec, tile, chunk, state):
     if state is not None:
         state = tuple(s.to(dev) for s in state)
     with rasterio.Env(GDAL_CACHEMAX=spec.gdal_cache):
-        res, state = predict_tile_chunk(model, spec.reader, tile, chunk, spec.out_from, spec.doy_out, dev, amp_dtype,
+        res, state = predict_tile_chunk(model, spec.reader, tile, chunk, spec.out_from, spec.dates_out, dev, amp_dtype,
                                         state)
     if state is not None:
         state = tuple(s.cpu() for s in state)      # may move to another worker: no device tensors in transit
@@ -318,14 +318,15 @@ class DaskTilePredictions:
         self.spec = spec
         self.on_result = on_result
 
-    def __call__(self, model, read_block, height, width, out_from, out_to, doy_out, tile_size=128, time_chunk=64,
+    def __call__(self, model, read_block, height, width, out_from, out_to, dates_out, tile_size=128, time_chunk=64,
                  device="cpu", amp_dtype=None, callbacks=None):
         from .inference import tile_plan
         cb = ensure(callbacks)
         client = self.client
         stateful = model.cfg.stateful
         tiles, chunks = tile_plan(model.cfg, height, width, out_from, out_to, tile_size, time_chunk)
-        spec = dataclasses.replace(self.spec, out_from=int(out_from), doy_out=np.asarray(doy_out))
+        spec = dataclasses.replace(self.spec, out_from=int(out_from),
+                                   dates_out=np.asarray(dates_out).astype("datetime64[D]"))
         [spec_f] = client.scatter([spec], broadcast=True, hash=False)
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         limit = IN_FLIGHT_PER_WORKER * n_workers

@@ -77,7 +77,8 @@ def weight_file(factor: str) -> str:
 
 
 def variance_share_file(factor: str) -> str:
-    """File name of a factor's variance-share raster (additive and gated models; one band)."""
+    """File name of a factor's variance-share raster (additive and gated models; bands
+    contribution_stats.SHARE_BANDS: the whole period, the months, the seasons)."""
     return "variance_share_{}.tif".format(factor)
 
 
@@ -224,10 +225,41 @@ class PredictionFolder:
     importance_path: Optional[str] = None   # precomputed whole-area importance CSV, if any
     warnings: List[str] = field(default_factory=list)
     ensemble: Optional[dict] = None         # prediction.json "ensemble" (None for a single model)
+    # prediction.json "variance_share": factor -> variance_share_<factor>.tif, and the bands they hold
+    # (contribution_stats.SHARE_BANDS; ["period"] in folders from before the seasonal bands); empty if none
+    share_paths: Dict[str, str] = field(default_factory=dict)
+    share_bands: List[str] = field(default_factory=list)
 
     @property
     def n_dates(self) -> int:
         return len(self.dates)
+
+    @property
+    def has_seasonal_shares(self) -> bool:
+        """Whether the folder holds each factor's variance share by month and season (the chartable measure)."""
+        return bool(self.share_paths) and set(self.factors) <= set(self.share_paths) and "1" in self.share_bands
+
+    @property
+    def default_measure(self) -> str:
+        """What the seasonal chart shows by default: the variance share where the folder has it by season
+        (additive and gated models), else the daily weights."""
+        return imp.VARIANCE_SHARE if self.has_seasonal_shares else imp.WEIGHT
+
+    def resolve_measure(self, measure: str) -> str:
+        """'auto' -> :attr:`default_measure`; 'variance_share' on a folder without seasonal shares: ChartDataError
+        that says why and what to do."""
+        if measure in (None, "", "auto"):
+            return self.default_measure
+        if measure == imp.VARIANCE_SHARE and not self.has_seasonal_shares:
+            why = ("its model's mixture has no contributions to share (convex, scaled or a baseline)"
+                   if not self.share_paths else
+                   "it holds only the whole-period share (predicted by an older plugin, or a one-date prediction)")
+            raise ChartDataError("{} has no seasonal variance shares: {}. Chart the daily weights (measure "
+                                 "'weight'), or predict again with an additive or gated model.".format(
+                                     os.path.basename(self.path) or self.path, why))
+        if measure not in imp.MEASURE_TITLES:
+            raise ChartDataError("unknown measure {!r}: use auto, {}".format(measure, ", ".join(imp.MEASURE_TITLES)))
+        return measure
 
     @property
     def members(self) -> Optional[int]:
@@ -376,6 +408,7 @@ def open_prediction(path: str) -> PredictionFolder:
                                  "not ISO dates".format(os.path.basename(weight_paths[factors[0]])))
 
     nodata = meta.get("nodata", nodata_file if nodata_file is not None else DEFAULT_NODATA)
+    share_paths, share_bands = _share_files(path, meta, factors, (width, height, transform, crs), warnings)
     obs_rel = meta.get("observations") or OBSERVATIONS_CSV
     obs_path = obs_rel if os.path.isabs(obs_rel) else os.path.join(path, obs_rel)
     imp_rel = meta.get("importance") or IMPORTANCE_CSV
@@ -387,7 +420,40 @@ def open_prediction(path: str) -> PredictionFolder:
                             observations_path=obs_path if os.path.isfile(obs_path) else None,
                             importance_path=imp_path if os.path.isfile(imp_path) else None,
                             warnings=warnings,
-                            ensemble=meta.get("ensemble") if isinstance(meta.get("ensemble"), dict) else None)
+                            ensemble=meta.get("ensemble") if isinstance(meta.get("ensemble"), dict) else None,
+                            share_paths=share_paths, share_bands=share_bands)
+
+
+def _share_files(path: str, meta: dict, factors, grid, warnings) -> Tuple[Dict[str, str], List[str]]:
+    """The variance-share rasters prediction.json lists, checked against the weights' grid: ({factor: path},
+    band labels); ({}, []) when there are none or they do not fit (then a warning says which and why)."""
+    vs = meta.get("variance_share")
+    if not isinstance(vs, dict) or not isinstance(vs.get("files"), dict):
+        return {}, []
+    bands = [str(b) for b in (vs.get("bands") or ["period"])]
+    out: Dict[str, str] = {}
+    for f in factors:
+        rel = vs["files"].get(f)
+        p = os.path.join(path, rel) if rel else None
+        problem = None
+        if not p or not os.path.isfile(p):
+            problem = "missing"
+        else:
+            try:
+                with rasterio.open(p) as src:
+                    if src.count != len(bands):
+                        problem = "{} bands, prediction.json says {}".format(src.count, len(bands))
+                    elif (src.width, src.height) != grid[:2] or not src.transform.almost_equals(grid[2]) \
+                            or src.crs != grid[3]:
+                        problem = "not on the weights' grid"
+            except rasterio.errors.RasterioError as exc:
+                problem = "not readable ({})".format(exc)
+        if problem:
+            warnings.append("variance shares not used: {} ({}) is {}".format(
+                f, os.path.basename(p) if p else "not listed", problem))
+            return {}, []
+        out[f] = p
+    return out, bands
 
 
 def _members_of(ensemble) -> Optional[int]:
@@ -715,8 +781,12 @@ def _chunks(folder: PredictionFolder, r0, c0, r1, c1, n_bands, max_bytes):
 
 def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Region]] = None,
                 callbacks: Optional[Callbacks] = None, bands: Optional[Sequence[int]] = None,
-                max_bytes: int = 64 * 2 ** 20, max_workers: Optional[int] = None) -> Dict[str, RegionSums]:
+                max_bytes: int = 64 * 2 ** 20, max_workers: Optional[int] = None,
+                measure: str = imp.WEIGHT) -> Dict[str, RegionSums]:
     """Stream the weight rasters once and sum each factor's weight per date over each region.
+
+    measure "variance_share": the variance-share rasters instead, one band per share period
+    (folder.share_bands); RegionSums.dates then holds those band labels.
 
     regions: one region (None = whole raster, BBox, PolygonRegion) or ``{name: region}``;
     all regions are served by the same single pass over the blocks of their union.
@@ -731,11 +801,17 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
     if not regions:
         raise ChartDataError("No region given")
     masks = {name: region_mask(folder, reg, name) for name, reg in regions.items()}
-    band_idx = np.arange(folder.n_dates) if bands is None else np.asarray(bands, dtype=np.int64)
+    if measure == imp.VARIANCE_SHARE:
+        if not folder.share_paths:
+            folder.resolve_measure(measure)          # raises, saying why
+        paths, n_bands, labels = folder.share_paths, len(folder.share_bands), np.asarray(folder.share_bands)
+    else:
+        paths, n_bands, labels = folder.weight_paths, folder.n_dates, folder.dates
+    band_idx = np.arange(n_bands) if bands is None else np.asarray(bands, dtype=np.int64)
     if band_idx.size == 0:
         raise ChartDataError("No dates selected")
-    if band_idx.min() < 0 or band_idx.max() >= folder.n_dates:
-        raise ChartDataError("Date index out of range 0..{}".format(folder.n_dates - 1))
+    if band_idx.min() < 0 or band_idx.max() >= n_bands:
+        raise ChartDataError("Date index out of range 0..{}".format(n_bands - 1))
     T, E = len(band_idx), len(folder.factors)
     sums = {n: np.zeros((T, E)) for n in masks}
     counts = {n: np.zeros((T, E), dtype=np.int64) for n in masks}
@@ -768,7 +844,7 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
     stop = threading.Event()
 
     def work(e):
-        with rasterio.open(folder.weight_paths[folder.factors[e]]) as src:
+        with rasterio.open(paths[folder.factors[e]]) as src:
             for win, hits in plan:
                 if stop.is_set():
                     return
@@ -821,27 +897,37 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
     if stop.is_set():
         raise Cancelled("cancelled by the user")
     cb.progress(1.0)
-    dates = folder.dates[band_idx]
+    dates = labels[band_idx]
     return {n: RegionSums(n, dates, list(folder.factors), sums[n], counts[n], masks[n].n_pixels) for n in masks}
 
 
 def region_importance(folder: PredictionFolder, regions: Union[Region, Mapping[str, Region]] = None,
                       callbacks: Optional[Callbacks] = None, kinds: Sequence[str] = imp.PERIOD_KINDS,
-                      **kwargs) -> imp.ImportanceTable:
-    """Seasonal importance (month, season, doy) of each region, streamed from the rasters."""
-    rs = region_sums(folder, regions, callbacks, **kwargs)
-    table = imp.ImportanceTable(folder.factors)
+                      measure: str = imp.WEIGHT, **kwargs) -> imp.ImportanceTable:
+    """Seasonal importance of each region, streamed from the rasters: measure "weight" the mean daily weight
+    by month, season and day of year (`kinds`); "variance_share" the mean of the pixels' variance shares by
+    month and season; "auto" the folder's default (:attr:`PredictionFolder.default_measure`)."""
+    measure = folder.resolve_measure(measure)
+    rs = region_sums(folder, regions, callbacks, measure=measure, **kwargs)
+    table = imp.ImportanceTable(folder.factors, measure=measure)
     for name, r in rs.items():
         if not r.counts.any():
-            ensure(callbacks).log("{}: no valid weight values (all nodata)".format(name))
-        table = table.merge(imp.importance_from_sums(r.dates, r.sums, r.counts, folder.factors, name, kinds))
+            ensure(callbacks).log("{}: no valid {} values (all nodata)".format(name, measure.replace("_", " ")))
+        if measure == imp.VARIANCE_SHARE:
+            part = imp.importance_from_band_sums(r.dates, r.sums, r.counts, folder.factors, name)
+        else:
+            part = imp.importance_from_sums(r.dates, r.sums, r.counts, folder.factors, name, kinds)
+        table = table.merge(part)
     return table
 
 
 def whole_area_importance(folder: PredictionFolder, callbacks: Optional[Callbacks] = None,
-                          use_cache: bool = True) -> imp.ImportanceTable:
-    """Importance over the whole raster: the folder's importance.csv when it holds region
-    'all' with the same factors, else streamed from the rasters."""
+                          use_cache: bool = True, measure: str = imp.WEIGHT) -> imp.ImportanceTable:
+    """Importance over the whole raster: for the weights the folder's importance.csv when it holds region
+    'all' with the same factors, else streamed from the rasters (measure as in :func:`region_importance`)."""
+    measure = folder.resolve_measure(measure)
+    if measure != imp.WEIGHT:
+        return region_importance(folder, None, callbacks, measure=measure)
     if use_cache and folder.importance_path:
         try:
             table = imp.read_importance_csv(folder.importance_path)
