@@ -46,8 +46,10 @@ def winter_summer_weights(dates, h=4, w=5):
 
 def make_prediction_folder(folder, factors=("snow", "radiation", "wind"), dates=None, weights=None, sm=None,
                            crs=CRS, transform=None, write_json=True, observations=None, tiled=False,
-                           nodata_pixels=()):
-    """Write sm.tif + weight_<factor>.tif + prediction.json; returns dict with the arrays."""
+                           nodata_pixels=(), shares=None):
+    """Write sm.tif + weight_<factor>.tif + prediction.json; returns dict with the arrays. shares: optional
+    (len(SHARE_BANDS), E, h, w) variance shares, written as variance_share_<factor>.tif like an additive or gated
+    model's prediction."""
     os.makedirs(folder, exist_ok=True)
     if dates is None:
         dates = np.arange(np.datetime64("2019-01-01"), np.datetime64("2020-01-01"))
@@ -79,6 +81,16 @@ def make_prediction_folder(folder, factors=("snow", "radiation", "wind"), dates=
                 for d, v in zip(iso, vals):
                     fh.write("%s,%d,%d,%s,%s\n" % (sid, r, c, d, "" if np.isnan(v) else "%.6f" % v))
         meta["observations"] = "observations.csv"
+    if shares is not None:
+        from ismoe_qgis.model.contribution_stats import SHARE_BANDS
+        shares = np.asarray(shares, dtype="float32")
+        assert shares.shape == (len(SHARE_BANDS), e, h, w), shares.shape
+        for i, f in enumerate(factors):
+            write_stack(os.path.join(folder, "variance_share_%s.tif" % f), shares[:, i], transform, crs,
+                        dates=list(SHARE_BANDS), tiled=tiled)
+        meta["mixture"] = "gated"
+        meta["variance_share"] = {"files": {f: "variance_share_%s.tif" % f for f in factors},
+                                  "bands": list(SHARE_BANDS), "meaning": "test", "min_days": 2}
     if write_json:
         with open(os.path.join(folder, "prediction.json"), "w") as fh:
             json.dump(meta, fh)

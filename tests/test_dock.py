@@ -167,6 +167,51 @@ def test_region_selector_polygon_in_another_crs_and_extent(dock, pred, qgis_app,
 
 
 # --------------------------------------------------------------------------- pixel inspector
+def _seasonal_shares(h=4, w=5):
+    """Shares of (snow, radiation, wind): snow 0.7 in DJF and the winter months, radiation 0.7 in JJA and the
+    summer months, wind the rest; pixel (0, 0) has no share (nodata) in any band."""
+    from ismoe_qgis.model.contribution_stats import SEASON_MONTHS, SHARE_BANDS
+    out = np.zeros((len(SHARE_BANDS), 3, h, w), np.float32)
+    for b, band in enumerate(SHARE_BANDS):
+        winter = band == "DJF" or (band.isdigit() and int(band) in SEASON_MONTHS["DJF"])
+        summer = band == "JJA" or (band.isdigit() and int(band) in SEASON_MONTHS["JJA"])
+        out[b] = np.array([0.7, 0.1, 0.2] if winter else [0.1, 0.7, 0.2] if summer else [0.3, 0.3, 0.4])[:, None, None]
+    out[:, :, 0, 0] = -9999.0
+    return out
+
+
+def test_dock_charts_the_variance_shares_of_an_additive_or_gated_prediction(dock, tmp_path, capfd):
+    folder = tmp_path / "gated"
+    make_prediction_folder(str(folder), shares=_seasonal_shares())
+    assert dock.load_source(str(folder))
+    assert dock.wait(60) and dock.message_level() == "success", dock.message()
+    assert dock.current_measure() == "variance_share" and dock.measure_combo.isEnabled()
+    assert dock.message().startswith("Variance shares of the whole area")
+    assert dock.importance_plot.getAxis("left").labelText == "variance share of the contributions"
+    x, y = dock.series_data("snow")
+    assert list(x) == list(range(1, 13))
+    assert y[0] == pytest.approx(0.7, abs=1e-6) and y[6] == pytest.approx(0.1, abs=1e-6)   # (0, 0) left out
+    assert "DJF: <b style='color:{}'>snow</b>".format(imp.factor_colour("snow")) in dock.summary_label.text()
+    assert "JJA: <b style='color:{}'>radiation</b>".format(imp.factor_colour("radiation")) in dock.summary_label.text()
+    dock.set_period("doy")                 # no share per day of year: said, not a blank chart
+    assert dock.message_level() == "warning" and "by month and season" in dock.message()
+    assert dock.series_names() == []
+    dock.set_period("month")
+    dock.set_measure("weight")             # the daily weights of the same folder, with their day of year
+    assert dock.wait(60) and dock.current_measure() == "weight"
+    assert dock.importance_plot.getAxis("left").labelText == "mean factor weight"
+    _x, yw = dock.series_data("snow")
+    assert yw[0] == pytest.approx(0.8, abs=0.01)
+    dock.set_period("doy")
+    assert len(dock.series_data("snow")[0]) == 365
+    # a folder without shares: the weights, and no choice offered
+    plain = tmp_path / "plain"
+    make_prediction_folder(str(plain))
+    assert dock.load_source(str(plain)) and dock.wait(60)
+    assert dock.current_measure() == "weight" and not dock.measure_combo.isEnabled()
+    assert_no_python_errors(capfd)
+
+
 def _click(canvas, x, y):
     """A real left click on the canvas viewport at map position (x, y) in canvas CRS."""
     from qgis.PyQt.QtCore import QPoint, Qt

@@ -143,3 +143,30 @@ def test_zones_raster_regions(run_alg, pred, tmp_path):
     np.testing.assert_allclose(t.get("tundra", "month").mean,
                                imp.seasonal_importance(pred["dates"], w, t.factors).get("all", "month").mean,
                                atol=1e-6)
+
+
+def test_variance_shares_are_charted_where_the_folder_has_them(run_alg, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    from test_dock import _seasonal_shares
+    folder = tmp_path / "gated"
+    make_prediction_folder(str(folder), shares=_seasonal_shares())
+    outs = {"OUTPUT_PNG": str(tmp_path / "s.png"), "OUTPUT_HTML": str(tmp_path / "s.html"),
+            "OUTPUT_CSV": str(tmp_path / "s.csv")}
+    results, fb = run_alg(ALG, {"INPUT": str(folder), **outs})            # MEASURE auto: the shares
+    t = imp.read_importance_csv(results["OUTPUT_CSV"])
+    assert t.measure == "variance_share" and t.kinds("all") == ["month", "season"]
+    season = t.get("all", "season")
+    np.testing.assert_allclose(season.mean[season.periods.index("DJF")], [0.7, 0.1, 0.2], atol=1e-6)
+    assert (season.n == 19).all()                                          # pixels: (0, 0) has no share
+    assert '"DJF": "snow"' in results["DOMINANT"] and '"JJA": "radiation"' in results["DOMINANT"]
+    assert "Variance share of each factor" in Path(results["OUTPUT_HTML"]).read_text()
+    assert any("measure: variance share" in m for _k, m in fb.messages)
+    results, _ = run_alg(ALG, {"INPUT": str(folder), "MEASURE": 1, **outs})   # weight: the daily weights
+    assert imp.read_importance_csv(results["OUTPUT_CSV"]).measure == "weight"
+    with pytest.raises(QgsProcessingException, match="PERIOD: variance shares are by month and season"):
+        run_alg(ALG, {"INPUT": str(folder), "PERIOD": 1, **outs})
+    plain = tmp_path / "plain"
+    make_prediction_folder(str(plain))
+    with pytest.raises(QgsProcessingException, match="MEASURE: .* has no seasonal variance shares"):
+        run_alg(ALG, {"INPUT": str(plain), "MEASURE": 2, **outs})

@@ -14,6 +14,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
 
 from ..options import CHART_PERIODS as PERIOD_OPTIONS
 from ..options import CHART_STYLES as STYLE_OPTIONS
+from ..options import IMPORTANCE_MEASURES
 from . import presentation
 from .base import IsmoeAlgorithm
 from .regions import check_region_field, crs_for_core, layer_polygons
@@ -30,7 +31,7 @@ except AttributeError:  # pragma: no cover
 class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
     INPUT, INPUT_CSV, REGIONS, REGION_FIELD = "INPUT", "INPUT_CSV", "REGIONS", "REGION_FIELD"
     ZONES, ZONE_NAMES = "ZONES", "ZONE_NAMES"
-    PERIOD, STYLE = "PERIOD", "STYLE"
+    PERIOD, STYLE, MEASURE = "PERIOD", "STYLE", "MEASURE"
     OUTPUT_PNG, OUTPUT_HTML, OUTPUT_CSV = "OUTPUT_PNG", "OUTPUT_HTML", "OUTPUT_CSV"
 
     def name(self):
@@ -79,6 +80,11 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             "PERIOD: x axis of the chart: Month (1-12), Day of year (1-366) or Season (DJF, MAM, JJA, SON). "
             "The CSV always holds all three.\n"
             "STYLE: Lines (one line per factor) or Stacked areas (weights stacked, they sum to 1).\n"
+            "MEASURE: auto (default): the variance share where the prediction folder has it (additive and gated "
+            "models: variance_share_<factor>.tif), else the daily weights; weight: the mean of the daily weight "
+            "rasters; variance_share: each pixel's share of the variance of what the factor contributes to SM "
+            "within the month or season, averaged over the region's pixels (by month or season only: a share "
+            "needs the days of a period, so Day of year is refused). A CSV input is charted in its own measure.\n"
             "OUTPUT_PNG: the chart as PNG (one panel per region, at most 12; every region is in the CSV).\n"
             "OUTPUT_HTML: optional; .html writes a page with the chart (SVG) and tables of the mean weights "
             "(dominant factor in bold); .svg writes the chart as SVG.\n"
@@ -103,6 +109,8 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             self.PERIOD, self.tr("Chart period"), [label for label, _ in PERIOD_OPTIONS], defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(
             self.STYLE, self.tr("Chart style"), STYLE_OPTIONS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.MEASURE, self.tr("Importance measure"), IMPORTANCE_MEASURES, defaultValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_PNG, self.tr("Chart (PNG)"), self.tr("PNG files (*.png)")))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -189,6 +197,7 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
         path, param = self._source(parameters, context)
         kind = PERIOD_OPTIONS[self.parameterAsEnum(parameters, self.PERIOD, context)][1]
         stacked = self.parameterAsEnum(parameters, self.STYLE, context) == 1
+        measure = IMPORTANCE_MEASURES[self.parameterAsEnum(parameters, self.MEASURE, context)]
         png = self.parameterAsFileOutput(parameters, self.OUTPUT_PNG, context)
         page = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         out_csv = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context)
@@ -209,6 +218,15 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
             for w in folder.warnings:
                 feedback.pushWarning(w)
             feedback.pushInfo(folder.describe())
+            try:
+                measure = folder.resolve_measure(measure)
+            except pf.ChartDataError as exc:
+                raise QgsProcessingException("%s: %s" % (self.MEASURE, exc)) from None
+            if measure == imp.VARIANCE_SHARE and kind == "doy":
+                raise QgsProcessingException(
+                    "%s: variance shares are by month and season (a share needs the days of a period); choose "
+                    "Month or Season, or MEASURE weight for the day of year" % self.PERIOD)
+            feedback.pushInfo("measure: %s" % imp.MEASURE_TITLES[measure])
             regions = self._regions(parameters, context, feedback, folder)
             zones = self._zones(parameters, context, folder)
             if zones:
@@ -220,11 +238,11 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
                         k += 1
                     regions[key] = zone
             if regions is None:
-                table = self.run_core(pf.whole_area_importance, folder, cb)
+                table = self.run_core(pf.whole_area_importance, folder, cb, measure=measure)
             else:
                 feedback.pushInfo("%d region(s): %s" % (len(regions), ", ".join(list(regions)[:10])
                                                         + (", …" if len(regions) > 10 else "")))
-                table = self.run_core(pf.region_importance, folder, regions, cb)
+                table = self.run_core(pf.region_importance, folder, regions, cb, measure=measure)
         if feedback.isCanceled():
             raise QgsProcessingException("cancelled by the user")
 

@@ -160,14 +160,15 @@ def importance_figure(table: imp.ImportanceTable, kind: str = "month", stacked: 
         if n > 1 or region != imp.DEFAULT_REGION:
             ax.set_title(str(region), fontsize=10)
         if i % ncols == 0:
-            ax.set_ylabel("mean factor weight")
+            ax.set_ylabel(table.title)
         if i // ncols == nrows - 1:
             ax.set_xlabel(PERIOD_TITLES.get(kind, kind))
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
     if title is None:
-        title = "Seasonal expert importance ({}{})".format(PERIOD_TITLES.get(kind, kind),
-                                                          ", stacked" if stacked else "")
+        title = "Seasonal expert importance{} ({}{})".format(
+            ": variance shares" if table.measure == imp.VARIANCE_SHARE else "", PERIOD_TITLES.get(kind, kind),
+            ", stacked" if stacked else "")
         if len(regions) > n:
             title += " - first {} of {} regions".format(n, len(regions))
     fig.suptitle(title, fontsize=11)
@@ -210,11 +211,17 @@ def write_html(table: imp.ImportanceTable, fig: "Figure", path: str, kind: str =
              "<h1>{}</h1>".format(html.escape(title))]
     if source:
         parts.append("<p>Source: <code>{}</code></p>".format(html.escape(source)))
-    parts.append("<p>Mean weight of each factor, averaged over every valid pixel-day of the period; n = number "
-                 "of values averaged. What a weight is depends on the model's MIXTURE (prediction.json "
-                 "<code>weights_meaning</code>): with the default additive mixture, the factor's share of the "
-                 "squared departure of the contributions from their training means; with convex or scaled, the "
-                 "router's softmax weight.</p>")
+    if table.measure == imp.VARIANCE_SHARE:
+        parts.append("<p>Variance share of each factor: at each pixel, the factor's share of the variance of what "
+                     "it contributes to SM over the period's days (SM = mu + the sum of the contributions; "
+                     "additive and gated models), averaged over the region's pixels; n = number of pixels. A "
+                     "contribution that is constant at a pixel (a level, not a driver) has no share.</p>")
+    else:
+        parts.append("<p>Mean weight of each factor, averaged over every valid pixel-day of the period; n = number "
+                     "of values averaged. What a weight is depends on the model's MIXTURE (prediction.json "
+                     "<code>weights_meaning</code>): with the additive and gated mixtures, the factor's share of "
+                     "the squared departure of the contributions from their training means; with convex or scaled, "
+                     "the router's softmax weight.</p>")
     parts.append(figure_svg(fig))
     for region in table.regions:
         for k in [k for k in ("season", kind if kind != "doy" else "month") if k in table.kinds(region)]:

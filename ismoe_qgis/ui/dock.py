@@ -235,6 +235,7 @@ class ImportanceDock(QgsDockWidget):
         self.project().readProject.connect(self._on_project_read)
         self.set_temporal_controller(self._canvas_temporal_controller())
         self._update_region_widgets()
+        self._update_measure_widget()
         self.show_message("Choose a prediction folder (output of ismoe:predict) or a seasonal-importance CSV.")
 
     # ------------------------------------------------------------------ UI
@@ -321,7 +322,17 @@ class ImportanceDock(QgsDockWidget):
         self.style_combo.addItem("Lines", False)
         self.style_combo.addItem("Stacked areas", True)
         self.style_combo.currentIndexChanged.connect(lambda _i: self._safe(self.redraw))
-        row.addWidget(QLabel("By", tab))
+        self.measure_combo = QComboBox(tab)
+        self.measure_combo.addItem("Variance share", imp.VARIANCE_SHARE)
+        self.measure_combo.addItem("Daily weight", imp.WEIGHT)
+        self.measure_combo.setToolTip(
+            "Variance share: each factor's share of the variance of what it contributes to SM in the period, "
+            "averaged over the region's pixels (additive and gated models; by month or season). Daily weight: the "
+            "mean of the weight rasters (what prediction.json's weights_meaning says they hold)")
+        self.measure_combo.currentIndexChanged.connect(lambda _i: self._safe(self._on_measure_changed))
+        row.addWidget(QLabel("Show", tab))
+        row.addWidget(self.measure_combo)
+        row.addWidget(QLabel("by", tab))
         row.addWidget(self.period_combo)
         row.addWidget(self.style_combo)
         row.addStretch(1)
@@ -469,6 +480,7 @@ class ImportanceDock(QgsDockWidget):
         except (pf.ChartDataError, imp.ImportanceError) as exc:
             self.source_path = ""
             self._update_region_widgets()
+            self._update_measure_widget()
             self.show_message(str(exc), "error")
             return False
         self.source_path = os.path.abspath(path)
@@ -489,6 +501,7 @@ class ImportanceDock(QgsDockWidget):
             self.show_message("Loaded {}.{}".format(os.path.basename(self.source_path), note),
                               "warning" if source.warnings else "success")
         self._update_region_widgets()
+        self._update_measure_widget()
         # writePath: relative to the project file when the project saves relative paths
         self.project().writeEntry(PROJECT_SCOPE, PROJECT_KEY_SOURCE, self.project().writePath(self.source_path))
         self.sourceLoaded.emit(self.source_path)
@@ -512,6 +525,36 @@ class ImportanceDock(QgsDockWidget):
         self._on_project_read()
 
     # ------------------------------------------------------------------ regions
+    def current_measure(self):
+        """What the chart shows: 'variance_share' or 'weight' (a CSV's own measure)."""
+        if self.csv_table is not None:
+            return self.csv_table.measure
+        return self.measure_combo.currentData()
+
+    def set_measure(self, measure):
+        i = self.measure_combo.findData(measure)
+        if i < 0:
+            raise pf.ChartDataError("Unknown measure {!r}".format(measure))
+        self.measure_combo.setCurrentIndex(i)
+
+    def _update_measure_widget(self):
+        """The measure of a new source: a folder's default (the variance share where it has one by season),
+        a CSV's own; the choice is offered only where both exist."""
+        self.measure_combo.blockSignals(True)
+        if self.csv_table is not None:
+            measure, enabled = self.csv_table.measure, False
+        elif self.folder is not None:
+            measure, enabled = self.folder.default_measure, self.folder.has_seasonal_shares
+        else:
+            measure, enabled = imp.WEIGHT, False
+        self.measure_combo.setCurrentIndex(max(0, self.measure_combo.findData(measure)))
+        self.measure_combo.setEnabled(enabled)
+        self.measure_combo.blockSignals(False)
+
+    def _on_measure_changed(self):
+        if self.folder is not None:
+            self.compute()
+
     def _update_region_widgets(self):
         self.region_combo.blockSignals(True)
         self.region_combo.clear()
@@ -645,20 +688,21 @@ class ImportanceDock(QgsDockWidget):
                 return
             raise pf.ChartDataError("Load a prediction folder first")
         key, name, region = self.current_region()
-        key = (self.source_path,) + key
+        measure = self.folder.resolve_measure(self.current_measure())
+        key = (self.source_path, measure) + key
         if key in self._cache:
             self._show_table(self._cache[key], name)
             return
         folder = self.folder
         if region is None:
             def fn(cb):
-                return pf.whole_area_importance(folder, cb)
+                return pf.whole_area_importance(folder, cb, measure=measure)
         else:
             # validate in the GUI thread (cheap: mask only) so a bad region is a message now
             pf.region_mask(folder, region, name)
 
             def fn(cb):
-                t = pf.region_importance(folder, {imp.DEFAULT_REGION: region}, cb)
+                t = pf.region_importance(folder, {imp.DEFAULT_REGION: region}, cb, measure=measure)
                 return t
 
         def done(task):
@@ -673,8 +717,9 @@ class ImportanceDock(QgsDockWidget):
             else:
                 self._cache[key] = task.result
                 self._show_table(task.result, name)
-                self.show_message("Importance of the {} ({} dates).{}".format(
-                    name, self.folder.n_dates if self.folder else "?", self._spread_note(region, task.result)),
+                self.show_message("{} of the {} ({} dates).{}".format(
+                    "Variance shares" if measure == imp.VARIANCE_SHARE else "Importance", name,
+                    self.folder.n_dates if self.folder else "?", self._spread_note(region, task.result)),
                     "success")
         self._start_task("importance", "ISMoE: seasonal importance of the {}".format(name), fn, done)
         self.show_message("Computing the importance of the {}…".format(name))
@@ -751,12 +796,17 @@ class ImportanceDock(QgsDockWidget):
         if region is None or region not in self.table.regions:
             region = self.table.regions[0] if self.table.regions else None
         kind = self.current_kind()
+        plot = self.importance_plot
+        plot.setLabel("left", self.table.title)
+        if region is not None and kind == "doy" and self.table.measure == imp.VARIANCE_SHARE:
+            self.show_message("Variance shares are by month and season (a share needs the days of a period): "
+                              "choose Month or Season, or show the daily weights.", "warning")
+            return
         if region is None or kind not in self.table.kinds(region):
             self.show_message("The source has no {} values for {}".format(ic.PERIOD_TITLES[kind], region), "warning")
             return
         series = self.table.get(region, kind)
         stacked = bool(self.style_combo.currentData())
-        plot = self.importance_plot
         symbol = "o" if kind != "doy" and not stacked else None
         entries = []
         banded = False
