@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from ismoe_qgis.model import inference  # noqa: E402
 from ismoe_qgis.model.io import load_model, save_model  # noqa: E402
 from ismoe_qgis.model.networks import MIXTURES, ModelConfig, SoilMoistureNet, silent_factor_mask  # noqa: E402
+from ismoe_qgis.model.networks import window_rows  # noqa: E402
 from ismoe_qgis.model.sample_inference import set_contribution_reference  # noqa: E402
 from ismoe_qgis.model.sampler import WindowSampler  # noqa: E402
 from ismoe_qgis.model.train import TrainConfig, train  # noqa: E402
@@ -52,7 +53,10 @@ def test_mixture_forms_compute_what_they_say(mixture):
         with torch.no_grad():
             model.contrib_ref.copy_(torch.tensor([0.2, -0.1, 0.05]))
             y, w, c = model(xb, db)
-            logits = model.router(states, None, db)[:, 0].masked_fill(silent, float("-inf"))
+            assert model.cfg.router_input == "inputs_mean"          # ROUTER_INPUT auto, for gated
+            k = cube.patch_size
+            centre = window_rows(xb[:, :, :, k // 2, k // 2], cube.seq_len)
+            logits = model.router(states, centre, db)[:, 0].masked_fill(silent, float("-inf"))
         gates = E * torch.softmax(logits, dim=1)
         assert torch.all(c[silent] == 0)                             # silent factors contribute nothing
         np.testing.assert_allclose(c.numpy(), (gates * raw).masked_fill(silent, 0).numpy(), rtol=1e-5, atol=1e-6)
@@ -169,12 +173,27 @@ def test_gated_training_with_its_priors_sets_reference_and_notes_the_router(tmp_
     res = train(cube, str(path), "ismoe", TrainConfig(epochs=2, samples_per_epoch=64, val_samples=64, batch_size=32,
                                                       consecutive_days=2, gate_smoothness=1.0, contribution_l1=0.01,
                                                       val_start="2021-01-10", test_start="2021-01-20"),
-                {"mixture": "gated", "conv_channels": 4, "hidden": 8}, Callbacks(log=logs.append))
+                {"mixture": "gated", "router_input": "expert_states", "conv_channels": 4, "hidden": 8},
+                Callbacks(log=logs.append))
     model, cfg, info = load_model(str(path))
     assert cfg.mixture == "gated" and model.router is not None and torch.any(model.contrib_ref != 0)
     assert info["train"]["gate_smoothness"] == 1.0 and info["train"]["contribution_l1"] == 0.01
     assert any("the gated mixture with ROUTER_INPUT expert_states" in m for m in logs)
     assert np.isfinite(res["val_cc"])
+
+
+def test_the_default_is_gated_with_the_router_on_the_inputs_means_and_old_files_keep_theirs():
+    cube = small_cube()
+    cfg = ModelConfig(factors=FACTORS, variables=cube.variables, patch_size=cube.patch_size, seq_len=cube.seq_len)
+    assert cfg.mixture == "gated" and cfg.router_input == "inputs_mean"          # "auto", resolved and recorded
+    for mixture in ("convex", "scaled"):
+        c = ModelConfig(factors=FACTORS, variables=cube.variables, mixture=mixture, router_input="auto")
+        assert c.router_input == "expert_states"
+    c = ModelConfig(factors=FACTORS, variables=cube.variables, mixture="gated", router_input="all_states")
+    assert c.router_input == "all_states"                                      # a choice is kept
+    old = ModelConfig.from_dict({"factors": FACTORS, "variables": cube.variables})   # a file from before both
+    assert old.mixture == "convex" and old.router_input == "expert_states"
+    assert ModelConfig.from_dict(cfg.to_dict()).router_input == "inputs_mean"
 
 
 @pytest.mark.parametrize("mixture", ["additive", "gated"])

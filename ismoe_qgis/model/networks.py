@@ -33,8 +33,9 @@ How the experts are combined is the ``mixture`` (MIXTURE), and so is what a fact
 With ``mask_silent`` a factor without signal in the window (below) is left out: weight 0 in the
 convex and scaled forms, contribution 0 and weight 0 in the additive form.
 
-The convex and scaled forms' router turns expert evidence into softmax weights. Router inputs (``router_input``):
-- ``expert_states`` (default): each expert's final LSTM state is scored by that expert's own
+The convex, scaled and gated forms' router turns expert evidence into softmax weights. Router inputs
+(``router_input``; the default ``auto`` is inputs_mean for gated, expert_states for convex and scaled):
+- ``expert_states``: each expert's final LSTM state is scored by that expert's own
   small scoring network; a factor is weighted for what its own input shows, not for the date.
 - ``all_states``: one network scores all experts from the concatenated states.
 - ``inputs``: the factors' centre-pixel sequences (flattened).
@@ -55,7 +56,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # the option lists (MEMORY, MIXTURE, ...) and what a weight raster holds per mixture: ismoe_qgis/options.py
-from ..options import MEMORIES, MIXTURES, MODEL_TYPES, ROUTER_INPUTS, WEIGHT_MEANING, patch_size_problem
+from ..options import (MEMORIES, MIXTURE_DEFAULT, MIXTURES, MODEL_TYPES, ROUTER_INPUT_DEFAULT, ROUTER_INPUTS,
+                       WEIGHT_MEANING, patch_size_problem, router_input_for)
 from .lstm import active_autocast_dtype, sequence_lstm, window_lstm
 
 SILENT_TOL = 1e-4  # range of a normalised variable in a window below which it is silent
@@ -71,10 +73,10 @@ class ModelConfig:
     conv_channels: int = 16
     hidden: int = 64
     router_hidden: int = 32
-    router_input: str = "expert_states"
+    router_input: str = ROUTER_INPUT_DEFAULT   # "auto" is resolved by the mixture in __post_init__
     dropout: float = 0.1
     mask_silent: bool = True
-    mixture: str = "additive"
+    mixture: str = MIXTURE_DEFAULT
     memory: str = "window"
     spin_up: int = 0            # stateful: days the LSTM runs before the first supervised/output day
     members: int = 1            # ENSEMBLE: members trained together, stacked on the experts' axis
@@ -104,6 +106,7 @@ class ModelConfig:
             raise ValueError(f"member kind must be ensemble or folds, got '{self.member_kind}'")
         if self.router_input not in ROUTER_INPUTS:
             raise ValueError(f"router input must be one of {', '.join(ROUTER_INPUTS)}, got '{self.router_input}'")
+        self.router_input = router_input_for(self.mixture, self.router_input)
         if patch_size_problem(self.patch_size):
             raise ValueError(patch_size_problem(self.patch_size))
         if self.seq_len < 1:
@@ -129,6 +132,7 @@ class ModelConfig:
     def from_dict(cls, d):
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         known.setdefault("mixture", "convex")    # model files from before MIXTURE were all convex
+        known.setdefault("router_input", "expert_states")   # ... and from before ROUTER_INPUT routed on states
         return cls(**known)
 
     @property
