@@ -1,9 +1,12 @@
-"""Summary of a demo run: per sub-region CC/RMSE on the held-out period and the top-weighted factor.
+"""Summary of a demo run: per sub-region CC/RMSE on the held-out period and the factors ranked by importance.
 
     python -m ismoe_qgis.demo_summary --region out/demo/region --prediction out/demo/prediction \
         --test-start 2019-01-01 --out out/demo/summary.json
 
-Reads the prediction folder (sm.tif, weight_<factor>.tif), the demo's target and regions rasters.
+Reads the prediction folder (sm.tif, weight_<factor>.tif, variance_share_<factor>.tif), the demo's target and
+regions rasters. The ranking follows the product's importance measure (model/importance.py): the variance share
+where the prediction has it (additive and gated models: the region's mean of each pixel's share of the period's
+contribution variance; the prediction covers the held-out period), else the mean daily weight.
 No qgis import: runs from a plain Python.
 """
 import argparse
@@ -23,13 +26,16 @@ def _read(path):
         return a, list(ds.descriptions)
 
 
-def region_summary(obs, est, weights, regions, region_names, drivers, dates):
-    """Per sub-region skill and routing weights, from arrays.
+def region_summary(obs, est, weights, regions, region_names, drivers, dates, shares=None):
+    """Per sub-region skill and importance, from arrays.
 
     obs, est: (T, H, W) SM (NaN = missing); weights: {factor: (T, H, W)}; regions: (H, W) int codes;
-    region_names: {code: name}; drivers: {name: [planted factors]}; dates: (T,) datetime64.
-    Per region: pooled CC/RMSE/KGE, mean weight per factor (overall and per season), the factor
-    ranking, and whether the planted drivers are the top-weighted factors.
+    region_names: {code: name}; drivers: {name: [planted factors]}; dates: (T,) datetime64;
+    shares: optional {factor: {band: (H, W)}} variance shares (bands "period", "DJF", ... of
+    contribution_stats.SHARE_BANDS).
+    Per region: pooled CC/RMSE/KGE, mean weight per factor (overall and per season), with shares the
+    mean variance share per factor (overall and per season), the factor ranking by the importance
+    measure (the shares when given, else the weights), and whether the planted drivers are its top.
     """
     from .model.metrics import metrics, season_of
     seasons = season_of(dates)
@@ -38,16 +44,23 @@ def region_summary(obs, est, weights, regions, region_names, drivers, dates):
         m = regions == int(code)
         met = metrics(obs[:, m], est[:, m])
         mean_w = {f: float(np.nanmean(w[:, m])) for f, w in weights.items()}
-        ranked = sorted(mean_w, key=mean_w.get, reverse=True)
+        mean_s = ({f: float(np.nanmean(b["period"][m])) for f, b in shares.items()} if shares else None)
+        importance = mean_s if mean_s else mean_w
+        ranked = sorted(importance, key=importance.get, reverse=True)
         planted = list(drivers.get(rname, []))
         by_season = {}
         for s in ("DJF", "MAM", "JJA", "SON"):
             sel = seasons == s
             if sel.any():
                 sw = {f: float(np.nanmean(w[sel][:, m])) for f, w in weights.items()}
-                by_season[s] = {"mean_weights": sw, "ranking": sorted(sw, key=sw.get, reverse=True)}
+                entry = {"mean_weights": sw, "ranking": sorted(sw, key=sw.get, reverse=True)}
+                if shares:
+                    ss = {f: float(np.nanmean(b[s][m])) for f, b in shares.items()}
+                    entry.update(mean_shares=ss, ranking=sorted(ss, key=ss.get, reverse=True))
+                by_season[s] = entry
         out[rname] = {
             "cc": met["cc"], "rmse": met["rmse"], "kge": met["kge"], "n": met["n"],
+            "importance": "variance_share" if mean_s else "weight", "mean_shares": mean_s,
             "top_factor": ranked[0], "mean_weights": mean_w, "ranking": ranked, "planted_drivers": planted,
             "planted_rank": {f: ranked.index(f) + 1 for f in planted if f in ranked},
             "planted_are_top": sorted(ranked[:len(planted)]) == sorted(planted),
@@ -70,16 +83,29 @@ def summarise(region_dir, prediction_dir, test_start=None):
     test_start = np.datetime64(test_start or str(dates[-1] - np.timedelta64(364, "D")), "D")
     sel = dates >= test_start
     weights = {f: _read(os.path.join(prediction_dir, fn))[0][sel] for f, fn in pred["weights"].items()}
+    shares = None
+    vs = pred.get("variance_share") or {}
+    if vs.get("files") and "DJF" in (vs.get("bands") or []) and dates[0] >= test_start:
+        shares = {}
+        for f, fn in vs["files"].items():
+            a, _ = _read(os.path.join(prediction_dir, fn))
+            shares[f] = {b: a[i] for i, b in enumerate(vs["bands"])}
     return {"held_out": [str(dates[sel][0]), str(dates[sel][-1])], "model_type": pred.get("model_type"),
+            "mixture": pred.get("mixture"),
             "regions": region_summary(target[idx][sel], sm[sel], weights, regions[0], man["region_names"],
-                                      man["drivers"], dates[sel])}
+                                      man["drivers"], dates[sel], shares)}
 
 
 def format_table(summary) -> str:
-    lines = [f"held-out period {summary['held_out'][0]}..{summary['held_out'][1]} ({summary.get('model_type')})",
-             f"{'region':<10}{'CC':>7}{'RMSE':>9}  {'top factor':<14}{'planted drivers':<24}weights (top 3)"]
-    for r, s in summary["regions"].items():
-        top3 = ", ".join(f"{f} {s['mean_weights'][f]:.2f}" for f in s["ranking"][:3])
+    regions = summary["regions"]
+    by_share = any(s.get("mean_shares") for s in regions.values())
+    what = "variance shares" if by_share else "weights"
+    model = summary.get("model_type") + (f", {summary['mixture']}" if summary.get("mixture") else "")
+    lines = [f"held-out period {summary['held_out'][0]}..{summary['held_out'][1]} ({model})",
+             f"{'region':<10}{'CC':>7}{'RMSE':>9}  {'top factor':<14}{'planted drivers':<24}{what} (top 3)"]
+    for r, s in regions.items():
+        values = s["mean_shares"] if by_share else s["mean_weights"]
+        top3 = ", ".join(f"{f} {values[f]:.2f}" for f in s["ranking"][:3])
         lines.append(f"{r:<10}{s['cc']:>7.3f}{s['rmse']:>9.4f}  {s['top_factor']:<14}"
                      f"{'+'.join(s['planted_drivers']):<24}{top3}")
     return "\n".join(lines)

@@ -271,3 +271,30 @@ def test_leap_years_and_start(tmp_path):
     assert str(sim["dates"][-1]) == "2020-12-31"
     sim = demo.simulate(size=8, years=2, seed=0, start="2019-07-01")
     assert str(sim["dates"][0]) == "2019-07-01" and str(sim["dates"][-1]) == "2021-06-30"
+
+
+def test_demo_summary_ranks_by_the_variance_share_when_the_prediction_has_it():
+    """The summary's top factors follow the product's importance measure: the variance share (here a factor
+    whose weight is high only through a level ranks last by its share), else the mean weight."""
+    from ismoe_qgis.demo_summary import format_table, region_summary
+    rng = np.random.default_rng(0)
+    T, H, W = 40, 2, 4
+    dates = np.arange("2019-01-01", T, dtype="datetime64[D]")
+    obs = rng.normal(size=(T, H, W))
+    est = obs + 0.1 * rng.normal(size=(T, H, W))
+    weights = {"lake": np.full((T, H, W), 0.6), "wind": np.full((T, H, W), 0.3), "snow": np.full((T, H, W), 0.1)}
+    regions = np.ones((H, W), int)
+    bands = ("period", "DJF", "MAM", "JJA", "SON")
+    shares = {"lake": {b: np.full((H, W), 0.05) for b in bands}, "wind": {b: np.full((H, W), 0.55) for b in bands},
+              "snow": {b: np.full((H, W), 0.40) for b in bands}}
+    by_weight = region_summary(obs, est, weights, regions, {1: "r"}, {"r": ["wind", "snow"]}, dates)["r"]
+    assert by_weight["importance"] == "weight" and by_weight["ranking"] == ["lake", "wind", "snow"]
+    assert not by_weight["planted_are_top"]
+    summ = region_summary(obs, est, weights, regions, {1: "r"}, {"r": ["wind", "snow"]}, dates, shares)["r"]
+    assert summ["importance"] == "variance_share" and summ["ranking"] == ["wind", "snow", "lake"]
+    assert summ["planted_are_top"] and summ["mean_shares"]["lake"] == pytest.approx(0.05)
+    assert summ["seasons"]["DJF"]["ranking"] == ["wind", "snow", "lake"]
+    assert summ["cc"] > 0.9
+    text = format_table({"held_out": ["2019-01-01", "2019-02-09"], "model_type": "ismoe", "mixture": "gated",
+                         "regions": {"r": summ}})
+    assert "(ismoe, gated)" in text and "variance shares (top 3)" in text and "wind 0.55, snow 0.40, lake 0.05" in text
