@@ -142,3 +142,88 @@ def test_variant_maps_match_the_snapshot(current):
     for name, alg in expected["algorithms"].items():
         assert json.dumps(got["algorithms"][name]["variant_maps"], sort_keys=True) == \
             json.dumps(alg["variant_maps"], sort_keys=True), name
+
+
+# --------------------------------------------------------------------------- the helpers and the help they build
+def test_family_parameters_are_declared_once(current):
+    """A parameter of a family (families.py) is the same definition in every algorithm of the family."""
+    from ismoe_qgis.algorithms.families import FactorLayersAlgorithm, RegionsAlgorithm, TorchAlgorithm
+    from ismoe_qgis.algorithms.registry import ALGORITHMS
+    families = {FactorLayersAlgorithm: ("FACTORS", "REFERENCE", "START_DATE", "STEP_DAYS"),
+                TorchAlgorithm: ("DEVICE", "DATASET"), RegionsAlgorithm: ("REGIONS", "REGION_FIELD")}
+    for family, names in families.items():
+        members = [cls().name() for cls in ALGORITHMS if issubclass(cls, family)]
+        assert len(members) >= 2, family
+        for name in names:
+            seen = [dict(p) for m in members for p in current["algorithms"][m]["parameters"] if p["name"] == name]
+            for p in seen:
+                p.pop("flags"), p.pop("advanced")      # evaluate shows DEVICE under the advanced parameters
+            assert len(seen) >= 2 and all(p == seen[0] for p in seen), (family.__name__, name)
+
+
+def probe_class():
+    from ismoe_qgis.algorithms.base import IsmoeAlgorithm
+
+    class Probe(IsmoeAlgorithm):
+        def name(self):
+            return "probe"
+
+        def helpIntro(self):  # noqa: N802
+            return "Intro mentions EPOCHS and a_<x>.tif."
+
+        def helpOutro(self):  # noqa: N802
+            return "Outro."
+
+        def initAlgorithm(self, config=None):  # noqa: N802
+            self.addParameterInt("EPOCHS", "Epochs", 30, min=1, help="at most EPOCHS_MAX; see MODE=fast.")
+            self.addParameterInt("EPOCHS_MAX", "Most epochs", 50, advanced=True)
+            self.addParameterEnum("MODE", "Mode", ["fast", "slow"], default=1, optional=True,
+                                  help=lambda alg: "chosen by %s." % alg.name())
+
+    return Probe
+
+
+def test_helpers_set_flags_and_keep_qgis_defaults(qgis_app):
+    from ismoe_qgis.algorithms.qgis_compat import PARAM_FLAG_ADVANCED, PARAM_FLAG_OPTIONAL
+    alg = probe_class()()
+    alg.initAlgorithm()
+    epochs, most, mode = alg.parameterDefinitions()
+    assert (epochs.minimum(), epochs.defaultValue(), int(epochs.flags())) == (1, 30, 0)
+    assert epochs.maximum() > 1e300 and most.minimum() < -1e300
+    assert most.flags() & PARAM_FLAG_ADVANCED and not most.flags() & PARAM_FLAG_OPTIONAL
+    assert mode.flags() & PARAM_FLAG_OPTIONAL and mode.options() == ["fast", "slow"] and mode.defaultValue() == 1
+
+
+def test_help_is_built_from_the_declarations(qgis_app):
+    alg = probe_class()()
+    alg.initAlgorithm()
+    assert alg.helpParameters() == [("Epochs", "at most EPOCHS_MAX; see MODE=fast."), ("Mode", "chosen by probe.")]
+    from ismoe_qgis.algorithms.presentation import parameter_help
+    entries = [("EPOCHS", "at most EPOCHS_MAX; see MODE=fast."), ("MODE", "chosen by probe.")]
+    intro, outro = alg.helpIntro(), alg.helpOutro()
+    assert parameter_help(alg, intro, entries, outro, as_html=True) == (
+        "Intro mentions <i>Epochs</i> and a_&lt;x&gt;.tif.\n\n"
+        "<b>Epochs</b> (EPOCHS): at most <i>Most epochs</i> (EPOCHS_MAX); see MODE=fast.\n"
+        "<b>Mode</b> (MODE): chosen by probe.\n\nOutro.")
+    assert parameter_help(alg, intro, entries, outro, as_html=False) == (
+        "Intro mentions EPOCHS and a_<x>.tif.\n\n"
+        "Epochs (EPOCHS): at most Most epochs (EPOCHS_MAX); see MODE=fast.\n"
+        "Mode (MODE): chosen by probe.\n\nOutro.")
+    assert alg.shortHelpString() in (parameter_help(alg, intro, entries, outro, as_html=True),
+                                     parameter_help(alg, intro, entries, outro, as_html=False))
+    # an instance initAlgorithm has not run on (QGIS always runs it) still gets the whole help
+    assert probe_class()().shortHelpString().count("(EPOCHS)") == 1
+
+
+def test_every_algorithm_help_follows_its_declarations(current):
+    """shortHelpString: the intro, then one entry per parameter declared with help, in declaration order."""
+    from ismoe_qgis.algorithms.registry import ALGORITHMS
+    for cls in ALGORITHMS:
+        alg = cls()
+        alg.initAlgorithm({})
+        text = alg.shortHelpString()
+        labels = [label for label, _ in alg.helpParameters()]
+        assert labels, alg.name()
+        positions = [text.find("<b>%s</b> (" % label.replace("<", "&lt;").replace(">", "&gt;")) for label in labels]
+        assert -1 not in positions and positions == sorted(positions), alg.name()
+        assert text.startswith(alg.helpIntro()[:40].replace("<", "&lt;")), alg.name()
