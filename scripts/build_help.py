@@ -60,7 +60,7 @@ def _page(title, body):
 
 
 def algorithm_page(alg):
-    # outside qgis_process shortHelpString() is HTML already (presentation.labelled_help); a model's is text
+    # outside qgis_process shortHelpString() is HTML already (presentation.parameter_help); a model's is text
     text = alg.shortHelpString() or ""
     help_html = html.escape(text, quote=False) if hasattr(alg, "childAlgorithms") else text
     paras = "".join("<p>%s</p>\n" % p for p in help_html.split("\n") if p.strip())

@@ -1,20 +1,33 @@
 """Base class of the ISMoE Processing algorithms: feedback adapter, torch check, errors.
 
-Subclasses define name/displayName/shortHelpString/initAlgorithm/processAlgorithm and
+Subclasses define name/displayName/helpIntro/initAlgorithm/processAlgorithm and
 keep the business logic in the core (ismoe_qgis.data / ismoe_qgis.model), which they
 call through ``self.run_core(fn, ..., callbacks=self.callbacks(feedback))``.
 Never import torch at module level in an algorithm module: call ``self.require_torch()``
 in processAlgorithm (or let the core import it inside ``run_core``).
+
+Parameters are declared in initAlgorithm with the typed helpers (``addParameterInt``, ``addParameterEnum``,
+``addParameterFile``, ...: keyword ``optional=``, ``advanced=``, ``help=``), and the help is assembled from the
+same declarations: ``shortHelpString`` = ``helpIntro()``, then one entry per parameter declared with help (in
+declaration order, headed by the label the form shows and the parameter's name), then ``helpOutro()``.
+Parameters that several algorithms share are declared once, in the families of ``families.py``.
 """
 import contextlib
 import functools
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterField, QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
+                       QgsProcessingParameterFolderDestination, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core_callbacks import Callbacks, Cancelled
 from ..deps import torch_missing_message  # one owner of the install advice
+from . import presentation
 from .enums import EnumNamesMixin
+from .qgis_compat import (FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, PARAM_FLAG_ADVANCED, PARAM_FLAG_HIDDEN,
+                          PARAM_FLAG_OPTIONAL, add_param_flags)
 
 
 # --------------------------------------------------------------------------- signals
@@ -182,6 +195,134 @@ class IsmoeAlgorithm(EnumNamesMixin, QgsProcessingAlgorithm):
 
     def tr(self, text):
         return QCoreApplication.translate(type(self).__name__, text)
+
+    # -- parameters: typed declarations that carry their help (issue 12 item 7) --------------
+    # Each helper builds the QGIS definition from the same arguments as the plain constructor (arguments
+    # left out keep QGIS's defaults), sets the flags (optional/advanced/hidden: qgis_compat, 3.22 and later)
+    # and records `help` (a translated string, or a callable that takes the algorithm and returns one, for help
+    # that depends on the machine, called when the help is shown) for shortHelpString. They return the definition.
+    def addParameterDefinition(self, definition, optional=False, advanced=False, hidden=False,  # noqa: N802
+                               help=None):
+        """Add a ready QgsProcessingParameterDefinition with these flags and help (every helper ends here)."""
+        flags = [f for f, on in ((PARAM_FLAG_OPTIONAL, optional), (PARAM_FLAG_ADVANCED, advanced),
+                                 (PARAM_FLAG_HIDDEN, hidden)) if on]
+        if flags:
+            add_param_flags(definition, *flags)
+        name = definition.name()
+        if self.addParameter(definition) and help:
+            if self.__dict__.get("_parameter_help") is None:
+                self._parameter_help = {}
+            self._parameter_help[name] = help
+        return definition
+
+    @staticmethod
+    def _range(minimum, maximum):
+        out = {}
+        if minimum is not None:
+            out["minValue"] = minimum
+        if maximum is not None:
+            out["maxValue"] = maximum
+        return out
+
+    def addParameterInt(self, name, label, default=None, min=None, max=None, **kw):  # noqa: N802
+        """An integer (QgsProcessingParameterNumber, Integer); min/max: QGIS's limits when None."""
+        return self.addParameterDefinition(QgsProcessingParameterNumber(
+            name, label, NUMBER_INTEGER, default, False, **self._range(min, max)), **kw)
+
+    def addParameterFloat(self, name, label, default=None, min=None, max=None, **kw):  # noqa: N802
+        """A floating-point number (QgsProcessingParameterNumber, Double)."""
+        return self.addParameterDefinition(QgsProcessingParameterNumber(
+            name, label, NUMBER_DOUBLE, default, False, **self._range(min, max)), **kw)
+
+    def addParameterBool(self, name, label, default=False, **kw):  # noqa: N802
+        return self.addParameterDefinition(QgsProcessingParameterBoolean(name, label, default), **kw)
+
+    def addParameterEnum(self, name, label, options, default=0, multiple=False, **kw):  # noqa: N802
+        """A choice among `options` (an option list of ismoe_qgis.options); the value is an index, and the
+        option names are accepted too (enums.EnumNamesMixin). multiple: a list of indices."""
+        return self.addParameterDefinition(QgsProcessingParameterEnum(
+            name, label, list(options), multiple, default), **kw)
+
+    def addParameterString(self, name, label, default=None, multiLine=False, **kw):  # noqa: N802
+        return self.addParameterDefinition(QgsProcessingParameterString(name, label, default, multiLine), **kw)
+
+    def addParameterFile(self, name, label, behavior=FILE_BEHAVIOR_FILE, extension=None, fileFilter=None,  # noqa: N802
+                         default=None, **kw):
+        """An existing file (or folder: behavior=qgis_compat.FILE_BEHAVIOR_FOLDER), by extension or filter."""
+        given = {k: v for k, v in (("extension", extension), ("fileFilter", fileFilter)) if v is not None}
+        return self.addParameterDefinition(QgsProcessingParameterFile(
+            name, label, behavior, defaultValue=default, **given), **kw)
+
+    def addParameterFileDestination(self, name, label, fileFilter=None, default=None,  # noqa: N802
+                                    createByDefault=True, **kw):
+        given = {"fileFilter": fileFilter} if fileFilter is not None else {}
+        return self.addParameterDefinition(QgsProcessingParameterFileDestination(
+            name, label, defaultValue=default, createByDefault=createByDefault, **given), **kw)
+
+    def addParameterFolderDestination(self, name, label, default=None, createByDefault=True, **kw):  # noqa: N802
+        return self.addParameterDefinition(QgsProcessingParameterFolderDestination(
+            name, label, default, False, createByDefault), **kw)
+
+    def addParameterFeatureSource(self, name, label, types, default=None, **kw):  # noqa: N802
+        """A vector source of the qgis_compat SOURCE_* `types`."""
+        return self.addParameterDefinition(QgsProcessingParameterFeatureSource(
+            name, label, list(types), default), **kw)
+
+    def addParameterField(self, name, label, parent, default=None, **kw):  # noqa: N802
+        """A field of the source or layer parameter named `parent`."""
+        return self.addParameterDefinition(QgsProcessingParameterField(name, label, default, parent), **kw)
+
+    def addParameterRasterLayer(self, name, label, default=None, **kw):  # noqa: N802
+        return self.addParameterDefinition(QgsProcessingParameterRasterLayer(name, label, default), **kw)
+
+    def addParameterMultipleLayers(self, name, label, layerType, default=None, **kw):  # noqa: N802
+        """Several layers (or files: qgis_compat.SOURCE_FILE) of `layerType`."""
+        return self.addParameterDefinition(QgsProcessingParameterMultipleLayers(
+            name, label, layerType, default), **kw)
+
+    def addParameterExtent(self, name, label, default=None, **kw):  # noqa: N802
+        return self.addParameterDefinition(QgsProcessingParameterExtent(name, label, default), **kw)
+
+    # -- help from the declarations ----------------------------------------------------------
+    def helpIntro(self):  # noqa: N802
+        """The paragraph(s) before the parameters: what the algorithm does (translated)."""
+        return ""
+
+    def helpOutro(self):  # noqa: N802
+        """The paragraph(s) after the parameters (outputs, cancelling, ...); default none."""
+        return ""
+
+    def _declared(self):
+        """This instance when initAlgorithm has run on it, else an initialised fresh one (for the help)."""
+        if self.parameterDefinitions() or self.__dict__.get("_parameter_help") is not None:
+            return self
+        fresh = type(self)()
+        fresh.initAlgorithm({})
+        return fresh
+
+    def _help_entries(self):
+        """[(name, help text)] of the parameters declared with help, in declaration order."""
+        declared = self._declared()
+        helps = declared.__dict__.get("_parameter_help") or {}
+        out = []
+        for definition in declared.parameterDefinitions():
+            text = helps.get(definition.name())
+            text = text(declared) if callable(text) else text
+            if text:
+                out.append((definition.name(), text))
+        return out, declared
+
+    def helpParameters(self):  # noqa: N802
+        """[(label, help text)] of the parameters declared with help, in declaration order; the label is the
+        one the form shows."""
+        entries, declared = self._help_entries()
+        return [(declared.parameterDefinition(name).description(), text) for name, text in entries]
+
+    def shortHelpString(self):  # noqa: N802
+        """helpIntro, one entry per parameter with help ('<b>Label</b> (NAME): ...'; plain text for
+        qgis_process), helpOutro: presentation.parameter_help."""
+        entries, declared = self._help_entries()
+        return presentation.parameter_help(declared, self.helpIntro(), entries, self.helpOutro())
 
     # -- parameter checks ---------------------------------------------------------------
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)

@@ -1,32 +1,21 @@
 """ismoe:evaluate: models (+ reference products, baselines) on a dataset -> metrics, report, importance."""
 import os
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingException,
-                       QgsProcessingOutputFile, QgsProcessingOutputHtml, QgsProcessingOutputNumber,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterMultipleLayers, QgsProcessingParameterString)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingException, QgsProcessingOutputFile,
+                       QgsProcessingOutputHtml, QgsProcessingOutputNumber)
 
 from ..options import BASELINES, DEVICES
 from ..options import EVAL_PERIODS as PERIODS
 from . import presentation
-from .base import IsmoeAlgorithm
 from .common import check_writable, layer_source, optional_date, raster_layer_list
+from .families import RegionsAlgorithm, TorchAlgorithm
 from .regions import check_region_field, layer_polygons
-from .qgis_compat import PARAM_FLAG_ADVANCED, SOURCE_FILE, SOURCE_RASTER, add_param_flags, optional
-
-try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
-    from qgis.core import QgsProcessing
-    _SOURCE_POLYGON = QgsProcessing.TypeVectorPolygon
-except AttributeError:  # pragma: no cover
-    from qgis.core import Qgis
-    _SOURCE_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
+from .qgis_compat import SOURCE_FILE, SOURCE_RASTER
 
 
-class EvaluateAlgorithm(IsmoeAlgorithm):
-    MODELS, DATASET, REFERENCES, BASELINES = "MODELS", "DATASET", "REFERENCES", "BASELINES"
-    PERIOD, DATE_FROM, DATE_TO = "PERIOD", "DATE_FROM", "DATE_TO"
-    REGIONS, REGION_FIELD, DEVICE, OUTPUT = "REGIONS", "REGION_FIELD", "DEVICE", "OUTPUT"
+class EvaluateAlgorithm(TorchAlgorithm, RegionsAlgorithm):
+    MODELS, REFERENCES, BASELINES = "MODELS", "REFERENCES", "BASELINES"
+    PERIOD, DATE_FROM, DATE_TO, OUTPUT = "PERIOD", "DATE_FROM", "DATE_TO", "OUTPUT"
 
     def name(self):
         return "evaluate"
@@ -52,65 +41,64 @@ class EvaluateAlgorithm(IsmoeAlgorithm):
     def helpUrl(self):  # noqa: N802
         return presentation.help_url(self)
 
-    def shortHelpString(self):  # noqa: N802
-        return presentation.labelled_help(self, self.tr(
+    def helpIntro(self):  # noqa: N802
+        return self.tr(
             "Scores trained models, reference soil-moisture products and simple baselines against the target of "
             "a dataset: CC (Pearson r), RMSE, ubRMSE, bias and KGE (2009), overall, per location, per region and "
             "per season (DJF/MAM/JJA/SON). Every model and product is scored on exactly the same samples (dates "
-            "x locations where the observation and every estimate are valid), so the rows compare fairly.\n\n"
-            "MODELS: one or more model files (.pt) from ismoe:train (ismoe, cnn_lstm, mean_expert). Each is "
-            "named by its file name in the report. They must have been trained on the dataset's factor set.\n"
-            "DATASET: the dataset file (.npz) from ismoe:preparedataset; its target is the observation.\n"
-            "REFERENCES: optional soil-moisture raster series (e.g. ERA5-Land swvl1, SMAP L3), one band per day "
-            "with dates; each is read onto the dataset grid and sampled at the target locations. Its layer name "
-            "is its name in the report. Use the same units as the target (m3/m3).\n"
-            "BASELINES: built-in references: persistence (yesterday's observed value; the models never see it, "
-            "so it is a benchmark, not a competitor) and climatology (the day-of-year mean of the training "
-            "period, 15-day window).\n"
-            "PERIOD: the dates scored: test (default), validation or all, from the training split stored in the "
-            "first model file. DATE_FROM / DATE_TO (YYYY-MM-DD, inclusive) override PERIOD.\n"
-            "REGIONS / REGION_FIELD: optional polygon layer (any CRS, reprojected to the dataset CRS) and the "
-            "field naming each region; target pixels whose centre is inside a polygon get its name (overlaps: "
-            "the later feature wins). Adds per-region metrics and per-region seasonal importance.\n"
-            "DEVICE: auto uses a CUDA GPU when torch sees one, else the CPU.\n"
+            "x locations where the observation and every estimate are valid), so the rows compare fairly.")
+
+    def helpOutro(self):  # noqa: N802
+        return self.tr(
             "Headline: per-location skill. Each location's series is scored over time (CC, anomaly CC with the "
             "training period's day-of-year climatology removed, bias, ubRMSE) and summarised by the median and "
             "the interquartile range over the locations with at least 30 scored days; a CC pooled over all "
-            "locations mostly rewards each location's mean level.\n"
-            "OUTPUT: a folder that receives metrics.csv, metrics.json, location_skill.csv (every location's "
-            "skill per model and product), report.html (led by the per-location table and a map of the "
-            "per-location CC; then tables and plots: time "
-            "series, scatter with the 1:1 line, metrics by season and region, routing weights by month) and "
-            "seasonal_importance.csv (mean routing weight of each factor by month, season and day of year, per "
-            "region, of the first ISMoE model; further ISMoE models get seasonal_importance_<name>.csv). Files "
-            "are written to a temporary folder first: a failed or cancelled run leaves nothing behind."))
+            "locations mostly rewards each location's mean level.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterMultipleLayers(self.MODELS, self.tr("Model files (.pt)"),
-                                                               SOURCE_FILE))
-        self.addParameter(QgsProcessingParameterFile(self.DATASET, self.tr("Dataset file"),     # issue 15: or .zarr
-                                                     fileFilter=self.tr("ISMoE dataset (*.npz *.zarr *.zmetadata)")))
-        self.addParameter(optional(QgsProcessingParameterMultipleLayers(
-            self.REFERENCES, self.tr("Reference soil-moisture products (raster series)"), SOURCE_RASTER)))
-        self.addParameter(optional(QgsProcessingParameterEnum(
-            self.BASELINES, self.tr("Baselines"), BASELINES, allowMultiple=True, defaultValue=[0, 1])))
-        self.addParameter(QgsProcessingParameterEnum(self.PERIOD, self.tr("Evaluation period"), PERIODS,
-                                                     defaultValue=0))
-        self.addParameter(optional(QgsProcessingParameterString(self.DATE_FROM, self.tr("From date (YYYY-MM-DD)"))))
-        self.addParameter(optional(QgsProcessingParameterString(self.DATE_TO, self.tr("To date (YYYY-MM-DD)"))))
-        self.addParameter(optional(QgsProcessingParameterFeatureSource(
-            self.REGIONS, self.tr("Regions (polygons)"), [_SOURCE_POLYGON])))
-        self.addParameter(optional(QgsProcessingParameterField(
-            self.REGION_FIELD, self.tr("Region name field"), parentLayerParameterName=self.REGIONS)))
-        self.addParameter(add_param_flags(QgsProcessingParameterEnum(
-            self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0), PARAM_FLAG_ADVANCED))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Evaluation folder")))
-        self.addOutput(QgsProcessingOutputFile("METRICS_CSV", self.tr("Metrics (CSV)")))
-        self.addOutput(QgsProcessingOutputFile("METRICS_JSON", self.tr("Metrics (JSON)")))
-        self.addOutput(QgsProcessingOutputHtml("REPORT", self.tr("Evaluation report")))
-        self.addOutput(QgsProcessingOutputFile("IMPORTANCE_CSV", self.tr("Seasonal importance (CSV)")))
-        self.addOutput(QgsProcessingOutputFile("LOCATION_CSV", self.tr("Per-location skill (CSV)")))
-        self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", self.tr("Samples scored (common to all)")))
+        tr = self.tr
+        self.addParameterMultipleLayers(self.MODELS, tr("Model files (.pt)"), SOURCE_FILE, help=tr(
+            "one or more model files (.pt) from ismoe:train (ismoe, cnn_lstm, mean_expert). Each is named by its "
+            "file name in the report. They must have been trained on the dataset's factor set."))
+        self.addDatasetParameter(help=tr(          # issue 15: or .zarr
+            "the dataset file (.npz) from ismoe:preparedataset; its target is the observation."))
+        self.addParameterMultipleLayers(self.REFERENCES, tr("Reference soil-moisture products (raster series)"),
+                                        SOURCE_RASTER, optional=True, help=tr(
+                                            "optional soil-moisture raster series (e.g. ERA5-Land swvl1, SMAP L3), "
+                                            "one band per day with dates; each is read onto the dataset grid and "
+                                            "sampled at the target locations. Its layer name is its name in the "
+                                            "report. Use the same units as the target (m3/m3)."))
+        self.addParameterEnum(self.BASELINES, tr("Baselines"), BASELINES, default=[0, 1], multiple=True,
+                              optional=True, help=tr(
+                                  "built-in references: persistence (yesterday's observed value; the models never "
+                                  "see it, so it is a benchmark, not a competitor) and climatology (the day-of-year "
+                                  "mean of the training period, 15-day window)."))
+        self.addParameterEnum(self.PERIOD, tr("Evaluation period"), PERIODS, default=0, help=tr(
+            "the dates scored: test (default), validation or all, from the training split stored in the first "
+            "model file."))
+        self.addParameterString(self.DATE_FROM, tr("From date (YYYY-MM-DD)"), optional=True, help=tr(
+            "the first date scored (YYYY-MM-DD, inclusive); it overrides PERIOD, as DATE_TO does."))
+        self.addParameterString(self.DATE_TO, tr("To date (YYYY-MM-DD)"), optional=True, help=tr(
+            "the last date scored (YYYY-MM-DD, inclusive)."))
+        self.addRegionsParameters(help=tr(
+            "optional polygon layer (any CRS, reprojected to the dataset CRS); target pixels whose centre is "
+            "inside a polygon get its name (overlaps: the later feature wins). Adds per-region metrics and "
+            "per-region seasonal importance."))
+        self.addDeviceParameter(advanced=True)
+        self.addParameterFolderDestination(self.OUTPUT, tr("Evaluation folder"), help=tr(
+            "a folder that receives metrics.csv, metrics.json, location_skill.csv (every location's skill per "
+            "model and product), report.html (led by the per-location table and a map of the per-location CC; "
+            "then tables and plots: time series, scatter with the 1:1 line, metrics by season and region, routing "
+            "weights by month) and seasonal_importance.csv (mean routing weight of each factor by month, season "
+            "and day of year, per region, of the first ISMoE model; further ISMoE models get "
+            "seasonal_importance_<name>.csv). Files are written to a temporary folder first: a failed or "
+            "cancelled run leaves nothing behind."))
+        self.addOutput(QgsProcessingOutputFile("METRICS_CSV", tr("Metrics (CSV)")))
+        self.addOutput(QgsProcessingOutputFile("METRICS_JSON", tr("Metrics (JSON)")))
+        self.addOutput(QgsProcessingOutputHtml("REPORT", tr("Evaluation report")))
+        self.addOutput(QgsProcessingOutputFile("IMPORTANCE_CSV", tr("Seasonal importance (CSV)")))
+        self.addOutput(QgsProcessingOutputFile("LOCATION_CSV", tr("Per-location skill (CSV)")))
+        self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", tr("Samples scored (common to all)")))
 
     # ------------------------------------------------------------------ helpers
     def _model_files(self, parameters, context):

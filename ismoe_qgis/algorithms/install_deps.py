@@ -6,16 +6,13 @@ half-installed). On success the folder is added to sys.path at once (no restart)
 import os
 import sys
 
-from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingOutputFolder,
-                       QgsProcessingOutputString, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
-                       QgsProcessingParameterString)
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingOutputFolder, QgsProcessingOutputString
 
 from ..options import TORCH_VARIANTS as VARIANT_LABELS  # auto: CUDA when nvidia-smi finds an NVIDIA GPU, else CPU
 from .. import deps
 from ..core_callbacks import Cancelled
 from . import presentation
 from .base import IsmoeAlgorithm
-from .qgis_compat import PARAM_FLAG_ADVANCED, add_param_flags, optional
 
 
 def default_target():
@@ -53,47 +50,58 @@ class InstallDependenciesAlgorithm(IsmoeAlgorithm):  # enum names via the base c
     # No FlagHideFromModeler: in 3.22 FlagDeprecated is HideFromToolbox | HideFromModeler, and
     # `qgis_process list` leaves out every algorithm with either bit set.
 
-    def shortHelpString(self):  # noqa: N802
-        if os.environ.get("ISMOE_HELP_GENERIC"):  # scripts/build_help.py: pages that fit every machine
-            folder = "QGIS profile folder/python/ismoe_deps/py%d.%d" % sys.version_info[:2]
-            variant, why = "shown when this runs in QGIS", "nvidia-smi decides"
-        else:
-            folder = default_target() or "the profile folder"
-            variant, why = deps.recommended_variant()
-        return presentation.labelled_help(self, self.tr(
+    # The help names this machine's folder and the variant that fits it; scripts/build_help.py sets
+    # ISMOE_HELP_GENERIC for pages that fit every machine (no paths or GPU verdicts of the one that builds them).
+    @staticmethod
+    def _help_folder():
+        if os.environ.get("ISMOE_HELP_GENERIC"):
+            return "QGIS profile folder/python/ismoe_deps/py%d.%d" % sys.version_info[:2]
+        return default_target() or "the profile folder"
+
+    @staticmethod
+    def _help_variant():
+        if os.environ.get("ISMOE_HELP_GENERIC"):
+            return "shown when this runs in QGIS", "nvidia-smi decides"
+        return deps.recommended_variant()       # runs nvidia-smi: only when the help is shown
+
+    def helpIntro(self):  # noqa: N802
+        return self.tr(
             "Installs PyTorch (torch %s) for QGIS's own Python with pip, into a folder of your QGIS profile "
             "that only this plugin uses (%s). The plugin adds that folder to Python's path at every load, and "
             "at once when this ends: no restart needed. QGIS's numpy is never replaced (pip is constrained to "
             "the numpy QGIS has, and any numpy pip brings is removed again). Nothing is half-installed: pip "
             "installs into a temporary folder next to it, which replaces the old folder only when pip "
             "succeeded and the packages import. Cancel stops pip. Needs an internet connection (about 200 MB "
-            "for the CPU wheel, several GB for CUDA) unless PIP_ARGS point at local wheels.\n\n"
-            "VARIANT: auto (CUDA when nvidia-smi finds an NVIDIA GPU, else CPU), cpu or cuda. For this machine: %s (%s). The CUDA wheel only helps with an NVIDIA "
-            "GPU and its driver; on Linux it is PyPI's torch, the CPU wheel comes from PyTorch's CPU index.\n"
-            "PACKAGES: the pip requirements, separated by spaces (default %s).\n"
-            "PIP_ARGS: more pip arguments, e.g. '--no-index --find-links /path/to/wheels' for an offline "
-            "install, or '--proxy http://host:port'. An --index-url or --no-index here replaces the VARIANT's "
-            "index.\n"
-            "TARGET: the folder to install into (default: the profile folder above). Replaced as a whole.\n"
-            "CHECK_ONLY: only report what is installed and which variant fits; install nothing.\n\n"
-            "Outputs: FOLDER (the dependency folder) and INSTALLED (name==version of what is in it)."
-        ) % (deps.TORCH_VERSION, folder, variant, why, deps.TORCH_SPEC))
+            "for the CPU wheel, several GB for CUDA) unless PIP_ARGS point at local wheels."
+        ) % (deps.TORCH_VERSION, self._help_folder())
 
+    def helpOutro(self):  # noqa: N802
+        return self.tr("Outputs: FOLDER (the dependency folder) and INSTALLED (name==version of what is in it).")
+
+    def _variant_help(self):
+        return self.tr(
+            "auto (CUDA when nvidia-smi finds an NVIDIA GPU, else CPU), cpu or cuda. For this machine: %s (%s). "
+            "The CUDA wheel only helps with an NVIDIA GPU and its driver; on Linux it is PyPI's torch, the CPU "
+            "wheel comes from PyTorch's CPU index.") % self._help_variant()
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterEnum(self.VARIANT, self.tr("PyTorch build"), VARIANT_LABELS,
-                                                     defaultValue=0))
-        self.addParameter(add_param_flags(QgsProcessingParameterString(
-            self.PACKAGES, self.tr("Packages (pip requirements)"), deps.TORCH_SPEC), PARAM_FLAG_ADVANCED))
-        self.addParameter(add_param_flags(optional(QgsProcessingParameterString(
-            self.PIP_ARGS, self.tr("Extra pip arguments"), "")), PARAM_FLAG_ADVANCED))
+        tr = self.tr
+        self.addParameterEnum(self.VARIANT, tr("PyTorch build"), VARIANT_LABELS, default=0,
+                              help=type(self)._variant_help)    # called with the algorithm when the help is shown
+        self.addParameterString(self.PACKAGES, tr("Packages (pip requirements)"), deps.TORCH_SPEC, advanced=True,
+                                help=tr("the pip requirements, separated by spaces (default %s).") % deps.TORCH_SPEC)
+        self.addParameterString(self.PIP_ARGS, tr("Extra pip arguments"), "", optional=True, advanced=True, help=tr(
+            "more pip arguments, e.g. '--no-index --find-links /path/to/wheels' for an offline install, or "
+            "'--proxy http://host:port'. An --index-url or --no-index here replaces the VARIANT's index."))
         # a string, not a folder parameter: the folder need not exist yet
-        self.addParameter(add_param_flags(optional(QgsProcessingParameterString(
-            self.TARGET, self.tr("Dependency folder (empty: the profile's)"), "")), PARAM_FLAG_ADVANCED))
-        self.addParameter(optional(QgsProcessingParameterBoolean(
-            self.CHECK_ONLY, self.tr("Only check, install nothing"), False)))
-        self.addOutput(QgsProcessingOutputFolder("FOLDER", self.tr("Dependency folder")))
-        self.addOutput(QgsProcessingOutputString("INSTALLED", self.tr("Installed packages")))
+        self.addParameterString(self.TARGET, tr("Dependency folder (empty: the profile's)"), "", optional=True,
+                                advanced=True, help=tr(
+                                    "the folder to install into (default: the profile folder above). Replaced as a "
+                                    "whole."))
+        self.addParameterBool(self.CHECK_ONLY, tr("Only check, install nothing"), False, optional=True, help=tr(
+            "only report what is installed and which variant fits; install nothing."))
+        self.addOutput(QgsProcessingOutputFolder("FOLDER", tr("Dependency folder")))
+        self.addOutput(QgsProcessingOutputString("INSTALLED", tr("Installed packages")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         target = self.parameterAsString(parameters, self.TARGET, context) or default_target()

@@ -1,24 +1,12 @@
 """ismoe:preparedataset: factor raster layers + target -> dataset cube file."""
-from qgis.core import (QgsProcessingException, QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterField, QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsProcessingParameterBoolean,
-                       QgsProcessingOutputNumber)
+from qgis.core import QgsProcessingException, QgsProcessingOutputNumber
 
 from ..options import RESAMPLINGS
 from . import presentation
-from .base import IsmoeAlgorithm
 from .common import (check_writable, group_layers, layer_source, optional_date, parse_groups,
                      raster_layer, raster_layer_list)
-from .qgis_compat import NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POINT, optional, add_param_flags, \
-    PARAM_FLAG_ADVANCED
-
-try:  # 3.22 name
-    from qgis.core import QgsProcessing
-    SOURCE_VECTOR = QgsProcessing.TypeVector
-except AttributeError:  # pragma: no cover - later releases
-    from qgis.core import Qgis
-    SOURCE_VECTOR = Qgis.ProcessingSourceType.Vector
+from .families import FactorLayersAlgorithm
+from .qgis_compat import SOURCE_VECTOR, SOURCE_VECTOR_POINT
 
 
 def _plain(value):
@@ -37,14 +25,13 @@ def parse_station_factors(text: str, param: str) -> dict:
     return parse_groups(text, param, what="column", merge=True)
 
 
-class PrepareDatasetAlgorithm(IsmoeAlgorithm):
-    FACTORS, FACTOR_GROUPS, TARGET = "FACTORS", "FACTOR_GROUPS", "TARGET"
+class PrepareDatasetAlgorithm(FactorLayersAlgorithm):
+    FACTOR_GROUPS, TARGET = "FACTOR_GROUPS", "TARGET"
     STATIONS, STATION_ID_FIELD = "STATIONS", "STATION_ID_FIELD"
     STATION_TABLE, TABLE_ID_FIELD, TABLE_DATE_FIELD, TABLE_VALUE_FIELD = (
         "STATION_TABLE", "TABLE_ID_FIELD", "TABLE_DATE_FIELD", "TABLE_VALUE_FIELD")
     DROP_OUTSIDE = "DROP_OUTSIDE"
     STATION_FACTORS = "STATION_FACTORS"
-    REFERENCE, START_DATE, STEP_DAYS = "REFERENCE", "START_DATE", "STEP_DAYS"
     PATCH_SIZE, SEQ_LEN, RESAMPLING, OUTPUT = "PATCH_SIZE", "SEQ_LEN", "RESAMPLING", "OUTPUT"
     STRICT = "STRICT"
 
@@ -72,78 +59,67 @@ class PrepareDatasetAlgorithm(IsmoeAlgorithm):
     def helpUrl(self):  # noqa: N802
         return presentation.help_url(self)
 
-    def shortHelpString(self):  # noqa: N802
-        return presentation.labelled_help(self, self.tr(
+    def helpIntro(self):  # noqa: N802
+        return self.tr(
             "Aligns factor raster layers and a soil-moisture target into a dataset cube (one grid, one daily "
-            "calendar) for ismoe:train. Windows are cut from the cube while training; nothing is pre-cut.\n\n"
-            "FACTORS: raster layers (GeoTIFF, NetCDF variable, ...), each band one day. Dates come from the band "
-            "descriptions (ISO dates), from NetCDF time metadata, or from START_DATE + STEP_DAYS.\n"
-            "FACTOR_GROUPS: which layers form each environmental factor (one expert per factor), e.g. "
-            "'snow=snow_depth,snow_cover;radiation=net_solar,net_thermal'. Layer names are the variable names. "
-            "Empty: every layer is its own factor.\n"
-            "TARGET: a soil-moisture raster series (gridded target), e.g. ERA5-Land swvl1 or SMAP L3.\n"
-            "STATIONS / STATION_ID_FIELD: instead of TARGET, in-situ stations as a point layer and its id field; "
-            "STATION_TABLE with TABLE_ID_FIELD, TABLE_DATE_FIELD, TABLE_VALUE_FIELD holds their daily soil "
-            "moisture (a CSV or a table layer). DROP_OUTSIDE drops stations outside the grid (with a warning) "
-            "instead of failing.\n"
-            "STATION_FACTORS: numeric columns of the station table measured at the stations (rain, soil "
-            "temperature) as factor variables, e.g. 'station_rain=precip_mm;soil_temperature=soil_temp_c' "
-            "(a factor of that name may also hold raster layers). They are known at the station pixels only, so "
-            "such a model predicts at the stations (ismoe:evaluate), not whole rasters; stations only.\n"
-            "REFERENCE: the layer whose grid everything is aligned to (default: the first factor layer). "
-            "Continuous inputs are resampled bilinearly, or averaged when coarsened more than 1.5x; RESAMPLING "
-            "overrides this.\n"
-            "START_DATE / STEP_DAYS: dates for layers whose files carry none.\n"
-            "PATCH_SIZE: odd k, the k x k pixel neighbourhood each expert sees (default 7). "
-            "SEQ_LEN: days of input per estimate (default 14).\n"
-            "STRICT: off (default): values that cannot be data (inf, fill values such as 3.4e38) and values "
-            "outside the variable's plausible physical range (e.g. soil moisture outside 0..1 m3/m3, a "
-            "temperature outside 150..350 K) are read as nodata, with a warning naming the layer, the dates and "
-            "the count; on: they are an error.\n"
-            "OUTPUT: the dataset file: .npz (one file, loaded whole), or a name ending in .zarr: a chunked Zarr "
-            "folder written block by block with bounded memory whatever the region size, which ismoe:train reads "
-            "lazily (for cubes larger than the memory; xarray.open_zarr opens it with named dimensions)."))
+            "calendar) for ismoe:train. Windows are cut from the cube while training; nothing is pre-cut.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterMultipleLayers(self.FACTORS, self.tr("Factor layers"),
-                                                               SOURCE_RASTER))
-        self.addParameter(optional(QgsProcessingParameterString(
-            self.FACTOR_GROUPS, self.tr("Factor groups (factor=layer1,layer2;...)"), multiLine=True)))
-        self.addParameter(optional(QgsProcessingParameterRasterLayer(self.TARGET, self.tr("Target soil moisture series"))))
-        self.addParameter(optional(QgsProcessingParameterFeatureSource(
-            self.STATIONS, self.tr("Stations (points)"), [SOURCE_VECTOR_POINT])))
-        self.addParameter(optional(QgsProcessingParameterField(
-            self.STATION_ID_FIELD, self.tr("Station id field"), "station_id", self.STATIONS)))
-        self.addParameter(optional(QgsProcessingParameterFeatureSource(
-            self.STATION_TABLE, self.tr("Station observations table"), [SOURCE_VECTOR])))
-        self.addParameter(QgsProcessingParameterString(self.TABLE_ID_FIELD, self.tr("Table: station id field"),
-                                                       "station_id"))
-        self.addParameter(QgsProcessingParameterString(self.TABLE_DATE_FIELD, self.tr("Table: date field"), "date"))
-        self.addParameter(optional(QgsProcessingParameterString(
-            self.STATION_FACTORS, self.tr("Station-table columns as factors (factor=column,...;...)"))))
-        self.addParameter(QgsProcessingParameterString(self.TABLE_VALUE_FIELD, self.tr("Table: soil moisture field"),
-                                                       "sm"))
-        self.addParameter(QgsProcessingParameterBoolean(self.DROP_OUTSIDE, self.tr("Drop stations outside the grid"),
-                                                        False))
-        self.addParameter(optional(QgsProcessingParameterRasterLayer(self.REFERENCE, self.tr("Reference grid layer"))))
-        self.addParameter(optional(QgsProcessingParameterString(self.START_DATE,
-                                                                self.tr("Start date for undated layers (YYYY-MM-DD)"))))
-        self.addParameter(QgsProcessingParameterNumber(self.STEP_DAYS, self.tr("Days between bands (undated layers)"),
-                                                       NUMBER_INTEGER, 1, False, 1))
-        self.addParameter(QgsProcessingParameterNumber(self.PATCH_SIZE, self.tr("Patch size (odd, pixels)"),
-                                                       NUMBER_INTEGER, 7))
-        self.addParameter(QgsProcessingParameterNumber(self.SEQ_LEN, self.tr("Sequence length (days)"),
-                                                       NUMBER_INTEGER, 14))
-        self.addParameter(add_param_flags(QgsProcessingParameterEnum(self.RESAMPLING, self.tr("Resampling"),
-                                                                     RESAMPLINGS, defaultValue=0),
-                                          PARAM_FLAG_ADVANCED))
-        self.addParameter(add_param_flags(QgsProcessingParameterBoolean(
-            self.STRICT, self.tr("Strict: implausible or non-finite values are an error"), False),
-            PARAM_FLAG_ADVANCED))
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Dataset file"),
-                                                                self.tr("ISMoE dataset (*.npz);;ISMoE Zarr dataset "
-                                                                        "folder (*.zarr)")))
-        self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", self.tr("Target values")))
+        tr = self.tr
+        self.addFactorLayersParameter(help=tr(
+            "raster layers (GeoTIFF, NetCDF variable, ...), each band one day. Dates come from the band "
+            "descriptions (ISO dates), from NetCDF time metadata, or from START_DATE + STEP_DAYS."))
+        self.addParameterString(self.FACTOR_GROUPS, tr("Factor groups (factor=layer1,layer2;...)"), multiLine=True,
+                                optional=True, help=tr(
+                                    "which layers form each environmental factor (one expert per factor), e.g. "
+                                    "'snow=snow_depth,snow_cover;radiation=net_solar,net_thermal'. Layer names are "
+                                    "the variable names. Empty: every layer is its own factor."))
+        self.addParameterRasterLayer(self.TARGET, tr("Target soil moisture series"), optional=True, help=tr(
+            "a soil-moisture raster series (gridded target), e.g. ERA5-Land swvl1 or SMAP L3."))
+        self.addParameterFeatureSource(self.STATIONS, tr("Stations (points)"), [SOURCE_VECTOR_POINT], optional=True,
+                                       help=tr("instead of TARGET, in-situ stations as a point layer."))
+        self.addParameterField(self.STATION_ID_FIELD, tr("Station id field"), self.STATIONS, "station_id",
+                               optional=True, help=tr("the id field of the stations."))
+        self.addParameterFeatureSource(self.STATION_TABLE, tr("Station observations table"), [SOURCE_VECTOR],
+                                       optional=True, help=tr(
+                                           "with TABLE_ID_FIELD, TABLE_DATE_FIELD, TABLE_VALUE_FIELD, holds the "
+                                           "stations' daily soil moisture (a CSV or a table layer)."))
+        self.addParameterString(self.TABLE_ID_FIELD, tr("Table: station id field"), "station_id")
+        self.addParameterString(self.TABLE_DATE_FIELD, tr("Table: date field"), "date")
+        self.addParameterString(self.STATION_FACTORS, tr("Station-table columns as factors (factor=column,...;...)"),
+                                optional=True, help=tr(
+                                    "numeric columns of the station table measured at the stations (rain, soil "
+                                    "temperature) as factor variables, e.g. "
+                                    "'station_rain=precip_mm;soil_temperature=soil_temp_c' (a factor of that name "
+                                    "may also hold raster layers). They are known at the station pixels only, so "
+                                    "such a model predicts at the stations (ismoe:evaluate), not whole rasters; "
+                                    "stations only."))
+        self.addParameterString(self.TABLE_VALUE_FIELD, tr("Table: soil moisture field"), "sm")
+        self.addParameterBool(self.DROP_OUTSIDE, tr("Drop stations outside the grid"), False, help=tr(
+            "drops stations outside the grid (with a warning) instead of failing."))
+        self.addReferenceGridParameter(help=tr(
+            "the layer whose grid everything is aligned to (default: the first factor layer). Continuous inputs "
+            "are resampled bilinearly, or averaged when coarsened more than 1.5x; RESAMPLING overrides this."))
+        self.addUndatedLayersParameters()
+        self.addParameterInt(self.PATCH_SIZE, tr("Patch size (odd, pixels)"), 7, help=tr(
+            "odd k, the k x k pixel neighbourhood each expert sees (default 7)."))
+        self.addParameterInt(self.SEQ_LEN, tr("Sequence length (days)"), 14, help=tr(
+            "days of input per estimate (default 14)."))
+        self.addParameterEnum(self.RESAMPLING, tr("Resampling"), RESAMPLINGS, default=0, advanced=True)
+        self.addParameterBool(self.STRICT, tr("Strict: implausible or non-finite values are an error"), False,
+                              advanced=True, help=tr(
+                                  "off (default): values that cannot be data (inf, fill values such as 3.4e38) and "
+                                  "values outside the variable's plausible physical range (e.g. soil moisture "
+                                  "outside 0..1 m3/m3, a temperature outside 150..350 K) are read as nodata, with a "
+                                  "warning naming the layer, the dates and the count; on: they are an error."))
+        self.addParameterFileDestination(self.OUTPUT, tr("Dataset file"),
+                                         tr("ISMoE dataset (*.npz);;ISMoE Zarr dataset folder (*.zarr)"), help=tr(
+                                             "the dataset file: .npz (one file, loaded whole), or a name ending in "
+                                             ".zarr: a chunked Zarr folder written block by block with bounded "
+                                             "memory whatever the region size, which ismoe:train reads lazily (for "
+                                             "cubes larger than the memory; xarray.open_zarr opens it with named "
+                                             "dimensions)."))
+        self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", tr("Target values")))
 
     def _stations(self, parameters, context):
         points = self.parameterAsSource(parameters, self.STATIONS, context)

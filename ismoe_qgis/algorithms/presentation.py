@@ -8,13 +8,14 @@ One table per concern, keyed by the algorithm's name(); each algorithm's methods
     def icon(self):      return presentation.icon()
     def svgIconPath(self): return presentation.ICON_PATH
     def helpUrl(self):   return presentation.help_url(self)
-    def shortHelpString(self): return presentation.labelled_help(self, self.tr("..."))
+    (shortHelpString: IsmoeAlgorithm builds it from the declarations with ``parameter_help``)
 
 Groups are numbered in workflow order (the Toolbox sorts groups by name): 0 Setup, 1 Prepare,
 2 Train, 3 Predict, 4 Evaluate and interpret, 5 Model chains.
 
-``labelled_help`` escapes the text for the help panel (HTML: '<factor>' would be dropped as an
-unknown tag) and names each parameter by the label the form shows, with its id for qgis_process
+``labelled_help`` (free text) and ``parameter_help`` (an intro, one entry per declared parameter, an outro)
+escape the text for the help panel (HTML: '<factor>' would be dropped as an
+unknown tag) and name each parameter by the label the form shows, with its id for qgis_process
 and processing.run: 'FACTORS: ...' becomes '<b>Factor layers</b> (FACTORS): ...', and 'FACTORS' in the
 running text '<i>Factor layers</i>'. qgis_process prints the help to a terminal: plain text there,
 'Factor layers (FACTORS): ...', ids kept in the running text.
@@ -130,34 +131,68 @@ def labelled_help(alg, text, as_html=None):
     '<b>Label</b> (NAME): ...'; in HTML other mentions of a parameter id become '<i>Label</i>'. A parameter
     without such a line is named 'Label (NAME)' where it first appears.
     as_html: escape and use <b> (default: unless run by qgis_process, see help_is_html)."""
+    return _labelled(alg, [text], as_html)
+
+
+def parameter_help(alg, intro, entries, outro="", as_html=None):
+    """The help of an algorithm from its declarations (IsmoeAlgorithm.shortHelpString): `intro`, then one
+    line per (NAME, text) of `entries` headed '<b>Label</b> (NAME): ' (plain text for qgis_process), then
+    `outro`; the intro and outro are free text as in labelled_help, and parameter ids in any of them are
+    labelled the same way."""
+    chunks = []
+    for text in (intro, entries, outro):
+        if not text:
+            continue
+        if chunks:
+            chunks.append("\n\n")
+        if text is entries:
+            for i, entry in enumerate(entries):
+                if i:
+                    chunks.append("\n")
+                chunks.append(tuple(entry))
+        else:
+            chunks.append(text)
+    return _labelled(alg, chunks, as_html)
+
+
+def _labelled(alg, chunks, as_html=None):
+    """chunks: free text (str; 'NAME: ' headings found as in labelled_help) or (NAME, text) entries."""
     as_html = help_is_html() if as_html is None else as_html
     esc = (lambda t: html.escape(t, quote=False)) if as_html else (lambda t: t)
     bold = "<b>%s</b>" if as_html else "%s"
     labels = {p.name(): p.description() for p in alg.parameterDefinitions()}
-    out = esc(text)
     if not labels:
-        return out
+        return "".join(esc(c) if isinstance(c, str) else "%s: %s" % (c[0], esc(c[1])) for c in chunks)
     names = sorted(labels, key=len, reverse=True)
     name_re = "|".join(re.escape(n) for n in names)
     head = re.compile(r"%s((?:%s)(?:\s*/\s*(?:%s))*)(?: \(([^()]*)\))?:" % (_PARAM_AT, name_re, name_re))
 
     def label_of(name):
-        return esc(labels[name].rstrip(".:"))
+        return esc(labels.get(name, name).rstrip(".:"))
 
-    def heading(m):
-        ids = [s.strip() for s in m.group(1).split("/")]
-        note = ", %s" % m.group(2) if m.group(2) else ""
+    def heading(ids, note=None):
+        note = ", %s" % note if note else ""
         return "%s (%s%s):" % (" / ".join(bold % label_of(n) for n in ids), " / ".join(ids), note)
 
     parts, headed = [], set()
-    pos = 0
-    for m in head.finditer(out):
-        parts.append(("text", out[pos:m.start()]))
-        parts.append(("head", heading(m)))
-        headed.update(s.strip() for s in m.group(1).split("/"))
-        pos = m.end()
-    parts.append(("text", out[pos:]))
-    mention = re.compile(r"(?<![A-Za-z0-9_/])(%s)(=[^\s,;)]+)?(?![A-Za-z0-9_])" % name_re)
+    for chunk in chunks:
+        if not isinstance(chunk, str):          # a declared entry: its heading, then its text
+            name, text = chunk
+            parts.append(("head", heading([name])))
+            parts.append(("text", " " + esc(text)))
+            headed.add(name)
+            continue
+        out = esc(chunk)
+        pos = 0
+        for m in head.finditer(out):
+            parts.append(("text", out[pos:m.start()]))
+            ids = [s.strip() for s in m.group(1).split("/")]
+            parts.append(("head", heading(ids, m.group(2))))
+            headed.update(ids)
+            pos = m.end()
+        parts.append(("text", out[pos:]))
+    # 'NAME=value' (a value does not end with the sentence's full stop)
+    mention = re.compile(r"(?<![A-Za-z0-9_/])(%s)(=[^\s,;)]*[^\s,;).])?(?![A-Za-z0-9_])" % name_re)
     introduced = set(headed)
 
     def inline(m):

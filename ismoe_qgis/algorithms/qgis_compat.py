@@ -61,6 +61,10 @@ SOURCE_VECTOR_ANY = _pick("Qgis.ProcessingSourceType.VectorAnyGeometry",
                           "QgsProcessing.TypeVectorAnyGeometry")
 SOURCE_VECTOR_POINT = _pick("Qgis.ProcessingSourceType.VectorPoint",
                             "QgsProcessing.TypeVectorPoint")
+SOURCE_VECTOR_POLYGON = _pick("Qgis.ProcessingSourceType.VectorPolygon",
+                              "QgsProcessing.TypeVectorPolygon")
+SOURCE_VECTOR = _pick("Qgis.ProcessingSourceType.Vector",        # any vector layer, tables without geometry too
+                      "QgsProcessing.TypeVector")
 SOURCE_FILE = _pick("Qgis.ProcessingSourceType.File", "QgsProcessing.TypeFile")
 
 

@@ -7,29 +7,19 @@ safe in the Processing worker thread).
 import json
 import os
 
-from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+from qgis.core import QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString
 
 from ..options import CHART_PERIODS as PERIOD_OPTIONS
 from ..options import CHART_STYLES as STYLE_OPTIONS
 from ..options import IMPORTANCE_MEASURES
 from . import presentation
-from .base import IsmoeAlgorithm
+from .families import RegionsAlgorithm
 from .regions import check_region_field, crs_for_core, layer_polygons
-from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER, optional
-
-try:  # 3.22 spelling; later releases have Qgis.ProcessingSourceType
-    from qgis.core import QgsProcessing
-    _SOURCE_POLYGON = QgsProcessing.TypeVectorPolygon
-except AttributeError:  # pragma: no cover
-    from qgis.core import Qgis
-    _SOURCE_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
+from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER
 
 
-class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
-    INPUT, INPUT_CSV, REGIONS, REGION_FIELD = "INPUT", "INPUT_CSV", "REGIONS", "REGION_FIELD"
+class SeasonalImportanceAlgorithm(RegionsAlgorithm):
+    INPUT, INPUT_CSV = "INPUT", "INPUT_CSV"
     ZONES, ZONE_NAMES = "ZONES", "ZONE_NAMES"
     PERIOD, STYLE, MEASURE = "PERIOD", "STYLE", "MEASURE"
     OUTPUT_PNG, OUTPUT_HTML, OUTPUT_CSV = "OUTPUT_PNG", "OUTPUT_HTML", "OUTPUT_CSV"
@@ -58,68 +48,59 @@ class SeasonalImportanceAlgorithm(IsmoeAlgorithm):
     def helpUrl(self):  # noqa: N802
         return presentation.help_url(self)
 
-    def shortHelpString(self):  # noqa: N802
-        return presentation.labelled_help(self, self.tr(
-            "Charts which environmental factor drives soil moisture when: the mean routing weight of each "
-            "factor's expert by month (or day of year, or season), the same chart as the ISMoE dock, written "
-            "as files so Model Builder chains and qgis_process users get it too.\n\n"
-            "INPUT: a prediction folder written by ismoe:predict (sm.tif, weight_<factor>.tif, "
-            "prediction.json). The weight rasters are streamed block by block (bounded memory). A "
-            "seasonal-importance CSV may be given here as well.\n"
-            "INPUT_CSV: instead of INPUT, a seasonal-importance CSV (columns region, period_kind, period, "
-            "factor, mean_weight, n), e.g. from the evaluation or an earlier run: it is charted as is.\n"
-            "REGIONS: optional polygon layer (any CRS, reprojected to the rasters'): one chart panel and one "
-            "set of CSV rows per feature. Without it the whole raster is one region named 'all'. Features "
-            "outside the rasters are skipped with a warning. Ignored for a CSV input.\n"
-            "REGION_FIELD: optional field of REGIONS that names the regions (default: 'feature <id>').\n"
-            "ZONES: optional raster of zone numbers (e.g. the demo's regions.tif), read on the prediction grid "
-            "(nearest neighbour when on another grid): one region per zone value; nodata and 0 are no zone. "
-            "May be combined with REGIONS.\n"
-            "ZONE_NAMES: optional names of the zones, e.g. '1=arid;2=tundra;3=monsoon' (default: the raster's "
-            "region_<value> tags, else 'zone <value>').\n"
-            "PERIOD: x axis of the chart: Month (1-12), Day of year (1-366) or Season (DJF, MAM, JJA, SON). "
-            "The CSV always holds all three.\n"
-            "STYLE: Lines (one line per factor) or Stacked areas (weights stacked, they sum to 1).\n"
-            "MEASURE: auto (default): the variance share where the prediction folder has it (additive and gated "
-            "models: variance_share_<factor>.tif), else the daily weights; weight: the mean of the daily weight "
-            "rasters; variance_share: each pixel's share of the variance of what the factor contributes to SM "
-            "within the month or season, averaged over the region's pixels (by month or season only: a share "
-            "needs the days of a period, so Day of year is refused). A CSV input is charted in its own measure.\n"
-            "OUTPUT_PNG: the chart as PNG (one panel per region, at most 12; every region is in the CSV).\n"
-            "OUTPUT_HTML: optional; .html writes a page with the chart (SVG) and tables of the mean weights "
-            "(dominant factor in bold); .svg writes the chart as SVG.\n"
-            "OUTPUT_CSV: mean weight per region, period kind, period and factor, with n = number of valid "
-            "pixel-days averaged."))
+    def helpIntro(self):  # noqa: N802
+        return self.tr(
+            "Charts which environmental factor drives soil moisture when: each factor's importance (its variance "
+            "share or its mean weight, MEASURE) by month (or day of year, or season), the same chart as the ISMoE "
+            "dock, written as files so Model Builder chains and qgis_process users get it too.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(optional(QgsProcessingParameterFile(
-            self.INPUT, self.tr("Prediction folder (output of ismoe:predict)"), behavior=FILE_BEHAVIOR_FOLDER)))
-        self.addParameter(optional(QgsProcessingParameterFile(
-            self.INPUT_CSV, self.tr("…or a seasonal-importance CSV"), behavior=FILE_BEHAVIOR_FILE,
-            extension="csv")))
-        self.addParameter(optional(QgsProcessingParameterFeatureSource(
-            self.REGIONS, self.tr("Regions (polygons)"), [_SOURCE_POLYGON])))
-        self.addParameter(optional(QgsProcessingParameterField(
-            self.REGION_FIELD, self.tr("Region name field"), parentLayerParameterName=self.REGIONS)))
-        self.addParameter(optional(QgsProcessingParameterRasterLayer(
-            self.ZONES, self.tr("Zones (raster of zone numbers)"))))
-        self.addParameter(optional(QgsProcessingParameterString(
-            self.ZONE_NAMES, self.tr("Zone names (1=name;2=name)"))))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.PERIOD, self.tr("Chart period"), [label for label, _ in PERIOD_OPTIONS], defaultValue=0))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.STYLE, self.tr("Chart style"), STYLE_OPTIONS, defaultValue=0))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.MEASURE, self.tr("Importance measure"), IMPORTANCE_MEASURES, defaultValue=0))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_PNG, self.tr("Chart (PNG)"), self.tr("PNG files (*.png)")))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_HTML, self.tr("Chart page (HTML or SVG)"), self.tr("HTML files (*.html);;SVG files (*.svg)"),
-            optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_CSV, self.tr("Seasonal importance table (CSV)"), self.tr("CSV files (*.csv)")))
-        self.addOutput(QgsProcessingOutputNumber("N_REGIONS", self.tr("Regions charted")))
-        self.addOutput(QgsProcessingOutputString("DOMINANT", self.tr("Dominant factor per season (JSON)")))
+        tr = self.tr
+        self.addParameterFile(self.INPUT, tr("Prediction folder (output of ismoe:predict)"),
+                              behavior=FILE_BEHAVIOR_FOLDER, optional=True, help=tr(
+                                  "a prediction folder written by ismoe:predict (sm.tif, weight_<factor>.tif, "
+                                  "prediction.json). The weight rasters are streamed block by block (bounded "
+                                  "memory). A seasonal-importance CSV may be given here as well."))
+        self.addParameterFile(self.INPUT_CSV, tr("…or a seasonal-importance CSV"), behavior=FILE_BEHAVIOR_FILE,
+                              extension="csv", optional=True, help=tr(
+                                  "instead of INPUT, a seasonal-importance CSV (columns region, period_kind, "
+                                  "period, factor, mean_weight, n), e.g. from the evaluation or an earlier run: it "
+                                  "is charted as is."))
+        self.addRegionsParameters(help=tr(
+            "optional polygon layer (any CRS, reprojected to the rasters'): one chart panel and one set of CSV rows "
+            "per feature. Without it the whole raster is one region named 'all'. Features outside the rasters are "
+            "skipped with a warning. Ignored for a CSV input."))
+        self.addParameterRasterLayer(self.ZONES, tr("Zones (raster of zone numbers)"), optional=True, help=tr(
+            "optional raster of zone numbers (e.g. the demo's regions.tif), read on the prediction grid (nearest "
+            "neighbour when on another grid): one region per zone value; nodata and 0 are no zone. May be combined "
+            "with REGIONS."))
+        self.addParameterString(self.ZONE_NAMES, tr("Zone names (1=name;2=name)"), optional=True, help=tr(
+            "optional names of the zones, e.g. '1=arid;2=tundra;3=monsoon' (default: the raster's region_<value> "
+            "tags, else 'zone <value>')."))
+        self.addParameterEnum(self.PERIOD, tr("Chart period"), [label for label, _ in PERIOD_OPTIONS], default=0,
+                              help=tr("x axis of the chart: Month (1-12), Day of year (1-366) or Season (DJF, MAM, "
+                                      "JJA, SON). The CSV always holds all three."))
+        self.addParameterEnum(self.STYLE, tr("Chart style"), STYLE_OPTIONS, default=0, help=tr(
+            "Lines (one line per factor) or Stacked areas (weights stacked, they sum to 1)."))
+        self.addParameterEnum(self.MEASURE, tr("Importance measure"), IMPORTANCE_MEASURES, default=0, help=tr(
+            "auto (default): the variance share where the prediction folder has it (additive and gated models: "
+            "variance_share_<factor>.tif), else the daily weights; weight: the mean of the daily weight rasters; "
+            "variance_share: each pixel's share of the variance of what the factor contributes to SM within the "
+            "month or season, averaged over the region's pixels (by month or season only: a share needs the days "
+            "of a period, so Day of year is refused). A CSV input is charted in its own measure."))
+        self.addParameterFileDestination(self.OUTPUT_PNG, tr("Chart (PNG)"), tr("PNG files (*.png)"), help=tr(
+            "the chart as PNG (one panel per region, at most 12; every region is in the CSV)."))
+        self.addParameterFileDestination(self.OUTPUT_HTML, tr("Chart page (HTML or SVG)"),
+                                         tr("HTML files (*.html);;SVG files (*.svg)"), createByDefault=False,
+                                         optional=True, help=tr(
+                                             "optional; .html writes a page with the chart (SVG) and tables of the "
+                                             "mean weights (dominant factor in bold); .svg writes the chart as SVG."))
+        self.addParameterFileDestination(self.OUTPUT_CSV, tr("Seasonal importance table (CSV)"),
+                                         tr("CSV files (*.csv)"), help=tr(
+                                             "mean weight per region, period kind, period and factor, with n = "
+                                             "number of valid pixel-days averaged."))
+        self.addOutput(QgsProcessingOutputNumber("N_REGIONS", tr("Regions charted")))
+        self.addOutput(QgsProcessingOutputString("DOMINANT", tr("Dominant factor per season (JSON)")))
 
     def extra_parameter_problems(self, parameters, context):
         """A prediction folder's prediction.json is validated before use (model.prediction_folder.read_manifest):
