@@ -112,13 +112,15 @@ def torch_any_nonzero(t):
 
 def test_qgis_process_json_train_each_mixture(pipeline, qgis_process):
     """MIXTURE and LR_SCHEDULE through the real qgis_process binary: the model file records them, and
-    the default MIXTURE (enum 0) is the pipeline's model."""
+    the default MIXTURE (gated, ROUTER_INPUT auto = inputs_mean) is the pipeline's model."""
     from ismoe_qgis.model.io import load_model
-    _, cfg0, _ = load_model(pipeline["model"])
-    assert cfg0.mixture == "additive"
+    m0, cfg0, _ = load_model(pipeline["model"])
+    assert cfg0.mixture == "gated" and cfg0.router_input == "inputs_mean" and m0.router is not None
+    assert torch_any_nonzero(m0.contrib_ref)     # the reference of the gated contributions is set after training
     man = json.load(open(os.path.join(pipeline["pred"], "prediction.json")))
-    assert man["mixture"] == "additive" and man["weights_meaning"].startswith("share of the squared departure")
-    for idx, name in ((1, "convex"), (2, "scaled"), (3, "gated")):
+    assert man["mixture"] == "gated" and man["weights_meaning"].startswith("share of the squared departure")
+    assert man["variance_share"]["bands"][:2] == ["period", "1"]
+    for idx, name in ((0, "additive"), (1, "convex"), (2, "scaled")):
         model = str(pipeline["out"] / f"{name}.pt")
         r = qgis_process.run("ismoe:train", {"DATASET": pipeline["ds"], "MODEL": 0, "MIXTURE": idx, "LR_SCHEDULE": 1,
                                              "ROUTER_INPUT": 1, "OUTPUT": model, **FAST_TRAIN})
@@ -126,9 +128,10 @@ def test_qgis_process_json_train_each_mixture(pipeline, qgis_process):
         m, cfg, info = load_model(model)
         assert cfg.mixture == name == m.mixture and info["train"]["schedule"] == "constant"
         assert cfg.router_input == "all_states"
-        assert (m.router is not None) and hasattr(m, "mu") == (name in ("scaled", "gated"))
-        assert hasattr(m, "contrib_ref") == (name == "gated")
-        if name == "gated":                      # the reference of the gated contributions is set after training
+        assert (m.router is not None) == (name != "additive")
+        assert hasattr(m, "mu") == (name in ("scaled", "additive"))
+        assert hasattr(m, "contrib_ref") == (name == "additive")
+        if name == "additive":                   # the reference of the contributions is set after training
             assert torch_any_nonzero(m.contrib_ref)
 
 

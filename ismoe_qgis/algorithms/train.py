@@ -4,7 +4,8 @@ import os
 from qgis.core import QgsProcessingException, QgsProcessingOutputNumber
 
 from ..options import CUBE_MODES, DEVICES, GAP_POLICIES, MEMORIES, MODEL_TYPES, ROUTER_INPUTS, SCHEDULES, SPLITS
-from ..options import MIXTURE_ENUM as MIXTURES      # enum order: the default first
+from ..options import MIXTURE_DEFAULT, ROUTER_INPUT_DEFAULT
+from ..options import MIXTURE_ENUM as MIXTURES      # the enum's frozen order (saved indices keep their meaning)
 from . import presentation
 from .common import check_writable, optional_date
 from .families import TorchAlgorithm
@@ -75,16 +76,18 @@ class TrainAlgorithm(TorchAlgorithm):
             "ismoe (one CNN-LSTM expert per factor, combined by MIXTURE; the per-factor weights are the "
             "interpretation), cnn_lstm (one CNN-LSTM on all factors, the standard baseline) or mean_expert (the "
             "same per-factor experts with equal weights)."))
-        self.addParameterEnum(self.MIXTURE, tr("Mixture (ismoe)"), MIXTURES, default=0, help=tr(
-            "additive (default): SM = mu + sum of the factors' contributions, no router; a factor's weight on a "
-            "pixel-day is its share of the squared departure of the contributions from their training means, so "
+        self.addParameterEnum(self.MIXTURE, tr("Mixture (ismoe)"), MIXTURES,
+                              default=MIXTURES.index(MIXTURE_DEFAULT), help=tr(
+            "gated (default): SM = mu + sum g_e * c_e, each factor's contribution gated by the router (g = E * "
+            "softmax, so a factor can count in one place and not in another; with ROUTER_INPUT auto the gates see "
+            "the factors' window means). additive: SM = mu + sum of the factors' contributions, no router. For "
+            "both, ismoe:predict writes each factor's variance share (its share of the variance of its "
+            "contribution at each pixel, by period, month and season: what the dock charts), and a weight raster "
+            "holds its share of the squared departure of the (gated) contributions from their training means, so "
             "the weights sum to 1 and the intercept mu is nobody's weight. convex: the paper's literal form, "
             "SM = sum w_e * SM_e with softmax router weights and every expert a full SM estimate; it cannot add up "
-            "two drivers. scaled: SM = mu + E * sum w_e * c_e, router weights over contributions. gated: "
-            "SM = mu + sum g_e * c_e, each factor's contribution gated by the router (g = E * softmax, so a factor "
-            "can count in one place and not in another); the weights are shares of the gated contributions' "
-            "departures like additive's; use it with ROUTER_INPUT all_states. See the README's model section for "
-            "the measured comparison."))
+            "two drivers. scaled: SM = mu + E * sum w_e * c_e, router weights over contributions. See the "
+            "README's model section for the measured comparison."))
         self.addParameterEnum(self.MEMORY, tr("Expert memory"), MEMORIES, default=0, help=tr(
             "window (default): each day's estimate runs the experts' LSTM over its own SEQ_LEN-day window (memory "
             "capped at SEQ_LEN days). stateful: the LSTM runs through time and carries its state from day to day, "
@@ -136,11 +139,14 @@ class TrainAlgorithm(TorchAlgorithm):
                                   "mean. The log gives every station's number of training, validation and test "
                                   "samples; a location with no training sample gets a warning that names it and the "
                                   "layer with no data (or gaps) at its pixel."))
-        self.addParameterEnum(self.ROUTER_INPUT, tr("Router input"), ROUTER_INPUTS, default=0, advanced=True,
-                              help=tr(
-                                  "what the routing network sees: expert_states (each expert's own LSTM state; "
-                                  "default), all_states, inputs (the factors' centre-pixel sequences) or inputs_doy "
-                                  "(plus the day of year; it tends to learn the season rather than the driver)."))
+        self.addParameterEnum(self.ROUTER_INPUT, tr("Router input"), ROUTER_INPUTS,
+                              default=ROUTER_INPUTS.index(ROUTER_INPUT_DEFAULT), advanced=True, help=tr(
+                                  "what the routing network (or a gated mixture's gates) sees: auto (default): "
+                                  "inputs_mean for the gated mixture, expert_states otherwise; expert_states (each "
+                                  "expert's own LSTM state), all_states, inputs (the factors' centre-pixel "
+                                  "sequences), inputs_doy (plus the day of year; it tends to learn the season rather "
+                                  "than the driver) or inputs_mean (the factors' centre-pixel means over the "
+                                  "window). The model file records the one used."))
         self.addParameterInt(self.HIDDEN, tr("LSTM hidden size"), 64, min=1, advanced=True,
                              help=tr("expert sizes, with CONV_CHANNELS and DROPOUT."))
         self.addParameterInt(self.CONV_CHANNELS, tr("Convolution channels per expert"), 16, min=1, advanced=True)
