@@ -112,11 +112,8 @@ def signals_as_cancel(feedback):
                 pass
 
 
-class IsmoeAlgorithm(EnumNamesMixin, QgsProcessingAlgorithm):
-    """Common behaviour of the ISMoE algorithms."""
-
-    GROUP = "ISMoE"
-    GROUP_ID = "ismoe"
+class IsmoeAlgorithm(EnumNamesMixin, presentation.Presented, QgsProcessingAlgorithm):
+    """Common behaviour of the ISMoE algorithms (their group, tags, icon and help URL: presentation.Presented)."""
 
     # -- every run: signals like Cancel, output locks (issue 13) ---------------------------
     def __init_subclass__(cls, **kwargs):
@@ -186,12 +183,6 @@ class IsmoeAlgorithm(EnumNamesMixin, QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()
-
-    def group(self):
-        return self.tr(self.GROUP)
-
-    def groupId(self):  # noqa: N802
-        return self.GROUP_ID
 
     def tr(self, text):
         return QCoreApplication.translate(type(self).__name__, text)

@@ -6,7 +6,6 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessingException, Qgs
 
 from ..options import BASELINES, DEVICES
 from ..options import EVAL_PERIODS as PERIODS
-from . import presentation
 from .common import check_writable, layer_source, optional_date, raster_layer_list
 from .families import RegionsAlgorithm, TorchAlgorithm
 from .regions import check_region_field, layer_polygons
@@ -22,24 +21,6 @@ class EvaluateAlgorithm(TorchAlgorithm, RegionsAlgorithm):
 
     def displayName(self):  # noqa: N802
         return self.tr("Evaluate models and reference products")
-
-    def group(self):
-        return self.tr(presentation.group(self))
-
-    def groupId(self):  # noqa: N802
-        return presentation.group_id(self)
-
-    def tags(self):
-        return presentation.tags(self)
-
-    def icon(self):
-        return presentation.icon()
-
-    def svgIconPath(self):  # noqa: N802
-        return presentation.ICON_PATH
-
-    def helpUrl(self):  # noqa: N802
-        return presentation.help_url(self)
 
     def helpIntro(self):  # noqa: N802
         return self.tr(

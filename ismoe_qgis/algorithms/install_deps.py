@@ -11,7 +11,6 @@ from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingOutpu
 from ..options import TORCH_VARIANTS as VARIANT_LABELS  # auto: CUDA when nvidia-smi finds an NVIDIA GPU, else CPU
 from .. import deps
 from ..core_callbacks import Cancelled
-from . import presentation
 from .base import IsmoeAlgorithm
 
 
@@ -28,24 +27,6 @@ class InstallDependenciesAlgorithm(IsmoeAlgorithm):  # enum names via the base c
 
     def displayName(self):  # noqa: N802
         return self.tr("Install PyTorch (dependencies)")
-
-    def group(self):
-        return self.tr(presentation.group(self))
-
-    def groupId(self):  # noqa: N802
-        return presentation.group_id(self)
-
-    def tags(self):
-        return presentation.tags(self)
-
-    def icon(self):
-        return presentation.icon()
-
-    def svgIconPath(self):  # noqa: N802
-        return presentation.ICON_PATH
-
-    def helpUrl(self):  # noqa: N802
-        return presentation.help_url(self)
 
     # No FlagHideFromModeler: in 3.22 FlagDeprecated is HideFromToolbox | HideFromModeler, and
     # `qgis_process list` leaves out every algorithm with either bit set.

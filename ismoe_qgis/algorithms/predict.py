@@ -4,7 +4,6 @@ import os
 from qgis.core import QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputRasterLayer
 
 from ..options import DEVICES
-from . import presentation
 from .common import (check_writable, layer_source, layers_by_name, optional_date,
                      raster_layer, raster_layer_list)
 from .families import FactorLayersAlgorithm, TorchAlgorithm
@@ -21,24 +20,6 @@ class PredictAlgorithm(FactorLayersAlgorithm, TorchAlgorithm):
 
     def displayName(self):  # noqa: N802
         return self.tr("Predict soil moisture and factor weights")
-
-    def group(self):
-        return self.tr(presentation.group(self))
-
-    def groupId(self):  # noqa: N802
-        return presentation.group_id(self)
-
-    def tags(self):
-        return presentation.tags(self)
-
-    def icon(self):
-        return presentation.icon()
-
-    def svgIconPath(self):  # noqa: N802
-        return presentation.ICON_PATH
-
-    def helpUrl(self):  # noqa: N802
-        return presentation.help_url(self)
 
     def helpIntro(self):  # noqa: N802
         return self.tr(

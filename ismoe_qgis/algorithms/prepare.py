@@ -2,7 +2,6 @@
 from qgis.core import QgsProcessingException, QgsProcessingOutputNumber
 
 from ..options import RESAMPLINGS
-from . import presentation
 from .common import (check_writable, group_layers, layer_source, optional_date, parse_groups,
                      raster_layer, raster_layer_list)
 from .families import FactorLayersAlgorithm
@@ -40,24 +39,6 @@ class PrepareDatasetAlgorithm(FactorLayersAlgorithm):
 
     def displayName(self):  # noqa: N802
         return self.tr("Prepare dataset")
-
-    def group(self):
-        return self.tr(presentation.group(self))
-
-    def groupId(self):  # noqa: N802
-        return presentation.group_id(self)
-
-    def tags(self):
-        return presentation.tags(self)
-
-    def icon(self):
-        return presentation.icon()
-
-    def svgIconPath(self):  # noqa: N802
-        return presentation.ICON_PATH
-
-    def helpUrl(self):  # noqa: N802
-        return presentation.help_url(self)
 
     def helpIntro(self):  # noqa: N802
         return self.tr(

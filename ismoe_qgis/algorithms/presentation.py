@@ -1,14 +1,9 @@
 """How the ISMoE algorithms present themselves in QGIS: groups, tags, icon, help URL, help text.
 
-One table per concern, keyed by the algorithm's name(); each algorithm's methods call these:
-
-    def group(self):     return presentation.group(self)
-    def groupId(self):   return presentation.group_id(self)
-    def tags(self):      return presentation.tags(self)
-    def icon(self):      return presentation.icon()
-    def svgIconPath(self): return presentation.ICON_PATH
-    def helpUrl(self):   return presentation.help_url(self)
-    (shortHelpString: IsmoeAlgorithm builds it from the declarations with ``parameter_help``)
+One table per concern, keyed by the algorithm's name(); :class:`Presented` turns them into the
+QgsProcessingAlgorithm methods (group, groupId, tags, icon, svgIconPath, helpUrl) for every algorithm of
+the provider (IsmoeAlgorithm and the shipped models' IsmoeModelAlgorithm), so no algorithm repeats them
+(shortHelpString: IsmoeAlgorithm builds it from the declarations with ``parameter_help``).
 
 Groups are numbered in workflow order (the Toolbox sorts groups by name): 0 Setup, 1 Prepare,
 2 Train, 3 Predict, 4 Evaluate and interpret, 5 Model chains.
@@ -207,3 +202,26 @@ def _labelled(alg, chunks, as_html=None):
         return "%s (%s)" % (label_of(name), name) if first else name  # a terminal user types the ids
 
     return "".join(mention.sub(inline, chunk) if kind == "text" else chunk for kind, chunk in parts)
+
+
+class Presented:
+    """Mixin of the provider's algorithms: how they present themselves, from the tables above."""
+
+    def group(self):
+        from qgis.PyQt.QtCore import QCoreApplication
+        return QCoreApplication.translate(type(self).__name__, group(self))
+
+    def groupId(self):  # noqa: N802
+        return group_id(self)
+
+    def tags(self):
+        return tags(self)
+
+    def icon(self):
+        return icon()
+
+    def svgIconPath(self):  # noqa: N802
+        return ICON_PATH
+
+    def helpUrl(self):  # noqa: N802
+        return help_url(self)

@@ -32,7 +32,7 @@ def model_id_name(path):
     return "".join(c if c.isalnum() else "_" for c in stem.lower()).strip("_") or "model"
 
 
-class IsmoeModelAlgorithm(QgsProcessingModelAlgorithm):
+class IsmoeModelAlgorithm(presentation.Presented, QgsProcessingModelAlgorithm):
     """A shipped Model Builder model, offered by the provider: id ``ismoe:<file stem>``, display name
     the model's own name, group '5 Model chains', the plugin's icon."""
 
@@ -48,23 +48,8 @@ class IsmoeModelAlgorithm(QgsProcessingModelAlgorithm):
     def displayName(self):  # noqa: N802
         return super().name() or self.name()
 
-    def group(self):
-        return presentation.GROUPS["models"]
-
-    def groupId(self):  # noqa: N802
-        return "models"
-
     def tags(self):
         return ["model", "model builder", "chain", "workflow"] + presentation.tags("train")
-
-    def icon(self):
-        return presentation.icon()
-
-    def svgIconPath(self):  # noqa: N802
-        return presentation.ICON_PATH
-
-    def helpUrl(self):  # noqa: N802
-        return presentation.help_url(self)
 
     def createInstance(self):  # noqa: N802
         return IsmoeModelAlgorithm(self._path)

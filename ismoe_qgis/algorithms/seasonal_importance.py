@@ -12,7 +12,6 @@ from qgis.core import QgsProcessingException, QgsProcessingOutputNumber, QgsProc
 from ..options import CHART_PERIODS as PERIOD_OPTIONS
 from ..options import CHART_STYLES as STYLE_OPTIONS
 from ..options import IMPORTANCE_MEASURES
-from . import presentation
 from .families import RegionsAlgorithm
 from .regions import check_region_field, crs_for_core, layer_polygons
 from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER
@@ -29,24 +28,6 @@ class SeasonalImportanceAlgorithm(RegionsAlgorithm):
 
     def displayName(self):  # noqa: N802
         return self.tr("Seasonal expert importance chart")
-
-    def group(self):
-        return self.tr(presentation.group(self))
-
-    def groupId(self):  # noqa: N802
-        return presentation.group_id(self)
-
-    def tags(self):
-        return presentation.tags(self)
-
-    def icon(self):
-        return presentation.icon()
-
-    def svgIconPath(self):  # noqa: N802
-        return presentation.ICON_PATH
-
-    def helpUrl(self):  # noqa: N802
-        return presentation.help_url(self)
 
     def helpIntro(self):  # noqa: N802
         return self.tr(

@@ -6,7 +6,6 @@ from qgis.core import QgsProcessingException, QgsProcessingOutputNumber
 from ..options import CUBE_MODES, DEVICES, GAP_POLICIES, MEMORIES, MODEL_TYPES, ROUTER_INPUTS, SCHEDULES, SPLITS
 from ..options import MIXTURE_DEFAULT, ROUTER_INPUT_DEFAULT
 from ..options import MIXTURE_ENUM as MIXTURES      # the enum's frozen order (saved indices keep their meaning)
-from . import presentation
 from .common import check_writable, optional_date
 from .families import TorchAlgorithm
 from .qgis_compat import SOURCE_VECTOR_ANY
@@ -36,24 +35,6 @@ class TrainAlgorithm(TorchAlgorithm):
 
     def displayName(self):  # noqa: N802
         return self.tr("Train model")
-
-    def group(self):
-        return self.tr(presentation.group(self))
-
-    def groupId(self):  # noqa: N802
-        return presentation.group_id(self)
-
-    def tags(self):
-        return presentation.tags(self)
-
-    def icon(self):
-        return presentation.icon()
-
-    def svgIconPath(self):  # noqa: N802
-        return presentation.ICON_PATH
-
-    def helpUrl(self):  # noqa: N802
-        return presentation.help_url(self)
 
     def helpIntro(self):  # noqa: N802
         return self.tr(
