@@ -194,14 +194,20 @@ class Cube:
             if np.isinf(arrays[k]).any():
                 raise DatasetFileError(f"{path}: array '{k}' holds inf values (written by an older version of "
                                        f"the plugin){hint} (it reads them as nodata)")
-        rows, cols = arrays["target_rows"], arrays["target_cols"]
+        return cls.from_stored(x, arrays["y"], arrays["target_rows"], arrays["target_cols"], arrays["dates"], meta,
+                               path, hint)
+
+    @classmethod
+    def from_stored(cls, x, y, rows, cols, dates, meta: dict, path: str, hint: str = "") -> "Cube":
+        """A cube from the arrays and header (``meta()``) a dataset file stores, .npz or Zarr (data/zarrcube.py):
+        the target locations must lie on the grid and the header must fit the arrays, else DatasetFileError
+        naming `path` (and `hint`, what to do)."""
         H, W = x.shape[2:]
         if rows.shape != cols.shape or (rows.size and (rows.min() < 0 or rows.max() >= H or cols.min() < 0
                                                        or cols.max() >= W)):
             raise DatasetFileError(f"{path}: its target locations lie outside its {H} x {W} grid{hint}")
         try:
-            return cls(x=x, y=arrays["y"], target_rows=rows, target_cols=cols,
-                       dates=arrays["dates"].astype("datetime64[D]"),
+            return cls(x=x, y=y, target_rows=rows, target_cols=cols, dates=np.asarray(dates).astype("datetime64[D]"),
                        factors=meta["factors"], variables=meta["variables"], grid=meta["grid"],
                        patch_size=meta["patch_size"], seq_len=meta["seq_len"],
                        target_kind=meta.get("target_kind", "grid"), station_ids=meta.get("station_ids"),

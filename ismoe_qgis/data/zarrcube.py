@@ -458,19 +458,7 @@ def open_cube(path, cls):
         raise _fail(f"{path}: centre_valid {valid.shape} does not match target {y.shape}{HINT}")
     if np.isinf(y).any():
         raise _fail(f"{path}: array 'target' holds inf values{HINT}")
-    H, W = data.shape[2:]
-    if rows.shape != cols.shape or (rows.size and (rows.min() < 0 or rows.max() >= H or cols.min() < 0
-                                                   or cols.max() >= W)):
-        raise _fail(f"{path}: its target locations lie outside its {H} x {W} grid{HINT}")
-    x = LazyCubeArray(data, path, centre_valid=valid)
-    try:
-        return cls(x=x, y=y, target_rows=rows, target_cols=cols, dates=days.astype("datetime64[D]"),
-                   factors=meta["factors"], variables=meta["variables"], grid=meta["grid"],
-                   patch_size=meta["patch_size"], seq_len=meta["seq_len"],
-                   target_kind=meta.get("target_kind", "grid"), station_ids=meta.get("station_ids"),
-                   x_mean=meta["x_mean"], x_std=meta["x_std"], y_mean=meta["y_mean"], y_std=meta["y_std"])
-    except (ValueError, TypeError) as e:
-        raise _fail(f"{path} is inconsistent: {e}{HINT}") from None
+    return cls.from_stored(LazyCubeArray(data, path, centre_valid=valid), y, rows, cols, days, meta, path, HINT)
 
 
 def store_bytes(path) -> Optional[int]:
