@@ -122,10 +122,12 @@ def _csv_rows(path):
 def test_outputs_written(evpipe):
     res, ev = evpipe["res"], evpipe["ev"]
     for key, name in (("METRICS_CSV", "metrics.csv"), ("METRICS_JSON", "metrics.json"), ("REPORT", "report.html"),
-                      ("IMPORTANCE_CSV", "seasonal_importance.csv"), ("LOCATION_CSV", "location_skill.csv")):
+                      ("IMPORTANCE_CSV", "seasonal_importance.csv"), ("LOCATION_CSV", "location_skill.csv"),
+                      ("VARIANCE_SHARE_CSV", "seasonal_variance_share.csv")):
         assert res[key] == str(ev / name) and os.path.getsize(res[key]) > 0
     assert sorted(os.listdir(ev)) == ["location_skill.csv", "metrics.csv", "metrics.json", "report.html",
-                                      "seasonal_importance.csv", "variance_share.csv"]    # ismoe is additive
+                                      "seasonal_importance.csv", "seasonal_variance_share.csv",
+                                      "variance_share.csv"]    # ismoe is gated (the default)
     assert not [p for p in os.listdir(evpipe["out"]) if p.startswith(".ismoe-evaluate")]  # temp folder gone
     assert res["N_SAMPLES"] == 12 * 365
 
@@ -317,7 +319,7 @@ def test_core_matches_predict_samples(evpipe):
 
 def test_variance_share_per_location_is_the_share_of_contribution_variance(evpipe, tmp_path):
     """evaluate's variance_share.csv: for each location, each factor's share of the variance of its contribution
-    (predict_samples' expert outputs of the additive model) over the evaluation period; region means in the
+    (predict_samples' contributions of the gated model, the default) over the evaluation period; region means in the
     result."""
     from ismoe_qgis.data.cube import Cube, split_masks
     from ismoe_qgis.model.evaluate import evaluate
@@ -327,7 +329,7 @@ def test_variance_share_per_location_is_the_share_of_contribution_variance(evpip
     import torch
     cube = Cube.load(evpipe["ds"])
     model, cfg, _ = load_model(evpipe["models"]["ismoe"])
-    assert model.mixture == "additive"
+    assert model.mixture == "gated"           # the default: the gated contributions
     regions = [f"r{i // 4}" for i in range(cube.y.shape[1])]
     res = evaluate(cube, {"m": evpipe["models"]["ismoe"], "c": evpipe["models"]["cnn_lstm"]}, baselines=(),
                    out_dir=str(tmp_path / "ev"), region_labels=regions)
@@ -346,6 +348,24 @@ def test_variance_share_per_location_is_the_share_of_contribution_variance(evpip
     assert set(means) == {"all", "r0", "r1", "r2"}
     assert means["r0"]["snow"] == pytest.approx(np.mean([got[(str(ids[j]), "snow")] for j in range(4)]), abs=1e-5)
     assert "variance_share" not in res["models"]["c"]
+    # by season: each location's share over the season's days, averaged over the region's locations; the report
+    # charts these (the chosen definition), the weights stay in seasonal_importance.csv
+    from ismoe_qgis.model import importance as imp
+    seasonal = imp.read_importance_csv(res["paths"]["seasonal_variance_share"])
+    assert seasonal.measure == "variance_share" and set(seasonal.regions) == {"all", "r0", "r1", "r2"}
+    assert seasonal.kinds("r0") == ["month", "season"]
+    season = seasonal.get("r0", "season")
+    son = np.isin(imp.months_of(cube.dates[t]), (9, 10, 11))
+    per_loc = []
+    for j in range(4):
+        v = c[(n == j) & son].astype(np.float64).var(axis=0)
+        per_loc.append(v / v.sum())
+    np.testing.assert_allclose(season.mean[season.periods.index("SON")], np.mean(per_loc, axis=0), atol=1e-4)
+    assert (season.n[season.periods.index("SON")] == 4).all()
+    assert res["seasonal_importance"] == res["paths"]["seasonal_variance_share"]
+    assert imp.read_importance_csv(res["paths"]["importance"]).measure == "weight"
+    html = open(res["paths"]["html"], encoding="utf-8").read()
+    assert "Variance share of each factor" in html
 
 
 def test_persistence_and_climatology():

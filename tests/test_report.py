@@ -189,7 +189,7 @@ def test_read_importance_is_tolerant():
         "not a row",
     ])
     assert rows == [{"region": "all", "period_kind": "month", "period": "Jan", "factor": "snow",
-                     "mean_weight": 0.3, "n": None}]
+                     "mean_weight": 0.3, "n": None, "measure": "weight"}]     # no measure: the weights
 
 
 def test_own_samples_and_bad_input(tmp_path):

@@ -69,16 +69,19 @@ class EvaluateAlgorithm(TorchAlgorithm, RegionsAlgorithm):
         self.addParameterFolderDestination(self.OUTPUT, tr("Evaluation folder"), help=tr(
             "a folder that receives metrics.csv, metrics.json, location_skill.csv (every location's skill per "
             "model and product), report.html (led by the per-location table and a map of the per-location CC; "
-            "then tables and plots: time series, scatter with the 1:1 line, metrics by season and region, routing "
-            "weights by month) and seasonal_importance.csv (mean routing weight of each factor by month, season "
+            "then tables and plots: time series, scatter with the 1:1 line, metrics by season and region, the "
+            "factors' importance by month) and seasonal_importance.csv (mean weight of each factor by month, season "
             "and day of year, per region, of the first ISMoE model; further ISMoE models get "
-            "seasonal_importance_<name>.csv). Files are written to a temporary folder first: a failed or "
-            "cancelled run leaves nothing behind."))
+            "seasonal_importance_<name>.csv). For additive and gated models also variance_share.csv (each "
+            "location's share of the period's contribution variance per factor) and seasonal_variance_share.csv "
+            "(the same by month and season, the region means of the locations' shares: what the report charts). "
+            "Files are written to a temporary folder first: a failed or cancelled run leaves nothing behind."))
         self.addOutput(QgsProcessingOutputFile("METRICS_CSV", tr("Metrics (CSV)")))
         self.addOutput(QgsProcessingOutputFile("METRICS_JSON", tr("Metrics (JSON)")))
         self.addOutput(QgsProcessingOutputHtml("REPORT", tr("Evaluation report")))
         self.addOutput(QgsProcessingOutputFile("IMPORTANCE_CSV", tr("Seasonal importance (CSV)")))
         self.addOutput(QgsProcessingOutputFile("LOCATION_CSV", tr("Per-location skill (CSV)")))
+        self.addOutput(QgsProcessingOutputFile("VARIANCE_SHARE_CSV", tr("Seasonal variance shares (CSV)")))
         self.addOutput(QgsProcessingOutputNumber("N_SAMPLES", tr("Samples scored (common to all)")))
 
     # ------------------------------------------------------------------ helpers
@@ -167,4 +170,5 @@ class EvaluateAlgorithm(TorchAlgorithm, RegionsAlgorithm):
         paths = res["paths"]
         return {self.OUTPUT: out, "METRICS_CSV": paths["csv"], "METRICS_JSON": paths["json"],
                 "REPORT": paths["html"], "IMPORTANCE_CSV": paths["importance"], "N_SAMPLES": res["n_samples"],
-                "LOCATION_CSV": paths.get("location_csv")}
+                "LOCATION_CSV": paths.get("location_csv"),
+                "VARIANCE_SHARE_CSV": paths.get("seasonal_variance_share")}

@@ -19,6 +19,11 @@ built-in references (persistence, climatology), scores everything on exactly the
                                        evaluation period's variance per factor (model, location,
                                        region, factor, variance_share, n_days); the per-region means are
                                        in the result's models[name]["variance_share"]["regions"]
+    <out_dir>/seasonal_variance_share.csv  the same by month and season: per region the mean of its
+                                       locations' shares (the importance CSV, measure variance_share),
+                                       of the first additive or gated model (further ones:
+                                       seasonal_variance_share_<name>.csv); the report charts it when the
+                                       first ISMoE model has one, the mean weights otherwise
 
 Files are written to a temporary folder next to ``out_dir`` and moved in at the end: a failed or
 cancelled evaluation leaves no partial output.
@@ -55,6 +60,7 @@ from ..data import rasters
 from ..data.cube import Cube, split_masks
 from ..options import BASELINES
 from ..options import EVAL_PERIODS as PERIODS
+from .importance import months_of
 from .metrics import (CLIMATOLOGY_WINDOW, MIN_LOCATION_DAYS, ClimatologyAccumulator, calendar_slot, doy_climatology,
                       season_of)
 
@@ -67,6 +73,7 @@ _PERIOD_ALIASES = {"test": "test", "validation": "validation", "val": "validatio
                    "train": "train", "training": "train"}
 IMPORTANCE_CSV = "seasonal_importance.csv"
 VARIANCE_SHARE_CSV = "variance_share.csv"     # additive/gated models: each location's variance shares
+SEASONAL_SHARE_CSV = "seasonal_variance_share.csv"   # ... their region means by month and season
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -514,29 +521,67 @@ class _WeightSums:
 
 
 class _LocationShares:
-    """Each location's variance shares of an additive or gated model over the evaluation period (model/
-    contribution_stats.py): per location the count, sum and sum of squares of the factors' contributions on its
-    predicted samples (float64; contributions are in SM units, so no cancellation to fear)."""
+    """Each location's variance shares of an additive or gated model over the evaluation period and by month and
+    season (model/contribution_stats.py, the bands of a prediction's variance_share_<factor>.tif): per location
+    and calendar month the count, sum and sum of squares of the factors' contributions on its predicted samples
+    (float64; contributions are in SM units, so no cancellation to fear). Months merge into seasons and the
+    period by adding their sums (disjoint days)."""
 
     def __init__(self, N: int, E: int):
-        self.n = np.zeros(N, np.int64)
-        self.s = np.zeros((N, E))
-        self.ss = np.zeros((N, E))
+        self.nm = np.zeros((N, 12), np.int64)
+        self.s = np.zeros((N, 12, E))
+        self.ss = np.zeros((N, 12, E))
 
-    def add(self, nn, c):
+    @property
+    def n(self):
+        """(N,) samples per location over the period."""
+        return self.nm.sum(axis=1)
+
+    def add(self, nn, c, months):
         ok = np.isfinite(c).all(axis=1)
-        nn, c = nn[ok], np.asarray(c[ok], np.float64)
-        np.add.at(self.n, nn, 1)
-        np.add.at(self.s, nn, c)
-        np.add.at(self.ss, nn, c * c)
+        nn, c, mm = nn[ok], np.asarray(c[ok], np.float64), np.asarray(months)[ok] - 1
+        np.add.at(self.nm, (nn, mm), 1)
+        np.add.at(self.s, (nn, mm), c)
+        np.add.at(self.ss, (nn, mm), c * c)
+
+    def _shares_of(self, month_idx):
+        from .contribution_stats import MIN_DAYS, shares
+        n = self.nm[:, month_idx].sum(axis=1)
+        s, ss = self.s[:, month_idx].sum(axis=1), self.ss[:, month_idx].sum(axis=1)
+        mean = s / np.maximum(n, 1)[:, None]
+        m2 = np.clip(ss - n[:, None] * mean ** 2, 0.0, None)
+        return shares({"n": n[None], "m2": m2.T[:, None]}, MIN_DAYS)[:, 0].T
 
     def shares(self):
-        """(N, E) shares, NaN where a location has fewer than 2 samples or no contribution varies."""
-        from .contribution_stats import shares
-        n = np.maximum(self.n, 1)[:, None]
-        mean = self.s / n
-        m2 = np.clip(self.ss - n * mean ** 2, 0.0, None)
-        return shares({"n": self.n[None], "m2": m2.T[:, None]})[:, 0].T
+        """(N, E) shares over the period, NaN where a location has fewer than 2 samples or no contribution
+        varies."""
+        return self._shares_of(list(range(12)))
+
+    def band_shares(self):
+        """(N, len(SHARE_BANDS), E): the period, each month, each season (NaN where too few samples)."""
+        from .contribution_stats import SEASON_MONTHS, SHARE_BANDS
+        bands = [self.shares()]
+        for b in SHARE_BANDS[1:]:
+            months = SEASON_MONTHS[b] if b in SEASON_MONTHS else (int(b),)
+            bands.append(self._shares_of([m - 1 for m in months]))
+        return np.stack(bands, axis=1)
+
+    def table(self, regions, factors):
+        """The seasonal variance-share ImportanceTable (measure variance_share, month and season) of region
+        'all' and each region: the mean over its locations of each location's share; n = locations."""
+        from . import importance as imp
+        from .contribution_stats import SHARE_BANDS
+        sh = self.band_shares()
+        ok = np.isfinite(sh)
+        groups = {imp.DEFAULT_REGION: np.ones(sh.shape[0], bool)}
+        if regions is not None:
+            for r in dict.fromkeys(x for x in regions.tolist() if x is not None):
+                groups[str(r)] = regions == r
+        table = imp.ImportanceTable(list(factors), measure=imp.VARIANCE_SHARE)
+        for g, m in groups.items():
+            table = table.merge(imp.importance_from_band_sums(
+                SHARE_BANDS, np.where(ok[m], sh[m], 0.0).sum(axis=0), ok[m].sum(axis=0), factors, g))
+        return table
 
 
 def _model_view(cube: Cube, cfg, perm):
@@ -594,6 +639,7 @@ class _ModelRun:
                         if self.is_moe else None)
         from .contribution_stats import defined_for
         self.shares = _LocationShares(N, self.E) if self.is_moe and defined_for(model.mixture) else None
+        self.months = months_of(P.dates) if self.shares is not None else None
         self.est = np.full((len(P.dates), N), np.nan, np.float32)
         self.chunk = max(batch_size, 8192)
 
@@ -642,7 +688,7 @@ class _ModelRun:
             if self.is_moe:
                 self.weights.add(tp, nn, w)
             if self.shares is not None:
-                self.shares.add(nn, c)
+                self.shares.add(nn, c, self.months[tp])
             progress(min(1.0, (s + chunk) / len(t_idx)))
 
     def predict_training(self, progress):
@@ -667,7 +713,8 @@ class _ModelRun:
             return None
         return np.concatenate(acc_vals), np.concatenate(acc_t), np.concatenate(acc_n)
 
-    def collect(self, path, training, estimates, est_clims, ens_members, model_meta, tables, importance_kinds):
+    def collect(self, path, training, estimates, est_clims, ens_members, model_meta, tables, importance_kinds,
+                share_tables):
         """Its estimates, climatologies, ensemble members, metadata and importance table into the evaluation's."""
         name, cfg, info, P = self.name, self.cfg, self.info, self.P
         vals, at, an = training if training is not None else (None, None, None)
@@ -699,14 +746,16 @@ class _ModelRun:
             model_meta[name]["variance_share"] = {"factors": list(self.model.output_names), "locations": sh,
                                                   "n_days": self.shares.n.copy(),
                                                   "regions": _share_means(sh, self.regions, self.model.output_names)}
+            share_tables[name] = self.shares.table(self.regions, self.model.output_names)
 
 
 def _predict_models(loaded: dict, models: dict, cube: Cube, P: _Period, regions, dev, batch_size: int,
                     importance_kinds, notes, cb):
     """Every model on the evaluation period. Returns (estimates, their own climatologies, ensemble members,
-    model metadata, importance tables), each {name: ...}."""
+    model metadata, importance tables of the weights, seasonal variance-share tables of the additive and gated
+    models), each {name: ...}."""
     from .sampler import WindowSampler
-    estimates, est_clims, ens_members, model_meta, tables = {}, {}, {}, {}, {}
+    estimates, est_clims, ens_members, model_meta, tables, share_tables = {}, {}, {}, {}, {}, {}
     samplers = {}
 
     def sampler_for(view, cfg, perm):
@@ -725,9 +774,10 @@ def _predict_models(loaded: dict, models: dict, cube: Cube, P: _Period, regions,
         run = _ModelRun(name, model, cfg, info, perm, cube, P, regions, sampler_for, dev, batch_size, notes, cb)
         run.predict(lambda f: cb.progress(0.6 * (i + f) / n))
         training = run.predict_training(lambda f: cb.progress(0.6 * (i + 1) / n + 0.1 * f / n))
-        run.collect(models[name], training, estimates, est_clims, ens_members, model_meta, tables, importance_kinds)
+        run.collect(models[name], training, estimates, est_clims, ens_members, model_meta, tables, importance_kinds,
+                    share_tables)
     samplers.clear()
-    return estimates, est_clims, ens_members, model_meta, tables
+    return estimates, est_clims, ens_members, model_meta, tables, share_tables
 
 
 def _share_means(sh, regions, factors):
@@ -854,7 +904,7 @@ def _write_variance_shares(path, shared: dict, location_ids, regions):
                     w.writerow([name, loc, reg, fac, "" if not np.isfinite(v) else f"{v:.6g}", int(d["n_days"][j])])
 
 
-def _write_outputs(out_dir, result: dict, tables: dict, cb) -> dict:
+def _write_outputs(out_dir, result: dict, tables: dict, cb, share_tables: Optional[dict] = None) -> dict:
     """The importance CSVs and the report (``report.write_evaluation``) written into a temporary folder beside
     ``out_dir``, then moved in: a failed or cancelled evaluation leaves no partial output. Returns the
     report's answer (rows, location skill)."""
@@ -877,6 +927,13 @@ def _write_outputs(out_dir, result: dict, tables: dict, cb) -> dict:
             if len(moe_names) > 1:
                 result["notes"].append(f"seasonal importance shown for {moe_names[0]}; the other ISMoE models' "
                                        f"are in seasonal_importance_<name>.csv")
+        for k, name in enumerate(share_tables or {}):
+            fname = (SEASONAL_SHARE_CSV if k == 0 else
+                     f"{SEASONAL_SHARE_CSV[:-4]}_{_SAFE.sub('_', name)}.csv")
+            imp.write_importance_csv(share_tables[name], os.path.join(tmp, fname))
+            files.append(fname)
+            if moe_names and name == moe_names[0]:    # the report charts the chosen definition
+                result["seasonal_importance"] = os.path.join(tmp, fname)
 
         shared = {n: m["variance_share"] for n, m in result["models"].items() if m.get("variance_share")}
         if shared:
@@ -901,9 +958,12 @@ def _write_outputs(out_dir, result: dict, tables: dict, cb) -> dict:
                        "location_csv": os.path.join(out_dir, "location_skill.csv"),
                        "importance": os.path.join(out_dir, IMPORTANCE_CSV) if moe_names else None,
                        "variance_share": (os.path.join(out_dir, VARIANCE_SHARE_CSV)
-                                          if VARIANCE_SHARE_CSV in files else None)}
+                                          if VARIANCE_SHARE_CSV in files else None),
+                       "seasonal_variance_share": (os.path.join(out_dir, SEASONAL_SHARE_CSV)
+                                                   if SEASONAL_SHARE_CSV in files else None)}
     if moe_names:           # where the report read it from is gone: the moved file
-        result["seasonal_importance"] = result["paths"]["importance"]
+        shown = result.get("seasonal_importance")
+        result["seasonal_importance"] = os.path.join(out_dir, os.path.basename(shown))
     return rep
 
 
@@ -950,7 +1010,7 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
     loaded, first_info, notes = _load_models(cube, models, cb)
     P = _evaluation_period(cube, period, first_info, climatology_window, cb)
     regions = _region_array(region_labels)
-    estimates, est_clims, ens_members, model_meta, tables = _predict_models(
+    estimates, est_clims, ens_members, model_meta, tables, share_tables = _predict_models(
         loaded, models, cube, P, regions, resolve_device(device, cb.log), batch_size, importance_kinds, notes, cb)
     del loaded
 
@@ -980,12 +1040,13 @@ def evaluate(cube, models, references: Optional[Dict[str, object]] = None, perio
         result["climatology_note"] = f"training period {tdates[0]}..{tdates[-1]}, {climatology_window}-day window"
     if out_dir is None:
         from .report import evaluation_rows, location_skill_of
-        if tables:
-            result["seasonal_importance"] = tables[next(iter(tables))]
+        if tables:       # the report's chart: the first ISMoE model's variance shares where it has them
+            first = next(iter(tables))
+            result["seasonal_importance"] = share_tables.get(first, tables[first])
         result["rows"] = evaluation_rows(result)
         result["location_skill"] = location_skill_of(result)
     else:
-        rep = _write_outputs(out_dir, result, tables, cb)
+        rep = _write_outputs(out_dir, result, tables, cb, share_tables)
         result["rows"] = rep["rows"]
         result["location_skill"] = rep["location_skill"]
     cb.progress(1.0)

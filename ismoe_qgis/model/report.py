@@ -440,15 +440,17 @@ def read_importance(source):
     ``rows()`` method returning such tuples (``importance.ImportanceTable``).
 
     Returns a list of ``{"region": str, "period_kind": str, "period": str, "factor": str,
-    "mean_weight": float, "n": int|None}``; rows without a factor or a numeric mean_weight
+    "mean_weight": float, "n": int|None, "measure": "weight"|"variance_share"}``; rows without a factor or a numeric mean_weight
     are dropped. A missing region becomes ``"all"``. Raises ``ValueError``/``OSError`` only
     when the source itself cannot be read.
     """
+    measure = "weight"
     if isinstance(source, (str, os.PathLike)):
         from .importance import read_importance_csv        # the one reader of the CSV file
-        raw = list(read_importance_csv(os.fspath(source), strict=False).rows())
+        table = read_importance_csv(os.fspath(source), strict=False)
+        raw, measure = list(table.rows()), table.measure
     elif callable(getattr(source, "rows", None)):
-        raw = list(source.rows())
+        raw, measure = list(source.rows()), getattr(source, "measure", "weight")
     else:
         raw = list(source)
     cols = ("region", "period_kind", "period", "factor", "mean_weight", "n")
@@ -478,6 +480,7 @@ def read_importance(source):
             "factor": str(factor),
             "mean_weight": w,
             "n": n,
+            "measure": str(r.get("measure") or measure),
         })
     return out
 
@@ -703,8 +706,10 @@ def _fig_importance(imp):
             monthly.append({**r, "period_kind": "month", "period": m})
     if not monthly:
         return None
-    return importance_figure(table_from_rows(monthly), "month", title="Monthly mean routing weight per factor",
-                             dpi=100)
+    table = table_from_rows(monthly)
+    title = ("Monthly variance share per factor" if table.measure == "variance_share"
+             else "Monthly mean weight per factor")
+    return importance_figure(table, "month", title=title, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -855,9 +860,15 @@ def _location_html(ev, images):
 
 def _importance_html(imp, images, notes):
     e = html.escape
-    parts = ["<h2>Seasonal importance of the factors</h2>",
-             "<p>Mean routing weight of each factor's expert (the share of the estimate the "
-             "router gives to that factor), averaged per month and per season.</p>"]
+    if any(r.get("measure") == "variance_share" for r in imp):
+        what = ("Variance share of each factor: at each location, the factor's share of the variance of what it "
+                "contributes to SM over the month's or season's days of the evaluation period (SM = mu + the "
+                "sum of the contributions), averaged over the region's locations.")
+    else:
+        what = ("Mean weight of each factor (what the model's weights mean: prediction.json's weights_meaning; for "
+                "the convex and scaled mixtures the share of the estimate the router gives to the factor), "
+                "averaged per month and per season.")
+    parts = ["<h2>Seasonal importance of the factors</h2>", f"<p>{what}</p>"]
     fig_uri = images.get("importance")
     if fig_uri:
         parts.append(f'<img alt="monthly routing weights" src="{fig_uri}">')
