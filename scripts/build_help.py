@@ -13,6 +13,9 @@ import html
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qgis_headless  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO_ROOT, "ismoe_qgis", "help")
 
@@ -22,23 +25,8 @@ code{background:#f4f4f4;padding:0 .2em}h1 img{height:1.3em;vertical-align:middle
 
 
 def start_qgis():
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["ISMOE_HELP_GENERIC"] = "1"  # no paths or GPU verdicts of the machine that builds the pages
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    from qgis.core import QgsApplication
-
-    app = QgsApplication.instance()
-    if app is None:
-        app = QgsApplication([], False)
-        app.initQgis()
-    from ismoe_qgis.algorithms.provider import IsmoeProvider
-
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("ismoe") is None:
-        start_qgis.provider = IsmoeProvider()  # keep a Python reference (3.22)
-        registry.addProvider(start_qgis.provider)
-    return app, registry.providerById("ismoe")
+    return qgis_headless.start_qgis()
 
 
 def _default(param):

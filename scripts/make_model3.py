@@ -38,6 +38,9 @@ Exits non-zero when the saved model does not load back or does not validate.
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qgis_headless import start_qgis  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO_ROOT, "ismoe_qgis", "models", "ismoe_prepare_train_predict.model3")  # shipped in the plugin
 
@@ -60,33 +63,6 @@ HELP = (
     "epochs, patch_size (odd), seq_len (days): training settings.\n"
     "prediction: the output folder (sm.tif, weight_<factor>.tif, prediction.json).\n"
     "model: where to keep the trained model file (.pt); a temporary file by default.")
-
-
-def start_qgis():
-    """A QgsApplication with Processing initialised and the 'ismoe' provider registered."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    from qgis.core import QgsApplication
-
-    app = QgsApplication.instance()
-    if app is None:
-        app = QgsApplication([], False)
-        app.initQgis()
-    plugins_dir = os.path.join(QgsApplication.pkgDataPath(), "python", "plugins")
-    if plugins_dir not in sys.path:
-        sys.path.append(plugins_dir)
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    registry = QgsApplication.processingRegistry()
-    provider = registry.providerById("ismoe")
-    if provider is None:
-        from ismoe_qgis.algorithms.provider import IsmoeProvider
-
-        provider = IsmoeProvider()
-        registry.addProvider(provider)
-    return app, provider  # keep the provider referenced (3.22 does not keep the Python object alive)
 
 
 def build_model():
