@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 import numpy as np
 
@@ -184,7 +185,8 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
     summ = region_summary(demo["obs"], sm, weights, demo["regions"], man["region_names"], man["drivers"],
                           demo["dates"][demo["t_from"]:])
     ns_max, ns = no_signal_weight(summ)
-    shares = variance_shares(model, demo, device) if model.mixture in ("additive", "gated") else None
+    shares, monthly = (variance_shares(model, demo, device) if model.mixture in ("additive", "gated")
+                       else (None, None))
     # planted pair top-2 only for ISMoE (mean_expert's equal weights would be ranked in factor
     # order, which happens to put arid's snow + radiation first)
     routed = model_type == "ismoe"
@@ -193,28 +195,43 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
             "epochs_run": len(res["history"]), "no_signal_max": ns_max, "no_signal": ns,
             "planted_top2": sum(s["planted_are_top"] for s in summ.values()) if routed else None,
             "variance_shares": shares,
-            "variance_top2": (None if shares is None else
-                              sum(sorted(sorted(v, key=v.get, reverse=True)[:2]) == sorted(man["drivers"][r])
-                                  for r, v in shares.items())),
+            "variance_top2": _top2(shares, man["drivers"]),
+            "monthly_variance_shares": monthly,
+            "monthly_variance_top2": _top2(monthly, man["drivers"]),
             "train_config": dataclasses.asdict(cfg), "model_options": mo}
+
+
+def _top2(shares, drivers):
+    """Sub-regions whose two planted drivers have the two largest shares (None without shares)."""
+    if shares is None:
+        return None
+    return sum(sorted(sorted(v, key=v.get, reverse=True)[:2]) == sorted(drivers[r]) for r, v in shares.items())
 
 
 def variance_shares(model, demo, device):
     """What ismoe:predict writes as variance_share_<factor>.tif (additive and gated mixtures), averaged per
-    sub-region: each factor's share of the held-out period's variance of its contribution at a pixel
-    (model/contribution_stats.py on the whole year at once). Unlike the daily weight rasters' departures from one
-    training-wide reference, a contribution that is constant at a pixel (a regional level) has no share."""
+    sub-region (model/contribution_stats.py, the product's monthly statistics and bands): (whole period: each
+    factor's share of the held-out period's variance of its contribution at a pixel; within months: the mean
+    over the 12 months of each month's share, bands 2-13, so the annual cycle, which two factors with seasonal
+    inputs can stand in for each other on, weighs nothing). Unlike the daily weight rasters' departures from
+    one training-wide reference, a contribution that is constant at a pixel (a regional level) has no share."""
     from ismoe_qgis.model import contribution_stats as cs
     from ismoe_qgis.model.inference import predict_cube
     sm, c = predict_cube(model, demo["cube"], t_from=demo["t_from"], device=device, contributions=True)
-    sh = cs.shares(cs.chunk_stats(np.nan_to_num(c), np.isfinite(sm) & np.isfinite(c).all(axis=0)))   # E, H, W
+    valid = np.isfinite(sm) & np.isfinite(c).all(axis=0)
+    merged = cs.monthly_stats(np.nan_to_num(c), valid, demo["dates"][demo["t_from"]:])
+    bands = cs.band_shares(merged, c.shape[:1] + c.shape[2:])                              # B, E, H, W
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        within = np.nanmean(bands[1:13], axis=0)
     man, regs = demo["man"], demo["regions"]
-    out = {}
+    out, out_m = {}, {}
     for code, rname in man["region_names"].items():
-        v = sh[:, regs == int(code)]
-        v = v[:, np.isfinite(v).all(axis=0)]
-        out[rname] = {f: float(x) for f, x in zip(model.output_names, v.mean(1))}
-    return out
+        for sh, o in ((bands[0], out), (within, out_m)):
+            v = sh[:, regs == int(code)]
+            v = v[:, np.isfinite(v).all(axis=0)]
+            o[rname] = {f: float(x) for f, x in zip(model.output_names, v.mean(1))}
+    return out, out_m
 
 
 # --------------------------------------------------------------------------- single seed (tests use this)
@@ -302,10 +319,11 @@ def aggregate(per_seed, region_names):
     first = next(iter(ok.values()))
     if first["planted_top2"] is not None:
         out["planted_top2_per_seed"] = {str(s): r["planted_top2"] for s, r in ok.items()}
-    if first.get("variance_top2") is not None:
-        out["variance_top2_per_seed"] = {str(s): r["variance_top2"] for s, r in ok.items()}
-        out["variance_shares"] = {rn: {f: _stats([r["variance_shares"][rn][f] for r in ok.values()])["mean"]
-                                       for f in first["variance_shares"][rn]} for rn in region_names}
+    for key in ("variance", "monthly_variance"):
+        if first.get(f"{key}_top2") is not None:
+            out[f"{key}_top2_per_seed"] = {str(s): r[f"{key}_top2"] for s, r in ok.items()}
+            out[f"{key}_shares"] = {rn: {f: _stats([r[f"{key}_shares"][rn][f] for r in ok.values()])["mean"]
+                                         for f in first[f"{key}_shares"][rn]} for rn in region_names}
     if first["no_signal_max"] is not None:
         out["no_signal_max"] = _stats([r["no_signal_max"] for r in ok.values()])
         out["no_signal_per_seed"] = {str(s): r["no_signal_max"] for s, r in ok.items()}
@@ -440,12 +458,15 @@ def format_seeds(results) -> str:
         near = "-" if "within_0.02_of_cnn_lstm_everywhere" not in ck else \
             ("yes" if ck["within_0.02_of_cnn_lstm_everywhere"] else "NO")
         lines.append(f"{n:<{w}}{cells}{top2:>16}{ns:>11}{near:>6}{_f(sm['train_seconds']['mean'], '.0f'):>7}")
-        if "variance_top2_per_seed" in sm:
-            per = list(sm["variance_top2_per_seed"].values())
-            lines.append(f"{'':<{w}}variance shares (variance_share_<factor>.tif): top-2 {sum(c == len(rnames) for c in per)}/"
+        for key, label in (("variance", "variance shares (variance_share_<factor>.tif, band 1)"),
+                           ("monthly_variance", "within-month variance shares (mean of bands 2-13)")):
+            if f"{key}_top2_per_seed" not in sm:
+                continue
+            per = list(sm[f"{key}_top2_per_seed"].values())
+            lines.append(f"{'':<{w}}{label}: top-2 {sum(c == len(rnames) for c in per)}/"
                          f"{len(seeds)} [{','.join(map(str, per))}]; " + "; ".join(
                              f"{rn} " + ", ".join(f"{f} {x:.2f}" for f, x in sorted(
-                                 sm["variance_shares"][rn].items(), key=lambda kv: -kv[1])[:3]) for rn in rnames))
+                                 sm[f"{key}_shares"][rn].items(), key=lambda kv: -kv[1])[:3]) for rn in rnames))
         if sm.get("seeds_failed"):
             lines.append(f"{'':<{w}}failed seeds {sm['seeds_failed']}: " +
                          v["per_seed"][str(sm["seeds_failed"][0])]["error"][:140])
