@@ -152,6 +152,16 @@ class ModelConfig:
         return self.mixture if self.model_type == "ismoe" else "convex"
 
 
+def _mean_over_days(seq: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) -> (B, V), the mean over the L days added in day order: elementwise adds, so the result does not
+    depend on how a reduction kernel splits a strided view (torch's ``mean(1)`` on one differed between processes
+    in the 8th digit, which broke resume == uninterrupted across processes)."""
+    z = seq[:, 0]
+    for i in range(1, seq.shape[1]):
+        z = z + seq[:, i]
+    return z / seq.shape[1]
+
+
 def window_rows(seq: torch.Tensor, L: int) -> torch.Tensor:
     """(G, S, ...) daily sequences -> (m * G, L, ...) the m = S - L + 1 windows of L days, row j * G + g
     is the window of sequence g ending at step L - 1 + j (windows are time-major, like the model's outputs)."""
@@ -430,7 +440,7 @@ class Router(nn.Module):
         if self.kind == "all_states":
             st = states.view(self.N, self.E, B, -1)
             return torch.stack([mlp(st[n].permute(1, 0, 2).flatten(1)) for n, mlp in enumerate(self.mlps)], 1)
-        z = centre_seq.mean(1) if self.kind == "inputs_mean" else centre_seq.flatten(1)
+        z = _mean_over_days(centre_seq) if self.kind == "inputs_mean" else centre_seq.flatten(1)
         if self.kind == "inputs_doy":
             ang = 2 * math.pi * doy.float() / 365.25
             z = torch.cat([z, torch.sin(ang)[:, None], torch.cos(ang)[:, None]], dim=1)
