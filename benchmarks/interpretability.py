@@ -185,8 +185,8 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
     summ = region_summary(demo["obs"], sm, weights, demo["regions"], man["region_names"], man["drivers"],
                           demo["dates"][demo["t_from"]:])
     ns_max, ns = no_signal_weight(summ)
-    shares, monthly = (variance_shares(model, demo, device) if model.mixture in ("additive", "gated")
-                       else (None, None))
+    shares, monthly, increments = (variance_shares(model, demo, device) if model.mixture in ("additive", "gated")
+                                   else (None, None, None))
     # planted pair top-2 only for ISMoE (mean_expert's equal weights would be ranked in factor
     # order, which happens to put arid's snow + radiation first)
     routed = model_type == "ismoe"
@@ -198,6 +198,8 @@ def train_demo_model(demo, model_type, seed, epochs, samples, device, workdir, m
             "variance_top2": _top2(shares, man["drivers"]),
             "monthly_variance_shares": monthly,
             "monthly_variance_top2": _top2(monthly, man["drivers"]),
+            "increment_variance_shares": increments,
+            "increment_variance_top2": _top2(increments, man["drivers"]),
             "train_config": dataclasses.asdict(cfg), "model_options": mo}
 
 
@@ -213,8 +215,10 @@ def variance_shares(model, demo, device):
     sub-region (model/contribution_stats.py, the product's monthly statistics and bands): (whole period: each
     factor's share of the held-out period's variance of its contribution at a pixel; within months: the mean
     over the 12 months of each month's share, bands 2-13, so the annual cycle, which two factors with seasonal
-    inputs can stand in for each other on, weighs nothing). Unlike the daily weight rasters' departures from
-    one training-wide reference, a contribution that is constant at a pixel (a regional level) has no share."""
+    inputs can stand in for each other on, weighs nothing; increments: each factor's share of the variance of
+    its contribution's day-to-day change, a diagnostic, not a product output). Unlike the daily weight rasters'
+    departures from one training-wide reference, a contribution that is constant at a pixel (a regional level)
+    has no share."""
     from ismoe_qgis.model import contribution_stats as cs
     from ismoe_qgis.model.inference import predict_cube
     sm, c = predict_cube(model, demo["cube"], t_from=demo["t_from"], device=device, contributions=True)
@@ -224,14 +228,16 @@ def variance_shares(model, demo, device):
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         within = np.nanmean(bands[1:13], axis=0)
+    dc = np.diff(np.nan_to_num(c), axis=1)
+    inc = cs.shares(cs.chunk_stats(dc, valid[1:] & valid[:-1]))
     man, regs = demo["man"], demo["regions"]
-    out, out_m = {}, {}
+    out, out_m, out_i = {}, {}, {}
     for code, rname in man["region_names"].items():
-        for sh, o in ((bands[0], out), (within, out_m)):
+        for sh, o in ((bands[0], out), (within, out_m), (inc, out_i)):
             v = sh[:, regs == int(code)]
             v = v[:, np.isfinite(v).all(axis=0)]
             o[rname] = {f: float(x) for f, x in zip(model.output_names, v.mean(1))}
-    return out, out_m
+    return out, out_m, out_i
 
 
 # --------------------------------------------------------------------------- single seed (tests use this)
@@ -319,7 +325,7 @@ def aggregate(per_seed, region_names):
     first = next(iter(ok.values()))
     if first["planted_top2"] is not None:
         out["planted_top2_per_seed"] = {str(s): r["planted_top2"] for s, r in ok.items()}
-    for key in ("variance", "monthly_variance"):
+    for key in ("variance", "monthly_variance", "increment_variance"):
         if first.get(f"{key}_top2") is not None:
             out[f"{key}_top2_per_seed"] = {str(s): r[f"{key}_top2"] for s, r in ok.items()}
             out[f"{key}_shares"] = {rn: {f: _stats([r[f"{key}_shares"][rn][f] for r in ok.values()])["mean"]
@@ -459,7 +465,8 @@ def format_seeds(results) -> str:
             ("yes" if ck["within_0.02_of_cnn_lstm_everywhere"] else "NO")
         lines.append(f"{n:<{w}}{cells}{top2:>16}{ns:>11}{near:>6}{_f(sm['train_seconds']['mean'], '.0f'):>7}")
         for key, label in (("variance", "variance shares (variance_share_<factor>.tif, band 1)"),
-                           ("monthly_variance", "within-month variance shares (mean of bands 2-13)")):
+                           ("monthly_variance", "within-month variance shares (mean of bands 2-13)"),
+                           ("increment_variance", "shares of the day-to-day changes (diagnostic)")):
             if f"{key}_top2_per_seed" not in sm:
                 continue
             per = list(sm[f"{key}_top2_per_seed"].values())

@@ -200,6 +200,14 @@ class _ChartTask(QgsTask):
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Warning)
 
 
+def _select_data(combo, value, message):
+    """Select the item of `combo` whose data is `value`; ChartDataError(message.format(value)) if none is."""
+    i = combo.findData(value)
+    if i < 0:
+        raise pf.ChartDataError(message.format(value))
+    combo.setCurrentIndex(i)
+
+
 class ImportanceDock(QgsDockWidget):
     """Dock with the seasonal-importance chart, a region selector and a pixel inspector."""
 
@@ -532,10 +540,7 @@ class ImportanceDock(QgsDockWidget):
         return self.measure_combo.currentData()
 
     def set_measure(self, measure):
-        i = self.measure_combo.findData(measure)
-        if i < 0:
-            raise pf.ChartDataError("Unknown measure {!r}".format(measure))
-        self.measure_combo.setCurrentIndex(i)
+        _select_data(self.measure_combo, measure, "Unknown measure {!r}")
 
     def _update_measure_widget(self):
         """The measure of a new source: a folder's default (the variance share where it has one by season),
@@ -573,10 +578,7 @@ class ImportanceDock(QgsDockWidget):
         return self.region_combo.currentData() if self.csv_table is None else None
 
     def set_region_mode(self, mode):
-        i = self.region_combo.findData(mode)
-        if i < 0:
-            raise pf.ChartDataError("No region {!r} in this source".format(mode))
-        self.region_combo.setCurrentIndex(i)
+        _select_data(self.region_combo, mode, "No region {!r} in this source")
 
     def _on_region_changed(self, recompute=False):
         is_feature = self.csv_table is None and self.region_combo.currentData() == MODE_FEATURE
@@ -779,10 +781,7 @@ class ImportanceDock(QgsDockWidget):
         return self.period_combo.currentData()
 
     def set_period(self, kind):
-        i = self.period_combo.findData(kind)
-        if i < 0:
-            raise pf.ChartDataError("Unknown period {!r}".format(kind))
-        self.period_combo.setCurrentIndex(i)
+        _select_data(self.period_combo, kind, "Unknown period {!r}")
 
     def set_stacked(self, stacked):
         self.style_combo.setCurrentIndex(1 if stacked else 0)
