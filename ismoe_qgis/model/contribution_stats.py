@@ -28,12 +28,13 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..options import VARIANCE_SHARE_MIXTURES
-from .importance import MONTH_ABBR, SEASONS, months_of
+from .importance import MONTH_ABBR, SEASON_MONTHS, SEASONS, months_of
 
-# the bands of a variance_share_<factor>.tif: the whole period, the 12 calendar months, the 4 seasons
+# the bands of a variance_share_<factor>.tif: the whole period, the 12 calendar months, the 4 seasons, and the
+# calendar months each band pools
 SHARE_BANDS: Tuple[str, ...] = ("period",) + tuple(str(m) for m in range(1, 13)) + SEASONS
-SEASON_MONTHS: Dict[str, Tuple[int, ...]] = {"DJF": (12, 1, 2), "MAM": (3, 4, 5), "JJA": (6, 7, 8),
-                                             "SON": (9, 10, 11)}
+BAND_MONTHS: Tuple[Tuple[int, ...], ...] = ((tuple(range(1, 13)),) + tuple((m,) for m in range(1, 13))
+                                            + tuple(SEASON_MONTHS[s] for s in SEASONS))
 MIN_DAYS = 2      # valid days a pixel needs in a period for a share there
 
 VARIANCE_SHARE_MEANING = ("share of the prediction period's variance of the factor's contribution at the pixel: "
@@ -110,8 +111,7 @@ def band_shares(by_month: Dict[int, Dict[str, np.ndarray]], shape) -> np.ndarray
     """(len(SHARE_BANDS), E, h, w) float32 shares of one tile from its merged monthly statistics: the whole
     period, each month, each season (NaN where a period has no day or too few valid days)."""
     out = np.full((len(SHARE_BANDS),) + tuple(shape), np.nan, np.float32)
-    periods = [tuple(range(1, 13))] + [(m,) for m in range(1, 13)] + [SEASON_MONTHS[s] for s in SEASONS]
-    for b, months in enumerate(periods):
+    for b, months in enumerate(BAND_MONTHS):
         st = _merged(by_month, months)
         if st is not None:
             out[b] = shares(st, MIN_DAYS)

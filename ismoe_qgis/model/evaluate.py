@@ -559,12 +559,8 @@ class _LocationShares:
 
     def band_shares(self):
         """(N, len(SHARE_BANDS), E): the period, each month, each season (NaN where too few samples)."""
-        from .contribution_stats import SEASON_MONTHS, SHARE_BANDS
-        bands = [self.shares()]
-        for b in SHARE_BANDS[1:]:
-            months = SEASON_MONTHS[b] if b in SEASON_MONTHS else (int(b),)
-            bands.append(self._shares_of([m - 1 for m in months]))
-        return np.stack(bands, axis=1)
+        from .contribution_stats import BAND_MONTHS
+        return np.stack([self._shares_of([m - 1 for m in months]) for months in BAND_MONTHS], axis=1)
 
     def table(self, regions, factors):
         """The seasonal variance-share ImportanceTable (measure variance_share, month and season) of region

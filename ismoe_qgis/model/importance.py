@@ -46,6 +46,9 @@ PERIOD_KINDS: Tuple[str, ...] = ("month", "season", "doy")
 SEASONS: Tuple[str, ...] = ("DJF", "MAM", "JJA", "SON")
 # month (1..12) -> index into SEASONS
 _MONTH_TO_SEASON = np.array([-1, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])
+# season name -> its calendar months (the same rule, for code that merges months into seasons)
+SEASON_MONTHS: Dict[str, Tuple[int, ...]] = {s: tuple(m for m in range(1, 13) if _MONTH_TO_SEASON[m] == i)
+                                             for i, s in enumerate(SEASONS)}
 MONTH_ABBR: Tuple[str, ...] = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 CSV_COLUMNS: Tuple[str, ...] = ("region", "period_kind", "period", "factor", "mean_weight", "n")

@@ -801,9 +801,8 @@ def region_sums(folder: PredictionFolder, regions: Union[Region, Mapping[str, Re
     if not regions:
         raise ChartDataError("No region given")
     masks = {name: region_mask(folder, reg, name) for name, reg in regions.items()}
+    measure = folder.resolve_measure(measure)        # a folder without shares: the error says why
     if measure == imp.VARIANCE_SHARE:
-        if not folder.share_paths:
-            folder.resolve_measure(measure)          # raises, saying why
         paths, n_bands, labels = folder.share_paths, len(folder.share_bands), np.asarray(folder.share_bands)
     else:
         paths, n_bands, labels = folder.weight_paths, folder.n_dates, folder.dates
